@@ -1,0 +1,39 @@
+"""micafence: keep a non-EU crypto exchange inside MiCA's reverse-solicitation exemption.
+
+Mount :class:`MicafenceMiddleware` in front of any ASGI app with a policy file and a MaxMind
+database; read the decision for a request from ``scope["state"]["micafence"]``.
+"""
+
+from __future__ import annotations
+
+from .decision import Decision
+from .engine import Enforcer
+from .errors import GeoIPDatabaseError, MicafenceError, PolicyError, StoreError
+from .geo import GeoIPDatabase, Location
+from .identity import ClientIdentity
+from .middleware import STATE_KEY, MicafenceMiddleware
+from .policy import Mode, Outcome, Policy, PromotionStance
+from .policy_loader import default_policy_path, load_policy, load_policy_text
+
+__all__ = [
+    "STATE_KEY",
+    "ClientIdentity",
+    "Decision",
+    "Enforcer",
+    "GeoIPDatabase",
+    "GeoIPDatabaseError",
+    "Location",
+    "MicafenceError",
+    "MicafenceMiddleware",
+    "Mode",
+    "Outcome",
+    "Policy",
+    "PolicyError",
+    "PromotionStance",
+    "StoreError",
+    "default_policy_path",
+    "load_policy",
+    "load_policy_text",
+]
+
+__version__ = "0.1.0"

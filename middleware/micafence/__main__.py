@@ -1,0 +1,7 @@
+"""``python -m micafence`` is the ``micafence`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

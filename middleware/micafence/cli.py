@@ -1,0 +1,186 @@
+"""The ``micafence`` command: check and test policies, explain decisions, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from .casefile import load_cases, run_cases
+from .engine import Enforcer
+from .errors import MicafenceError
+from .geo import GeoIPDatabase
+from .policy_loader import default_policy_path, load_policy
+from .probe import build_scope, parse_header_option
+
+GEOIP_ENV = "MICAFENCE_GEOIP_DB"
+POLICY_ENV = "MICAFENCE_POLICY"
+
+
+def bundled_test_database() -> Path:
+    """MaxMind's small *test* database shipped for the demo (never for production)."""
+    return Path(str(resources.files("micafence") / "data" / "GeoLite2-Country-Test.mmdb"))
+
+
+def _policy_path(given: str | None) -> Path:
+    return Path(given or os.environ.get(POLICY_ENV) or default_policy_path())
+
+
+def _database_path(given: str | None) -> Path:
+    chosen = given or os.environ.get(GEOIP_ENV)
+    if chosen:
+        return Path(chosen)
+    print(
+        f"micafence: no --geoip-db or {GEOIP_ENV}: using the bundled MaxMind TEST database "
+        "(demo data, not real geolocation)",
+        file=sys.stderr,
+    )
+    return bundled_test_database()
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    zones = ", ".join(f"{z.name} ({len(z.countries)})" for z in policy.zones if z.countries)
+    print(f"{args.policy}: OK — policy {policy.name!r} revision {policy.revision}")
+    print(f"  zones: {zones}; {len(policy.routes)} routes; {len(policy.rules)} rules; "
+          f"mode {policy.mode.value}")
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    enforcer = Enforcer(load_policy(args.policy), GeoIPDatabase(_database_path(args.geoip_db)))
+    results = run_cases(enforcer, load_cases(args.cases))
+    for result in results:
+        where = f"{args.cases}:{result.case.line}"
+        if result.passed:
+            if args.verbose:
+                print(f"PASS {result.case.name}")
+            continue
+        print(f"FAIL {result.case.name} ({where})")
+        for failure in result.failures:
+            print(f"     {failure}")
+    passed = sum(r.passed for r in results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    policy = load_policy(_policy_path(args.policy))
+    database = GeoIPDatabase(_database_path(args.geoip_db))
+    enforcer = Enforcer(policy, database)
+    headers = [parse_header_option(h) for h in args.header]
+    decision = enforcer.without_grant(
+        enforcer.decide(build_scope(args.ip, args.method, args.path, headers))
+    )
+    if args.json:
+        print(json.dumps({**decision.as_dict(), "database_type": database.database_type,
+                          "policy_source": policy.source}, indent=2))
+        return 0
+    verdict = "BLOCK (451)" if decision.blocked else (
+        f"PASS (shadow: would {decision.outcome.value})" if decision.would_block else "PASS"
+    )
+    signals = (
+        f"country {decision.country or '-'}, registered {decision.registered_country or '-'}"
+        + (f", residence {decision.residence_country}" if decision.residence_country else "")
+    )
+    rows = [
+        ("decision", verdict),
+        ("reason", decision.reason),
+        ("rule", f"{decision.rule_id} (mode {decision.mode.value})"),
+        ("route", f"{decision.route_id or '-'} (class {decision.route_class})"),
+        ("client", f"{decision.client_ip or 'unknown'}: {signals}"),
+        ("zones", ", ".join(decision.zones) or "none"),
+        ("promotions", decision.promotion_stance.value),
+        ("client id", decision.client_id or "-"),
+        ("policy", f"{policy.name} {policy.revision} ({policy.source})"),
+        ("database", f"{database.database_type} built {database.built_at:%Y-%m-%d} "
+                     f"({database.path})"),
+    ]
+    for label, value in rows:
+        print(f"{label:<11}{value}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.server import run_demo
+
+    run_demo(
+        host=args.host,
+        port=args.port,
+        policy=_policy_path(args.policy),
+        geoip_db=Path(args.geoip_db) if args.geoip_db else bundled_test_database(),
+        store=args.store,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="micafence",
+        description="MiCA reverse-solicitation fence for ASGI apps: check and test policies, "
+        "explain decisions, run the demo exchange.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="validate a policy file",
+                                description="Validate a policy file; on error print the file, "
+                                "key path and line and exit 1.")
+    check.add_argument("policy", help="policy YAML file")
+    check.set_defaults(func=_cmd_check)
+
+    test = commands.add_parser("test", help="check a policy against expected decisions",
+                               description="Decide every request in CASES and compare with its "
+                               "expectations. Exit 1 if any case fails.")
+    test.add_argument("policy", help="policy YAML file")
+    test.add_argument("cases", help="cases YAML file (see micafence.casefile)")
+    test.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
+                      "else the bundled test database)")
+    test.add_argument("-v", "--verbose", action="store_true", help="print passing cases too")
+    test.set_defaults(func=_cmd_test)
+
+    explain = commands.add_parser("explain", help="what would happen to this request, and why",
+                                  description="Decide one synthetic request and print the "
+                                  "decision, reason, rule, policy revision and database build.")
+    explain.add_argument("--ip", help="address of the direct peer (omit: no address)")
+    explain.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    explain.add_argument("--path", default="/", help="request target, may include ?query")
+    explain.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="request header, repeatable (e.g. 'X-Forwarded-For: 1.2.3.4')")
+    explain.add_argument("--policy", help=f"policy file (default: ${POLICY_ENV}, "
+                         "else the packaged default policy)")
+    explain.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
+                         "else the bundled test database)")
+    explain.add_argument("--json", action="store_true", help="print the decision as JSON")
+    explain.set_defaults(func=_cmd_explain)
+
+    demo = commands.add_parser("demo", help="serve the demo exchange behind micafence",
+                               description="Serve a small demo exchange behind micafence under "
+                               "uvicorn, on the bundled MaxMind test database by default.")
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    demo.add_argument("--policy", help="policy file (default: the packaged default policy)")
+    demo.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
+    demo.add_argument("--store", default="memory://", help="grant store URL (default memory://)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except MicafenceError as exc:
+        print(f"micafence: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"micafence: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

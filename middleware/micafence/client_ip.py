@@ -1,0 +1,148 @@
+"""Who is the client? The direct peer, or a forwarded address vouched for by trusted proxies.
+
+Forwarded headers are only read when the direct peer is one of the policy's trusted proxies,
+and then walked from the right: each trusted hop is peeled off and the first untrusted address
+is the client. A malformed entry met on that walk makes the client unknown (``None``); we never
+fall back to an address further left, because that part of the header is client-supplied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
+# Longer headers are refused outright: a real chain is a handful of hops.
+MAX_FORWARDED_HEADER_BYTES = 8192
+_CACHE_LIMIT = 4096
+
+
+@lru_cache(maxsize=65536)
+def parse_ip(text: str) -> str | None:
+    """Canonical text of one address as found in a header or scope, or ``None``.
+
+    Accepts ``1.2.3.4``, ``1.2.3.4:80``, ``2001:db8::1``, ``[2001:db8::1]``, ``[2001:db8::1]:80``
+    and quoted forms; IPv4-mapped IPv6 (``::ffff:1.2.3.4``) becomes plain IPv4. Zone ids, host
+    names, ``unknown`` and obfuscated identifiers (``_hidden``) are not addresses.
+    """
+    value = text.strip().strip('"').strip()
+    if not value or len(value) > 64:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        rest = value[end + 1 :]
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return None
+        value = value[1:end]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+        if not port.isdigit():
+            return None
+        value = host
+    if "%" in value:
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class TrustedProxies:
+    """A set of CIDR networks with cheap membership tests on address strings."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._seen: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __contains__(self, host: object) -> bool:
+        if not isinstance(host, str):
+            return False
+        known = self._seen.get(host)
+        if known is not None:
+            return known
+        canonical = parse_ip(host)
+        result = canonical is not None and any(
+            ipaddress.ip_address(canonical) in net for net in self.networks
+        )
+        if len(self._seen) >= _CACHE_LIMIT:
+            self._seen.clear()
+        self._seen[host] = result
+        return result
+
+
+def _forwarded_for_values(header: str) -> list[str] | None:
+    """The ``for=`` values of an RFC 7239 ``Forwarded`` header, in order; ``None`` if malformed."""
+    values: list[str] = []
+    for element in header.split(","):
+        found: str | None = None
+        for pair in element.split(";"):
+            name, eq, value = pair.partition("=")
+            if not eq:
+                if pair.strip():
+                    return None
+                continue
+            if name.strip().lower() == "for":
+                if found is not None:
+                    return None
+                found = value.strip()
+        if found is None:
+            return None
+        values.append(found)
+    return values
+
+
+def forwarded_chain(header_values: list[str], header_name: str) -> list[str] | None:
+    """The hop list carried by all lines of the forwarded header, left to right.
+
+    Several header lines are one list (RFC 9110 §5.3). ``None`` means the header is malformed
+    or too long to be honest.
+    """
+    joined = ",".join(header_values)
+    if len(joined) > MAX_FORWARDED_HEADER_BYTES:
+        return None
+    if not joined.strip():
+        return []
+    if header_name == "forwarded":
+        return _forwarded_for_values(joined)
+    return [entry for entry in (e.strip() for e in joined.split(","))]
+
+
+def resolve_client_ip(
+    peer: str | None,
+    forwarded_values: list[str],
+    trusted: TrustedProxies,
+    header_name: str = "x-forwarded-for",
+) -> str | None:
+    """The client address for a request from ``peer`` carrying ``forwarded_values``.
+
+    ``forwarded_values`` are the raw values of every line of the configured forwarded header
+    (``x-forwarded-for`` or ``forwarded``). Returns ``None`` when the address cannot be told.
+    """
+    if peer is None:
+        return None
+    direct = parse_ip(peer)
+    if direct is None:
+        return None
+    if not forwarded_values or direct not in trusted:
+        return direct
+    chain = forwarded_chain(forwarded_values, header_name)
+    if chain is None:
+        return None
+    client = direct
+    for raw in reversed(chain):
+        hop = parse_ip(raw)
+        if hop is None:
+            return None
+        client = hop
+        if hop not in trusted:
+            return hop
+    # Every hop is a trusted proxy: the left-most one is the closest thing to a client.
+    return client

@@ -1,0 +1,1 @@
+"""Demo exchange app that ``micafence demo`` wraps with the middleware."""

@@ -1,0 +1,273 @@
+"""From an ASGI scope to a :class:`~micafence.decision.Decision`.
+
+The same code decides for the middleware, ``micafence explain`` and ``micafence test``, so what
+ops see from the command line is what the site does. Everything that depends only on the policy
+is computed in ``__init__``; per request there are dictionary look-ups, and route matching only
+for visitors some rule applies to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .client_ip import TrustedProxies, parse_ip, resolve_client_ip
+from .decision import DEFAULT_RULE_ID, PASS_REASON, Decision
+from .geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
+from .identity import (
+    NO_IDENTITY,
+    ClientIdentity,
+    IdentifyFunction,
+    Scope,
+    clean_client_id,
+    clean_country,
+    from_scope_user,
+)
+from .policy import (
+    UNKNOWN_COUNTRY_ZONE,
+    Mode,
+    Outcome,
+    Policy,
+    PromotionStance,
+    Rule,
+)
+from .routes import RouteTable, request_methods
+
+_STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
+_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """What the policy says of a visitor with given location signals (cached per signal set)."""
+
+    zones: tuple[str, ...]
+    restricted: bool
+    stance: PromotionStance
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    outcome: Outcome
+    rule: Rule | None
+    zone: str | None
+
+
+_NO_VERDICT = _Verdict(Outcome.ALLOW, None, None)
+
+
+class Enforcer:
+    """Decides requests against one policy and one GeoIP database."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        geoip: GeoIPDatabase,
+        *,
+        identify: IdentifyFunction | None = None,
+    ) -> None:
+        if policy.client_identity.source == "callable" and identify is None:
+            raise ValueError(
+                f"{policy.source}: client_identity.source is 'callable' but no identify= "
+                "function was given to the middleware"
+            )
+        self.policy = policy
+        self.geoip = geoip
+        self._identify = identify
+        self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
+        self._forwarded_header = policy.client_ip.header.encode("latin-1")
+        identity = policy.client_identity
+        self._id_header = identity.header.encode("latin-1") if identity.source == "header" else None
+        self._residence_header = (
+            identity.residence_header.encode("latin-1")
+            if identity.source == "header" and identity.residence_header
+            else None
+        )
+        self.routes = RouteTable(policy.routes)
+        self._country_zones: dict[str, tuple[str, ...]] = {}
+        for zone in policy.zones:
+            for country in zone.countries:
+                self._country_zones[country] = (*self._country_zones.get(country, ()), zone.name)
+        self._zone_order = {zone.name: index for index, zone in enumerate(policy.zones)}
+        self._stances = {zone.name: zone.promotions for zone in policy.zones}
+        self._restricted_zones = frozenset(z for rule in policy.rules for z in rule.zones)
+        self._rules_by_class: dict[str, tuple[Rule, ...]] = {}
+        for rule in policy.rules:
+            self._rules_by_class[rule.route_class] = (
+                *self._rules_by_class.get(rule.route_class, ()), rule
+            )
+        self._profiles: dict[tuple[str | None, str | None, str | None], _Profile] = {}
+        self._verdicts: dict[tuple[tuple[str, ...], str], _Verdict] = {}
+
+    # -- per request -------------------------------------------------------------------------
+
+    def decide(self, scope: Scope) -> Decision:
+        """Decide one ``http`` or ``websocket`` scope. Never raises for request content."""
+        forwarded: list[str] = []
+        id_value: bytes | None = None
+        residence_value: bytes | None = None
+        forwarded_name, id_name, residence_name = (
+            self._forwarded_header, self._id_header, self._residence_header
+        )
+        for name, value in scope.get("headers") or ():
+            if name == forwarded_name:
+                forwarded.append(value.decode("latin-1"))
+            elif name == id_name:
+                id_value = value
+            elif name == residence_name:
+                residence_value = value
+
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if forwarded and self._trusted:
+            ip = resolve_client_ip(peer, forwarded, self._trusted, self.policy.client_ip.header)
+        else:
+            ip = parse_ip(peer) if isinstance(peer, str) else None
+        location = self.geoip.lookup(ip) if ip is not None else UNKNOWN_LOCATION
+
+        identity = self._identity(scope, peer, id_value, residence_value)
+        residence = identity.residence_country if self.policy.signals.residence else None
+        profile = self._profile(location, residence)
+
+        verdict, route_id, route_class = _NO_VERDICT, None, "neutral"
+        if profile.restricted:
+            methods = request_methods(
+                str(scope.get("method") or "GET"), scope.get("headers") or (),
+                scope.get("query_string") or b"",
+            )
+            for path in _paths(scope):
+                for route in self.routes.match(methods, path):
+                    candidate = self._verdict(profile.zones, route.route_class)
+                    if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
+                        verdict, route_id, route_class = candidate, route.id, route.route_class
+            if route_id is None:
+                verdict = self._verdict(profile.zones, "neutral")
+
+        outcome, rule, zone = verdict.outcome, verdict.rule, verdict.zone
+        reason = PASS_REASON
+        if rule is not None:
+            reason = rule.reason or f"{zone}.{route_class}"
+        if outcome is Outcome.ALLOW_IDENTIFIED:
+            if identity.client_id is not None:
+                outcome = Outcome.ALLOW
+            else:
+                outcome, reason = Outcome.BLOCK, f"{reason}.unidentified"
+        mode = (rule.mode if rule is not None and rule.mode else None) or self.policy.mode
+        return Decision(
+            outcome=outcome,
+            blocked=outcome is Outcome.BLOCK and mode is Mode.ENFORCE,
+            reason=reason,
+            rule_id=rule.id if rule is not None else DEFAULT_RULE_ID,
+            mode=mode,
+            route_id=route_id,
+            route_class=route_class,
+            zone=zone,
+            zones=profile.zones,
+            restricted=profile.restricted,
+            promotion_stance=profile.stance,
+            country=location.country,
+            registered_country=location.registered_country,
+            residence_country=identity.residence_country,
+            client_ip=ip,
+            client_id=identity.client_id,
+            policy_revision=self.policy.revision,
+            database_build=self.geoip.build_epoch,
+        )
+
+    def without_grant(self, decision: Decision) -> Decision:
+        """Settle a ``require_grant`` decision for a client that holds no grant: a block."""
+        if decision.outcome is not Outcome.REQUIRE_GRANT:
+            return decision
+        return replace(
+            decision,
+            outcome=Outcome.BLOCK,
+            blocked=decision.mode is Mode.ENFORCE,
+            reason=f"{decision.zone}.no_grant",
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _identity(
+        self, scope: Scope, peer: Any, id_value: bytes | None, residence_value: bytes | None
+    ) -> ClientIdentity:
+        source = self.policy.client_identity.source
+        if source == "header":
+            # An identity header is only as good as the proxy that set it.
+            if (id_value is None and residence_value is None) or peer not in self._trusted:
+                return NO_IDENTITY
+            return ClientIdentity(
+                clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,
+                clean_country(residence_value.decode("latin-1")) if residence_value else None,
+            )
+        if source == "scope_user":
+            return from_scope_user(scope)
+        if source == "callable" and self._identify is not None:
+            try:
+                found = self._identify(scope)
+            except Exception:  # the host's code must not take the request down; fail as unknown
+                return NO_IDENTITY
+            if found is None:
+                return NO_IDENTITY
+            return ClientIdentity(
+                clean_client_id(found.client_id), clean_country(found.residence_country)
+            )
+        return NO_IDENTITY
+
+    def _profile(self, location: Location, residence: str | None) -> _Profile:
+        key = (location.country, location.registered_country, residence)
+        profile = self._profiles.get(key)
+        if profile is not None:
+            return profile
+        signals = self.policy.signals
+        names: set[str] = set()
+        ip_known = False
+        if signals.country and location.country:
+            ip_known = True
+            names.update(self._country_zones.get(location.country, ()))
+        if signals.registered_country and location.registered_country:
+            ip_known = True
+            names.update(self._country_zones.get(location.registered_country, ()))
+        if not ip_known:
+            names.add(UNKNOWN_COUNTRY_ZONE)
+        if residence:
+            names.update(self._country_zones.get(residence, ()))
+        zones = tuple(sorted(names, key=self._zone_order.__getitem__))
+        stance = max(
+            (self._stances[name] for name in zones),
+            key=_STANCE_ORDER.index,
+            default=PromotionStance.ALLOWED,
+        )
+        profile = _Profile(zones, not self._restricted_zones.isdisjoint(zones), stance)
+        if len(self._profiles) >= _CACHE_LIMIT:
+            self._profiles.clear()
+        self._profiles[key] = profile
+        return profile
+
+    def _verdict(self, zones: tuple[str, ...], route_class: str) -> _Verdict:
+        key = (zones, route_class)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = _NO_VERDICT
+            for rule in self._rules_by_class.get(route_class, ()):
+                zone = next((z for z in zones if z in rule.zones), None)
+                if zone is not None and (
+                    verdict.rule is None or rule.outcome.severity > verdict.outcome.severity
+                ):
+                    verdict = _Verdict(rule.outcome, rule, zone)
+            self._verdicts[key] = verdict
+        return verdict
+
+
+def _paths(scope: Scope) -> tuple[str, ...]:
+    """The path as the app will see it, plus with ``root_path`` in front when it is not there.
+
+    Servers disagree on whether ``path`` includes ``root_path``; matching both spellings means
+    a mounted app cannot be reached under a spelling the policy did not think of.
+    """
+    path = scope.get("path") or "/"
+    if not isinstance(path, str):
+        path = "/"
+    root = scope.get("root_path") or ""
+    if isinstance(root, str) and root and not path.startswith(root):
+        return (path, root + path)
+    return (path,)

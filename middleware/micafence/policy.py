@@ -1,0 +1,131 @@
+"""The policy model: what ops configure, as validated, immutable objects.
+
+The YAML schema and its validation live in :mod:`micafence.policy_loader`; this module only
+holds the shapes the rest of the package reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+UNKNOWN_COUNTRY_ZONE = "unknown_country"
+
+ROUTE_CLASSES = ("account_creation", "promotion", "service", "wind_down", "neutral")
+
+
+class Outcome(StrEnum):
+    """What a rule does to a request, from least to most restrictive."""
+
+    ALLOW = "allow"
+    #: Pass only for a client the identity source names (wind-down of existing clients).
+    ALLOW_IDENTIFIED = "allow_identified"
+    #: Pass only inside a live client-initiated grant; without one it is a block.
+    REQUIRE_GRANT = "require_grant"
+    BLOCK = "block"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {
+    Outcome.ALLOW: 0,
+    Outcome.ALLOW_IDENTIFIED: 1,
+    Outcome.REQUIRE_GRANT: 2,
+    Outcome.BLOCK: 3,
+}
+
+
+class Mode(StrEnum):
+    """``enforce`` acts on decisions; ``shadow`` records what it would do and lets it pass."""
+
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
+
+
+class PromotionStance(StrEnum):
+    """May this zone's visitors see promotions?"""
+
+    ALLOWED = "allowed"
+    APPROVED_ONLY = "approved_only"
+    FORBIDDEN = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """A named regime (``eu``, ``eea``, ``uk``) and the countries it covers."""
+
+    name: str
+    title: str
+    countries: frozenset[str]
+    promotions: PromotionStance
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A class of request, matched by method and normalised path pattern."""
+
+    id: str
+    route_class: str
+    path: str
+    methods: frozenset[str] | None  # None: any method
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What happens to a route class for visitors in some zones."""
+
+    id: str
+    zones: frozenset[str]
+    route_class: str
+    outcome: Outcome
+    mode: Mode | None  # None: the policy's global mode
+    reason: str | None  # None: ``<zone>.<route_class>``
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """Which location signals count. A visitor is in a zone if any counted signal says so."""
+
+    country: bool = True
+    registered_country: bool = True
+    residence: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIP:
+    trusted_proxies: tuple[str, ...] = ()
+    header: str = "x-forwarded-for"  # or "forwarded" (RFC 7239)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySource:
+    """Where the signed-in client's id (and residence country) comes from."""
+
+    source: str = "none"  # none | header | scope_user | callable
+    header: str = "x-client-id"
+    residence_header: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A whole validated policy file."""
+
+    name: str
+    revision: str  # "sha256:<hex>" of the file's bytes
+    source: str  # the file it came from
+    mode: Mode
+    zones: tuple[Zone, ...]
+    routes: tuple[Route, ...]
+    rules: tuple[Rule, ...]
+    signals: Signals
+    client_ip: ClientIP
+    client_identity: IdentitySource
+    blocked_by: str | None = None  # RFC 7725 ``Link: rel="blocked-by"`` target
+
+    def zone(self, name: str) -> Zone | None:
+        for zone in self.zones:
+            if zone.name == name:
+                return zone
+        return None

@@ -1,0 +1,116 @@
+"""Route matching that cannot be dodged by how a path or method is spelled.
+
+Both the policy's patterns and every request path go through :func:`normalize_path`, so
+``/API//Accounts/``, ``/api/./accounts``, ``/api/x/../accounts`` and ``/api/%61ccounts`` all
+meet ``/api/accounts``. Matching is deliberately looser than any app router: a request the app
+would treat as a route is always classed as that route; the reverse only costs a false block.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from urllib.parse import unquote
+
+from .policy import Route
+
+_SEGMENT_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
+_CACHE_LIMIT = 4096
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+
+def normalize_path(path: str) -> str:
+    """One canonical, lower-case spelling of a URL path (idempotent)."""
+    for _ in range(3):  # undo double and triple encoding that some stacks decode again
+        if "%" not in path:
+            break
+        path = unquote(path, errors="replace")
+    path = unicodedata.normalize("NFKC", path).replace("\\", "/").lower()
+    segments: list[str] = []
+    for segment in path.split("/"):
+        segment = segment.split(";", 1)[0].strip()  # matrix parameters never select a route
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a policy path pattern: literal segments, ``{name}`` for one segment, ``*`` for
+    one segment, and a final ``**`` for any rest (including nothing). Raises ``ValueError``."""
+    if not pattern.startswith("/"):
+        raise ValueError("a path pattern must start with '/'")
+    parts: list[str] = []
+    segments = [s for s in normalize_path(pattern).split("/") if s]
+    for index, segment in enumerate(segments):
+        if segment == "**":
+            if index != len(segments) - 1:
+                raise ValueError("'**' may only be the last segment")
+            parts.append("(?:/.*)?")
+            continue
+        if segment == "*":
+            parts.append("/[^/]+")
+            continue
+        if "{" in segment or "}" in segment:
+            if not _SEGMENT_PARAM.fullmatch(segment):
+                raise ValueError(f"bad parameter segment {segment!r} (use {{name}})")
+            name = segment[1:-1]
+            parts.append(f"/(?P<{name}>[^/]+)")
+            continue
+        if "*" in segment:
+            raise ValueError(f"'*' must be a whole segment, not part of {segment!r}")
+        parts.append("/" + re.escape(segment))
+    body = "".join(parts) or "/"
+    return re.compile(body if body != "(?:/.*)?" else "/.*")
+
+
+def request_methods(
+    method: str, headers: Iterable[tuple[bytes, bytes]], query: bytes
+) -> frozenset[str]:
+    """Every method a request may be handled as: its own, GET for HEAD, and any override."""
+    methods = {method.upper()}
+    if "HEAD" in methods:
+        methods.add("GET")
+    for name, value in headers:
+        if name in _METHOD_OVERRIDE_HEADERS:
+            methods.add(value.decode("latin-1").strip().upper())
+    if b"_method=" in query.lower():
+        for pair in query.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            if unquote(key.decode("latin-1")).lower() == "_method":
+                methods.add(unquote(value.decode("latin-1")).strip().upper())
+    return frozenset(methods)
+
+
+class RouteTable:
+    """The policy's routes, compiled once; matching results are cached per method and path."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self._routes = tuple((route, compile_pattern(route.path)) for route in routes)
+        self._cache: dict[tuple[frozenset[str], str], tuple[Route, ...]] = {}
+
+    def match(self, methods: frozenset[str], path: str) -> tuple[Route, ...]:
+        """Every route matching any of ``methods`` on ``path`` (policy order)."""
+        key = (methods, path)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        canonical = normalize_path(path)
+        found = tuple(
+            route
+            for route, regex in self._routes
+            if (route.methods is None or not route.methods.isdisjoint(methods))
+            and regex.fullmatch(canonical)
+        )
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = found
+        return found

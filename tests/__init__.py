@@ -1,0 +1,1 @@
+"""micafence test suite."""

@@ -1,0 +1,107 @@
+"""``micafence demo`` end to end: the real command, a real uvicorn, answered over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.server
+
+MICAFENCE = str(Path(sys.executable).with_name("micafence"))
+
+
+@pytest.fixture(scope="module")
+def demo_url() -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [MICAFENCE, "demo", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = process.stdout.read() if process.stdout else ""
+                    raise RuntimeError(f"micafence demo did not start:\n{output}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def visitor(ip: str) -> dict[str, str]:
+    return {"X-Forwarded-For": ip, "Accept": "application/json"}
+
+
+def test_swedish_visitor_cannot_open_an_account(demo_url: str) -> None:
+    response = httpx.post(demo_url + "/api/accounts", json={"email": "a@b.se"},
+                          headers=visitor("89.160.20.112"))
+    assert response.status_code == 451
+    assert response.json()["reason"] == "eu.account_creation"
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_swiss_visitor_opens_an_account(demo_url: str) -> None:
+    response = httpx.post(demo_url + "/api/accounts", json={"email": "a@b.ch"},
+                          headers=visitor("2a02:d000::1"))
+    assert response.status_code == 201
+    assert response.headers["x-account-id"].startswith("acc_")
+
+
+def test_plain_local_request_is_unknown_country(demo_url: str) -> None:
+    signup = httpx.post(demo_url + "/api/accounts", json={"email": "a@b.c"},
+                        headers={"Accept": "application/json"})
+    home = httpx.get(demo_url + "/")
+    assert signup.status_code == 451
+    assert signup.json()["reason"] == "unknown_country.account_creation"
+    assert home.status_code == 200
+    assert "Northwind" in home.text
+
+
+def test_eu_home_page_renders_without_promotions_via_template_hook(demo_url: str) -> None:
+    eu = httpx.get(demo_url + "/", headers={"X-Forwarded-For": "89.160.20.112"})
+    swiss = httpx.get(demo_url + "/", headers={"X-Forwarded-For": "2a02:d000::1"})
+    assert eu.status_code == swiss.status_code == 200
+    assert 'id="promo-banner"' in swiss.text
+    assert 'id="promo-banner"' not in eu.text
+
+
+def test_orders_need_a_grant_and_staking_is_blocked(demo_url: str) -> None:
+    order = httpx.post(demo_url + "/api/orders", json={"pair": "BTC-EUR", "side": "buy",
+                       "amount": "0.1"}, headers=visitor("2a02:d180::1"))
+    earn = httpx.get(demo_url + "/earn", headers=visitor("89.160.20.112"))
+    us_order = httpx.post(demo_url + "/api/orders", json={"pair": "BTC-EUR", "side": "buy",
+                          "amount": "0.1"}, headers=visitor("2a02:d000::1"))
+    assert order.status_code == 451 and order.json()["reason"] == "eu.no_grant"
+    assert earn.status_code == 451
+    assert us_order.status_code == 201
+
+
+def test_promotion_feed_is_blocked_for_eu_and_served_to_others(demo_url: str) -> None:
+    eu = httpx.get(demo_url + "/api/promotions", headers=visitor("89.160.20.112"))
+    swiss = httpx.get(demo_url + "/api/promotions", headers=visitor("2a02:d000::1"))
+    assert eu.status_code == 451
+    assert eu.json()["reason"] == "eu.promotion"
+    assert swiss.status_code == 200
+    assert [p["id"] for p in swiss.json()] == ["p1", "p2"]

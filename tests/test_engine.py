@@ -1,0 +1,163 @@
+"""Zones from the policy: which signals count, EEA switch, UK regime, most restrictive wins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from micafence import ClientIdentity, Enforcer, GeoIPDatabase, load_policy, load_policy_text
+from micafence.probe import build_scope
+from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, REGIONS_DB
+
+PROXY = "127.0.0.1"
+
+
+def decide(enforcer: Enforcer, ip: str | None, method: str = "POST", path: str = "/api/accounts",
+           headers: list[tuple[str, str]] | None = None) -> tuple[bool, str, tuple[str, ...]]:
+    decision = enforcer.without_grant(enforcer.decide(build_scope(ip, method, path, headers or [])))
+    return decision.blocked, decision.reason, decision.zones
+
+
+@pytest.fixture
+def default_enforcer() -> Enforcer:
+    return Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(COUNTRY_DB))
+
+
+@pytest.mark.parametrize(
+    ("ip", "blocked", "reason", "zones"),
+    [
+        ("89.160.20.112", True, "eu.account_creation", ("eu",)),  # SE
+        ("2a02:d180::1", True, "eu.account_creation", ("eu",)),  # DE
+        ("2.125.160.216", True, "eu.account_creation", ("eu", "uk")),  # GB on FR block
+        ("67.43.156.1", True, "eu.account_creation", ("eu",)),  # BT on RO block
+        ("2a02:cf40::1", True, "eea.account_creation", ("eea",)),  # NO
+        ("2a02:d000::1", False, "pass", ()),  # CH
+        ("216.160.83.56", False, "pass", ("uk",)),  # US on GB block: UK regime, no MiCA
+        ("81.2.69.160", False, "pass", ("uk",)),  # GB
+        ("2a02:d500::1", True, "unknown_country.account_creation", ("unknown_country",)),
+        ("10.0.0.1", True, "unknown_country.account_creation", ("unknown_country",)),
+        (None, True, "unknown_country.account_creation", ("unknown_country",)),
+    ],
+)
+def test_default_policy_account_creation(default_enforcer: Enforcer, ip: str | None,
+                                         blocked: bool, reason: str,
+                                         zones: tuple[str, ...]) -> None:
+    assert decide(default_enforcer, ip) == (blocked, reason, zones)
+
+
+@pytest.mark.parametrize("ip", ["192.0.2.5", "192.0.2.20", "192.0.2.40", "192.0.2.50",
+                                "192.0.2.70", "192.0.2.85", "192.0.2.100", "2001:db8:1::5"])
+def test_outermost_regions_and_aland_are_eu(ip: str) -> None:
+    enforcer = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(REGIONS_DB))
+    assert decide(enforcer, ip)[2] == ("eu",)
+
+
+@pytest.mark.parametrize(("ip", "zones"), [("192.0.2.120", ("eea",)), ("192.0.2.130", ("eea",)),
+                                           ("192.0.2.150", ("eu",))])
+def test_eea_states_and_registered_only_networks(ip: str, zones: tuple[str, ...]) -> None:
+    enforcer = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(REGIONS_DB))
+    assert decide(enforcer, ip)[2] == zones
+
+
+def test_eea_switch_off_lets_norway_open_accounts(
+    policy_variant: Callable[[str, str], str],
+) -> None:
+    text = policy_variant("enabled: true ", "enabled: false ")
+    enforcer = Enforcer(load_policy_text(text), GeoIPDatabase(COUNTRY_DB))
+    assert decide(enforcer, "2a02:cf40::1") == (False, "pass", ())
+
+
+def test_registered_country_can_be_switched_off(policy_variant: Callable[[str, str], str]) -> None:
+    text = policy_variant("registered_country: true ", "registered_country: false ")
+    enforcer = Enforcer(load_policy_text(text), GeoIPDatabase(COUNTRY_DB))
+    assert decide(enforcer, "2.125.160.216") == (False, "pass", ("uk",))  # GB visitor only
+    assert decide(enforcer, "89.160.20.112")[0] is True
+
+
+def test_residence_signal_counts_only_when_switched_on(
+    policy_variant: Callable[[str, str], str],
+) -> None:
+    headers = [("X-Forwarded-For", "2a02:d000::1"), ("X-Client-Residence", "DE")]
+    on = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(COUNTRY_DB))
+    off = Enforcer(load_policy_text(policy_variant("residence: true ", "residence: false ")),
+                   GeoIPDatabase(COUNTRY_DB))
+    assert decide(on, PROXY, headers=headers) == (True, "eu.account_creation", ("eu",))
+    assert decide(off, PROXY, headers=headers) == (False, "pass", ())
+
+
+def test_most_restrictive_outcome_wins_across_zones(
+    policy_variant: Callable[[str, str], str],
+) -> None:
+    # uk blocks account creation outright; eu only needs... a grant: block wins for a GB
+    # visitor on an FR-registered block, whichever zone comes first.
+    text = policy_variant(
+        "rules:\n",
+        "rules:\n  - {id: uk-accounts, zones: [uk], class: account_creation, outcome: block,"
+        " reason: uk.closed}\n",
+    ).replace(
+        "    zones: [eu, eea, unknown_country]     # unknown country fails closed for account creation\n"
+        "    class: account_creation\n    outcome: block",
+        "    zones: [eu, eea, unknown_country]\n    class: account_creation\n"
+        "    outcome: require_grant",
+    )
+    policy = load_policy_text(text)
+    enforcer = Enforcer(policy, GeoIPDatabase(COUNTRY_DB))
+    assert decide(enforcer, "2.125.160.216") == (True, "uk.closed", ("eu", "uk"))
+    assert decide(enforcer, "89.160.20.112") == (True, "eu.no_grant", ("eu",))
+
+
+def test_callable_identity_source(policy_variant: Callable[[str, str], str]) -> None:
+    text = policy_variant("  source: header\n", "  source: callable\n")
+
+    def identify(scope: dict[str, object]) -> ClientIdentity:
+        return ClientIdentity("client-9", "IT")
+
+    with pytest.raises(ValueError, match="no identify"):
+        Enforcer(load_policy_text(text), GeoIPDatabase(COUNTRY_DB))
+    enforcer = Enforcer(load_policy_text(text), GeoIPDatabase(COUNTRY_DB), identify=identify)
+    decision = enforcer.decide(build_scope("2a02:d000::1", "POST", "/api/withdrawals"))
+    assert (decision.client_id, decision.residence_country, decision.zones) == (
+        "client-9", "IT", ("eu",))
+    assert decision.blocked is False  # identified client on a wind-down route
+
+
+def test_broken_identity_callable_means_unidentified(
+    policy_variant: Callable[[str, str], str],
+) -> None:
+    text = policy_variant("  source: header\n", "  source: callable\n")
+
+    def identify(scope: dict[str, object]) -> ClientIdentity:
+        raise RuntimeError("auth backend down")
+
+    enforcer = Enforcer(load_policy_text(text), GeoIPDatabase(COUNTRY_DB), identify=identify)
+    assert decide(enforcer, "89.160.20.112", path="/api/withdrawals") == (
+        True, "eu.wind_down.unidentified", ("eu",))
+
+
+def test_scope_user_identity(policy_variant: Callable[[str, str], str]) -> None:
+    class User:
+        is_authenticated = True
+        identity = "client-3"
+        residence_country = "fr"
+
+    enforcer = Enforcer(load_policy_text(policy_variant("  source: header\n",
+                                                        "  source: scope_user\n")),
+                        GeoIPDatabase(COUNTRY_DB))
+    scope = build_scope("2a02:d000::1", "POST", "/api/accounts")
+    scope["user"] = User()
+    decision = enforcer.decide(scope)
+    assert (decision.client_id, decision.residence_country, decision.blocked) == (
+        "client-3", "FR", True)
+
+
+@pytest.mark.parametrize("client_id", ["a b", "x" * 200, "{evil}", "", "é"])
+def test_client_ids_that_could_break_keys_are_unidentified(
+    default_enforcer: Enforcer, client_id: str
+) -> None:
+    decision = default_enforcer.decide(build_scope(
+        PROXY, "POST", "/api/withdrawals",
+        [("X-Forwarded-For", "89.160.20.112"), ("X-Client-Id", client_id)],
+    ))
+    assert decision.client_id is None
+    assert decision.reason == "eu.wind_down.unidentified"
