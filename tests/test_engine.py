@@ -96,8 +96,8 @@ def test_most_restrictive_outcome_wins_across_zones(
         "rules:\n  - {id: uk-accounts, zones: [uk], class: account_creation, outcome: block,"
         " reason: uk.closed}\n",
     ).replace(
-        "    zones: [eu, eea, unknown_country]     # unknown country fails closed for account creation\n"
-        "    class: account_creation\n    outcome: block",
+        "    zones: [eu, eea, unknown_country]     # unknown country fails closed for"
+        " account creation\n    class: account_creation\n    outcome: block",
         "    zones: [eu, eea, unknown_country]\n    class: account_creation\n"
         "    outcome: require_grant",
     )

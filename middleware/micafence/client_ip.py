@@ -56,7 +56,7 @@ class TrustedProxies:
     """A set of CIDR networks with cheap membership tests on address strings."""
 
     def __init__(self, cidrs: Iterable[str]) -> None:
-        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self.networks = tuple(_unmapped(ipaddress.ip_network(c, strict=False)) for c in cidrs)
         self._seen: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
@@ -76,6 +76,17 @@ class TrustedProxies:
             self._seen.clear()
         self._seen[host] = result
         return result
+
+
+def _unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> (
+    ipaddress.IPv4Network | ipaddress.IPv6Network
+):
+    """``::ffff:10.0.0.0/104`` as ``10.0.0.0/8``: addresses are compared in IPv4 form."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return network
 
 
 def _forwarded_for_values(header: str) -> list[str] | None:

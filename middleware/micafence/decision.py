@@ -29,7 +29,7 @@ A rule may set its own ``reason`` instead of the default ``<zone>.<class>``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .policy import Mode, Outcome, PromotionStance
 
@@ -37,9 +37,12 @@ PASS_REASON = "pass"
 DEFAULT_RULE_ID = "default"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One request's decision. ``blocked`` is what the middleware acts on."""
+class Decision(NamedTuple):
+    """One request's decision. ``blocked`` is what the middleware acts on.
+
+    A named tuple rather than a frozen dataclass: it is built on every request, and a tuple is
+    several times cheaper to build while being just as immutable.
+    """
 
     outcome: Outcome
     blocked: bool

@@ -8,8 +8,7 @@ for visitors some rule applies to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from .client_ip import TrustedProxies, parse_ip, resolve_client_ip
 from .decision import DEFAULT_RULE_ID, PASS_REASON, Decision
@@ -31,7 +30,12 @@ from .policy import (
     PromotionStance,
     Rule,
 )
-from .routes import RouteTable, request_methods
+from .routes import (
+    METHOD_OVERRIDE_HEADERS,
+    RouteTable,
+    may_override_method,
+    request_methods,
+)
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
@@ -98,34 +102,75 @@ class Enforcer:
             )
         self._profiles: dict[tuple[str | None, str | None, str | None], _Profile] = {}
         self._verdicts: dict[tuple[tuple[str, ...], str], _Verdict] = {}
+        self._unrestricted: dict[object, Decision] = {}
+        self._restricted: dict[object, Decision] = {}
+        # Every header a decision can depend on; the rest never enter cache keys.
+        self._signal_headers = frozenset(
+            name for name in (self._forwarded_header, self._id_header, self._residence_header,
+                              *METHOD_OVERRIDE_HEADERS)
+            if name is not None
+        )
 
     # -- per request -------------------------------------------------------------------------
 
     def decide(self, scope: Scope) -> Decision:
         """Decide one ``http`` or ``websocket`` scope. Never raises for request content."""
+        wanted = self._signal_headers
+        signal_headers: list[tuple[bytes, bytes]] | None = None
+        for header in scope.get("headers") or ():
+            if header[0] in wanted:
+                if signal_headers is None:
+                    signal_headers = []
+                signal_headers.append(header)
+        client = scope.get("client")
+        peer = client[0] if client and isinstance(client[0], str) else None
+        supplied = self._supplied_identity(scope)
+        # A visitor no rule applies to gets the same decision for the same signals whatever
+        # the route, so it is cached: the common case costs one dictionary look-up.
+        key = (peer, tuple(signal_headers) if signal_headers else None, supplied)
+        cached = self._unrestricted.get(key)
+        if cached is not None:
+            return cached
+        # Restricted visitors' decisions also depend on the route: cache them per request line.
+        query = scope.get("query_string") or b""
+        route_key = (key, scope.get("method"), scope.get("path"), scope.get("root_path"),
+                     query if may_override_method(query) else None)
+        cached = self._restricted.get(route_key)
+        if cached is not None:
+            return cached
+        decision = self._decide(scope, peer, signal_headers or (), supplied)
+        cache, cache_key = (
+            (self._restricted, route_key) if decision.restricted else (self._unrestricted, key)
+        )
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[cache_key] = decision
+        return decision
+
+    def _decide(
+        self,
+        scope: Scope,
+        peer: str | None,
+        signal_headers: list[tuple[bytes, bytes]] | tuple[()],
+        supplied: ClientIdentity | None,
+    ) -> Decision:
         forwarded: list[str] = []
         id_value: bytes | None = None
         residence_value: bytes | None = None
-        forwarded_name, id_name, residence_name = (
-            self._forwarded_header, self._id_header, self._residence_header
-        )
-        for name, value in scope.get("headers") or ():
-            if name == forwarded_name:
+        for name, value in signal_headers:
+            if name == self._forwarded_header:
                 forwarded.append(value.decode("latin-1"))
-            elif name == id_name:
+            elif name == self._id_header:
                 id_value = value
-            elif name == residence_name:
+            elif name == self._residence_header:
                 residence_value = value
-
-        client = scope.get("client")
-        peer = client[0] if client else None
         if forwarded and self._trusted:
             ip = resolve_client_ip(peer, forwarded, self._trusted, self.policy.client_ip.header)
         else:
-            ip = parse_ip(peer) if isinstance(peer, str) else None
+            ip = parse_ip(peer) if peer is not None else None
         location = self.geoip.lookup(ip) if ip is not None else UNKNOWN_LOCATION
 
-        identity = self._identity(scope, peer, id_value, residence_value)
+        identity = supplied or self._header_identity(peer, id_value, residence_value)
         residence = identity.residence_country if self.policy.signals.residence else None
         profile = self._profile(location, residence)
 
@@ -178,8 +223,7 @@ class Enforcer:
         """Settle a ``require_grant`` decision for a client that holds no grant: a block."""
         if decision.outcome is not Outcome.REQUIRE_GRANT:
             return decision
-        return replace(
-            decision,
+        return decision._replace(
             outcome=Outcome.BLOCK,
             blocked=decision.mode is Mode.ENFORCE,
             reason=f"{decision.zone}.no_grant",
@@ -187,31 +231,33 @@ class Enforcer:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _identity(
-        self, scope: Scope, peer: Any, id_value: bytes | None, residence_value: bytes | None
-    ) -> ClientIdentity:
+    def _supplied_identity(self, scope: Scope) -> ClientIdentity | None:
+        """The identity from ``scope["user"]`` or the Python callable; ``None`` for headers."""
         source = self.policy.client_identity.source
-        if source == "header":
-            # An identity header is only as good as the proxy that set it.
-            if (id_value is None and residence_value is None) or peer not in self._trusted:
-                return NO_IDENTITY
-            return ClientIdentity(
-                clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,
-                clean_country(residence_value.decode("latin-1")) if residence_value else None,
-            )
         if source == "scope_user":
             return from_scope_user(scope)
         if source == "callable" and self._identify is not None:
             try:
                 found = self._identify(scope)
-            except Exception:  # the host's code must not take the request down; fail as unknown
+            except Exception:  # the host's code must not take the request down: unidentified
                 return NO_IDENTITY
             if found is None:
                 return NO_IDENTITY
             return ClientIdentity(
                 clean_client_id(found.client_id), clean_country(found.residence_country)
             )
-        return NO_IDENTITY
+        return None
+
+    def _header_identity(
+        self, peer: str | None, id_value: bytes | None, residence_value: bytes | None
+    ) -> ClientIdentity:
+        # An identity header is only as good as the proxy that set it.
+        if (id_value is None and residence_value is None) or peer not in self._trusted:
+            return NO_IDENTITY
+        return ClientIdentity(
+            clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,
+            clean_country(residence_value.decode("latin-1")) if residence_value else None,
+        )
 
     def _profile(self, location: Location, residence: str | None) -> _Profile:
         key = (location.country, location.registered_country, residence)

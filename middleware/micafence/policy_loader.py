@@ -93,12 +93,15 @@ def _build(root: Node, raw: bytes, source: str) -> Policy:
 
 def _zones(node: Node) -> tuple[Zone, ...]:
     zones: list[Zone] = []
-    owner: dict[str, str] = {}
     for name, zone_node in node.dict_items():
         if not _NAME.fullmatch(name):
             zone_node.fail(f"zone name {name!r} must be lower-case letters, digits and _")
         fields = zone_node.mapping(("title", "countries", "promotions", "enabled"))
         if "enabled" in fields and not fields["enabled"].flag():
+            if name == UNKNOWN_COUNTRY_ZONE:
+                fields["enabled"].fail(
+                    "the unknown_country zone cannot be disabled (remove its rules instead)"
+                )
             continue
         countries: set[str] = set()
         if name == UNKNOWN_COUNTRY_ZONE:
@@ -114,7 +117,8 @@ def _zones(node: Node) -> tuple[Zone, ...]:
                 if code in countries:
                     item.fail(f"{code} is listed twice in zone {name!r}")
                 countries.add(code)
-                owner.setdefault(code, name)
+            if not countries:
+                fields["countries"].fail("a zone must list at least one country")
         stance = PromotionStance.FORBIDDEN
         if "promotions" in fields:
             stance = PromotionStance(fields["promotions"].choice(list(PromotionStance)))
@@ -149,6 +153,8 @@ def _routes(node: Node) -> tuple[Route, ...]:
                 if method not in HTTP_METHODS:
                     method_node.fail(f"unknown HTTP method {method_node.value!r}")
                 names.add(method)
+            if not names:
+                fields["methods"].fail("list at least one method (omit the key for any method)")
             methods = frozenset(names)
         routes.append(Route(route_id, route_class, path, methods))
     return tuple(routes)

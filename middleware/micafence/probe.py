@@ -43,4 +43,8 @@ def parse_header_option(text: str) -> tuple[str, str]:
     name, colon, value = text.partition(":")
     if not colon or not name.strip():
         raise ValueError(f"header {text!r} is not 'Name: value'")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"header {text!r} has characters HTTP headers cannot carry") from None
     return name.strip(), value.strip()

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from .policy import Route
 
 _SEGMENT_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
-_METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
+METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
 _CACHE_LIMIT = 4096
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
@@ -25,11 +25,14 @@ HTTP_METHODS = frozenset(
 
 def normalize_path(path: str) -> str:
     """One canonical, lower-case spelling of a URL path (idempotent)."""
-    for _ in range(3):  # undo double and triple encoding that some stacks decode again
-        if "%" not in path:
+    # Decode and fold Unicode until nothing changes: NFKC turns a fullwidth percent sign into
+    # a new '%', and some stacks decode more than once, so one round of each is not enough.
+    for _ in range(32):
+        folded = unquote(unicodedata.normalize("NFKC", path), errors="replace")
+        if folded == path:
             break
-        path = unquote(path, errors="replace")
-    path = unicodedata.normalize("NFKC", path).replace("\\", "/").lower()
+        path = folded
+    path = path.replace("\\", "/").lower()
     segments: list[str] = []
     for segment in path.split("/"):
         segment = segment.split(";", 1)[0].strip()  # matrix parameters never select a route
@@ -69,24 +72,32 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
             raise ValueError(f"'*' must be a whole segment, not part of {segment!r}")
         parts.append("/" + re.escape(segment))
     body = "".join(parts) or "/"
-    return re.compile(body if body != "(?:/.*)?" else "/.*")
+    try:
+        return re.compile(body if body != "(?:/.*)?" else "/.*")
+    except re.error as exc:  # e.g. the same {name} twice
+        raise ValueError(str(exc)) from None
+
+
+def may_override_method(query: bytes) -> bool:
+    """Could this query string carry a ``_method`` override (possibly percent-encoded)?"""
+    return b"%" in query or b"_method" in query.lower()
 
 
 def request_methods(
     method: str, headers: Iterable[tuple[bytes, bytes]], query: bytes
 ) -> frozenset[str]:
-    """Every method a request may be handled as: its own, GET for HEAD, and any override."""
+    """Every method a request may be handled as: its own, any override, and GET for HEAD."""
     methods = {method.upper()}
-    if "HEAD" in methods:
-        methods.add("GET")
     for name, value in headers:
-        if name in _METHOD_OVERRIDE_HEADERS:
+        if name in METHOD_OVERRIDE_HEADERS:
             methods.add(value.decode("latin-1").strip().upper())
-    if b"_method=" in query.lower():
+    if may_override_method(query):
         for pair in query.split(b"&"):
             key, _, value = pair.partition(b"=")
             if unquote(key.decode("latin-1")).lower() == "_method":
                 methods.add(unquote(value.decode("latin-1")).strip().upper())
+    if "HEAD" in methods:
+        methods.add("GET")
     return frozenset(methods)
 
 

@@ -104,7 +104,10 @@ class Node:
 
 def _key_line(mapping: Any, key: Any) -> int | None:
     if isinstance(mapping, CommentedMap):
-        return int(mapping.lc.key(key)[0]) + 1
+        try:
+            return int(mapping.lc.key(key)[0]) + 1
+        except KeyError:  # a key brought in by a merge (<<: *anchor) has no line of its own
+            return None
     return None
 
 
