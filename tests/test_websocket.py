@@ -13,15 +13,18 @@ from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.server
 
+# The default policy with the /ws price stream classed as a service (needs a grant).
+WS_IS_A_SERVICE = (
+    "  - {id: wind-down.export,",
+    "  - {id: stream.prices, class: service, path: /ws}\n  - {id: wind-down.export,",
+)
+
 
 @pytest.mark.parametrize("ws", ["websockets-sansio", "wsproto"])
 def test_blocked_websocket_gets_451_under_uvicorn(
     make_app: Callable[..., Any], policy_variant: Callable[[str, str], str], ws: str
 ) -> None:
-    text = policy_variant(
-        "  - {id: wind-down.export,",
-        "  - {id: stream.prices, class: service, path: /ws}\n  - {id: wind-down.export,",
-    )
+    text = policy_variant(*WS_IS_A_SERVICE)
     with ServerThread(make_app(text), ws=ws) as server:
         url = server.url.replace("http", "ws") + "/ws"
         with pytest.raises(InvalidStatus) as refused:
@@ -37,10 +40,7 @@ def test_blocked_websocket_gets_451_under_uvicorn(
 async def test_blocked_websocket_without_extension_is_closed_before_accept(
     make_app: Callable[..., Any], policy_variant: Callable[[str, str], str]
 ) -> None:
-    text = policy_variant(
-        "  - {id: wind-down.export,",
-        "  - {id: stream.prices, class: service, path: /ws}\n  - {id: wind-down.export,",
-    )
+    text = policy_variant(*WS_IS_A_SERVICE)
     app = make_app(text)
     sent: list[dict[str, Any]] = []
     inbox = [{"type": "websocket.connect"}]
