@@ -15,6 +15,7 @@ from .identity import IdentifyFunction
 from .policy import Outcome, Policy
 from .policy_loader import load_policy
 from .responses import STATUS, block_body, block_headers, send_block
+from .store import Store, open_store
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,7 +38,8 @@ class MicafenceMiddleware:
     :class:`~micafence.geo.GeoIPDatabase`). Both are required: there is no silent default in
     production, and a missing or corrupt file fails here, at start-up, with its name.
     ``identify`` is the Python identity source used when the policy says
-    ``client_identity.source: callable``.
+    ``client_identity.source: callable``. ``store`` is a store URL (``memory://``, the
+    default) or an open :class:`~micafence.store.Store`.
     """
 
     def __init__(
@@ -47,8 +49,10 @@ class MicafenceMiddleware:
         policy: str | os.PathLike[str] | Policy,
         geoip_db: str | os.PathLike[str] | GeoIPDatabase,
         identify: IdentifyFunction | None = None,
+        store: str | Store = "memory://",
     ) -> None:
         self.app = app
+        self.store = store if isinstance(store, Store) else open_store(store)
         loaded = policy if isinstance(policy, Policy) else load_policy(Path(policy))
         database = geoip_db if isinstance(geoip_db, GeoIPDatabase) else GeoIPDatabase(geoip_db)
         self.enforcer = Enforcer(loaded, database, identify=identify)

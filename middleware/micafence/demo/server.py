@@ -6,16 +6,15 @@ import os
 
 import uvicorn
 
-from ..errors import MicafenceError
 from ..middleware import MicafenceMiddleware
 from .app import build_demo_app
 
 
 def build_demo(
-    policy: str | os.PathLike[str], geoip_db: str | os.PathLike[str]
+    policy: str | os.PathLike[str], geoip_db: str | os.PathLike[str], store: str = "memory://"
 ) -> MicafenceMiddleware:
     """The demo exchange wrapped in micafence."""
-    return MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=geoip_db)
+    return MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=geoip_db, store=store)
 
 
 def run_demo(
@@ -27,9 +26,7 @@ def run_demo(
     store: str = "memory://",
 ) -> None:
     """Serve the demo until interrupted."""
-    if store != "memory://":
-        raise MicafenceError(f"store {store!r}: this version of the demo supports memory:// only")
-    app = build_demo(policy, geoip_db)
+    app = build_demo(policy, geoip_db, store)
     print(f"micafence demo: http://{host}:{port}/  (policy {app.enforcer.policy.revision}; "
           "try: curl -H 'X-Forwarded-For: 89.160.20.112' -X POST "
           f"http://{host}:{port}/api/accounts)")
