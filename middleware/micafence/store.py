@@ -39,8 +39,9 @@ class Store(ABC):
     async def solicitations(self, subject: str) -> list[SolicitationEvidence]:
         """Every piece of evidence recorded for ``subject``, oldest first."""
 
+    @abstractmethod
     async def close(self) -> None:
-        """Release connections (nothing to do for memory)."""
+        """Release connections."""
 
 
 class MemoryStore(Store):
@@ -54,6 +55,9 @@ class MemoryStore(Store):
 
     async def solicitations(self, subject: str) -> list[SolicitationEvidence]:
         return list(self._solicitations.get(subject, ()))
+
+    async def close(self) -> None:
+        return None
 
 
 def open_store(url: str) -> Store:
