@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
     demo.add_argument("--store", default="memory://", help="grant store URL (default memory://)")
     demo.set_defaults(func=_cmd_demo)
+
+    from .bench.runner import register as register_bench
+
+    register_bench(commands)
     return parser
 
 

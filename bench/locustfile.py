@@ -1,0 +1,49 @@
+"""Locust load test: the release traffic mix against a running micafence server.
+
+Run by ``micafence bench --locust`` (headless, bounded in users and time), or by hand:
+
+    locust -f bench/locustfile.py --headless -u 16 -r 16 -t 30s --host http://127.0.0.1:8000
+
+The mix and its weights are ``micafence.bench.traffic.MIX`` (documented in the README), so the
+wrk throughput runs and this latency run load the same traffic. On a 2-core machine a single
+locust process competes with the server for CPU: use this for the latency distribution of the
+mix, and ``wrk`` (in ``micafence bench``) for throughput.
+"""
+
+from __future__ import annotations
+
+import random
+
+from locust import task
+from locust.contrib.fasthttp import FastHttpUser
+
+from micafence.bench.apps import database_path, policy_path
+from micafence.bench.traffic import MIX, skewed_visits, visitor_pools
+from micafence.engine import Enforcer
+from micafence.geo import GeoIPDatabase
+from micafence.policy_loader import load_policy
+
+_POOLS = visitor_pools(Enforcer(load_policy(policy_path()), GeoIPDatabase(database_path())))
+_VISITS = {
+    True: skewed_visits(_POOLS.restricted, 5000),
+    False: skewed_visits(_POOLS.unrestricted, 5000),
+}
+_SCENARIOS = list(MIX)
+_WEIGHTS = [scenario.weight for scenario in MIX]
+
+
+class ExchangeVisitor(FastHttpUser):
+    """One visitor of the demo exchange; each task is one request drawn from the mix."""
+
+    @task
+    def visit(self) -> None:
+        scenario = random.choices(_SCENARIOS, weights=_WEIGHTS)[0]
+        headers = {"X-Forwarded-For": random.choice(_VISITS[scenario.restricted])}
+        if scenario.body:
+            headers["Content-Type"] = "application/json"
+        with self.client.request(scenario.method, scenario.path, data=scenario.body or None,
+                                 headers=headers, name=scenario.name,
+                                 catch_response=True) as response:
+            # 451 is the fence working, not a failure.
+            if response.status_code in (200, 201, 204, 451):
+                response.success()

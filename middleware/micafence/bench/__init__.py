@@ -1,0 +1,1 @@
+"""``micafence bench``: what micafence costs, next to the bare app and the naive alternative."""

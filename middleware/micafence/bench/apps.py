@@ -1,0 +1,75 @@
+"""The three apps every benchmark compares: bare, behind micafence, and the naive alternative.
+
+The naive alternative is what a team would write without micafence: Starlette's
+``BaseHTTPMiddleware`` calling ``geoip2``'s ``Reader.country()`` on every request. It is the
+only place in the package allowed to use ``BaseHTTPMiddleware`` — as the thing to beat.
+Factories read their files from the environment so ``uvicorn --factory`` can start them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from starlette.applications import Starlette
+
+from ..demo.app import build_demo_app
+from ..middleware import MicafenceMiddleware
+from ..policy_loader import default_policy_path
+
+POLICY_ENV = "MICAFENCE_BENCH_POLICY"
+DATABASE_ENV = "MICAFENCE_BENCH_DB"
+
+# The naive peer's idea of "the EU": the 27 member states, nothing else (it is the baseline).
+_NAIVE_EU = frozenset({
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
+    "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+})
+_SIGNUP_PATHS = frozenset({"/signup", "/api/accounts"})
+
+
+def policy_path() -> str:
+    return os.environ.get(POLICY_ENV) or str(default_policy_path())
+
+
+def database_path() -> str:
+    from ..cli import bundled_test_database
+
+    return os.environ.get(DATABASE_ENV) or str(bundled_test_database())
+
+
+def bare_app() -> Starlette:
+    """The demo exchange with nothing in front."""
+    return build_demo_app()
+
+
+def micafence_app() -> MicafenceMiddleware:
+    """The demo exchange behind micafence."""
+    return MicafenceMiddleware(build_demo_app(), policy=policy_path(), geoip_db=database_path())
+
+
+def naive_app() -> Any:
+    """The demo exchange behind a ``BaseHTTPMiddleware`` doing a geoip2 lookup per request."""
+    import geoip2.database
+    import geoip2.errors
+    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    reader = geoip2.database.Reader(database_path())
+
+    class NaiveGeoBlock(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            forwarded = request.headers.get("x-forwarded-for", "")
+            ip = forwarded.split(",")[-1].strip() or (request.client.host if request.client else "")
+            try:
+                country = reader.country(ip).country.iso_code
+            except (geoip2.errors.AddressNotFoundError, ValueError):
+                country = None
+            if country in _NAIVE_EU and request.url.path in _SIGNUP_PATHS:
+                return JSONResponse({"error": "unavailable"}, status_code=451)
+            return await call_next(request)
+
+    app = build_demo_app()
+    app.add_middleware(NaiveGeoBlock)
+    return app

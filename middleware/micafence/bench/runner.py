@@ -1,0 +1,259 @@
+"""``micafence bench``: run the benchmarks, print the table, check against a baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine import Enforcer
+from ..errors import MicafenceError
+from ..geo import GeoIPDatabase
+from ..policy_loader import load_policy
+from . import apps
+from .http import Row, paired_throughput, rotating_v6_script, rows_script, servers
+from .inprocess import ClassResult, Request, measure
+from .traffic import MIX, skewed_visits, visitor_pools
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    metric: str
+    op: str  # "<=" or ">="
+    limit: float
+    what: str
+
+
+TARGETS = (
+    Target("inprocess.neutral_unrestricted.overhead_us", "<=", 1.5,
+           "in-process overhead, non-restricted visitor, neutral route (p50)"),
+    Target("inprocess.neutral_restricted.overhead_us", "<=", 1.5,
+           "in-process overhead, restricted visitor, neutral route (p50)"),
+    Target("inprocess.neutral_unrestricted.times_faster_than_naive", ">=", 4.0,
+           "micafence vs the naive BaseHTTPMiddleware + geoip2 peer (in-process)"),
+    Target("http.neutral.throughput_ratio", ">=", 0.95, "HTTP throughput, neutral traffic"),
+    Target("http.mix.throughput_ratio", ">=", 0.90, "HTTP throughput, the release mix"),
+    Target("http.rotating_v6.throughput_ratio", ">=", 0.70,
+           "HTTP throughput, every lookup a cache miss (rotating IPv6)"),
+    Target("http.neutral.times_naive", ">=", 4.0, "HTTP throughput vs the naive peer"),
+)
+# Ratios compared with the baseline, and which way is better.
+_LOWER_IS_BETTER = ("cost_ratio",)
+
+
+def _requests(visits: list[str], method: str, path: str, body: str = "") -> list[Request]:
+    return [Request(ip, method, path, body.encode()) for ip in visits]
+
+
+def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
+    pools = visitor_pools(enforcer)
+    unrestricted = skewed_visits(pools.unrestricted, count)
+    restricted = skewed_visits(pools.restricted, count)
+    classes = {
+        "neutral_unrestricted": _requests(unrestricted, "GET", "/healthz"),
+        "neutral_restricted": _requests(restricted, "GET", "/healthz"),
+        "signup_block": _requests(restricted, "POST", "/api/accounts", '{"email": "a@b.eu"}'),
+        "out_of_scope_block": _requests(
+            restricted, "POST", "/api/orders", '{"pair": "BTC-EUR", "side": "buy", "amount": "1"}'
+        ),
+    }
+    bare, guarded, naive = apps.bare_app(), apps.micafence_app(), apps.naive_app()
+
+    async def run_all() -> list[ClassResult]:
+        return [
+            await measure(name, requests, bare, guarded, naive)
+            for name, requests in classes.items()
+        ]
+
+    return asyncio.run(run_all())
+
+
+def run_http(enforcer: Enforcer, rounds: int, seconds: int) -> list[Any]:
+    pools = visitor_pools(enforcer)
+    rng = random.Random(3)
+    neutral = [Row("GET", "/healthz", "", ip) for ip in skewed_visits(pools.unrestricted, 4000)]
+    mix: list[Row] = []
+    for scenario in MIX:
+        pool = pools.restricted if scenario.restricted else pools.unrestricted
+        visits = skewed_visits(pool, scenario.weight * 40, seed=rng.randrange(1 << 30))
+        mix.extend(Row(scenario.method, scenario.path, scenario.body, ip) for ip in visits)
+    rng.shuffle(mix)
+    results = []
+    with servers(["bare", "micafence", "naive"], _server_env()) as urls:
+        results.append(paired_throughput("neutral", urls, rows_script(neutral), rounds, seconds))
+        pair = {k: urls[k] for k in ("bare", "micafence")}
+        results.append(paired_throughput("mix", pair, rows_script(mix), rounds, seconds))
+        results.append(paired_throughput("rotating_v6", pair, rotating_v6_script(), rounds,
+                                         seconds))
+    return results
+
+
+def _server_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MICAFENCE_BENCH_")}
+
+
+def run_locust(locustfile: Path, seconds: int, results_dir: Path) -> dict[str, Any]:
+    """The mix's latency distribution under locust (FastHttpUser), against micafence."""
+    if not locustfile.is_file():
+        raise MicafenceError(f"no locustfile at {locustfile} (run from the repository root)")
+    locust = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with servers(["micafence"], _server_env()) as urls:
+        subprocess.run(
+            [locust, "-f", str(locustfile), "--headless", "--users", "16", "--spawn-rate", "16",
+             "--run-time", f"{seconds}s", "--host", urls["micafence"], "--only-summary",
+             "--csv", str(results_dir / "locust"), "--html", str(results_dir / "locust.html"),
+             "--exit-code-on-error", "0"],
+            check=True, capture_output=True, timeout=seconds + 60,
+        )
+    stats = (results_dir / "locust_stats.csv").read_text().splitlines()
+    header = stats[0].split(",")
+    total = dict(zip(header, stats[-1].split(","), strict=False))
+    return {key: total.get(key) for key in ("Request Count", "Failure Count", "50%", "95%",
+                                            "99%", "Requests/s")}
+
+
+def metrics_of(inprocess: list[ClassResult], http: list[Any]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for result in inprocess:
+        prefix = f"inprocess.{result.name}"
+        metrics[f"{prefix}.p50_us"] = round(result.micafence.p50_us, 3)
+        metrics[f"{prefix}.p99_us"] = round(result.micafence.p99_us, 3)
+        metrics[f"{prefix}.bare_p50_us"] = round(result.bare.p50_us, 3)
+        metrics[f"{prefix}.overhead_us"] = round(result.overhead_us, 3)
+        metrics[f"{prefix}.cost_ratio"] = round(result.ratio_to_bare, 4)
+        if result.naive is not None:
+            metrics[f"{prefix}.naive_p50_us"] = round(result.naive.p50_us, 3)
+            metrics[f"{prefix}.times_faster_than_naive"] = round(
+                result.naive.p50_us / result.micafence.p50_us, 3)
+    for run in http:
+        metrics[f"http.{run.scenario}.throughput_ratio"] = round(run.ratio_to_bare, 4)
+        for name, rps in run.rps.items():
+            metrics[f"http.{run.scenario}.{name}_rps"] = round(rps, 1)
+        if run.ratio_to_naive is not None:
+            metrics[f"http.{run.scenario}.times_naive"] = round(run.ratio_to_naive, 3)
+    return metrics
+
+
+def check_targets(metrics: dict[str, float]) -> list[tuple[Target, float | None, bool | None]]:
+    rows: list[tuple[Target, float | None, bool | None]] = []
+    for target in TARGETS:
+        value = metrics.get(target.metric)
+        ok = None if value is None else (
+            value <= target.limit if target.op == "<=" else value >= target.limit)
+        rows.append((target, value, ok))
+    return rows
+
+
+def check_baseline(metrics: dict[str, float], baseline_path: Path) -> list[str]:
+    """Regressions against the baseline's ratios, beyond its stored tolerance."""
+    baseline = json.loads(baseline_path.read_text())
+    tolerance = float(baseline["tolerance"])
+    failures = []
+    for metric, reference in baseline["metrics"].items():
+        value = metrics.get(metric)
+        if value is None:
+            continue  # not measured in this run (e.g. --quick skips HTTP)
+        lower_better = metric.endswith(_LOWER_IS_BETTER)
+        worse = value > reference * (1 + tolerance) if lower_better else (
+            value < reference * (1 - tolerance))
+        if worse:
+            failures.append(f"{metric}: {value} vs baseline {reference} (tolerance "
+                            f"{tolerance:.0%})")
+    return failures
+
+
+def render(inprocess: list[ClassResult], http: list[Any], metrics: dict[str, float]) -> str:
+    lines = ["In-process (µs per request; ratio = micafence / bare)",
+             f"{'class':<22}{'bare p50':>10}{'mica p50':>10}{'mica p99':>10}{'overhead':>10}"
+             f"{'ratio':>8}{'naive p50':>11}{'vs naive':>10}"]
+    for r in inprocess:
+        naive = f"{r.naive.p50_us:>11.2f}{r.naive.p50_us / r.micafence.p50_us:>9.1f}x" \
+            if r.naive else ""
+        lines.append(f"{r.name:<22}{r.bare.p50_us:>10.2f}{r.micafence.p50_us:>10.2f}"
+                     f"{r.micafence.p99_us:>10.2f}{r.overhead_us:>10.2f}{r.ratio_to_bare:>8.3f}"
+                     f"{naive}")
+    if http:
+        lines += ["", "HTTP under uvicorn, wrk paired runs (requests/s, medians)",
+                  f"{'scenario':<14}{'bare':>10}{'micafence':>11}{'naive':>10}{'ratio':>8}"
+                  f"{'vs naive':>10}"]
+        for run in http:
+            naive_rps = f"{run.rps['naive']:>10.0f}" if "naive" in run.rps else f"{'-':>10}"
+            vs = f"{run.ratio_to_naive:>9.1f}x" if run.ratio_to_naive else f"{'-':>10}"
+            lines.append(f"{run.scenario:<14}{run.rps['bare']:>10.0f}{run.rps['micafence']:>11.0f}"
+                         f"{naive_rps}{run.ratio_to_bare:>8.3f}{vs}")
+    lines += ["", "Targets"]
+    for target, value, ok in check_targets(metrics):
+        verdict = "n/a " if ok is None else ("PASS" if ok else "MISS")
+        shown = "not measured" if value is None else f"{value}"
+        lines.append(f"  {verdict} {target.what}: {shown} (target {target.op} {target.limit})")
+    return "\n".join(lines)
+
+
+def main(args: Any) -> int:
+    if args.policy:
+        os.environ[apps.POLICY_ENV] = str(args.policy)
+    if args.geoip_db:
+        os.environ[apps.DATABASE_ENV] = str(args.geoip_db)
+    enforcer = Enforcer(load_policy(apps.policy_path()), GeoIPDatabase(apps.database_path()))
+    started = time.monotonic()
+    count = 3000 if args.quick else 20000
+    inprocess = run_inprocess(enforcer, count)
+    http = [] if args.quick else run_http(enforcer, rounds=5, seconds=2)
+    metrics = metrics_of(inprocess, http)
+    report: dict[str, Any] = {
+        "quick": args.quick,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "metrics": metrics,
+        "targets": {t.metric: ok for t, _, ok in check_targets(metrics)},
+    }
+    if args.locust and not args.quick:
+        report["locust"] = run_locust(Path(args.locustfile), 15, Path(args.results_dir))
+    report["seconds"] = round(time.monotonic() - started, 1)
+    print(render(inprocess, http, metrics))
+    if "locust" in report:
+        print(f"\nLocust mix latency (ms, micafence): {report['locust']}")
+    print("\nLimits: in-process figures are CPU time of one Python process; HTTP throughput is "
+          "bounded by the single uvicorn worker sharing 2 cores with wrk.")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.check:
+        failures = check_baseline(metrics, Path(args.check))
+        if failures:
+            print("\nREGRESSION against " + args.check + ":\n  " + "\n  ".join(failures))
+            return 1
+        print(f"\nNo regression against {args.check}.")
+    return 0
+
+
+def register(commands: Any) -> None:
+    """Add ``micafence bench`` to the CLI."""
+    bench = commands.add_parser(
+        "bench", help="measure what micafence costs (in-process and over HTTP)",
+        description="Benchmark micafence against the bare app and the naive alternative "
+        "(BaseHTTPMiddleware + geoip2) in the same run; print p50/p99 µs, requests/s and ratios.",
+    )
+    bench.add_argument("--quick", action="store_true",
+                       help="in-process only, small samples (a smoke test, seconds)")
+    bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    bench.add_argument("--check", metavar="BASELINE",
+                       help="exit 1 if a ratio regresses beyond the baseline's tolerance")
+    bench.add_argument("--policy", help="policy file (default: the packaged default policy)")
+    bench.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
+    bench.add_argument("--locust", action="store_true",
+                       help="also run the locust mix for its latency distribution")
+    bench.add_argument("--locustfile", default="bench/locustfile.py", help="locustfile path")
+    bench.add_argument("--results-dir", default="bench/results",
+                       help="where locust's CSV and HTML reports go")
+    bench.set_defaults(func=main)
