@@ -10,12 +10,18 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from .anonymizer import AnonymousIPDatabase
+from .archive import ARCHIVE_ENV, policy_for_explain
+from .breakglass import DIR_ENV as BREAKGLASS_ENV
+from .breakglass import register as register_breakglass
+from .breakglass import state_for as breakglass_state
 from .casefile import load_cases, run_cases
 from .engine import Enforcer
 from .errors import MicafenceError
 from .geo import GeoIPDatabase
 from .policy_loader import default_policy_path, load_policy
 from .probe import build_scope, parse_header_option
+from .schedule import parse_instant
 
 GEOIP_ENV = "MICAFENCE_GEOIP_DB"
 POLICY_ENV = "MICAFENCE_POLICY"
@@ -69,16 +75,25 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    policy = load_policy(_policy_path(args.policy))
+    at = parse_instant(args.at) if args.at else None
+    archive_dir = args.archive or os.environ.get(ARCHIVE_ENV)
+    if at is not None and archive_dir is None and args.revision is None:
+        print(f"micafence: no --archive or ${ARCHIVE_ENV}: deciding with the current policy "
+              "file, with the zones and rules it has in force at --at", file=sys.stderr)
+    policy = policy_for_explain(_policy_path(args.policy), archive_dir, args.revision, at)
     database = GeoIPDatabase(_database_path(args.geoip_db))
-    enforcer = Enforcer(policy, database)
+    anonymizer = AnonymousIPDatabase(args.anonymizer_db) if args.anonymizer_db else None
+    breakglass = breakglass_state(args.breakglass_dir or os.environ.get(BREAKGLASS_ENV), at)
+    enforcer = Enforcer(policy, database, anonymizer=anonymizer, breakglass=breakglass,
+                        clock=None if at is None else lambda: at)
     headers = [parse_header_option(h) for h in args.header]
     decision = enforcer.without_grant(
         enforcer.decide(build_scope(args.ip, args.method, args.path, headers))
     )
     if args.json:
         print(json.dumps({**decision.as_dict(), "database_type": database.database_type,
-                          "policy_source": policy.source}, indent=2))
+                          "policy_source": policy.source, "at": enforcer.in_force_at.isoformat(),
+                          "breakglass_switches": breakglass.as_dict()["switches"]}, indent=2))
         return 0
     verdict = "BLOCK (451)" if decision.blocked else (
         f"PASS (shadow: would {decision.outcome.value})" if decision.would_block else "PASS"
@@ -99,6 +114,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         ("policy", f"{policy.name} {policy.revision} ({policy.source})"),
         ("database", f"{database.database_type} built {database.built_at:%Y-%m-%d} "
                      f"({database.path})"),
+        ("at", f"{enforcer.in_force_at.isoformat()} (effective dates)"),
+        ("anonymizer", (", ".join(decision.anonymizer) or "no flag") + (
+            f" ({anonymizer.database_type} built {anonymizer.built_at:%Y-%m-%d})"
+            if anonymizer else " (no --anonymizer-db)")),
+        ("breakglass", breakglass.describe()),
     ]
     for label, value in rows:
         print(f"{label:<11}{value}")
@@ -114,6 +134,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         policy=_policy_path(args.policy),
         geoip_db=Path(args.geoip_db) if args.geoip_db else bundled_test_database(),
         store=args.store,
+        grants=args.grants,
+        audit_dir=None if args.no_audit else args.audit_dir,
     )
     return 0
 
@@ -155,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
                          "else the bundled test database)")
     explain.add_argument("--json", action="store_true", help="print the decision as JSON")
+    explain.add_argument("--at", metavar="TIME", help="ISO 8601 instant: decide as at that "
+                         "time (effective dates, break-glass, and the archived revision then)")
+    explain.add_argument("--revision", metavar="REV", help="decide with this archived policy "
+                         "revision (sha256:..., or a unique prefix)")
+    explain.add_argument("--archive", metavar="DIR",
+                         help=f"policy archive directory (default: ${ARCHIVE_ENV})")
+    explain.add_argument("--anonymizer-db", metavar="DB",
+                         help="MaxMind Anonymous-IP database (default: none)")
+    explain.add_argument("--breakglass-dir", metavar="DIR",
+                         help=f"break-glass directory (default: ${BREAKGLASS_ENV})")
     explain.set_defaults(func=_cmd_explain)
 
     demo = commands.add_parser("demo", help="serve the demo exchange behind micafence",
@@ -165,11 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policy", help="policy file (default: the packaged default policy)")
     demo.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
     demo.add_argument("--store", default="memory://", help="grant store URL (default memory://)")
+    demo.add_argument("--grants", metavar="FILE",
+                      help="record the grants in this seeds file at start-up (see README)")
+    demo.add_argument("--audit-dir", default="micafence-demo-audit",
+                      help="decision log directory (default ./micafence-demo-audit; its key "
+                      "is DIR.key unless $MICAFENCE_AUDIT_KEY[_FILE] is set)")
+    demo.add_argument("--no-audit", action="store_true", help="keep no decision log")
     demo.set_defaults(func=_cmd_demo)
 
     from .bench.runner import register as register_bench
+    from .grant_cli import register as register_grant
 
     register_bench(commands)
+    register_breakglass(commands)
+    register_grant(commands)
+    from .audit_cli import register as register_audit
+    from .report import register as register_report
+
+    register_audit(commands)
+    register_report(commands)
     return parser
 
 

@@ -21,8 +21,25 @@ Reason codes (the catalogue; ``<zone>`` is a zone name from the policy such as `
     A wind-down route passed for an identified existing client.
 ``<zone>.wind_down.unidentified``
     A wind-down route refused because the client is not identified.
+``<zone>.in_scope``
+    A service route passed inside a live client-initiated grant (``grant_id`` names it).
+``<zone>.out_of_scope.service``
+    The client holds grants, but none for this service (nor one it is related to).
+``<zone>.out_of_scope.asset_type``
+    A grant for this service exists, but not for this asset or one of the same type.
+``<zone>.grant_expired``
+    A grant covered this once, but its scope term (or same-type window) has passed.
+``<zone>.scope_unreadable``
+    The service or asset cannot be read from the request (malformed, missing, too large).
+``<zone>.store_unavailable``
+    The grant store cannot be read: service routes fail closed.
 ``<zone>.neutral``
     A rule that names the neutral class (for example an incident block of all traffic).
+``anonymizer.<flag>.<class>``
+    The address is a VPN, proxy, Tor exit or hosting address (``<flag>``) and the policy's
+    ``anonymizers`` tier for the route class is ``block`` (or it is a promotion route).
+``breakglass.service``
+    Break-glass is on: all service traffic from restricted zones is blocked.
 
 A rule may set its own ``reason`` instead of the default ``<zone>.<class>``.
 """
@@ -62,6 +79,9 @@ class Decision(NamedTuple):
     client_id: str | None
     policy_revision: str
     database_build: int
+    anonymizer: tuple[str, ...] = ()  # anonymizer flags of the address (vpn, tor_exit, ...)
+    breakglass: str | None = None  # the break-glass switches on (``block_services,...``)
+    grant_id: str | None = None  # the grant(s) that put the request in scope, comma-separated
 
     @property
     def promotions_allowed(self) -> bool:
@@ -94,4 +114,7 @@ class Decision(NamedTuple):
             "client_id": self.client_id,
             "policy_revision": self.policy_revision,
             "database_build": self.database_build,
+            "anonymizer": list(self.anonymizer),
+            "breakglass": self.breakglass,
+            "grant_id": self.grant_id,
         }

@@ -8,8 +8,14 @@ for visitors some rule applies to.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .anonymizer import NO_FLAGS, AnonymizerScreen, AnonymousIPDatabase
+from .breakglass import NO_BREAKGLASS, BreakGlass
+from .cache_policy import edge_location
 from .client_ip import TrustedProxies, parse_ip, resolve_client_ip
 from .decision import DEFAULT_RULE_ID, PASS_REASON, Decision
 from .geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
@@ -30,12 +36,14 @@ from .policy import (
     PromotionStance,
     Rule,
 )
+from .promotion_guard import PromotionGuard
 from .routes import (
     METHOD_OVERRIDE_HEADERS,
     RouteTable,
     may_override_method,
     request_methods,
 )
+from .schedule import next_boundary, rules_in_force, utc_now, zones_in_force
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
@@ -61,7 +69,13 @@ _NO_VERDICT = _Verdict(Outcome.ALLOW, None, None)
 
 
 class Enforcer:
-    """Decides requests against one policy and one GeoIP database."""
+    """Decides requests against one policy and one GeoIP database.
+
+    ``anonymizer`` is an optional Anonymous-IP database; ``breakglass`` the switches on;
+    ``clock`` says what time it is (UTC-aware), for effective dates: the zones and rules in
+    force are rebuilt, and every cached decision dropped, when the clock passes the next
+    ``effective_from`` / ``effective_until`` of the policy.
+    """
 
     def __init__(
         self,
@@ -69,6 +83,9 @@ class Enforcer:
         geoip: GeoIPDatabase,
         *,
         identify: IdentifyFunction | None = None,
+        anonymizer: AnonymousIPDatabase | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        breakglass: BreakGlass = NO_BREAKGLASS,
     ) -> None:
         if policy.client_identity.source == "callable" and identify is None:
             raise ValueError(
@@ -77,6 +94,15 @@ class Enforcer:
             )
         self.policy = policy
         self.geoip = geoip
+        self.anonymizer = anonymizer
+        self.breakglass = breakglass
+        self.clock = clock or utc_now
+        # The hot path compares floats; only a policy with dates ahead makes it read the clock.
+        self._timestamp: Callable[[], float] = (
+            time.time if clock is None else (lambda: self.clock().timestamp())
+        )
+        self._screen = AnonymizerScreen(policy.anonymizers, anonymizer, breakglass.shadow_rules)
+        self._breakglass_tag = breakglass.tag
         self._identify = identify
         self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
         self._forwarded_header = policy.client_ip.header.encode("latin-1")
@@ -88,33 +114,51 @@ class Enforcer:
             else None
         )
         self.routes = RouteTable(policy.routes)
-        self._country_zones: dict[str, tuple[str, ...]] = {}
-        for zone in policy.zones:
-            for country in zone.countries:
-                self._country_zones[country] = (*self._country_zones.get(country, ()), zone.name)
-        self._zone_order = {zone.name: index for index, zone in enumerate(policy.zones)}
-        self._stances = {zone.name: zone.promotions for zone in policy.zones}
-        self._restricted_zones = frozenset(z for rule in policy.rules for z in rule.zones)
-        self._rules_by_class: dict[str, tuple[Rule, ...]] = {}
-        for rule in policy.rules:
-            self._rules_by_class[rule.route_class] = (
-                *self._rules_by_class.get(rule.route_class, ()), rule
-            )
-        self._profiles: dict[tuple[str | None, str | None, str | None], _Profile] = {}
-        self._verdicts: dict[tuple[tuple[str, ...], str], _Verdict] = {}
+        self.promotions = PromotionGuard(policy)  # promotion suppression and cache safety
+        edge = policy.cache.edge_country_header  # set-up "edge": the CDN's country is the location
+        self._edge_header = edge.encode("latin-1") if edge else None
+        self._profiles: dict[tuple[str | None, str | None, str | None, tuple[str, ...]],
+                             _Profile] = {}
+        self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
         self._unrestricted: dict[object, Decision] = {}
         self._restricted: dict[object, Decision] = {}
+        self._activate(self.clock())
         # Every header a decision can depend on; the rest never enter cache keys.
         self._signal_headers = frozenset(
             name for name in (self._forwarded_header, self._id_header, self._residence_header,
-                              *METHOD_OVERRIDE_HEADERS)
+                              self._edge_header, *METHOD_OVERRIDE_HEADERS)
             if name is not None
         )
+
+    def _activate(self, at: dt.datetime) -> None:
+        """Build the tables of the zones and rules in force at ``at``; forget every decision."""
+        zones = zones_in_force(self.policy, at)
+        rules = self.breakglass.apply(rules_in_force(self.policy, at))
+        self._country_zones: dict[str, tuple[str, ...]] = {}
+        for zone in zones:
+            for country in zone.countries:
+                self._country_zones[country] = (*self._country_zones.get(country, ()), zone.name)
+        self._zone_order = {zone.name: index for index, zone in enumerate(zones)}
+        self._stances = {zone.name: zone.promotions for zone in zones}
+        self._restricted_zones = frozenset(z for rule in rules for z in rule.zones)
+        self._rules_by_class: dict[str, tuple[Rule, ...]] = {}
+        for rule in rules:
+            self._rules_by_class[rule.route_class] = (
+                *self._rules_by_class.get(rule.route_class, ()), rule
+            )
+        for cache in (self._profiles, self._verdicts, self._unrestricted, self._restricted):
+            cache.clear()
+        self.in_force_at = at
+        self.next_change = next_boundary(self.policy, at)
+        self._next_change = self.next_change.timestamp() if self.next_change else None
 
     # -- per request -------------------------------------------------------------------------
 
     def decide(self, scope: Scope) -> Decision:
         """Decide one ``http`` or ``websocket`` scope. Never raises for request content."""
+        change = self._next_change
+        if change is not None and self._timestamp() >= change:
+            self._activate(self.clock())
         wanted = self._signal_headers
         signal_headers: list[tuple[bytes, bytes]] | None = None
         for header in scope.get("headers") or ():
@@ -138,7 +182,7 @@ class Enforcer:
         cached = self._restricted.get(route_key)
         if cached is not None:
             return cached
-        decision = self._decide(scope, peer, signal_headers or (), supplied)
+        decision = self.promotions.settle(self._decide(scope, peer, signal_headers or (), supplied))
         cache, cache_key = (
             (self._restricted, route_key) if decision.restricted else (self._unrestricted, key)
         )
@@ -157,8 +201,11 @@ class Enforcer:
         forwarded: list[str] = []
         id_value: bytes | None = None
         residence_value: bytes | None = None
+        edge_value: bytes | None = None
         for name, value in signal_headers:
-            if name == self._forwarded_header:
+            if name == self._edge_header:
+                edge_value = value
+            elif name == self._forwarded_header:
                 forwarded.append(value.decode("latin-1"))
             elif name == self._id_header:
                 id_value = value
@@ -169,10 +216,13 @@ class Enforcer:
         else:
             ip = parse_ip(peer) if peer is not None else None
         location = self.geoip.lookup(ip) if ip is not None else UNKNOWN_LOCATION
+        if self._edge_header is not None:  # the cache keys on the edge's country: so must we
+            location = edge_location(edge_value if peer in self._trusted else None)
+        flags = self._screen.flags(ip) if ip is not None else NO_FLAGS
 
         identity = supplied or self._header_identity(peer, id_value, residence_value)
         residence = identity.residence_country if self.policy.signals.residence else None
-        profile = self._profile(location, residence)
+        profile = self._profile(location, residence, flags)
 
         verdict, route_id, route_class = _NO_VERDICT, None, "neutral"
         if profile.restricted:
@@ -182,11 +232,11 @@ class Enforcer:
             )
             for path in _paths(scope):
                 for route in self.routes.match(methods, path):
-                    candidate = self._verdict(profile.zones, route.route_class)
+                    candidate = self._verdict(profile.zones, route.route_class, flags)
                     if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
                         verdict, route_id, route_class = candidate, route.id, route.route_class
             if route_id is None:
-                verdict = self._verdict(profile.zones, "neutral")
+                verdict = self._verdict(profile.zones, "neutral", flags)
 
         outcome, rule, zone = verdict.outcome, verdict.rule, verdict.zone
         reason = PASS_REASON
@@ -198,6 +248,9 @@ class Enforcer:
             else:
                 outcome, reason = Outcome.BLOCK, f"{reason}.unidentified"
         mode = (rule.mode if rule is not None and rule.mode else None) or self.policy.mode
+        stance = profile.stance
+        if flags and self._screen.suppresses(flags, route_class):
+            stance = PromotionStance.FORBIDDEN
         return Decision(
             outcome=outcome,
             blocked=outcome is Outcome.BLOCK and mode is Mode.ENFORCE,
@@ -209,7 +262,7 @@ class Enforcer:
             zone=zone,
             zones=profile.zones,
             restricted=profile.restricted,
-            promotion_stance=profile.stance,
+            promotion_stance=stance,
             country=location.country,
             registered_country=location.registered_country,
             residence_country=identity.residence_country,
@@ -217,6 +270,8 @@ class Enforcer:
             client_id=identity.client_id,
             policy_revision=self.policy.revision,
             database_build=self.geoip.build_epoch,
+            anonymizer=flags,
+            breakglass=self._breakglass_tag,
         )
 
     def without_grant(self, decision: Decision) -> Decision:
@@ -259,8 +314,10 @@ class Enforcer:
             clean_country(residence_value.decode("latin-1")) if residence_value else None,
         )
 
-    def _profile(self, location: Location, residence: str | None) -> _Profile:
-        key = (location.country, location.registered_country, residence)
+    def _profile(
+        self, location: Location, residence: str | None, flags: tuple[str, ...]
+    ) -> _Profile:
+        key = (location.country, location.registered_country, residence, flags)
         profile = self._profiles.get(key)
         if profile is not None:
             return profile
@@ -283,14 +340,19 @@ class Enforcer:
             key=_STANCE_ORDER.index,
             default=PromotionStance.ALLOWED,
         )
-        profile = _Profile(zones, not self._restricted_zones.isdisjoint(zones), stance)
+        restricted = not self._restricted_zones.isdisjoint(zones) or (
+            bool(flags) and self._screen.restricts(flags)
+        )
+        profile = _Profile(zones, restricted, stance)
         if len(self._profiles) >= _CACHE_LIMIT:
             self._profiles.clear()
         self._profiles[key] = profile
         return profile
 
-    def _verdict(self, zones: tuple[str, ...], route_class: str) -> _Verdict:
-        key = (zones, route_class)
+    def _verdict(
+        self, zones: tuple[str, ...], route_class: str, flags: tuple[str, ...]
+    ) -> _Verdict:
+        key = (zones, route_class, flags)
         verdict = self._verdicts.get(key)
         if verdict is None:
             verdict = _NO_VERDICT
@@ -300,6 +362,13 @@ class Enforcer:
                     verdict.rule is None or rule.outcome.severity > verdict.outcome.severity
                 ):
                     verdict = _Verdict(rule.outcome, rule, zone)
+            anonymizer_rule = self._screen.blocking_rule(flags, route_class) if flags else None
+            # An anonymizer block wins over anything but a zone rule that blocks for real.
+            if anonymizer_rule is not None and not (
+                verdict.rule is not None and verdict.outcome is Outcome.BLOCK
+                and (verdict.rule.mode or self.policy.mode) is Mode.ENFORCE
+            ):
+                verdict = _Verdict(Outcome.BLOCK, anonymizer_rule, None)
             self._verdicts[key] = verdict
         return verdict
 

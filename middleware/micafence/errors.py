@@ -5,7 +5,10 @@ Hierarchy::
     MicafenceError
     ├── PolicyError        a policy or cases file is malformed (carries file, key path, line)
     ├── GeoIPDatabaseError a MaxMind database is missing, corrupt or of the wrong type
-    └── StoreError         the grant store cannot be reached or answered badly
+    ├── StoreError         the grant store cannot be reached or answered badly
+    ├── GrantError         a grant or revocation was refused (no evidence, unknown asset, …)
+    ├── BreakGlassError    the break-glass switch cannot be read or thrown
+    └── ArchiveError       a policy revision is not in the archive
 
 Nothing raised on the request path escapes the middleware: these are for start-up, the CLI and
 reloads, where failing loudly with the location is the point.
@@ -46,3 +49,15 @@ class GeoIPDatabaseError(MicafenceError):
 
 class StoreError(MicafenceError):
     """The grant store failed; the driver's own exception is chained as ``__cause__``."""
+
+
+class GrantError(MicafenceError):
+    """A grant or revocation was refused; the message says which rule refused it."""
+
+
+class BreakGlassError(MicafenceError):
+    """The break-glass state file is unreadable, or a switch cannot be thrown as asked."""
+
+
+class ArchiveError(MicafenceError):
+    """The policy archive has no revision matching the request (or cannot be read)."""

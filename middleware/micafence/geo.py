@@ -73,6 +73,11 @@ class GeoIPDatabase:
         """The database's build time (UTC)."""
         return dt.datetime.fromtimestamp(self.build_epoch, tz=dt.UTC)
 
+    @property
+    def reader(self) -> maxminddb.Reader:
+        """The underlying reader, for validation (:mod:`micafence.dbcheck`) and tools."""
+        return self._reader
+
     def lookup(self, ip: str) -> Location:
         """Country facts for a canonical address string; unknown on any reader error."""
         cached = self._by_address.get(ip)

@@ -5,17 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .anonymizer import AnonymousIPDatabase
 from .decision import Decision
 from .engine import Enforcer
 from .geo import GeoIPDatabase
+from .grants import Clock, utc_now
+from .health import HealthEndpoint
 from .identity import IdentifyFunction
-from .policy import Outcome, Policy
-from .policy_loader import load_policy
+from .policy import Outcome, Policy, PromotionStance
+from .reload import Reloader
 from .responses import STATUS, block_body, block_headers, send_block
+from .scopes import ScopeGate
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
+    from .metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,7 +46,22 @@ class MicafenceMiddleware:
     production, and a missing or corrupt file fails here, at start-up, with its name.
     ``identify`` is the Python identity source used when the policy says
     ``client_identity.source: callable``. ``store`` is a store URL (``memory://``, the
-    default) or an open :class:`~micafence.store.Store`.
+    default) or an open :class:`~micafence.store.Store`. ``clock`` (a callable returning an
+    aware UTC datetime) is what grant time bounds are checked against; tests pass their own.
+
+    Live operations (:mod:`micafence.reload`): while the server's lifespan runs, the policy
+    file, ``geoip_db``, ``anonymizer_db`` (an optional MaxMind Anonymous-IP database) and the
+    break-glass state in ``breakglass_dir`` are looked at every ``reload_interval`` seconds
+    and hot-reloaded when replaced (``watch=False`` turns that off). Every policy revision
+    loaded is copied into ``archive_dir`` when given. A database older than the one in use is
+    refused unless ``allow_older_database``. ``clock`` also decides which zones and rules are
+    in force (``effective_from`` / ``effective_until``). :meth:`health_app` is the readiness
+    endpoint to mount.
+
+    ``audit`` (a :class:`~micafence.audit.AuditLog`) records every decision other than a plain
+    non-restricted pass, and refuses with 503 ``audit_unavailable`` a request whose evidence it
+    cannot queue; ``metrics`` (a :class:`~micafence.metrics.Metrics`) counts decisions for
+    Prometheus. Both are off unless given.
     """
 
     def __init__(
@@ -50,18 +72,44 @@ class MicafenceMiddleware:
         geoip_db: str | os.PathLike[str] | GeoIPDatabase,
         identify: IdentifyFunction | None = None,
         store: str | Store = "memory://",
+        clock: Clock = utc_now,
+        anonymizer_db: str | os.PathLike[str] | AnonymousIPDatabase | None = None,
+        watch: bool = True,
+        reload_interval: float = 0.5,
+        archive_dir: str | os.PathLike[str] | None = None,
+        breakglass_dir: str | os.PathLike[str] | None = None,
+        allow_older_database: bool = False,
+        audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.store = store if isinstance(store, Store) else open_store(store)
-        loaded = policy if isinstance(policy, Policy) else load_policy(Path(policy))
-        database = geoip_db if isinstance(geoip_db, GeoIPDatabase) else GeoIPDatabase(geoip_db)
-        self.enforcer = Enforcer(loaded, database, identify=identify)
+        self.scopes = ScopeGate(self.store, clock=clock)
+        self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
+        self.reloader = Reloader(
+            self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
+            identify=identify, clock=None if clock is utc_now else clock,
+            archive_dir=archive_dir, breakglass_dir=breakglass_dir, interval=reload_interval,
+            allow_older_database=allow_older_database,
+        )
+        loaded, database = self.enforcer.policy, self.enforcer.geoip
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
+        if watch:
+            self.on_lifespan(self.reloader.start, self.reloader.stop)
+        self.audit = audit  # micafence.audit: records every decision but plain passes
+        self.metrics = metrics  # micafence.metrics: Prometheus counters, sampled latency
+        for observer in (audit, metrics):
+            if observer is not None:
+                observer.attach(self)
         logger.info(
             "micafence enforcing policy %s (%s) with %s built %s",
             loaded.name, loaded.revision, database.database_type, database.built_at.isoformat(),
         )
+
+    def health_app(self) -> HealthEndpoint:
+        """The readiness endpoint (an ASGI app) to mount, e.g. at ``/healthz``."""
+        return HealthEndpoint(self)
 
     def on_lifespan(self, startup: Hook | None = None, shutdown: Hook | None = None) -> None:
         """Register background work started and stopped with the server's lifespan."""
@@ -78,10 +126,31 @@ class MicafenceMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        decision = self.enforcer.decide(scope)
+        metrics = self.metrics
+        if metrics is not None and metrics.time_next:  # one request per interval is timed
+            decision = metrics.timed_decide(self.enforcer, scope)
+        else:
+            decision = self.enforcer.decide(scope)
         if decision.outcome is Outcome.REQUIRE_GRANT:
-            decision = self.enforcer.without_grant(decision)
+            decision, receive = await self.scopes.settle(
+                self.enforcer.policy, decision, scope, receive
+            )
         scope.setdefault("state", {})[STATE_KEY] = decision
+        if metrics is not None:
+            metrics.count(decision)
+        audit = self.audit
+        if audit is not None and (decision.restricted or decision.outcome is not Outcome.ALLOW) \
+                and not audit.record(decision, scope):
+            await audit.refuse(scope, receive, send)  # 503: evidence cannot be kept now
+            return
+        if kind == "http":
+            promotions = self.enforcer.promotions
+            if decision.promotion_stance is PromotionStance.ALLOWED and not decision.blocked:
+                send = promotions.cache_safe(scope, send, decision)
+            elif (guarded := await promotions.restrict(scope, send, decision, self.store)) is None:
+                return  # answered here: an empty or 204 promotion route
+            else:
+                send = guarded
         if decision.blocked:
             if kind == "http":
                 await send_block(scope, send, decision, self.enforcer.policy.blocked_by)

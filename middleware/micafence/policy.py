@@ -6,8 +6,14 @@ holds the shapes the rest of the package reads.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
+
+from .audit_policy import DEFAULT_AUDIT, DEFAULT_REPORTING, AuditSettings, ReportingThresholds
+from .cache_policy import DEFAULT_CACHE, CachePolicy
+from .catalogue import EMPTY_CATALOGUE, Catalogue
+from .promotions import DEFAULT_PROMOTIONS, PromotionPolicy
 
 UNKNOWN_COUNTRY_ZONE = "unknown_country"
 
@@ -60,6 +66,9 @@ class Zone:
     title: str
     countries: frozenset[str]
     promotions: PromotionStance
+    # In force on [effective_from, effective_until): see micafence.schedule.
+    effective_from: dt.datetime | None = None
+    effective_until: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,9 @@ class Rule:
     outcome: Outcome
     mode: Mode | None  # None: the policy's global mode
     reason: str | None  # None: ``<zone>.<route_class>``
+    # In force on [effective_from, effective_until): see micafence.schedule.
+    effective_from: dt.datetime | None = None
+    effective_until: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,30 @@ class IdentitySource:
     residence_header: str | None = None
 
 
+class AnonymizerTier(StrEnum):
+    """What an anonymizer flag (VPN, proxy, Tor, hosting) does to one route class."""
+
+    RECORD_ONLY = "record_only"  # the flag is in the decision, nothing else changes
+    SUPPRESS_PROMOTIONS = "suppress_promotions"  # promotions left out (promotion routes: 451)
+    BLOCK = "block"  # 451
+
+
+@dataclass(frozen=True, slots=True)
+class AnonymizerRule:
+    """``anonymizers.<flag>``: the tier of one flag for every route class."""
+
+    flag: str  # vpn | public_proxy | residential_proxy | tor_exit | hosting
+    tiers: tuple[tuple[str, AnonymizerTier], ...]  # (route class, tier) for every class
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseChecks:
+    """``database``: what a GeoIP database must pass, at start-up and before every swap."""
+
+    max_age: dt.timedelta | None = None  # older: a warning and a failed readiness check
+    probes: tuple[tuple[str, str | None], ...] = ()  # (address, expected country; None: any)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A whole validated policy file."""
@@ -123,6 +159,16 @@ class Policy:
     client_ip: ClientIP
     client_identity: IdentitySource
     blocked_by: str | None = None  # RFC 7725 ``Link: rel="blocked-by"`` target
+    anonymizers: tuple[AnonymizerRule, ...] = ()
+    database: DatabaseChecks = DatabaseChecks()
+    # services, assets, scope bounds and service routes (micafence.catalogue)
+    catalogue: Catalogue = EMPTY_CATALOGUE
+    # what a promotion is and how it is suppressed (micafence.promotions)
+    promotions: PromotionPolicy = DEFAULT_PROMOTIONS
+    cache: CachePolicy = DEFAULT_CACHE  # cache safety set-up (micafence.cache_policy)
+    # retention and privacy of the decision log; report thresholds (micafence.audit_policy)
+    audit: AuditSettings = DEFAULT_AUDIT
+    reporting: ReportingThresholds = DEFAULT_REPORTING
 
     def zone(self, name: str) -> Zone | None:
         for zone in self.zones:

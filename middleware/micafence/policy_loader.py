@@ -13,11 +13,17 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from .anonymizer import default_anonymizer_rules, parse_anonymizers
+from .audit_policy import parse_audit, parse_reporting
+from .cache_policy import DEFAULT_CACHE, parse_cache
+from .catalogue import ROUTE_SCOPE_KEYS, parse_catalogue
 from .countries import is_country_code
+from .dbcheck import parse_database_checks
 from .policy import (
     ROUTE_CLASSES,
     UNKNOWN_COUNTRY_ZONE,
     ClientIP,
+    DatabaseChecks,
     IdentitySource,
     Mode,
     Outcome,
@@ -28,7 +34,9 @@ from .policy import (
     Signals,
     Zone,
 )
+from .promotions import parse_promotions
 from .routes import HTTP_METHODS, compile_pattern
+from .schedule import WINDOW_KEYS, parse_window
 from .yamlfile import Node, parse_yaml, read_yaml
 
 SCHEMA_VERSION = 1
@@ -40,6 +48,10 @@ _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _TOP_KEYS = (
     "policy", "name", "mode", "blocked_by", "client_ip", "signals", "client_identity",
     "zones", "routes", "rules",
+    "services", "assets", "scopes",  # micafence.catalogue
+    "anonymizers", "database",  # micafence.anonymizer, micafence.dbcheck
+    "promotions", "cache",  # micafence.promotions, micafence.cache_policy
+    "audit", "reporting",  # micafence.audit_policy
 )
 
 
@@ -88,6 +100,16 @@ def _build(root: Node, raw: bytes, source: str) -> Policy:
             if "client_identity" in top else IdentitySource()
         ),
         blocked_by=top["blocked_by"].text() if "blocked_by" in top else None,
+        catalogue=parse_catalogue(top),
+        anonymizers=(
+            parse_anonymizers(top["anonymizers"])
+            if "anonymizers" in top else default_anonymizer_rules()
+        ),
+        database=parse_database_checks(top["database"]) if "database" in top else DatabaseChecks(),
+        promotions=parse_promotions(top.get("promotions"), zones, routes),
+        cache=parse_cache(top["cache"], top.get("client_ip")) if "cache" in top else DEFAULT_CACHE,
+        audit=parse_audit(top),
+        reporting=parse_reporting(top),
     )
 
 
@@ -96,7 +118,7 @@ def _zones(node: Node) -> tuple[Zone, ...]:
     for name, zone_node in node.dict_items():
         if not _NAME.fullmatch(name):
             zone_node.fail(f"zone name {name!r} must be lower-case letters, digits and _")
-        fields = zone_node.mapping(("title", "countries", "promotions", "enabled"))
+        fields = zone_node.mapping(("title", "countries", "promotions", "enabled", *WINDOW_KEYS))
         if "enabled" in fields and not fields["enabled"].flag():
             if name == UNKNOWN_COUNTRY_ZONE:
                 fields["enabled"].fail(
@@ -107,6 +129,9 @@ def _zones(node: Node) -> tuple[Zone, ...]:
         if name == UNKNOWN_COUNTRY_ZONE:
             if "countries" in fields:
                 fields["countries"].fail("the unknown_country zone cannot list countries")
+            for key in WINDOW_KEYS:
+                if key in fields:  # failing closed for unknown countries is never switched off
+                    fields[key].fail(f"the unknown_country zone cannot have {key}")
         else:
             if "countries" not in fields:
                 zone_node.fail("missing required key 'countries'")
@@ -123,7 +148,7 @@ def _zones(node: Node) -> tuple[Zone, ...]:
         if "promotions" in fields:
             stance = PromotionStance(fields["promotions"].choice(list(PromotionStance)))
         title = fields["title"].text() if "title" in fields else name
-        zones.append(Zone(name, title, frozenset(countries), stance))
+        zones.append(Zone(name, title, frozenset(countries), stance, *parse_window(fields)))
     if UNKNOWN_COUNTRY_ZONE not in {z.name for z in zones}:
         zones.append(Zone(UNKNOWN_COUNTRY_ZONE, "country unknown", frozenset(),
                           PromotionStance.FORBIDDEN))
@@ -134,7 +159,9 @@ def _routes(node: Node) -> tuple[Route, ...]:
     routes: list[Route] = []
     seen: set[str] = set()
     for item in node.items():
-        fields = item.mapping(("id", "class", "path", "methods"), required=("id", "class", "path"))
+        fields = item.mapping(
+            ("id", "class", "path", "methods", *ROUTE_SCOPE_KEYS), required=("id", "class", "path")
+        )
         route_id = fields["id"].text(_ID, "a route id (letters, digits, _ . : -)")
         if route_id in seen:
             fields["id"].fail(f"duplicate route id {route_id!r}")
@@ -166,13 +193,14 @@ def _rules(node: Node, known_zones: set[str], zones_node: Node) -> tuple[Rule, .
     seen: set[str] = set()
     for item in node.items():
         fields = item.mapping(
-            ("id", "zones", "class", "outcome", "mode", "reason"),
+            ("id", "zones", "class", "outcome", "mode", "reason", *WINDOW_KEYS),
             required=("id", "zones", "class", "outcome"),
         )
         rule_id = fields["id"].text(_ID, "a rule id (letters, digits, _ . : -)")
         if rule_id in seen:
             fields["id"].fail(f"duplicate rule id {rule_id!r}")
         seen.add(rule_id)
+        effective_from, effective_until = parse_window(fields)
         zone_names: set[str] = set()
         for zone_node in fields["zones"].items():
             zone = zone_node.text()
@@ -191,6 +219,8 @@ def _rules(node: Node, known_zones: set[str], zones_node: Node) -> tuple[Rule, .
                     fields["reason"].text(_REASON, "a reason code like 'eu.account_creation'")
                     if "reason" in fields else None
                 ),
+                effective_from=effective_from,
+                effective_until=effective_until,
             )
         )
     return tuple(rules)

@@ -23,12 +23,16 @@ _DETAILS = {
     "neutral": "This page is not available in your location.",
 }
 _NO_GRANT = "This service is only available within a scope you requested from us yourself."
+_OUT_OF_SCOPE = "This request is outside the scope you requested from us yourself."
+_SCOPE_REASONS = (".out_of_scope.service", ".out_of_scope.asset_type", ".grant_expired")
 
 
 def detail(decision: Decision) -> str:
     """A sentence for the visitor. It names no country: the reason code carries the facts."""
     if decision.reason.endswith(".no_grant"):
         return _NO_GRANT
+    if decision.reason.endswith(_SCOPE_REASONS):
+        return _OUT_OF_SCOPE
     return _DETAILS.get(decision.route_class, _DETAILS["neutral"])
 
 

@@ -1,7 +1,8 @@
 """Northwind Exchange: a fake non-EU crypto exchange that ``micafence demo`` protects.
 
-The app knows nothing about geography. Its only hook is the home page template, which drops
-the server-rendered promotions when ``scope["state"]["micafence"].promotions_allowed`` is False.
+The app knows nothing about geography. Its only hook is the home page template, which renders
+each promotion only when ``micafence.templating.promotion_allowed`` says the visitor may see it
+(all of them where promotions are allowed, approved non-incentive ones in the UK, none in the EU).
 The signed-in client is named by the ``X-Client-Id`` header (stand-in for an auth layer).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from html import escape
 from typing import Any
@@ -20,6 +21,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from ..templating import promotion_allowed
+
 PRICES: dict[str, str] = {"BTC": "61250.00", "ETH": "3105.40", "USDC": "1.00", "EURC": "1.08"}
 PROMOTIONS: list[dict[str, str]] = [
     {"id": "p1", "title": "Trade BTC with zero fees this week", "kind": "banner"},
@@ -28,15 +31,16 @@ PROMOTIONS: list[dict[str, str]] = [
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,12}$")
 _PAIR = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
 
-_PROMOS_HTML = """
-<div id="promo-banner" class="promo" data-promo>0% fees on your first trade</div>
-<div id="promo-referral" class="promo" data-promo data-promo-kind="incentive">
-  Refer a friend and you both get 20 USDT: <a href="/r/FRIEND10">/r/FRIEND10</a>
-</div>
-<div id="promo-uk-approved" class="promo" data-promo data-promo-approved="uk">
-  New: GBP deposits with instant settlement
-</div>
-"""
+# (html, zones it is approved for, incentive?): the same marks the rewriter reads.
+_PROMOS: list[tuple[str, tuple[str, ...], bool]] = [
+    ('<div id="promo-banner" class="promo" data-promo>0% fees on your first trade</div>\n',
+     (), False),
+    ('<div id="promo-referral" class="promo" data-promo data-promo-kind="incentive">\n'
+     '  Refer a friend and you both get 20 USDT: <a href="/r/FRIEND10">/r/FRIEND10</a>\n</div>\n',
+     (), True),
+    ('<div id="promo-uk-approved" class="promo" data-promo data-promo-approved="uk">\n'
+     "  New: GBP deposits with instant settlement\n</div>\n", ("uk",), False),
+]
 
 _FEED_SCRIPT = """<script>
 (function () {
@@ -88,14 +92,14 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _home_html(promotions_allowed: bool) -> str:
-    """Render the home page, with or without the server-rendered promotions."""
+def _home_html(shown: Callable[[tuple[str, ...], bool], bool]) -> str:
+    """Render the home page with the promotions ``shown(approved_for, incentive)`` allows."""
     rows = "\n".join(
         f"<tr><td>{escape(sym)}</td><td>{escape(px)}</td></tr>" for sym, px in PRICES.items()
     )
     body = (
         "<h1>Northwind Exchange</h1>\n"
-        + (_PROMOS_HTML if promotions_allowed else "")
+        + "".join(html for html, approved, incentive in _PROMOS if shown(approved, incentive))
         + '<section id="markets"><h2>Market prices (USD)</h2>\n<table id="prices">'
         f"<thead><tr><th>Asset</th><th>Price</th></tr></thead><tbody>\n{rows}\n</tbody></table>"
         "</section>\n"
@@ -103,13 +107,6 @@ def _home_html(promotions_allowed: bool) -> str:
         '<div id="promo-feed" data-promo-slot></div>\n' + _FEED_SCRIPT
     )
     return _page("Home", body)
-
-
-def _promotions_allowed(request: Request) -> bool:
-    """Read the micafence decision from the scope; no middleware means promotions render."""
-    state = request.scope.get("state")
-    decision = state.get("micafence") if isinstance(state, Mapping) else None
-    return bool(getattr(decision, "promotions_allowed", True))
 
 
 def _error(message: str) -> JSONResponse:
@@ -157,7 +154,9 @@ def build_demo_app() -> Starlette:
         return f"{kind}_{next(ids[kind])}"
 
     async def home(request: Request) -> Response:
-        return HTMLResponse(_home_html(_promotions_allowed(request)))
+        return HTMLResponse(_home_html(
+            lambda approved, incentive: promotion_allowed(request, *approved, incentive=incentive)
+        ))
 
     async def signup(request: Request) -> Response:
         form = (

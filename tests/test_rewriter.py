@@ -1,0 +1,384 @@
+"""The HTML safety net as a visitor sees it: what arrives from an app that still sends promotions.
+
+Each test puts a raw ASGI app (it sends exactly the headers and body chunks given) behind
+micafence and asks for the page as a Swedish (EU), a US-on-GB-block (UK zone) or a Swiss
+visitor.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import brotli
+import httpx
+import pytest
+import zstandard
+
+from micafence import MicafenceMiddleware, load_policy_text
+from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
+
+SE = "89.160.20.112"  # eu
+UK = "216.160.83.56"  # US on a GB-registered block: the uk zone (approved_only)
+CH = "2a02:d000::1"  # no zone: promotions allowed
+HTML = b"text/html; charset=utf-8"
+
+PAGE = (
+    b'<!doctype html><html><head><meta charset="utf-8"><title>T</title></head><body>'
+    b'<h1>Markets</h1><div id="banner" data-promo>0% fees</div><p id="prices">BTC 61250</p>'
+    b"</body></html>"
+)
+
+
+class RawApp:
+    """Sends ``chunks`` with ``headers``; remembers the request headers and extensions."""
+
+    def __init__(
+        self, chunks: Sequence[bytes], headers: Sequence[tuple[bytes, bytes]] = (),
+        status: int = 200, content_type: bytes | None = HTML,
+    ) -> None:
+        self.chunks = list(chunks)
+        self.headers = list(headers)
+        if content_type is not None:
+            self.headers.insert(0, (b"content-type", content_type))
+        self.status = status
+        self.seen_headers: dict[bytes, bytes] = {}
+        self.seen_extensions: dict[str, Any] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # for a real server
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.seen_headers = dict(scope["headers"])
+        self.seen_extensions = dict(scope.get("extensions") or {})
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": self.headers})
+        if not self.chunks:
+            await send({"type": "http.response.body", "body": b""})
+        for index, chunk in enumerate(self.chunks):
+            await send({"type": "http.response.body", "body": chunk,
+                        "more_body": index < len(self.chunks) - 1})
+
+
+def guarded(app: Any, policy_text: str | None = None) -> MicafenceMiddleware:
+    policy = load_policy_text(policy_text, "test.yaml") if policy_text else DEFAULT_POLICY
+    return MicafenceMiddleware(app, policy=policy, geoip_db=COUNTRY_DB)
+
+
+async def fetch(app: Any, peer: str = SE, method: str = "GET", path: str = "/",
+                headers: dict[str, str] | None = None) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange.test") as client:
+        return await client.request(method, path, headers=headers)
+
+
+def ids(response: httpx.Response) -> set[str]:
+    text = response.text
+    return {name for name in ("banner", "prices", "uk-ok", "uk-incentive", "plain", "inner",
+                              "outer", "approved-inner", "t-promo", "t-keep")
+            if f'id="{name}"' in text or f"id={name}" in text}
+
+
+# -- what is removed ------------------------------------------------------------------------
+
+async def test_eu_visitor_gets_the_page_without_its_promotion() -> None:
+    response = await fetch(guarded(RawApp([PAGE])))
+    assert response.status_code == 200
+    assert ids(response) == {"prices"}
+    assert response.headers["content-length"] == str(len(response.content))
+    assert "0% fees" not in response.text
+
+
+async def test_swiss_visitor_gets_the_page_byte_for_byte() -> None:
+    app = RawApp([PAGE], headers=[(b"etag", b'"v1"')])
+    response = await fetch(guarded(app), CH)
+    assert response.content == PAGE
+    assert response.headers["etag"] == '"v1"'
+    assert response.headers["cache-control"] == "private"  # HTML depends on the zone
+
+
+UK_PAGE = (
+    b"<html><body>"
+    b'<div id="plain" data-promo>unapproved</div>'
+    b'<div id="uk-ok" data-promo data-promo-approved="uk">GBP deposits</div>'
+    b'<div id="uk-incentive" data-promo data-promo-approved="uk" data-promo-kind="incentive">'
+    b"refer a friend</div>"
+    b'<div id="outer" data-promo data-promo-approved="uk">outer'
+    b'<span id="inner" data-promo>unapproved inside approved</span></div>'
+    b'<p id="prices">BTC</p></body></html>'
+)
+
+
+@pytest.mark.parametrize(("peer", "visible"), [
+    pytest.param(SE, {"prices"}, id="eu-nothing"),
+    pytest.param(UK, {"uk-ok", "outer", "prices"}, id="uk-approved-only-no-incentive"),
+    pytest.param(CH, {"plain", "uk-ok", "uk-incentive", "outer", "inner", "prices"},
+                 id="elsewhere-everything"),
+])
+async def test_uk_sees_only_approved_non_incentive_promotions(peer: str, visible: set[str]) -> None:
+    response = await fetch(guarded(RawApp([UK_PAGE])), peer)
+    assert ids(response) == visible
+
+
+async def test_nested_promotions_go_with_their_parent_and_alone() -> None:
+    page = (b'<div id="outer" data-promo>a<div id="inner" data-promo>b</div></div>'
+            b'<section><div id="approved-inner" class="x" data-promo>c</div></section>'
+            b'<p id="prices">keep</p>')
+    response = await fetch(guarded(RawApp([page])))
+    assert ids(response) == {"prices"}
+    assert "<section></section>" in response.text
+
+
+@pytest.mark.parametrize("page", [
+    pytest.param(b'<div id="banner" data-promo><p>unclosed <b>tags<div>still inside',
+                 id="unclosed"),
+    pytest.param(b'<table><tr><td id="prices">1</td></tr><div id="banner" data-promo>fostered'
+                 b"</div></table>", id="foster-parented"),
+    pytest.param(b'<p id="prices">x<div id=banner data-promo=yes>bare attributes</p></div>',
+                 id="misnested"),
+    pytest.param(b'<p id="prices">\x00nul</p><div id="banner" data-promo>\x00</div>',
+                 id="nul-bytes"),
+])
+async def test_malformed_html_loses_its_promotion_as_a_browser_would_build_it(page: bytes) -> None:
+    response = await fetch(guarded(RawApp([page])))
+    assert response.status_code == 200
+    assert "banner" not in response.text
+    assert ("fostered" not in response.text) and ("bare attributes" not in response.text)
+
+
+async def test_template_contents_are_cleaned_too() -> None:
+    page = (b'<template id="tpl"><div id="t-promo" data-promo>cloned later</div>'
+            b'<i id="t-keep">row</i></template><p id="prices">x</p>')
+    response = await fetch(guarded(RawApp([page])))
+    assert ids(response) == {"prices", "t-keep"}
+
+
+async def test_a_fragment_stays_a_fragment() -> None:
+    fragment = b'<script>var x = 1;</script><div id="banner" data-promo>p</div><p id="prices">1</p>'
+    response = await fetch(guarded(RawApp([fragment])))
+    assert response.text == '<script>var x = 1;</script><p id="prices">1</p>'
+
+
+async def test_policy_selectors_and_incentive_marks_are_used() -> None:
+    policy = DEFAULT_POLICY.read_text().replace(
+        'selectors: ["[data-promo]"]', 'selectors: ["[data-promo]", ".ad-slot", "#hero-offer"]')
+    page = (b'<div class="ad-slot big" id="banner">a</div><div id="plain">b</div>'
+            b'<b id="outer" data-promo-kind="incentive">bonus</b><p id="prices">1</p>')
+    response = await fetch(guarded(RawApp([page]), policy))
+    assert ids(response) == {"plain", "prices"}
+
+
+# -- bytes: charsets and content codings -------------------------------------------------------
+
+@pytest.mark.parametrize(("content_type", "meta", "codec", "text"), [
+    pytest.param(b"text/html; charset=iso-8859-1", b"", "iso-8859-1", "Café «prix»",
+                 id="header-latin1"),
+    pytest.param(b"text/html", b'<meta charset="windows-1252">', "cp1252", "Café «prix» 1€",
+                 id="meta-cp1252"),
+    pytest.param(b"text/html", b'<meta http-equiv="Content-Type" '
+                 b'content="text/html; charset=shift_jis">', "shift_jis", "価格の一覧",
+                 id="meta-shift-jis"),
+    pytest.param(b"text/html", b"", "latin-1", "Café «prix»", id="undeclared-not-utf8"),
+])
+async def test_page_is_written_back_in_its_own_charset(
+    content_type: bytes, meta: bytes, codec: str, text: str
+) -> None:
+    body = (b"<html><head>" + meta + b"</head><body><p id=prices>" + text.encode(codec)
+            + b'</p><div data-promo id="banner">bonus</div></body></html>')
+    response = await fetch(guarded(RawApp([body], content_type=content_type)))
+    assert b"banner" not in response.content
+    assert text.encode(codec) in response.content  # same bytes, same charset
+    assert response.headers["content-type"] == content_type.decode()
+
+
+async def test_utf8_bom_is_kept() -> None:
+    body = b"\xef\xbb\xbf<p id=prices>\xc3\xa9</p><div data-promo>x</div>"
+    response = await fetch(guarded(RawApp([body], content_type=b"text/html")))
+    assert response.content == b'\xef\xbb\xbf<p id="prices">\xc3\xa9</p>'
+
+
+def _deflate(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+@pytest.mark.parametrize(("coding", "encode"), [
+    ("gzip", gzip.compress),
+    ("br", brotli.compress),
+    ("zstd", lambda data: zstandard.ZstdCompressor().compress(data)),
+    ("deflate", _deflate),
+])
+async def test_compressed_pages_are_decoded_and_sent_plain(
+    coding: str, encode: Callable[[bytes], bytes]
+) -> None:
+    compressed = encode(PAGE)
+    app = RawApp([compressed[:10], compressed[10:]],
+                 headers=[(b"content-encoding", coding.encode()),
+                          (b"content-length", str(len(compressed)).encode()),
+                          (b"vary", b"Accept-Encoding")])
+    response = await fetch(guarded(app))
+    assert "content-encoding" not in response.headers
+    assert ids(response) == {"prices"}
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["vary"].startswith("Accept-Encoding, X-Forwarded-For")
+
+
+async def test_restricted_request_reaches_the_app_without_accept_encoding_or_ranges() -> None:
+    app = RawApp([PAGE])
+    await fetch(guarded(app), headers={
+        "Accept-Encoding": "gzip, br", "Range": "bytes=0-10", "If-Range": '"v1"',
+        "If-None-Match": '"v1"', "If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT",
+    })
+    for name in (b"accept-encoding", b"range", b"if-range", b"if-none-match",
+                 b"if-modified-since"):
+        assert name not in app.seen_headers
+    swiss = RawApp([PAGE])
+    await fetch(guarded(swiss), CH, headers={"Accept-Encoding": "gzip", "Range": "bytes=0-10"})
+    assert swiss.seen_headers[b"range"] == b"bytes=0-10"  # unrestricted: untouched
+
+
+async def test_file_sending_extension_is_hidden_from_restricted_requests() -> None:
+    app = RawApp([PAGE])
+    extensions = {"http.response.pathsend": {}, "http.response.trailers": {}}
+
+    async def with_extensions(scope: Any, receive: Any, send: Any) -> None:
+        await guarded(app)({**scope, "extensions": extensions}, receive, send)
+
+    await fetch(with_extensions)
+    assert "http.response.pathsend" not in app.seen_extensions
+    assert "http.response.trailers" in app.seen_extensions
+
+
+async def test_headers_of_a_rewritten_page() -> None:
+    app = RawApp([PAGE], headers=[
+        (b"etag", b'"v1"'), (b"content-length", str(len(PAGE)).encode()),
+        (b"accept-ranges", b"bytes"), (b"content-digest", b"sha-256=:x:"),
+        (b"last-modified", b"Sat, 01 Jan 2000 00:00:00 GMT"), (b"x-app", b"kept"),
+    ])
+    response = await fetch(guarded(app))
+    for gone in ("etag", "accept-ranges", "content-digest"):
+        assert gone not in response.headers
+    assert response.headers["x-app"] == "kept"
+    assert int(response.headers["content-length"]) == len(response.content) < len(PAGE)
+    assert response.headers["cache-control"] == "private"
+
+
+async def test_streamed_chunks_are_joined_before_parsing() -> None:
+    # The promotion's tag is split across chunks: a chunk-by-chunk filter would miss it.
+    cut = PAGE.index(b"data-promo") + 4
+    chunks = [PAGE[:20], PAGE[20:cut], PAGE[cut:], b""]
+    response = await fetch(guarded(RawApp(chunks)))
+    assert ids(response) == {"prices"}
+
+
+async def test_head_gets_headers_without_a_stale_length() -> None:
+    app = RawApp([], headers=[(b"content-length", str(len(PAGE)).encode()), (b"etag", b'"v"')])
+    response = await fetch(guarded(app), method="HEAD")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert "content-length" not in response.headers
+    assert "etag" not in response.headers
+    assert response.headers["cache-control"] == "private"
+
+
+async def test_empty_html_body_passes_as_empty() -> None:
+    response = await fetch(guarded(RawApp([b""])))
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["content-length"] == "0"
+
+
+@pytest.mark.parametrize("status", [404, 500])
+async def test_error_pages_are_rewritten_too(status: int) -> None:
+    response = await fetch(guarded(RawApp([PAGE], status=status)))
+    assert response.status_code == status
+    assert ids(response) == {"prices"}
+
+
+async def test_non_html_passes_untouched_and_unbuffered() -> None:
+    body = b'{"data-promo": "<div data-promo>not HTML</div>"}'
+    app = RawApp([body[:5], body[5:]], content_type=b"application/json",
+                 headers=[(b"etag", b'"j"')])
+    response = await fetch(guarded(app))
+    assert response.content == body
+    assert response.headers["etag"] == '"j"'
+    assert "cache-control" not in response.headers  # a neutral route: not zone-dependent
+
+
+# -- pages that cannot be rewritten --------------------------------------------------------------
+
+def _policy(old: str, new: str) -> str:
+    text = DEFAULT_POLICY.read_text()
+    assert old in text
+    return text.replace(old, new)
+
+
+SMALL = _policy("max_rewrite_bytes: 4194304", "max_rewrite_bytes: 2048")
+BIG_PAGE = b"<html><body>" + b"<p>" + b"x" * 4000 + b"</p></body></html>"
+
+
+@pytest.mark.parametrize(("app", "why"), [
+    pytest.param(RawApp([BIG_PAGE]), "streamed-over-limit", id="over-limit"),
+    pytest.param(RawApp([BIG_PAGE[:100]], headers=[(b"content-length", b"5000")]),
+                 "declared-over-limit", id="declared-over-limit"),
+    pytest.param(RawApp([BIG_PAGE[i:i + 512] for i in range(0, len(BIG_PAGE), 512)]),
+                 "chunks-over-limit", id="chunks-over-limit"),
+    pytest.param(RawApp([gzip.compress(b"<p>" + b"a" * 100000)],
+                        headers=[(b"content-encoding", b"gzip")]), "bomb", id="gzip-bomb"),
+    pytest.param(RawApp([brotli.compress(b"<p>" + b"a" * 100000)],
+                        headers=[(b"content-encoding", b"br")]), "bomb", id="br-bomb"),
+    pytest.param(RawApp([gzip.compress(PAGE)[:-20]], headers=[(b"content-encoding", b"gzip")]),
+                 "truncated", id="truncated-gzip"),
+    pytest.param(RawApp([b"not gzip at all"], headers=[(b"content-encoding", b"gzip")]),
+                 "bad-gzip", id="bad-gzip"),
+    pytest.param(RawApp([PAGE], headers=[(b"content-encoding", b"compress")]),
+                 "unknown-coding", id="unknown-coding"),
+    pytest.param(RawApp([PAGE], content_type=b"text/html; charset=x-klingon"),
+                 "unknown-charset", id="unknown-charset"),
+    pytest.param(RawApp([PAGE[:40]], status=206), "partial", id="partial-206"),
+])
+async def test_unrewritable_page_gets_451_never_the_original(app: RawApp, why: str) -> None:
+    response = await fetch(guarded(app, SMALL), headers={"Accept": "application/json"})
+    assert response.status_code == 451
+    assert response.json()["reason"] == "eu.promotion.unrewritable"
+    assert response.headers["cache-control"] == "no-store"
+    assert b"0% fees" not in response.content and b"xxxx" not in response.content
+
+
+@pytest.mark.parametrize(("outcome", "status", "body"), [
+    ("empty", 200, b"<!doctype html>"),
+    ("no_content", 204, b""),
+])
+async def test_on_unrewritable_outcome_is_a_policy_setting(
+    outcome: str, status: int, body: bytes
+) -> None:
+    policy = SMALL.replace("on_unrewritable: block", f"on_unrewritable: {outcome}")
+    response = await fetch(guarded(RawApp([BIG_PAGE]), policy))
+    assert response.status_code == status
+    assert response.content.startswith(body)
+    assert b"xxxx" not in response.content
+    assert response.headers["micafence-reason"] == "eu.promotion.unrewritable"
+
+
+async def test_swiss_visitor_gets_a_large_page_unchanged() -> None:
+    response = await fetch(guarded(RawApp([BIG_PAGE]), SMALL), CH)
+    assert response.content == BIG_PAGE
+
+
+# -- a real server, a real chunked response ---------------------------------------------------
+
+@pytest.mark.server
+def test_chunked_page_through_uvicorn_is_rewritten_whole() -> None:
+    cut = PAGE.index(b"0% fees")
+    app = guarded(RawApp([PAGE[:cut], PAGE[cut:]]))
+    with ServerThread(app) as server:
+        eu = httpx.get(server.url + "/", headers={"X-Forwarded-For": SE})
+        swiss = httpx.get(server.url + "/", headers={"X-Forwarded-For": CH})
+    assert eu.status_code == swiss.status_code == 200
+    assert "0% fees" not in eu.text and '<p id="prices">' in eu.text
+    assert eu.headers["content-length"] == str(len(eu.content))
+    assert swiss.headers.get("transfer-encoding") == "chunked"  # passed through as streamed
+    assert swiss.content == PAGE

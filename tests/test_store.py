@@ -1,0 +1,145 @@
+"""The store interface: one test body, run on every backend (``BACKENDS``).
+
+A new backend adds one ``pytest.param(factory, id=..., marks=...)`` row; its factory gets the
+test's ``request`` (for fixtures such as a private server) and returns an open, empty store.
+Backend-specific behaviour (a file shared between processes) is tested below the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from micafence.errors import StoreError
+from micafence.grants import Grant, Revocation
+from micafence.store import MemoryStore, SolicitationEvidence, Store, open_store
+from micafence.store_file import FileStore
+
+NOW = dt.datetime(2025, 3, 3, 12, 0, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+def memory_store(request: pytest.FixtureRequest) -> Store:
+    return open_store("memory://")
+
+
+def file_store(request: pytest.FixtureRequest) -> Store:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return open_store(f"file://{tmp_path}/grants.jsonl")
+
+
+BACKENDS = [
+    pytest.param(memory_store, id="memory"),
+    pytest.param(file_store, id="file"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    factory: Callable[[pytest.FixtureRequest], Store] = request.param
+    opened = factory(request)
+    yield opened
+    await opened.close()
+
+
+def grant(grant_id: str, client: str = "client-7", asset: str = "BTC") -> Grant:
+    return Grant(
+        id=grant_id, client_id=client, service="exchange_for_funds", asset=asset,
+        initiated_at=NOW - DAY, channel="email", evidence="ticket CS-1", verified_by="ops",
+        recorded_at=NOW, term=30 * DAY, same_type_window=DAY, policy_revision="sha256:1",
+        country="FR", solicitation_override="phoned first", solicitations_seen=1,
+    )
+
+
+async def test_store_contract(store: Store) -> None:
+    assert (await store.grant_events(), await store.grant_version()) == ([], 0)
+    assert await store.grant_events("client-7") == []
+
+    first, second, other = grant("grt_1"), grant("grt_2", asset="ETH"), grant("grt_3", "c-8")
+    versions = [await store.append_grant_event(event) for event in (first, other, second)]
+    assert versions == [1, 2, 3]
+    revocation = Revocation("grt_1", "client-7", NOW + DAY, "ops", "client asked")
+    assert await store.append_grant_event(revocation) == 4
+
+    # Everything comes back equal, oldest first, per client and in all.
+    assert await store.grant_events("client-7") == [first, second, revocation]
+    assert await store.grant_events("c-8") == [other]
+    assert await store.grant_events() == [first, other, second, revocation]
+    assert await store.grant_version() == 4
+
+    # Append-only: a grant id is recorded once; the refused append changes nothing.
+    with pytest.raises(StoreError, match="grt_2 is already recorded"):
+        await store.append_grant_event(grant("grt_2"))
+    assert await store.grant_version() == 4
+
+    evidence = SolicitationEvidence("client-7", NOW, "eu", "FR", "promotions.referral",
+                                    "ref=FRIEND10")
+    anonymous = SolicitationEvidence("cookie:abc", NOW, "eu", None, None, "utm_source=x")
+    await store.record_solicitation(evidence)
+    await store.record_solicitation(anonymous)
+    assert await store.solicitations("client-7") == [evidence]
+    assert await store.solicitations("cookie:abc") == [anonymous]
+    assert await store.solicitations("c-8") == []
+    assert await store.grant_version() == 4  # evidence is not grant history
+
+
+def test_unsupported_store_urls_are_refused() -> None:
+    with pytest.raises(StoreError, match="supported: memory://, file://PATH"):
+        open_store("ftp://x")
+    with pytest.raises(StoreError, match="needs a path"):
+        open_store("file://")
+    assert isinstance(open_store("MEMORY://"), MemoryStore)
+
+
+# -- file:// specifics: one file shared by the CLI and a running app ----------------------------
+
+
+async def test_file_store_is_shared_between_handles_and_survives_reopening(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "grants.jsonl"
+    app_side, cli_side = FileStore(path, recheck=0.05), FileStore(path)
+    assert await app_side.grant_events("client-7") == []
+    await cli_side.append_grant_event(grant("grt_1"))
+    # The app's handle notices within its re-check interval, without being told.
+    await asyncio.sleep(0.06)
+    assert await app_side.grant_events("client-7") == [grant("grt_1")]
+    # An id the other handle recorded is refused here too.
+    with pytest.raises(StoreError, match="already recorded"):
+        await app_side.append_grant_event(grant("grt_1"))
+    reopened = FileStore(path)
+    assert await reopened.grant_events() == [grant("grt_1")]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["grant"]
+
+
+async def test_file_store_reads_a_line_only_once_it_is_complete(tmp_path: Path) -> None:
+    path = tmp_path / "grants.jsonl"
+    writer, reader = FileStore(path), FileStore(path, recheck=0)
+    await writer.append_grant_event(grant("grt_1"))
+    line = path.read_bytes()
+    with path.open("ab") as handle:  # another process half-way through writing a record
+        handle.write(line.replace(b"grt_1", b"grt_2")[:40])
+    assert [e.id for e in await reader.grant_events() if isinstance(e, Grant)] == ["grt_1"]
+    with path.open("ab") as handle:
+        handle.write(line.replace(b"grt_1", b"grt_2")[40:])
+    assert [e.id for e in await reader.grant_events() if isinstance(e, Grant)] == [
+        "grt_1", "grt_2"]
+
+
+async def test_file_store_with_a_bad_line_fails_closed_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "grants.jsonl"
+    store = FileStore(path, recheck=0)
+    await store.append_grant_event(grant("grt_1"))
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"event": "revocation", "grant_id": "grt_1"}\n')
+    for _ in range(2):  # and keeps failing: it never serves what it read before
+        with pytest.raises(StoreError, match=rf"{path}:2: not a micafence record"):
+            await store.grant_events("client-7")
+    with pytest.raises(StoreError, match=rf"{path}:2"):
+        FileStore(path)
