@@ -1,0 +1,44 @@
+"""``micafence bench --quick``: the release benchmark runs end to end and reports every class.
+
+Speed itself is not asserted here (timed unit tests flake on shared machines); the benchmark
+prints ratios and ``--check`` compares them with ``bench/baseline.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+MICAFENCE = str(Path(sys.executable).with_name("micafence"))
+
+
+def test_quick_benchmark_reports_every_class_against_both_peers(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run([MICAFENCE, "bench", "--quick", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    metrics = report["metrics"]
+    for name in ("neutral_unrestricted", "neutral_restricted", "signup_block",
+                 "out_of_scope_block"):
+        assert metrics[f"inprocess.{name}.p50_us"] > 0
+        assert metrics[f"inprocess.{name}.cost_ratio"] > 0
+        assert metrics[f"inprocess.{name}.times_faster_than_naive"] > 0
+        assert name in run.stdout
+    assert "Targets" in run.stdout
+
+
+def test_check_fails_on_a_regression(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    # A baseline no real run can meet: micafence costing a tenth of the bare app.
+    baseline.write_text(json.dumps({
+        "tolerance": 0.1,
+        "metrics": {"inprocess.neutral_unrestricted.cost_ratio": 0.1},
+    }))
+    run = subprocess.run([MICAFENCE, "bench", "--quick", "--check", str(baseline)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    assert "REGRESSION" in run.stdout
+    assert "inprocess.neutral_unrestricted.cost_ratio" in run.stdout
