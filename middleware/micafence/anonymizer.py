@@ -14,7 +14,6 @@ opened once, memory-mapped, and its answers are cached per address and per netwo
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import itertools
 import os
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
 from .errors import GeoIPDatabaseError
+from .mmdb_cache import NetworkCache
 from .policy import ROUTE_CLASSES, AnonymizerRule, AnonymizerTier, Mode, Outcome, Rule
 from .yamlfile import Node
 
@@ -56,7 +56,6 @@ DEFAULT_TIERS: Mapping[str, Mapping[str, AnonymizerTier]] = {
     "hosting": {"default": _T.SUPPRESS_PROMOTIONS, "account_creation": _T.BLOCK},
 }
 
-_CACHE_LIMIT = 65536
 _generations = itertools.count(1)
 _STRENGTH = {_T.RECORD_ONLY: 0, _T.SUPPRESS_PROMOTIONS: 1, _T.BLOCK: 2}
 
@@ -124,51 +123,13 @@ class AnonymousIPDatabase:
             )
         self.build_epoch: int = int(meta.build_epoch)
         self.generation = next(_generations)
-        self._by_address: dict[str, tuple[str, ...]] = {}
-        self._by_network: dict[tuple[int, int, int], tuple[str, ...]] = {}
-        self._prefix_lengths: tuple[tuple[int, int], ...] = ()
+        #: The flags of a canonical address string; none on any reader error.
+        self.lookup = NetworkCache(self.reader, flags_of, NO_FLAGS).lookup
 
     @property
     def built_at(self) -> dt.datetime:
         """The database's build time (UTC)."""
         return dt.datetime.fromtimestamp(self.build_epoch, tz=dt.UTC)
-
-    def lookup(self, ip: str) -> tuple[str, ...]:
-        """The flags of a canonical address string; none on any reader error."""
-        cached = self._by_address.get(ip)
-        if cached is not None:
-            return cached
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return NO_FLAGS
-        version, value = address.version, int(address)
-        width = 32 if version == 4 else 128
-        for known_version, length in self._prefix_lengths:
-            if known_version == version:
-                hit = self._by_network.get((version, length, value >> (width - length)))
-                if hit is not None:
-                    self._remember(ip, hit)
-                    return hit
-        try:
-            record, length = self.reader.get_with_prefix_len(address)
-        except (InvalidDatabaseError, ValueError, TypeError, OSError):
-            return NO_FLAGS
-        flags = flags_of(record)
-        self._remember(ip, flags)
-        if len(self._by_network) >= _CACHE_LIMIT:
-            self._by_network.clear()
-        self._by_network[(version, length, value >> (width - length))] = flags
-        if (version, length) not in self._prefix_lengths:
-            self._prefix_lengths = tuple(
-                sorted({*self._prefix_lengths, (version, length)}, key=lambda p: -p[1])
-            )
-        return flags
-
-    def _remember(self, ip: str, flags: tuple[str, ...]) -> None:
-        if len(self._by_address) >= _CACHE_LIMIT:
-            self._by_address.clear()
-        self._by_address[ip] = flags
 
     def close(self) -> None:
         """Release the memory map. Only call once no request can still use this instance."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import itertools
 import os
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
 from .errors import GeoIPDatabaseError
+from .mmdb_cache import NetworkCache
 
-_CACHE_LIMIT = 65536
 _generations = itertools.count(1)
 
 
@@ -27,6 +26,11 @@ class Location:
 
 
 UNKNOWN_LOCATION = Location()
+
+
+def _location(record: Any) -> Location:
+    location = Location(_iso_code(record, "country"), _iso_code(record, "registered_country"))
+    return UNKNOWN_LOCATION if location == UNKNOWN_LOCATION else location
 
 
 def _iso_code(record: Any, key: str) -> str | None:
@@ -64,9 +68,8 @@ class GeoIPDatabase:
             )
         self.build_epoch: int = int(meta.build_epoch)
         self.generation = next(_generations)
-        self._by_address: dict[str, Location] = {}
-        self._by_network: dict[tuple[int, int, int], Location] = {}
-        self._prefix_lengths: tuple[tuple[int, int], ...] = ()
+        #: Country facts for a canonical address string; unknown on any reader error.
+        self.lookup = NetworkCache(self._reader, _location, UNKNOWN_LOCATION).lookup
 
     @property
     def built_at(self) -> dt.datetime:
@@ -77,47 +80,6 @@ class GeoIPDatabase:
     def reader(self) -> maxminddb.Reader:
         """The underlying reader, for validation (:mod:`micafence.dbcheck`) and tools."""
         return self._reader
-
-    def lookup(self, ip: str) -> Location:
-        """Country facts for a canonical address string; unknown on any reader error."""
-        cached = self._by_address.get(ip)
-        if cached is not None:
-            return cached
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return UNKNOWN_LOCATION
-        version, value = address.version, int(address)
-        width = 32 if version == 4 else 128
-        for known_version, length in self._prefix_lengths:
-            if known_version == version:
-                hit = self._by_network.get((version, length, value >> (width - length)))
-                if hit is not None:
-                    self._remember(ip, hit)
-                    return hit
-        try:
-            record, length = self._reader.get_with_prefix_len(address)
-        except (InvalidDatabaseError, ValueError, TypeError, OSError):
-            return UNKNOWN_LOCATION
-        location = Location(_iso_code(record, "country"), _iso_code(record, "registered_country"))
-        if location == UNKNOWN_LOCATION:
-            location = UNKNOWN_LOCATION
-        self._remember(ip, location)
-        if len(self._by_network) >= _CACHE_LIMIT:
-            self._by_network.clear()
-        self._by_network[(version, length, value >> (width - length))] = location
-        if (version, length) not in self._prefix_lengths:
-            # Longest prefixes first: networks in the tree are disjoint, so any hit is right,
-            # but long prefixes are where most traffic-dense networks sit.
-            self._prefix_lengths = tuple(
-                sorted({*self._prefix_lengths, (version, length)}, key=lambda p: -p[1])
-            )
-        return location
-
-    def _remember(self, ip: str, location: Location) -> None:
-        if len(self._by_address) >= _CACHE_LIMIT:
-            self._by_address.clear()
-        self._by_address[ip] = location
 
     def close(self) -> None:
         """Release the memory map. Only call once no request can still use this instance."""
