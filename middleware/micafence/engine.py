@@ -47,6 +47,8 @@ from .schedule import next_boundary, rules_in_force, utc_now, zones_in_force
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
+_VISITOR_CACHE_LIMIT = 65536
+_ROUTE_CACHE_LIMIT = 256  # request lines remembered per restricted visitor
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,7 @@ class Enforcer:
         self._profiles: dict[tuple[str | None, str | None, str | None, tuple[str, ...]],
                              _Profile] = {}
         self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
-        self._unrestricted: dict[object, Decision] = {}
-        self._restricted: dict[object, Decision] = {}
+        self._visitors: dict[object, Decision | dict[object, Decision]] = {}
         self._activate(self.clock())
         # Every header a decision can depend on; the rest never enter cache keys.
         self._signal_headers = frozenset(
@@ -146,7 +147,7 @@ class Enforcer:
             self._rules_by_class[rule.route_class] = (
                 *self._rules_by_class.get(rule.route_class, ()), rule
             )
-        for cache in (self._profiles, self._verdicts, self._unrestricted, self._restricted):
+        for cache in (self._profiles, self._verdicts, self._visitors):
             cache.clear()
         self.in_force_at = at
         self.next_change = next_boundary(self.policy, at)
@@ -169,26 +170,33 @@ class Enforcer:
         client = scope.get("client")
         peer = client[0] if client and isinstance(client[0], str) else None
         supplied = self._supplied_identity(scope)
-        # A visitor no rule applies to gets the same decision for the same signals whatever
-        # the route, so it is cached: the common case costs one dictionary look-up.
+        # One cache entry per visitor (their request signals). A visitor no rule applies to
+        # gets the same decision whatever the route, so the entry is that decision: the common
+        # case costs one dictionary look-up. A restricted visitor's entry holds their decisions
+        # per request line, since those depend on the route.
         key = (peer, tuple(signal_headers) if signal_headers else None, supplied)
-        cached = self._unrestricted.get(key)
-        if cached is not None:
-            return cached
-        # Restricted visitors' decisions also depend on the route: cache them per request line.
+        entry = self._visitors.get(key)
+        if entry is not None and not isinstance(entry, dict):
+            return entry
         query = scope.get("query_string") or b""
-        route_key = (key, scope.get("method"), scope.get("path"), scope.get("root_path"),
+        route_key = (scope.get("method"), scope.get("path"), scope.get("root_path"),
                      query if may_override_method(query) else None)
-        cached = self._restricted.get(route_key)
-        if cached is not None:
-            return cached
+        if entry is not None:
+            cached = entry.get(route_key)
+            if cached is not None:
+                return cached
         decision = self.promotions.settle(self._decide(scope, peer, signal_headers or (), supplied))
-        cache, cache_key = (
-            (self._restricted, route_key) if decision.restricted else (self._unrestricted, key)
-        )
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[cache_key] = decision
+        if len(self._visitors) >= _VISITOR_CACHE_LIMIT:
+            self._visitors.clear()
+            entry = None
+        if not decision.restricted:
+            self._visitors[key] = decision
+        else:
+            if entry is None:
+                entry = self._visitors[key] = {}
+            if len(entry) >= _ROUTE_CACHE_LIMIT:
+                entry.clear()
+            entry[route_key] = decision
         return decision
 
     def _decide(

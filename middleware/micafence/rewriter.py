@@ -83,20 +83,27 @@ class RewritingSend:
         if self._state == _HOLDING and kind == "http.response.body":
             await self._hold(message)
         elif kind == "http.response.start" and self._state == _WAITING:
-            await self._begin(message)
+            headers = message.get("headers") or ()
+            if (self._extra or self._zone_route or is_html(headers)
+                    or int(message.get("status", 200)) < 200):
+                await self._begin(message)
+            else:  # not a page, nothing to add: pass it on untouched (the common case)
+                self._state = _PASSING
+                await self._send(message)
         elif self._state != _REFUSED:
             await self._send(message)
         # After a refusal the client has its answer: the rest of the app's page is dropped.
 
     async def _begin(self, message: Message) -> None:
-        headers = list(message.get("headers") or ())
+        headers = message.get("headers") or ()
         status = int(message.get("status", 200))
         if status < 200 or status in _NO_BODY_STATUSES or not is_html(headers):
             self._state = _PASSING
             if self._zone_route:
                 headers = self._cache.mark(headers, self._personal)
-            await self._send({**message, "headers": headers + self._extra})
+            await self._send({**message, "headers": [*headers, *self._extra]})
             return
+        headers = list(headers)
         self._state = _HOLDING
         self._start, self._headers = message, headers
         if status == 206:
