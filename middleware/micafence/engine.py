@@ -42,12 +42,14 @@ from .routes import (
     RouteTable,
     may_override_method,
     request_methods,
+    route_paths,
 )
 from .schedule import next_boundary, rules_in_force, utc_now, zones_in_force
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
 _VISITOR_CACHE_LIMIT = 65536
+_AMBIGUOUS = b""  # a repeated signal header with different values: read as none
 _ROUTE_CACHE_LIMIT = 256  # request lines remembered per restricted visitor
 
 
@@ -208,17 +210,19 @@ class Enforcer:
     ) -> Decision:
         forwarded: list[str] = []
         id_value: bytes | None = None
-        residence_value: bytes | None = None
+        residences: list[bytes] = []
         edge_value: bytes | None = None
         for name, value in signal_headers:
+            # A signal header sent twice with different values is ambiguous: frameworks differ
+            # on which one they read, so it counts as no identity and no edge country.
             if name == self._edge_header:
-                edge_value = value
+                edge_value = value if edge_value is None or edge_value == value else _AMBIGUOUS
             elif name == self._forwarded_header:
                 forwarded.append(value.decode("latin-1"))
             elif name == self._id_header:
-                id_value = value
+                id_value = value if id_value is None or id_value == value else _AMBIGUOUS
             elif name == self._residence_header:
-                residence_value = value
+                residences.append(value)
         if forwarded and self._trusted:
             ip = resolve_client_ip(peer, forwarded, self._trusted, self.policy.client_ip.header)
         else:
@@ -228,7 +232,7 @@ class Enforcer:
             location = edge_location(edge_value if peer in self._trusted else None)
         flags = self._screen.flags(ip) if ip is not None else NO_FLAGS
 
-        identity = supplied or self._header_identity(peer, id_value, residence_value)
+        identity = supplied or self._header_identity(peer, id_value, residences)
         residence = identity.residence_country if self.policy.signals.residence else None
         profile = self._profile(location, residence, flags)
 
@@ -238,7 +242,7 @@ class Enforcer:
                 str(scope.get("method") or "GET"), scope.get("headers") or (),
                 scope.get("query_string") or b"",
             )
-            for path in _paths(scope):
+            for path in route_paths(scope):
                 for route in self.routes.match(methods, path):
                     candidate = self._verdict(profile.zones, route.route_class, flags)
                     if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
@@ -312,15 +316,23 @@ class Enforcer:
         return None
 
     def _header_identity(
-        self, peer: str | None, id_value: bytes | None, residence_value: bytes | None
+        self, peer: str | None, id_value: bytes | None, residences: list[bytes]
     ) -> ClientIdentity:
         # An identity header is only as good as the proxy that set it.
-        if (id_value is None and residence_value is None) or peer not in self._trusted:
+        if (id_value is None and not residences) or peer not in self._trusted:
             return NO_IDENTITY
         return ClientIdentity(
             clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,
-            clean_country(residence_value.decode("latin-1")) if residence_value else None,
+            self._residence(residences),
         )
+
+    def _residence(self, values: list[bytes]) -> str | None:
+        """The residence country; of several, one a zone claims (any EU signal makes EU)."""
+        countries = [c for c in (clean_country(v.decode("latin-1")) for v in values) if c]
+        for country in countries:
+            if not self._restricted_zones.isdisjoint(self._country_zones.get(country, ())):
+                return country
+        return countries[0] if countries else None
 
     def _profile(
         self, location: Location, residence: str | None, flags: tuple[str, ...]
@@ -379,18 +391,3 @@ class Enforcer:
                 verdict = _Verdict(Outcome.BLOCK, anonymizer_rule, None)
             self._verdicts[key] = verdict
         return verdict
-
-
-def _paths(scope: Scope) -> tuple[str, ...]:
-    """The path as the app will see it, plus with ``root_path`` in front when it is not there.
-
-    Servers disagree on whether ``path`` includes ``root_path``; matching both spellings means
-    a mounted app cannot be reached under a spelling the policy did not think of.
-    """
-    path = scope.get("path") or "/"
-    if not isinstance(path, str):
-        path = "/"
-    root = scope.get("root_path") or ""
-    if isinstance(root, str) and root and not path.startswith(root):
-        return (path, root + path)
-    return (path,)

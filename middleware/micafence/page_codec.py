@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 import zlib
+from functools import lru_cache
 
 import brotli
 import zstandard
@@ -25,6 +26,14 @@ _META_CHARSET = re.compile(
     rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE
 )
 _CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+_UTF16 = frozenset({"utf-16", "utf-16-le", "utf-16-be"})
+# The labels a browser reads as UTF-16 (WHATWG Encoding); it does not know "utf16" or "u16".
+_UTF16_LABELS = frozenset({"utf-16", "utf-16le", "utf-16be", "unicodefeff", "unicodefffe"})
+# Printable ASCII (no lone backslash) plus the escapes of UTF-7, unicode_escape and HZ: a codec
+# that reads these bytes as ASCII reads the page's tags and attributes as a browser does.
+_ASCII_PROBE = (
+    bytes(c for c in range(0x20, 0x7F) if c != 0x5C) + b"\t\n\r +ADw- \\x3c \\u003c ~{ ~}"
+)
 
 
 class Unrewritable(Exception):
@@ -122,19 +131,46 @@ def page_charset(content_type: str | None, body: bytes) -> tuple[str, bool]:
     if content_type:
         match = _CHARSET_PARAM.search(content_type)
         declared = match.group(1) if match else None
+    in_meta = False
     if declared is None:
         found = _META_CHARSET.search(body[:1024])
         declared = found.group(1).decode("ascii") if found else None
+        in_meta = found is not None
     if declared is not None:
-        try:
-            return codecs.lookup(declared).name, True
-        except LookupError as exc:
-            raise Unrewritable(f"unknown charset {declared!r}") from exc
+        return _browser_codec(declared, in_meta), True
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
         return "latin-1", False
     return "utf-8", False
+
+
+@lru_cache(maxsize=64)
+def _browser_codec(label: str, in_meta: bool) -> str:
+    """The codec for a declared charset, read the way a browser reads it, else Unrewritable.
+
+    Hardening (issue 9): Python knows codecs browsers do not (UTF-32, UTF-7, EBCDIC, punycode,
+    unicode_escape) and bytes-to-bytes codecs (hex, rot13) that raise on decoding. Reading a
+    page with one of them would hide a promotion the browser shows, or crash the rewriter.
+    """
+    try:
+        name = codecs.lookup(label).name
+    except LookupError as exc:
+        raise Unrewritable(f"unknown charset {label!r}") from exc
+    if name in _UTF16:
+        # WHATWG: a <meta> saying UTF-16 was itself read as ASCII bytes, so the page is UTF-8.
+        if in_meta:
+            return "utf-8"
+        if label.strip().lower() not in _UTF16_LABELS:
+            raise Unrewritable(f"charset {label!r} is not read by browsers as Python reads it")
+        return name
+    try:
+        readable = _ASCII_PROBE.decode(name, errors="replace") == _ASCII_PROBE.decode("ascii")
+    except (LookupError, UnicodeError):
+        readable = False
+    if not readable:
+        raise Unrewritable(f"charset {label!r} is not read by browsers as Python reads it")
+    return name
 
 
 def decode_text(body: bytes, codec: str) -> str:

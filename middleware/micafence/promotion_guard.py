@@ -22,6 +22,7 @@ from .promo_filter import PromotionFilter
 from .promotions import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from .responses import send_block
 from .rewriter import RewritingSend
+from .routes import route_paths
 from .solicitation import (
     MarkerMatcher,
     evidence,
@@ -140,7 +141,7 @@ class PromotionGuard:
         return send_private_if_html
 
     def _zone_route(self, scope: Scope) -> bool:
-        """Is the request's path (or ``root_path`` + path) a zone-dependent route?"""
+        """Is the request's path, in any spelling a router may match, a zone-dependent route?"""
         path = scope.get("path")
         root = scope.get("root_path")
         if not root:  # the common case: one dictionary look-up once the path has been seen
@@ -151,11 +152,7 @@ class PromotionGuard:
                     self._zone_paths.clear()
                 self._zone_paths[path] = found
             return found
-        path = _path(scope)
-        return self.cache.route_depends_on_zone(path) or (
-            isinstance(root, str) and not path.startswith(root)
-            and self.cache.route_depends_on_zone(root + path)
-        )
+        return any(self.cache.route_depends_on_zone(p) for p in route_paths(scope))
 
     async def restrict(
         self, scope: Scope, send: Send, decision: Decision, store: Store

@@ -12,7 +12,7 @@ was: the policy's ``on_unrewritable`` answer goes out instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from .caching import CacheSafety, is_html
@@ -84,7 +84,7 @@ class RewritingSend:
             await self._hold(message)
         elif kind == "http.response.start" and self._state == _WAITING:
             headers = message.get("headers") or ()
-            if (self._extra or self._zone_route or is_html(headers)
+            if (self._extra or self._zone_route or _maybe_html(headers)
                     or int(message.get("status", 200)) < 200):
                 await self._begin(message)
             else:  # not a page, nothing to add: pass it on untouched (the common case)
@@ -97,7 +97,7 @@ class RewritingSend:
     async def _begin(self, message: Message) -> None:
         headers = message.get("headers") or ()
         status = int(message.get("status", 200))
-        if status < 200 or status in _NO_BODY_STATUSES or not is_html(headers):
+        if status < 200 or status in _NO_BODY_STATUSES or not _maybe_html(headers):
             self._state = _PASSING
             if self._zone_route:
                 headers = self._cache.mark(headers, self._personal)
@@ -143,6 +143,9 @@ class RewritingSend:
         try:
             decoded = decode_content(raw, content_codings(_header(headers, b"content-encoding")),
                                      self._limit)
+            if _header(headers, b"content-type") is None and not _sniffs_as_html(decoded):
+                await self._pass_held(raw)  # untyped and not markup: not a page after all
+                return
             codec, _ = page_charset(_header(headers, b"content-type"), decoded)
             cleaned = self._filter.apply(decode_text(decoded, codec))
         except Unrewritable as exc:
@@ -162,6 +165,14 @@ class RewritingSend:
         await self._send({**self._start, "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
+    async def _pass_held(self, raw: bytes) -> None:
+        headers = self._headers
+        if self._zone_route:
+            headers = self._cache.mark(headers, self._personal)
+        self._state = _SENT
+        await self._send({**self._start, "headers": [*headers, *self._extra]})
+        await self._send({"type": "http.response.body", "body": raw, "more_body": False})
+
     async def _fail(self, problem: str) -> None:
         logger.warning("promotion rewriter: %s; sending the on_unrewritable answer", problem)
         self._state = _REFUSED
@@ -173,3 +184,17 @@ def _header(headers: list[Header], name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+def _maybe_html(headers: Iterable[Header]) -> bool:
+    """HTML, or no ``Content-Type`` at all: browsers sniff untyped bodies and may render them."""
+    for name, _ in headers:
+        if name == b"content-type" or name.lower() == b"content-type":
+            return is_html(headers)
+    return True
+
+
+def _sniffs_as_html(body: bytes) -> bool:
+    """Would a browser sniff this untyped body as markup? (It starts with a tag, roughly.)"""
+    start = body[:512].lstrip(b"\xef\xbb\xbf \t\r\n\x0c")
+    return start.startswith(b"<")

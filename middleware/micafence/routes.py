@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 from urllib.parse import unquote
 
 from .policy import Route
@@ -125,3 +126,22 @@ class RouteTable:
             self._cache.clear()
         self._cache[key] = found
         return found
+
+
+def route_paths(scope: MutableMapping[str, Any]) -> tuple[str, ...]:
+    """Every spelling of a request's path that some router could match against a policy route.
+
+    Servers and frameworks disagree on whether ``path`` includes ``root_path`` (uvicorn's
+    ``--root-path``, Starlette's ``Mount``): the path as given, without the ``root_path`` prefix
+    (what the mounted app routes on) and with it in front all count, so a mounted app cannot be
+    reached under a spelling the policy did not think of.
+    """
+    path = scope.get("path")
+    if not isinstance(path, str) or not path:
+        path = "/"
+    root = scope.get("root_path")
+    if not isinstance(root, str) or not root or root == "/":
+        return (path,)
+    if path.startswith(root):
+        return (path, path[len(root):] or "/")
+    return (path, root + path)
