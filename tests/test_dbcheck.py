@@ -8,8 +8,8 @@ import pytest
 
 from micafence import GeoIPDatabase, GeoIPDatabaseError, PolicyError, load_policy_text
 from micafence.dbcheck import check_geoip
+from micafence.durations import format_duration
 from micafence.policy import DatabaseChecks
-from micafence.schedule import format_duration
 from tests.conftest import COUNTRY_DB, MAXMIND
 
 POLICY = """\
@@ -42,7 +42,7 @@ def test_max_age_is_an_iso_duration(max_age: str, expected: dt.timedelta) -> Non
     [
         ("P14D", "P1M", 7, "database.max_age: 'P1M' is not an ISO 8601 duration"),
         ("P14D", "14 days", 7, "database.max_age: '14 days' is not an ISO 8601 duration"),
-        ("P14D", "PT0S", 7, "database.max_age: the duration must be longer than zero"),
+        ("P14D", "PT0S", 7, "database.max_age: 'PT0S': the duration must be longer than zero"),
         ("P14D", "PT", 7, "database.max_age: 'PT' is not an ISO 8601 duration"),
         ("89.160.20.112, country: SE", "89.160.20.999, country: SE", 9,
          "database.probes[0].ip: '89.160.20.999' is not an IP address"),

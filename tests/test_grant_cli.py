@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_GRANTS = REPO / "policies" / "grants" / "demo.yaml"
 MICAFENCE = str(Path(sys.executable).with_name("micafence"))
 GRANT_ID = re.compile(r"grt_[0-9a-f]{12}")
+OFFICER = {"MICAFENCE_OFFICER": "ops"}  # the compliance officer's configured identity
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -36,10 +38,19 @@ def store_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], store_url: str) -> Run:
-    """``micafence grant ARGS --store URL`` in-process: (exit code, stdout, stderr)."""
+def cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store_url: str
+) -> Run:
+    """``micafence grant ARGS --store URL`` in-process, run by ``officer`` (their configured
+    identity, ``$MICAFENCE_OFFICER``): (exit code, stdout, stderr)."""
 
-    def run(*args: str, store: str | None = store_url) -> tuple[int, str, str]:
+    def run(
+        *args: str, store: str | None = store_url, officer: str | None = "a.lind"
+    ) -> tuple[int, str, str]:
+        if officer is None:
+            monkeypatch.delenv("MICAFENCE_OFFICER", raising=False)
+        else:
+            monkeypatch.setenv("MICAFENCE_OFFICER", officer)
         argv = ["grant", *args] + (["--store", store] if store else [])
         try:
             code = main(argv)
@@ -84,7 +95,8 @@ def test_add_list_show_revoke_history_export(cli: Run, tmp_path: Path) -> None:
         "active", "ticket CS-1042", "a.lind")
     assert (shown["term"], shown["same_type_window"]) == ("P30D", "P1D")
 
-    code, out, _ = cli("revoke", grant_id, "--by", "b.ops", "--reason", "client asked")
+    code, out, _ = cli("revoke", grant_id, "--by", "b.ops", "--reason", "client asked",
+                       officer="b.ops")
     assert code == 0 and out.startswith(f"{grant_id} revoked at ")
     code, out, _ = cli("show", grant_id, "--json")
     revoked = json.loads(out)
@@ -167,7 +179,8 @@ def test_store_is_required_and_memory_warns(
 
 
 def test_revoke_and_show_unknown_grant(cli: Run) -> None:
-    assert cli("revoke", "grt_000000000000", "--by", "x", "--reason", "y")[:1] == (1,)
+    code, _, err = cli("revoke", "grt_000000000000", "--by", "x", "--reason", "y", officer="x")
+    assert code == 1 and "no grant 'grt_000000000000'" in err
     code, _, err = cli("show", "grt_000000000000")
     assert code == 1 and "no grant 'grt_000000000000'" in err
 
@@ -236,7 +249,7 @@ def test_readme_walkthrough(store_url: str) -> None:
             [MICAFENCE, "grant", "add", "--store", store_url, "--client", "carol",
              "--service", "exchange_for_funds", "--asset", "ETH", "--initiated-at", ago(1),
              "--channel", "web form", "--evidence", "ticket CS-3003", "--verified-by", "ops"],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env={**os.environ, **OFFICER},
         )
         grant_id = added.stdout.strip()
         assert GRANT_ID.fullmatch(grant_id)
@@ -245,6 +258,7 @@ def test_readme_walkthrough(store_url: str) -> None:
         subprocess.run(
             [MICAFENCE, "grant", "revoke", grant_id, "--store", store_url, "--by", "ops",
              "--reason", "evidence did not hold up"], check=True, capture_output=True,
+            env={**os.environ, **OFFICER},
         )
         eventually(lambda: order(url, "carol", "ETH-EUR"), (451, "eu.no_grant"))
 

@@ -150,7 +150,7 @@ async def test_status_follows_the_clock_and_list_filters() -> None:
     clock.now = NOW + 3 * DAY
     ids = {status: [s.grant.id for s in await book.list(status=status)] for status in GrantStatus}
     assert ids == {GrantStatus.ACTIVE: [first.id], GrantStatus.EXPIRED: [second.id],
-                   GrantStatus.REVOKED: [third.id]}
+                   GrantStatus.REVOKED: [third.id], GrantStatus.PENDING: []}
     assert [s.grant.id for s in await book.list(client_id="client-8")] == [second.id]
     view = (await book.get(second.id)).as_dict(clock.now)
     assert (view["status"], view["term"], view["revocation"]) == ("expired", "P2D", None)

@@ -2,7 +2,8 @@
 
 A new backend adds one ``pytest.param(factory, id=..., marks=...)`` row; its factory gets the
 test's ``request`` (for fixtures such as a private server) and returns an open, empty store.
-Backend-specific behaviour (a file shared between processes) is tested below the table.
+Backend-specific behaviour (a file shared between processes) is tested below the table; the
+Redis store's own behaviour is in ``tests/test_store_redis.py``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from pathlib import Path
 import pytest
 
 from micafence.errors import StoreError
-from micafence.grants import Grant, Revocation
+from micafence.grants import AccountBinding, Approval, Grant, Revocation
+from micafence.onboarding import OnboardingTicket, hash_token
+from micafence.signing import GrantKey
 from micafence.store import MemoryStore, SolicitationEvidence, Store, open_store
 from micafence.store_file import FileStore
+from tests.redis_server import RedisServer, redis_server  # noqa: F401  (a fixture)
 
 NOW = dt.datetime(2025, 3, 3, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
+MINUTE = dt.timedelta(minutes=1)
+KEY = GrantKey.from_text("store-contract-test-key-" + "0" * 16)
 
 
 def memory_store(request: pytest.FixtureRequest) -> Store:
@@ -33,9 +39,21 @@ def file_store(request: pytest.FixtureRequest) -> Store:
     return open_store(f"file://{tmp_path}/grants.jsonl")
 
 
+def signed_file_store(request: pytest.FixtureRequest) -> Store:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return open_store(f"file://{tmp_path}/grants.jsonl", grant_key=KEY)
+
+
+def redis_store(request: pytest.FixtureRequest) -> Store:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return open_store(server.url, grant_key=KEY)
+
+
 BACKENDS = [
     pytest.param(memory_store, id="memory"),
     pytest.param(file_store, id="file"),
+    pytest.param(signed_file_store, id="file-signed"),
+    pytest.param(redis_store, id="redis", marks=pytest.mark.redis),
 ]
 
 
@@ -86,6 +104,48 @@ async def test_store_contract(store: Store) -> None:
     assert await store.solicitations("cookie:abc") == [anonymous]
     assert await store.solicitations("c-8") == []
     assert await store.grant_version() == 4  # evidence is not grant history
+
+
+async def test_approvals_and_bindings_are_history_and_bound_accounts_hold_the_grant(
+    store: Store,
+) -> None:
+    first, other = grant("grt_1"), grant("grt_2", "c-8")
+    approval = Approval("grt_1", "client-7", NOW, "b.ops")
+    binding = AccountBinding("grt_1", "client-7", "acc_9", NOW + MINUTE)
+    for event in (first, other, approval, binding):
+        await store.append_grant_event(event)
+    # A binding is filed under the grant's client and under the new account.
+    assert await store.grant_events("client-7") == [first, approval, binding]
+    assert await store.grant_events("acc_9") == [binding]
+    assert await store.grant_events() == [first, other, approval, binding]
+    # What service checks read: the account holds the grant bound to it, nothing else.
+    assert await store.holdings("acc_9") == [binding, first, approval]
+    assert await store.holdings("client-7") == [first, approval, binding]
+    assert await store.holdings("c-8") == [other]
+    assert await store.holdings("nobody") == []
+    # A later revocation of the grant reaches the account too.
+    revocation = Revocation("grt_1", "client-7", NOW + DAY, "ops", "closed")
+    assert await store.append_grant_event(revocation) == 5
+    assert await store.holdings("acc_9") == [binding, first, approval, revocation]
+
+
+async def test_onboarding_tickets_are_taken_once_and_expire(store: Store) -> None:
+    def ticket(token: str, lifetime: dt.timedelta = 30 * MINUTE) -> OnboardingTicket:
+        return OnboardingTicket(hash_token(token), "grt_1", "client-7", NOW, NOW + lifetime,
+                                "a.lind")
+
+    issued, short, raced = ticket("mot_a"), ticket("mot_b", MINUTE), ticket("mot_c")
+    for one in (issued, short, raced):
+        await store.put_onboarding_ticket(one)
+    assert await store.take_onboarding_ticket(hash_token("mot_unknown"), NOW) is None
+    assert await store.take_onboarding_ticket(issued.token_hash, NOW + MINUTE) == issued
+    assert await store.take_onboarding_ticket(issued.token_hash, NOW + MINUTE) is None
+    assert await store.take_onboarding_ticket(short.token_hash, NOW + 2 * MINUTE) is None
+    # Of concurrent takes of one ticket, exactly one gets it.
+    taken = await asyncio.gather(
+        *(store.take_onboarding_ticket(raced.token_hash, NOW) for _ in range(8)))
+    assert [one for one in taken if one is not None] == [raced]
+    assert await store.grant_version() == 0  # tickets are not grant history
 
 
 def test_unsupported_store_urls_are_refused() -> None:
@@ -143,3 +203,17 @@ async def test_file_store_with_a_bad_line_fails_closed_naming_it(tmp_path: Path)
             await store.grant_events("client-7")
     with pytest.raises(StoreError, match=rf"{path}:2"):
         FileStore(path)
+
+
+async def test_file_store_ticket_is_taken_once_across_handles(tmp_path: Path) -> None:
+    # Two handles stand for two worker processes: the file lock decides, not the asyncio lock.
+    path = tmp_path / "grants.jsonl"
+    cli, first, second = (FileStore(path, key=KEY, recheck=0) for _ in range(3))
+    ticket = OnboardingTicket(hash_token("mot_x"), "grt_1", "client-7", NOW, NOW + DAY, "ops")
+    await cli.put_onboarding_ticket(ticket)
+    taken = await asyncio.gather(first.take_onboarding_ticket(ticket.token_hash, NOW),
+                                 second.take_onboarding_ticket(ticket.token_hash, NOW))
+    assert sorted(taken, key=lambda t: t is None) == [ticket, None]
+    assert await FileStore(path, key=KEY).take_onboarding_ticket(ticket.token_hash, NOW) is None
+    # Only the hash is on disk, never the token.
+    assert "mot_x" not in path.read_text(encoding="utf-8")

@@ -25,7 +25,7 @@ from typing import Any
 from .audit_chain import AuditKey, ChainWriter, canonical, format_time, parse_time
 from .audit_reader import PRUNE_WRITER_PREFIX, LoadedLog, in_range, load_log
 from .audit_sinks import FileSink
-from .catalogue import parse_duration
+from .durations import parse_duration
 
 CSV_COLUMNS = (
     "time", "id", "kind", "class", "event", "reason", "rule", "mode", "outcome", "blocked",

@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .catalogue import parse_duration
+from .durations import parse_duration
 from .yamlfile import Node
 
 #: How ``audit.ip_truncation`` can reduce an address: keep a prefix, or a keyed hash.

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .durations import duration_setting, format_duration
+from .store_policy import SCOPE_KEYS as STORE_SCOPE_KEYS
 from .yamlfile import Node
 
 #: The ten services of MiCA Art. 3(1)(16): stable key → (letter, title). Law, not policy.
@@ -66,10 +68,6 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 _SERVICE_KEY = re.compile(r"[a-z][a-z0-9_]*")
 SYMBOL = re.compile(r"[A-Z0-9]{1,16}")
 _NETWORK = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-_DURATION = re.compile(
-    r"P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?"
-)
 _SOURCES = ("path", "query", "body")
 #: The keys a policy route may carry for this module.
 ROUTE_SCOPE_KEYS = ("service", "pair", "asset")
@@ -174,31 +172,6 @@ def is_fiat(code: str) -> bool:
     return code in FIAT_CURRENCIES
 
 
-def parse_duration(text: str) -> dt.timedelta:
-    """An ISO 8601 duration in weeks, days, hours, minutes and seconds (``P30D``, ``PT24H``).
-
-    Years and months are refused (their length depends on the calendar); raises ``ValueError``.
-    """
-    cleaned = text.strip().upper()
-    match = _DURATION.fullmatch(cleaned)
-    if match is None or cleaned in ("P", "PT") or cleaned.endswith("T"):
-        raise ValueError(f"{text!r} is not an ISO 8601 duration in weeks, days, hours, minutes "
-                         "or seconds (e.g. P30D, PT24H; years and months are not allowed)")
-    duration = dt.timedelta(**{k: int(v) for k, v in match.groupdict().items() if v})
-    if duration <= dt.timedelta(0):
-        raise ValueError(f"{text!r}: the duration must be longer than zero")
-    return duration
-
-
-def format_duration(duration: dt.timedelta) -> str:
-    """``P30D``, ``PT24H``, ``P1DT2H30M``: the ISO 8601 spelling of a positive duration."""
-    days, rest = divmod(int(duration.total_seconds()), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    clock = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
-    return "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "" if days else "T0S")
-
-
 # -- policy sections -----------------------------------------------------------------------------
 
 
@@ -212,12 +185,13 @@ def parse_catalogue(top: Mapping[str, Node]) -> Catalogue:
     max_body = DEFAULT_MAX_BODY_BYTES
     if "scopes" in top:
         fields = top["scopes"].mapping(
-            ("term", "same_type_window", "related_services", "max_body_bytes")
+            ("term", "same_type_window", "related_services", "max_body_bytes",
+             *STORE_SCOPE_KEYS)  # maker_checker, redis_checks: micafence.store_policy
         )
         if "term" in fields:
-            term = _duration(fields["term"])
+            term = duration_setting(fields["term"])
         if "same_type_window" in fields:
-            window = _duration(fields["same_type_window"])
+            window = duration_setting(fields["same_type_window"])
             if window > term:
                 fields["same_type_window"].fail(
                     f"the same-type window ({format_duration(window)}) cannot be longer than "
@@ -229,13 +203,6 @@ def parse_catalogue(top: Mapping[str, Node]) -> Catalogue:
             max_body = fields["max_body_bytes"].integer(minimum=256)
     routes = _route_scopes(top["routes"], services) if "routes" in top else {}
     return Catalogue(services, assets, term, window, related, max_body, routes)
-
-
-def _duration(node: Node) -> dt.timedelta:
-    try:
-        return parse_duration(node.text())
-    except ValueError as exc:
-        node.fail(str(exc))
 
 
 def _services(node: Node) -> dict[str, Service]:

@@ -22,10 +22,10 @@ import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
 from .countries import is_country_code
+from .durations import duration_setting
 from .errors import GeoIPDatabaseError
 from .geo import GeoIPDatabase
 from .policy import DatabaseChecks
-from .schedule import parse_duration
 from .yamlfile import Node
 
 #: How many networks from the start of the tree have their records decoded.
@@ -35,7 +35,7 @@ SAMPLE_NETWORKS = 256
 def parse_database_checks(node: Node) -> DatabaseChecks:
     """The ``database`` section: ``max_age`` (ISO 8601 duration) and ``probes``."""
     fields = node.mapping(("max_age", "probes"))
-    max_age = parse_duration(fields["max_age"]) if "max_age" in fields else None
+    max_age = duration_setting(fields["max_age"]) if "max_age" in fields else None
     probes: list[tuple[str, str | None]] = []
     for item in fields["probes"].items() if "probes" in fields else []:
         probe = item.mapping(("ip", "country"), required=("ip",))

@@ -32,7 +32,12 @@ Reason codes (the catalogue; ``<zone>`` is a zone name from the policy such as `
 ``<zone>.scope_unreadable``
     The service or asset cannot be read from the request (malformed, missing, too large).
 ``<zone>.store_unavailable``
-    The grant store cannot be read: service routes fail closed.
+    The grant store cannot be read: service routes (and onboarding tokens) fail closed.
+``<zone>.onboarding``
+    An account creation passed with a grant's single-use onboarding token (``grant_id``).
+``<zone>.onboarding.invalid_token``
+    An account creation presented an onboarding token that is unknown, used, expired or whose
+    grant is no longer in force.
 ``<zone>.neutral``
     A rule that names the neutral class (for example an incident block of all traffic).
 ``anonymizer.<flag>.<class>``

@@ -4,8 +4,11 @@ A :class:`Grant` says who (client), what (one service on one asset), when and ho
 initiated (``initiated_at``, ``channel``), the evidence reference, who verified it, when it was
 recorded and under which policy revision, and its two time bounds. A :class:`Revocation` is a
 later, separate record: the history is append-only (RULES.md rule 11), nothing is ever edited
-or deleted, and a grant's status (active, expired, revoked) is derived from the records and the
-clock.
+or deleted, and a grant's status (pending, active, expired, revoked) is derived from the records
+and the clock. Under maker-checker (``scopes.maker_checker``) a grant is recorded
+``approval_required`` and is pending until an :class:`Approval` by a second, different officer;
+an :class:`AccountBinding` records the account opened with the grant's onboarding token
+(:mod:`micafence.onboarding`).
 
 :class:`GrantBook` is the Python API ops tools use (``micafence grant`` is built on it)::
 
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from .catalogue import format_duration, parse_duration
+from .durations import format_duration, parse_duration
 from .errors import GrantError
 from .identity import clean_client_id, clean_country
 from .policy import Policy
@@ -45,6 +48,7 @@ def utc_now() -> dt.datetime:
 
 
 class GrantStatus(StrEnum):
+    PENDING = "pending"  # maker-checker: recorded, awaiting a second officer's approval
     ACTIVE = "active"
     EXPIRED = "expired"  # the scope term has passed
     REVOKED = "revoked"
@@ -69,6 +73,7 @@ class Grant:
     country: str | None = None  # location signal seen when the client initiated, if known
     solicitation_override: str | None = None  # why a grant was recorded despite solicitation
     solicitations_seen: int = 0  # solicitation records the client had at recording time
+    approval_required: bool = False  # maker-checker: pending until another officer approves
 
     @property
     def expires_at(self) -> dt.datetime:
@@ -90,20 +95,66 @@ class Revocation:
     reason: str
 
 
-GrantEvent = Grant | Revocation
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """Maker-checker: a second officer approved a grant; it is in force from then on."""
+
+    grant_id: str
+    client_id: str
+    approved_at: dt.datetime
+    approved_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBinding:
+    """The account opened with a grant's onboarding token: it holds the grant from then on."""
+
+    grant_id: str
+    client_id: str  # the grant's client
+    account_id: str  # the new account's id, as the app named it
+    bound_at: dt.datetime
+
+
+GrantEvent = Grant | Revocation | Approval | AccountBinding
+
+
+def grant_id_of(event: GrantEvent) -> str:
+    """The grant a record is about."""
+    return event.id if isinstance(event, Grant) else event.grant_id
+
+
+def filed_under(event: GrantEvent) -> tuple[str, ...]:
+    """The clients whose history a record belongs to: a binding also to the new account's."""
+    if isinstance(event, AccountBinding) and event.account_id != event.client_id:
+        return (event.client_id, event.account_id)
+    return (event.client_id,)
 
 
 @dataclass(frozen=True, slots=True)
 class GrantState:
-    """A grant with its revocation (if any), as folded from the history."""
+    """A grant with its revocation, approval and accounts, as folded from the history."""
 
     grant: Grant
     revocation: Revocation | None
+    approval: Approval | None = None
+    accounts: tuple[AccountBinding, ...] = ()
+
+    @property
+    def pending(self) -> bool:
+        """Recorded under maker-checker and not approved yet."""
+        return self.grant.approval_required and self.approval is None
+
+    @property
+    def in_force(self) -> bool:
+        """Neither revoked nor pending (the time bounds are checked against the request)."""
+        return self.revocation is None and not self.pending
 
     def status(self, now: dt.datetime) -> GrantStatus:
         if self.revocation is not None:
             return GrantStatus.REVOKED
-        return GrantStatus.ACTIVE if now < self.grant.expires_at else GrantStatus.EXPIRED
+        if now >= self.grant.expires_at:
+            return GrantStatus.EXPIRED
+        return GrantStatus.PENDING if self.pending else GrantStatus.ACTIVE
 
     def as_dict(self, now: dt.datetime) -> dict[str, Any]:
         """JSON-ready, with the derived status and both bounds as instants."""
@@ -117,19 +168,38 @@ class GrantState:
             revocation = event_to_json(self.revocation)
             del revocation["event"], revocation["grant_id"], revocation["client_id"]
             view["revocation"] = revocation
+        view["approval_required"] = self.grant.approval_required
+        view["approval"] = None if self.approval is None else {
+            "approved_at": self.approval.approved_at.isoformat(),
+            "approved_by": self.approval.approved_by,
+        }
+        view["accounts"] = [
+            {"account_id": a.account_id, "bound_at": a.bound_at.isoformat()}
+            for a in self.accounts
+        ]
         return view
 
 
 def fold(events: Iterable[GrantEvent]) -> list[GrantState]:
-    """The grants in a history, in recording order, each with its revocation."""
+    """The grants in a history, in recording order, each with what later records say of it."""
     grants: dict[str, Grant] = {}
     revoked: dict[str, Revocation] = {}
+    approved: dict[str, Approval] = {}
+    accounts: dict[str, dict[str, AccountBinding]] = {}
     for event in events:
         if isinstance(event, Grant):
             grants.setdefault(event.id, event)
-        else:
+        elif isinstance(event, Revocation):
             revoked.setdefault(event.grant_id, event)
-    return [GrantState(grant, revoked.get(grant.id)) for grant in grants.values()]
+        elif isinstance(event, Approval):
+            approved.setdefault(event.grant_id, event)
+        else:
+            accounts.setdefault(event.grant_id, {}).setdefault(event.account_id, event)
+    return [
+        GrantState(grant, revoked.get(grant.id), approved.get(grant.id),
+                   tuple(accounts.get(grant.id, {}).values()))
+        for grant in grants.values()
+    ]
 
 
 # -- records as JSON (file store, export, --json) ------------------------------------------------
@@ -143,7 +213,18 @@ def event_to_json(event: GrantEvent) -> dict[str, Any]:
             "revoked_at": event.revoked_at.isoformat(), "revoked_by": event.revoked_by,
             "reason": event.reason,
         }
-    return {
+    if isinstance(event, Approval):
+        return {
+            "event": "approval", "grant_id": event.grant_id, "client_id": event.client_id,
+            "approved_at": event.approved_at.isoformat(), "approved_by": event.approved_by,
+        }
+    if isinstance(event, AccountBinding):
+        return {
+            "event": "account_binding", "grant_id": event.grant_id,
+            "client_id": event.client_id, "account_id": event.account_id,
+            "bound_at": event.bound_at.isoformat(),
+        }
+    record: dict[str, Any] = {
         "event": "grant", "id": event.id, "client_id": event.client_id,
         "service": event.service, "asset": event.asset,
         "initiated_at": event.initiated_at.isoformat(), "channel": event.channel,
@@ -155,6 +236,13 @@ def event_to_json(event: GrantEvent) -> dict[str, Any]:
         "solicitation_override": event.solicitation_override,
         "solicitations_seen": event.solicitations_seen,
     }
+    if event.approval_required:  # only then: records made without maker-checker stay as they were
+        record["approval_required"] = True
+    return record
+
+
+_EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_LATEST = dt.datetime(2999, 12, 31, tzinfo=dt.UTC)
 
 
 def event_from_json(data: Any) -> GrantEvent:
@@ -166,6 +254,16 @@ def event_from_json(data: Any) -> GrantEvent:
             return Revocation(
                 _text(data["grant_id"]), _text(data["client_id"]), _instant(data["revoked_at"]),
                 _text(data["revoked_by"]), _text(data["reason"]),
+            )
+        if data["event"] == "approval":
+            return Approval(
+                _text(data["grant_id"]), _text(data["client_id"]),
+                _instant(data["approved_at"]), _text(data["approved_by"]),
+            )
+        if data["event"] == "account_binding":
+            return AccountBinding(
+                _text(data["grant_id"]), _text(data["client_id"]), _text(data["account_id"]),
+                _instant(data["bound_at"]),
             )
         if data["event"] != "grant":
             raise ValueError(f"unknown record kind {data['event']!r}")
@@ -180,7 +278,8 @@ def event_from_json(data: Any) -> GrantEvent:
             policy_revision=_text(data["policy_revision"]),
             country=_optional_text(data.get("country")),
             solicitation_override=_optional_text(data.get("solicitation_override")),
-            solicitations_seen=int(data.get("solicitations_seen") or 0),
+            solicitations_seen=_count(data.get("solicitations_seen") or 0),
+            approval_required=data.get("approval_required") is True,
         )
     except KeyError as exc:
         raise ValueError(f"grant record without {exc.args[0]!r}") from None
@@ -198,10 +297,20 @@ def _optional_text(value: object) -> str | None:
     return None if value is None else _text(value)
 
 
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a count, got {value!r}")
+    return value
+
+
 def _instant(value: object) -> dt.datetime:
     instant = dt.datetime.fromisoformat(_text(value))
     if instant.tzinfo is None:
         raise ValueError(f"{value!r} has no UTC offset")
+    # A record from before 1970 or after 2999 is corrupt, and adding a scope term to a date
+    # near the end of the calendar would overflow on the request path.
+    if not _EARLIEST <= instant <= _LATEST:
+        raise ValueError(f"{value!r} is outside the years 1970 to 2999")
     return instant
 
 
@@ -306,6 +415,7 @@ class GrantBook:
             term=term, same_type_window=window, policy_revision=self.policy.revision,
             country=seen_in, solicitation_override=override,
             solicitations_seen=len(solicitations),
+            approval_required=self.policy.grant_store.maker_checker,
         )
         await self.store.append_grant_event(grant)
         return grant
@@ -322,6 +432,30 @@ class GrantBook:
         )
         await self.store.append_grant_event(revocation)
         return revocation
+
+    async def approve(self, grant_id: str, *, approved_by: str) -> Approval:
+        """Maker-checker: put a pending grant in force. The approver must be another officer
+        than the one who verified and recorded it."""
+        state = await self.get(grant_id)
+        officer = _required("approved_by", approved_by)
+        if state.revocation is not None:
+            raise GrantError(f"grant {grant_id} is revoked: nothing to approve")
+        if state.approval is not None:
+            raise GrantError(f"grant {grant_id} was already approved by "
+                             f"{state.approval.approved_by} at "
+                             f"{state.approval.approved_at.isoformat()}")
+        if not state.grant.approval_required:
+            raise GrantError(f"grant {grant_id} was recorded without maker-checker: it needs "
+                             "no approval")
+        if officer.casefold() == state.grant.verified_by.casefold():
+            raise GrantError(f"maker-checker: {officer} recorded grant {grant_id}; a second, "
+                             "different officer must approve it")
+        now = self.clock()
+        if now >= state.grant.expires_at:
+            raise GrantError(f"grant {grant_id} expired at {state.grant.expires_at.isoformat()}")
+        approval = Approval(grant_id, state.grant.client_id, now, officer)
+        await self.store.append_grant_event(approval)
+        return approval
 
     async def get(self, grant_id: str) -> GrantState:
         """One grant with its revocation; :class:`GrantError` if there is no such grant."""

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .dbcheck import too_old
+from .durations import format_duration
 from .errors import MicafenceError
-from .schedule import format_duration
 
 if TYPE_CHECKING:
     from .middleware import MicafenceMiddleware

@@ -14,10 +14,12 @@ from .geo import GeoIPDatabase
 from .grants import Clock, utc_now
 from .health import HealthEndpoint
 from .identity import IdentifyFunction
+from .onboarding import OnboardingGate
 from .policy import Outcome, Policy, PromotionStance
 from .reload import Reloader
 from .responses import STATUS, block_body, block_headers, send_block
 from .scopes import ScopeGate
+from .signing import GrantKey
 from .store import Store, open_store
 
 if TYPE_CHECKING:
@@ -46,7 +48,11 @@ class MicafenceMiddleware:
     production, and a missing or corrupt file fails here, at start-up, with its name.
     ``identify`` is the Python identity source used when the policy says
     ``client_identity.source: callable``. ``store`` is a store URL (``memory://``, the
-    default) or an open :class:`~micafence.store.Store`. ``clock`` (a callable returning an
+    default; ``file://PATH``, ``redis://…``) or an open :class:`~micafence.store.Store`;
+    ``grant_key`` (a :class:`~micafence.signing.GrantKey` or a key file path; default
+    ``$MICAFENCE_GRANT_KEY[_FILE]``) signs and verifies its grant records. A blocked account
+    creation that presents a grant's onboarding token is settled by
+    :class:`~micafence.onboarding.OnboardingGate`. ``clock`` (a callable returning an
     aware UTC datetime) is what grant time bounds are checked against; tests pass their own.
 
     Live operations (:mod:`micafence.reload`): while the server's lifespan runs, the policy
@@ -81,10 +87,12 @@ class MicafenceMiddleware:
         allow_older_database: bool = False,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
+        grant_key: GrantKey | str | os.PathLike[str] | None = None,
     ) -> None:
         self.app = app
-        self.store = store if isinstance(store, Store) else open_store(store)
+        self.store = store if isinstance(store, Store) else open_store(store, grant_key=grant_key)
         self.scopes = ScopeGate(self.store, clock=clock)
+        self.onboarding = OnboardingGate(self.store, clock=clock)
         self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
         self.reloader = Reloader(
             self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
@@ -97,6 +105,9 @@ class MicafenceMiddleware:
         self._shutdown_hooks: list[Hook] = []
         if watch:
             self.on_lifespan(self.reloader.start, self.reloader.stop)
+        # The Redis store's cache invalidation and production checks (scopes.redis_checks).
+        self.on_lifespan(lambda: self.store.start(self.enforcer.policy.grant_store),
+                         self.store.stop)
         self.audit = audit  # micafence.audit: records every decision but plain passes
         self.metrics = metrics  # micafence.metrics: Prometheus counters, sampled latency
         for observer in (audit, metrics):
@@ -134,6 +145,10 @@ class MicafenceMiddleware:
         if decision.outcome is Outcome.REQUIRE_GRANT:
             decision, receive = await self.scopes.settle(
                 self.enforcer.policy, decision, scope, receive
+            )
+        elif decision.blocked and decision.route_class == "account_creation":
+            decision, send = await self.onboarding.admit(  # a grant's single-use token
+                self.enforcer.policy, decision, scope, send, self.audit
             )
         scope.setdefault("state", {})[STATE_KEY] = decision
         if metrics is not None:
@@ -180,14 +195,22 @@ class MicafenceMiddleware:
             await send({"type": "websocket.close", "code": 1008, "reason": decision.reason})
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        failed: list[Exception] = []
+        answered: list[str] = []
+
         async def receive_with_hooks() -> Message:
             message = await receive()
             if message.get("type") == "lifespan.startup":
-                for hook in self._startup_hooks:
-                    await hook()
+                try:
+                    for hook in self._startup_hooks:
+                        await hook()
+                except Exception as exc:
+                    failed.append(exc)
+                    raise
             return message
 
         async def send_with_hooks(message: Message) -> None:
+            answered.append(str(message.get("type")))
             # Our own work stops after the app's shutdown handlers, so it can still record them.
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed",
                                        "lifespan.startup.failed"):
@@ -195,4 +218,12 @@ class MicafenceMiddleware:
                     await hook()
             await send(message)
 
-        await self.app(scope, receive_with_hooks, send_with_hooks)
+        try:
+            await self.app(scope, receive_with_hooks, send_with_hooks)
+        except Exception:
+            if not failed or any(kind.startswith("lifespan.startup.") for kind in answered):
+                raise
+            # Say so to the server: uvicorn's default lifespan "auto" would otherwise take the
+            # error for an app without lifespan support, and serve without our checks.
+            await send_with_hooks({"type": "lifespan.startup.failed",
+                                   "message": f"micafence: {failed[0]}"})

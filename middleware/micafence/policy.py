@@ -14,6 +14,12 @@ from .audit_policy import DEFAULT_AUDIT, DEFAULT_REPORTING, AuditSettings, Repor
 from .cache_policy import DEFAULT_CACHE, CachePolicy
 from .catalogue import EMPTY_CATALOGUE, Catalogue
 from .promotions import DEFAULT_PROMOTIONS, PromotionPolicy
+from .store_policy import (
+    DEFAULT_ONBOARDING,
+    DEFAULT_STORE_SETTINGS,
+    OnboardingSettings,
+    StoreSettings,
+)
 
 UNKNOWN_COUNTRY_ZONE = "unknown_country"
 
@@ -169,6 +175,9 @@ class Policy:
     # retention and privacy of the decision log; report thresholds (micafence.audit_policy)
     audit: AuditSettings = DEFAULT_AUDIT
     reporting: ReportingThresholds = DEFAULT_REPORTING
+    # maker-checker, Redis production checks, onboarding tokens (micafence.store_policy)
+    grant_store: StoreSettings = DEFAULT_STORE_SETTINGS
+    onboarding: OnboardingSettings = DEFAULT_ONBOARDING
 
     def zone(self, name: str) -> Zone | None:
         for zone in self.zones:

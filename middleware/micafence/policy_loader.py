@@ -37,6 +37,7 @@ from .policy import (
 from .promotions import parse_promotions
 from .routes import HTTP_METHODS, compile_pattern
 from .schedule import WINDOW_KEYS, parse_window
+from .store_policy import parse_onboarding, parse_store_settings
 from .yamlfile import Node, parse_yaml, read_yaml
 
 SCHEMA_VERSION = 1
@@ -52,6 +53,7 @@ _TOP_KEYS = (
     "anonymizers", "database",  # micafence.anonymizer, micafence.dbcheck
     "promotions", "cache",  # micafence.promotions, micafence.cache_policy
     "audit", "reporting",  # micafence.audit_policy
+    "onboarding",  # micafence.store_policy
 )
 
 
@@ -110,6 +112,8 @@ def _build(root: Node, raw: bytes, source: str) -> Policy:
         cache=parse_cache(top["cache"], top.get("client_ip")) if "cache" in top else DEFAULT_CACHE,
         audit=parse_audit(top),
         reporting=parse_reporting(top),
+        grant_store=parse_store_settings(top),
+        onboarding=parse_onboarding(top),
     )
 
 

@@ -151,7 +151,7 @@ def _compare(report: Exposure, limits: ReportingThresholds, now: dt.datetime) ->
 
 def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
     """Grants as recorded by ``grant.recorded`` / ``grant.revoked`` events in the log."""
-    from .catalogue import parse_duration
+    from .durations import parse_duration
 
     grants: dict[str, GrantFacts] = {}
     revoked: set[str] = set()

@@ -25,6 +25,7 @@ _DETAILS = {
 _NO_GRANT = "This service is only available within a scope you requested from us yourself."
 _OUT_OF_SCOPE = "This request is outside the scope you requested from us yourself."
 _SCOPE_REASONS = (".out_of_scope.service", ".out_of_scope.asset_type", ".grant_expired")
+_INVALID_TOKEN = "This onboarding token is not valid: it is unknown, used or expired."
 
 
 def detail(decision: Decision) -> str:
@@ -33,6 +34,8 @@ def detail(decision: Decision) -> str:
         return _NO_GRANT
     if decision.reason.endswith(_SCOPE_REASONS):
         return _OUT_OF_SCOPE
+    if decision.reason.endswith(".onboarding.invalid_token"):
+        return _INVALID_TOKEN
     return _DETAILS.get(decision.route_class, _DETAILS["neutral"])
 
 

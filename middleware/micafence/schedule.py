@@ -13,19 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Iterable
 
 from .policy import Policy, Rule, Zone
 from .yamlfile import Node
 
 WINDOW_KEYS = ("effective_from", "effective_until")
-
-_DURATION = re.compile(
-    r"P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?"
-)
-
 
 def utc_now() -> dt.datetime:
     """The default clock."""
@@ -82,23 +75,6 @@ def parse_window(fields: dict[str, Node]) -> tuple[dt.datetime | None, dt.dateti
     return start, end
 
 
-def parse_duration(node: Node) -> dt.timedelta:
-    """An ISO 8601 duration in weeks, days, hours, minutes, seconds (``P14D``, ``PT36H``).
-
-    Years and months are refused: their length depends on the calendar.
-    """
-    text = node.text().strip().upper()
-    match = _DURATION.fullmatch(text)
-    if match is None or text in ("P", "PT") or text.endswith("T"):
-        node.fail(f"{node.value!r} is not an ISO 8601 duration in weeks, days or hours "
-                  "(e.g. P14D, P2W, PT36H; years and months are not allowed)")
-    parts = {name: int(value) for name, value in match.groupdict().items() if value}
-    duration = dt.timedelta(**parts)
-    if not duration:
-        node.fail("the duration must be longer than zero")
-    return duration
-
-
 def in_force(start: dt.datetime | None, end: dt.datetime | None, at: dt.datetime) -> bool:
     """Is ``[start, end)`` in force at ``at`` (an open end is unbounded)?"""
     return (start is None or start <= at) and (end is None or at < end)
@@ -131,14 +107,3 @@ def next_boundary(policy: Policy, after: dt.datetime) -> dt.datetime | None:
     return min(later, default=None)
 
 
-def format_duration(duration: dt.timedelta) -> str:
-    """``P3DT4H5M`` for display (whole seconds)."""
-    seconds = int(duration.total_seconds())
-    sign = "-" if seconds < 0 else ""
-    days, rest = divmod(abs(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    time = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
-    if not days and not time:
-        return "PT0S"
-    return f"{sign}P" + (f"{days}D" if days else "") + (f"T{time}" if time else "")

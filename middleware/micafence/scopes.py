@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from .catalogue import (
 from .decision import Decision
 from .grants import Clock, Grant, GrantState, fold, utc_now
 from .policy import Mode, Outcome, Policy
-from .routes import normalize_path
+from .routes import normalize_path, route_paths
 from .store import Store
 
 Scope = MutableMapping[str, Any]
@@ -50,6 +51,7 @@ OUT_OF_SCOPE_ASSET_TYPE = "out_of_scope.asset_type"
 GRANT_EXPIRED = "grant_expired"
 SCOPE_UNREADABLE = "scope_unreadable"
 STORE_UNAVAILABLE = "store_unavailable"
+_LOG_EVERY = 10.0  # seconds between tracebacks of a failing store
 
 _PAIR = re.compile(r"([A-Z0-9]{1,16})[-/_]([A-Z0-9]{1,16})")
 
@@ -76,6 +78,7 @@ class ScopeGate:
     def __init__(self, store: Store, *, clock: Clock = utc_now) -> None:
         self.store = store
         self.clock = clock
+        self._logged_at = -_LOG_EVERY  # monotonic time of the last outage traceback
 
     async def settle(
         self, policy: Policy, decision: Decision, scope: Scope, receive: Receive
@@ -86,11 +89,15 @@ class ScopeGate:
         if client is None:  # an unidentified visitor cannot hold a grant
             return _settled(decision, NO_GRANT), receive
         try:
-            states = fold(await self.store.grant_events(client))
+            states = fold(await self.store.holdings(client))  # incl. grants bound to the account
         except Exception:  # the store failing must not take the request down: fail closed
-            logger.exception("micafence: grant store unavailable")
+            # Once per interval, not per request: an outage under load would flood the log.
+            if time.monotonic() - self._logged_at >= _LOG_EVERY:
+                self._logged_at = time.monotonic()
+                logger.exception("micafence: grant store unavailable (service checks fail "
+                                 "closed; logged at most every %g s)", _LOG_EVERY)
             return _settled(decision, STORE_UNAVAILABLE), receive
-        if all(state.revocation is not None for state in states):
+        if not any(state.in_force for state in states):  # revoked, or pending approval
             return _settled(decision, NO_GRANT), receive
         catalogue = policy.catalogue
         route = catalogue.routes.get(decision.route_id or "")
@@ -130,7 +137,7 @@ def evaluate(
     run from the client's initiative and are the narrower of the grant's and the policy's.
     """
     service, assets = requested.service, requested.assets
-    grants = [state.grant for state in states if state.revocation is None]
+    grants = [state.grant for state in states if state.in_force]
     if not grants:
         return ScopeVerdict(NO_GRANT)
     candidates = [
@@ -282,14 +289,9 @@ class _Values:
 
     def _path_value(self, name: str) -> str | None:
         pattern = self._route.path_pattern
-        path = self._scope.get("path")
-        if pattern is None or not isinstance(path, str):
+        if pattern is None:
             return None
-        root = self._scope.get("root_path") or ""
-        spellings = [path]
-        if isinstance(root, str) and root and not path.startswith(root):
-            spellings.append(root + path)
-        for spelling in spellings:
+        for spelling in route_paths(self._scope):
             match = pattern.fullmatch(normalize_path(spelling))
             if match is not None:
                 return match.group(name)

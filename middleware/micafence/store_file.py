@@ -11,7 +11,13 @@ touch the file at all.
 
 A line that is not a micafence record makes every read raise :class:`StoreError` naming the
 file and line: a record that cannot be read might be a revocation, so the middleware fails
-closed rather than guess.
+closed rather than guess. With a grant key (:mod:`micafence.signing`) every grant record and
+onboarding ticket is written signed, and one that does not verify (unsigned, altered, another
+key) is ignored and logged: writing to the file is then not enough to open a scope.
+
+Onboarding tickets are lines too (the token only as its SHA-256); taking one appends a
+``onboarding_used`` line under the same exclusive lock, after reading what other processes
+appended, so a ticket is taken once across every process of the host.
 """
 
 from __future__ import annotations
@@ -20,20 +26,32 @@ import asyncio
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from .errors import StoreError
-from .grants import Grant, GrantEvent, event_from_json, event_to_json
+from .grants import Grant, GrantEvent, event_from_json, event_to_json, filed_under
+from .onboarding import OnboardingTicket, ticket_from_json, ticket_to_json
+from .signing import GrantKey, RecordSeal
 from .store import SolicitationEvidence, Store
+from .store_policy import DEFAULT_STORE_SETTINGS, StoreSettings
 
 RECHECK_SECONDS = 0.5
 
-Record = GrantEvent | SolicitationEvidence
+
+@dataclass(frozen=True, slots=True)
+class _TicketUsed:
+    token_hash: str
+    used_at: dt.datetime
+
+
+Record = GrantEvent | SolicitationEvidence | OnboardingTicket | _TicketUsed
 _FileId = tuple[int, int, int, int]  # device, inode, size, mtime in ns
 
 
@@ -51,11 +69,16 @@ class _Tail:
 class FileStore(Store):
     """The grant history and solicitation evidence in an append-only JSON Lines file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, recheck: float = RECHECK_SECONDS) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, recheck: float = RECHECK_SECONDS,
+        key: GrantKey | None = None,
+    ) -> None:
         text = unquote(os.fspath(path))
         if not text:
             raise StoreError("file:// needs a path, e.g. file:///var/lib/micafence/grants.jsonl")
         self.path = Path(text)
+        self.key = key
+        self._seal = RecordSeal(key, str(self.path))
         self._recheck = recheck
         self._lock = asyncio.Lock()
         self._clear()
@@ -67,6 +90,8 @@ class FileStore(Store):
         self._by_client: dict[str, list[GrantEvent]] = {}
         self._grant_ids: set[str] = set()
         self._solicitations: dict[str, list[SolicitationEvidence]] = {}
+        self._tickets: dict[str, OnboardingTicket] = {}
+        self._used: set[str] = set()
         self._offset = 0
         self._lines = 0
         self._file_id: _FileId | None = None
@@ -84,6 +109,33 @@ class FileStore(Store):
         await self._append(event)
         return len(self._events)
 
+    async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
+        await self._append(ticket)
+
+    async def take_onboarding_ticket(
+        self, token_hash: str, now: dt.datetime
+    ) -> OnboardingTicket | None:
+        taken: list[OnboardingTicket] = []
+
+        def mark_used(before: _Tail) -> bytes | None:
+            tickets = {} if before.reset else dict(self._tickets)
+            used = set() if before.reset else set(self._used)
+            for record in before.records:
+                if isinstance(record, OnboardingTicket):
+                    tickets[record.token_hash] = record
+                elif isinstance(record, _TicketUsed):
+                    used.add(record.token_hash)
+            ticket = tickets.get(token_hash)
+            if ticket is None or token_hash in used or now >= ticket.expires_at:
+                return None
+            taken.append(ticket)
+            return self._line(_TicketUsed(token_hash, now))
+
+        async with self._lock:
+            self._apply(await asyncio.to_thread(self._write, mark_used))
+            self._checked = time.monotonic()
+        return taken[0] if taken else None
+
     async def grant_events(self, client_id: str | None = None) -> list[GrantEvent]:
         await self._refresh()
         if client_id is None:
@@ -96,6 +148,13 @@ class FileStore(Store):
 
     async def close(self) -> None:
         return None
+
+    async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
+        if self.key is None:
+            logging.getLogger("micafence.store").warning(
+                "micafence: grant records in %s are not signed: whoever can write the file can "
+                "open a scope (give the middleware grant_key= or set $MICAFENCE_GRANT_KEY)",
+                self.path)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -141,7 +200,9 @@ class FileStore(Store):
         for raw in data[:end].splitlines():
             tail.lines += 1
             if raw.strip():
-                tail.records.append(_decode(raw, f"{self.path}:{tail.lines}"))
+                record = self._decode(raw, f"{self.path}:{tail.lines}")
+                if record is not None:
+                    tail.records.append(record)
         if end < len(data):  # a size that never matches the file's: come back for the rest
             tail.file_id = (*file_id[:2], tail.offset, file_id[3])
         return tail
@@ -153,23 +214,41 @@ class FileStore(Store):
             if isinstance(record, SolicitationEvidence):
                 self._solicitations.setdefault(record.subject, []).append(record)
                 continue
+            if isinstance(record, OnboardingTicket):
+                self._tickets[record.token_hash] = record
+                continue
+            if isinstance(record, _TicketUsed):
+                self._used.add(record.token_hash)
+                continue
             if isinstance(record, Grant):
                 self._grant_ids.add(record.id)
             self._events.append(record)
-            self._by_client.setdefault(record.client_id, []).append(record)
+            for client in filed_under(record):
+                self._by_client.setdefault(client, []).append(record)
         self._offset, self._lines, self._file_id = tail.offset, tail.lines, tail.file_id
 
     # -- writing -------------------------------------------------------------------------------
 
     async def _append(self, record: Record) -> None:
-        line = (json.dumps(_encode(record), ensure_ascii=False, sort_keys=True) + "\n").encode()
+        line = self._line(record)
+
+        def unique(before: _Tail) -> bytes:
+            # What other processes appended since our last read decides whether the id is new.
+            if isinstance(record, Grant):
+                ids = set() if before.reset else set(self._grant_ids)
+                ids.update(r.id for r in before.records if isinstance(r, Grant))
+                if record.id in ids:
+                    raise StoreError(f"grant {record.id} is already recorded")
+            return line
+
         async with self._lock:
-            tail = await asyncio.to_thread(self._write, line, record)
+            tail = await asyncio.to_thread(self._write, unique)
             self._apply(tail)
             self._checked = time.monotonic()
 
-    def _write(self, line: bytes, record: Record) -> _Tail:
-        """Append one line under an exclusive lock (worker thread); return the new tail."""
+    def _write(self, decide: Callable[[_Tail], bytes | None]) -> _Tail:
+        """Under an exclusive lock (worker thread): read what others appended, let ``decide``
+        give the line to append (or ``None``, or raise), append it; return the new tail."""
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         except OSError as exc:
@@ -177,13 +256,10 @@ class FileStore(Store):
                 from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            # What other processes appended since our last read decides whether the id is new.
             before = self._read_tail(self._offset, self._file_id, self._lines)
-            if isinstance(record, Grant):
-                ids = set() if before.reset else set(self._grant_ids)
-                ids.update(r.id for r in before.records if isinstance(r, Grant))
-                if record.id in ids:
-                    raise StoreError(f"grant {record.id} is already recorded")
+            line = decide(before)
+            if line is None:
+                return before
             os.write(fd, line)
             os.fsync(fd)
             after = self._read_tail(before.offset, before.file_id, before.lines)
@@ -196,25 +272,42 @@ class FileStore(Store):
         return before
 
 
-def _encode(record: Record) -> dict[str, Any]:
-    if isinstance(record, SolicitationEvidence):
-        return {
-            "event": "solicitation", "subject": record.subject, "at": record.at.isoformat(),
-            "zone": record.zone, "country": record.country, "route_id": record.route_id,
-            "marker": record.marker,
-        }
-    return event_to_json(record)
+    # -- the lines ---------------------------------------------------------------------------
 
+    def _line(self, record: Record) -> bytes:
+        data: dict[str, Any]
+        if isinstance(record, SolicitationEvidence):
+            data = {
+                "event": "solicitation", "subject": record.subject, "at": record.at.isoformat(),
+                "zone": record.zone, "country": record.country, "route_id": record.route_id,
+                "marker": record.marker,
+            }
+        elif isinstance(record, _TicketUsed):
+            data = {"event": "onboarding_used", "token_hash": record.token_hash,
+                    "used_at": record.used_at.isoformat()}
+        elif isinstance(record, OnboardingTicket):
+            data = self._seal.sign(ticket_to_json(record))
+        else:
+            data = self._seal.sign(event_to_json(record))
+        return (json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n").encode()
 
-def _decode(raw: bytes, where: str) -> Record:
-    try:
-        data = json.loads(raw)
-        if isinstance(data, dict) and data.get("event") == "solicitation":
-            return SolicitationEvidence(
-                subject=str(data["subject"]), at=dt.datetime.fromisoformat(data["at"]),
-                zone=str(data["zone"]), country=data.get("country"),
-                route_id=data.get("route_id"), marker=data.get("marker"),
-            )
-        return event_from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{where}: not a micafence record ({exc})") from None
+    def _decode(self, raw: bytes, where: str) -> Record | None:
+        """The record of one line; ``None`` when it fails verification (logged)."""
+        try:
+            data = json.loads(raw)
+            kind = data.get("event") if isinstance(data, dict) else None
+            if kind == "solicitation":
+                return SolicitationEvidence(
+                    subject=str(data["subject"]), at=dt.datetime.fromisoformat(data["at"]),
+                    zone=str(data["zone"]), country=data.get("country"),
+                    route_id=data.get("route_id"), marker=data.get("marker"),
+                )
+            if kind == "onboarding_used":
+                return _TicketUsed(str(data["token_hash"]),
+                                   dt.datetime.fromisoformat(data["used_at"]))
+            record = ticket_from_json(data) if kind == "onboarding_ticket" \
+                else event_from_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{where}: not a micafence record ({exc})") from None
+        # Well-formed but not trusted: ignored (and logged) rather than failing every read.
+        return record if self._seal.verified(data, where) is not None else None

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..catalogue import parse_duration
+from ..durations import parse_duration
 from ..errors import GrantError, PolicyError
 from ..grants import GrantBook, GrantStatus, parse_instant
 from ..middleware import MicafenceMiddleware

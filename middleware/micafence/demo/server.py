@@ -7,22 +7,27 @@ import os
 import uvicorn
 
 from ..middleware import MicafenceMiddleware
+from ..signing import GrantKey, key_file_for_demo
 from .app import build_demo_app
 from .grants import seed_on_startup
 from .observe import demo_observers
+
+DEMO_GRANT_KEY = "micafence-demo-grants.key"
 
 
 def build_demo(
     policy: str | os.PathLike[str], geoip_db: str | os.PathLike[str], store: str = "memory://",
     grants: str | os.PathLike[str] | None = None,
     audit_dir: str | os.PathLike[str] | None = None,
+    grant_key: GrantKey | None = None,
 ) -> MicafenceMiddleware:
     """The demo exchange wrapped in micafence (``grants``: a seeds file, see demo.grants;
-    ``audit_dir``: where the decision log goes, see demo.observe)."""
+    ``audit_dir``: where the decision log goes, see demo.observe; ``grant_key`` signs the
+    store's grant records, default ``$MICAFENCE_GRANT_KEY[_FILE]``)."""
     inner = build_demo_app()
     audit, metrics = demo_observers(inner, audit_dir)
     app = MicafenceMiddleware(inner, policy=policy, geoip_db=geoip_db, store=store,
-                              audit=audit, metrics=metrics)
+                              audit=audit, metrics=metrics, grant_key=grant_key)
     if grants is not None:
         seed_on_startup(app, grants)
     return app
@@ -39,7 +44,13 @@ def run_demo(
     audit_dir: str | os.PathLike[str] | None = None,
 ) -> None:
     """Serve the demo until interrupted."""
-    app = build_demo(policy, geoip_db, store, grants, audit_dir)
+    grant_key = GrantKey.from_env()
+    if grant_key is None and not store.lower().startswith("memory:"):
+        # Shared stores sign their records; the grant command needs the same key.
+        grant_key = key_file_for_demo(DEMO_GRANT_KEY)
+        print(f"micafence demo: grant records signed with the key in ./{DEMO_GRANT_KEY} "
+              f"(for `micafence grant`: export MICAFENCE_GRANT_KEY_FILE=$PWD/{DEMO_GRANT_KEY})")
+    app = build_demo(policy, geoip_db, store, grants, audit_dir, grant_key)
     if audit_dir is not None:
         print(f"micafence demo: decision log in {audit_dir} "
               f"(verify: micafence audit verify {audit_dir} --key-file {audit_dir}.key)")
