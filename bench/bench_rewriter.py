@@ -29,11 +29,11 @@ from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser
 
-from micafence.policy import PromotionStance
-from micafence.policy_loader import default_policy_path, load_policy
-from micafence.promo_filter import PromotionFilter
-from micafence.promotion_guard import PromotionGuard
-from micafence.rewriter import RewritingSend
+from micafence.policy.loader import default_policy_path, load_policy
+from micafence.policy.model import PromotionStance
+from micafence.promotions.filter import PromotionFilter
+from micafence.promotions.guard import PromotionGuard
+from micafence.promotions.rewriter import RewritingSend
 
 SIZES = (("10 KB", 10_000), ("100 KB", 100_000), ("1 MB", 1_000_000))
 _ROW = ('<tr class="market"><td class="sym">BTC-{n}</td><td class="px">61250.{n:02d}</td>'

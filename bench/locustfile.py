@@ -20,8 +20,8 @@ from locust.contrib.fasthttp import FastHttpUser
 from micafence.bench.apps import database_path, policy_path
 from micafence.bench.traffic import MIX, skewed_visits, visitor_pools
 from micafence.engine import Enforcer
-from micafence.geo import GeoIPDatabase
-from micafence.policy_loader import load_policy
+from micafence.location.geo import GeoIPDatabase
+from micafence.policy.loader import load_policy
 
 _POOLS = visitor_pools(Enforcer(load_policy(policy_path()), GeoIPDatabase(database_path())))
 _VISITS = {

@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 
 from micafence import MicafenceMiddleware, load_policy_text
-from micafence.audit import AuditLog
-from micafence.audit_chain import AuditKey
-from micafence.policy import Policy
-from micafence.policy_loader import load_policy
+from micafence.audit.chain import AuditKey
+from micafence.audit.log import AuditLog
+from micafence.policy.loader import load_policy
+from micafence.policy.model import Policy
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, echo_app
 
 KEY_TEXT = "test-audit-key-0123456789abcdef"

@@ -15,9 +15,9 @@ from micafence import (
     load_policy,
     load_policy_text,
 )
-from micafence.anonymizer import AnonymousIPDatabase, default_anonymizer_rules
-from micafence.breakglass import throw
 from micafence.cli import main
+from micafence.live.breakglass import throw
+from micafence.location.anonymizer import AnonymousIPDatabase, default_anonymizer_rules
 from tests.conftest import COUNTRY_DB, MAXMIND
 from tests.live import SE, client_for, decision_app
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from micafence import MicafenceMiddleware
-from micafence.archive import INDEX_FILE, PolicyArchive
 from micafence.cli import main
+from micafence.live.archive import INDEX_FILE, PolicyArchive
 from tests.conftest import COUNTRY_DB
 from tests.live import SE, Clock, decision_app, write_file
 

@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
-from micafence.audit import AuditLog
-from micafence.audit_chain import AuditKey
-from micafence.audit_reader import load_log
-from micafence.audit_sinks import FileSink
+from micafence.audit.chain import AuditKey
+from micafence.audit.log import AuditLog
+from micafence.audit.reader import load_log
+from micafence.audit.sinks import FileSink
 from micafence.errors import PolicyError
-from micafence.grants import GrantBook
-from micafence.store import MemoryStore
+from micafence.scopes.grants import GrantBook
+from micafence.store.base import MemoryStore
 from tests.audit_support import (
     CH,
     DE6,

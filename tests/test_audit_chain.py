@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from micafence.audit import AuditLog
-from micafence.audit_chain import AuditKey, record_hash
-from micafence.audit_reader import load_log
-from micafence.audit_sinks import FileSink
+from micafence.audit.chain import AuditKey, record_hash
+from micafence.audit.log import AuditLog
+from micafence.audit.reader import load_log
+from micafence.audit.sinks import FileSink
 from tests.audit_support import KEY
 
 Lines = list[bytes]

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from micafence.audit import AuditLog
-from micafence.audit_cli import verify_manifest
-from micafence.audit_reader import load_log
-from micafence.audit_sinks import FileSink
+from micafence.audit.cli import verify_manifest
+from micafence.audit.log import AuditLog
+from micafence.audit.reader import load_log
+from micafence.audit.sinks import FileSink
 from micafence.cli import main
-from micafence.grants import Grant
+from micafence.scopes.grants import Grant
 from tests.audit_support import DE6, KEY, KEY_TEXT, SE, client, guarded, policy_with
 from tests.conftest import DEFAULT_POLICY
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from micafence.audit import AuditLog
-from micafence.audit_reader import load_log
-from micafence.audit_sinks import RedisStreamSink, open_sink
+from micafence.audit.log import AuditLog
+from micafence.audit.reader import load_log
+from micafence.audit.sinks import RedisStreamSink, open_sink
 from micafence.cli import main
 from tests.audit_support import KEY, KEY_TEXT, SE, client, guarded
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from micafence import MicafenceMiddleware, load_policy_text
-from micafence.breakglass import JOURNAL_FILE, STATE_FILE, read_state, state_at, throw
 from micafence.cli import main
 from micafence.errors import BreakGlassError
+from micafence.live.breakglass import JOURNAL_FILE, STATE_FILE, read_state, state_at, throw
 from tests.conftest import COUNTRY_DB, ServerThread
 from tests.live import CH, SE, Load, client_for, decision_app
 

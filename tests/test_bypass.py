@@ -36,12 +36,12 @@ from websockets.sync.client import connect
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.demo.app import build_demo_app
-from micafence.geo import GeoIPDatabase
-from micafence.grants import GrantBook
 from micafence.identity import ClientIdentity
-from micafence.policy import Policy
-from micafence.policy_loader import load_policy
-from micafence.store import MemoryStore
+from micafence.location.geo import GeoIPDatabase
+from micafence.policy.loader import load_policy
+from micafence.policy.model import Policy
+from micafence.scopes.grants import GrantBook
+from micafence.store.base import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 
 Scope = MutableMapping[str, Any]

@@ -13,7 +13,7 @@ import maxminddb
 import pytest
 
 from micafence.cli import bundled_test_database, main
-from micafence.policy_loader import default_policy_path, policy_revision
+from micafence.policy.loader import default_policy_path, policy_revision
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DB = REPO / "tests" / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb"

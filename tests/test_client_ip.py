@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from micafence.client_ip import (
+from micafence.location.client_ip import (
     MAX_FORWARDED_HEADER_BYTES,
     TrustedProxies,
     forwarded_chain,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from micafence import ClientIdentity, Enforcer, GeoIPDatabase, load_policy, load_policy_text
-from micafence.probe import build_scope
+from micafence.policy.probe import build_scope
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, REGIONS_DB
 
 PROXY = "127.0.0.1"

@@ -50,19 +50,19 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from micafence import MicafenceMiddleware, load_policy_text
-from micafence.catalogue import is_fiat
-from micafence.client_ip import TrustedProxies, parse_ip, resolve_client_ip
 from micafence.engine import Enforcer
 from micafence.errors import GrantError, PolicyError, StoreError
-from micafence.geo import GeoIPDatabase
-from micafence.grants import GrantBook, event_from_json, event_to_json
 from micafence.identity import ClientIdentity
-from micafence.policy import Policy
-from micafence.policy_loader import load_policy
-from micafence.routes import RouteTable, normalize_path
-from micafence.scopes import read_requested
-from micafence.store import MemoryStore, open_store
-from micafence.store_file import FileStore
+from micafence.location.client_ip import TrustedProxies, parse_ip, resolve_client_ip
+from micafence.location.geo import GeoIPDatabase
+from micafence.policy.loader import load_policy
+from micafence.policy.model import Policy
+from micafence.policy.routes import RouteTable, normalize_path
+from micafence.scopes.catalogue import is_fiat
+from micafence.scopes.gate import read_requested
+from micafence.scopes.grants import GrantBook, event_from_json, event_to_json
+from micafence.store.base import MemoryStore, open_store
+from micafence.store.file_store import FileStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 Scope = MutableMapping[str, Any]

@@ -18,10 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from micafence.errors import StoreError
-from micafence.grant_cache import GrantCache
-from micafence.grants import Revocation
-from micafence.signing import GrantKey
-from micafence.store_redis import RedisStore
+from micafence.scopes.grant_cache import GrantCache
+from micafence.scopes.grants import Revocation
+from micafence.scopes.signing import GrantKey
+from micafence.store.redis_store import RedisStore
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 
 KEY = GrantKey.from_text("grant-cache-test-key-" + "0" * 20)

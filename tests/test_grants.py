@@ -9,7 +9,7 @@ import pytest
 
 from micafence import load_policy
 from micafence.errors import GrantError
-from micafence.grants import (
+from micafence.scopes.grants import (
     Grant,
     GrantBook,
     GrantStatus,
@@ -17,7 +17,7 @@ from micafence.grants import (
     event_from_json,
     event_to_json,
 )
-from micafence.store import MemoryStore, SolicitationEvidence
+from micafence.store.base import MemoryStore, SolicitationEvidence
 from tests.conftest import DEFAULT_POLICY
 
 POLICY = load_policy(DEFAULT_POLICY)

@@ -13,8 +13,8 @@ import pytest
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, StoreError, load_policy_text
-from micafence.breakglass import throw
-from micafence.store import MemoryStore
+from micafence.live.breakglass import throw
+from micafence.store.base import MemoryStore
 from tests.conftest import MAXMIND, ServerThread
 from tests.live import (
     TEST_DB_EPOCH,

@@ -19,8 +19,8 @@ from micafence.logs import JsonFormatter, log_event
     (lambda: logging.getLogger("micafence").warning(
         "policy reloaded", extra={"event": "reload.loaded", "kind": "policy", "path": "/p.yaml"}),
      {"level": "warning", "event": "reload.loaded", "kind": "policy", "path": "/p.yaml"}),
-    (lambda: logging.getLogger("micafence.audit").info("plain %s", "message"),
-     {"level": "info", "event": None, "message": "plain message", "logger": "micafence.audit"}),
+    (lambda: logging.getLogger("micafence.audit.log").info("plain %s", "message"),
+     {"level": "info", "event": None, "message": "plain message", "logger": "micafence.audit.log"}),
 ])
 def test_records_render_as_one_json_line(emit: object, expected: dict[str, object]) -> None:
     stream = io.StringIO()

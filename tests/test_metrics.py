@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from micafence import MicafenceMiddleware
-from micafence.audit import AuditLog
-from micafence.audit_sinks import FileSink
-from micafence.metrics import Metrics
+from micafence.audit.log import AuditLog
+from micafence.audit.metrics import Metrics
+from micafence.audit.sinks import FileSink
 from tests.audit_support import CH, KEY, SE, US, client, policy_with
 from tests.conftest import COUNTRY_DB, echo_app
 
@@ -136,7 +136,7 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
     worker = textwrap.dedent(f"""
         import sys
         from micafence import MicafenceMiddleware
-        from micafence.metrics import Metrics
+        from micafence.audit.metrics import Metrics
         from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, echo_app
         metrics = Metrics()
         app = MicafenceMiddleware(echo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
@@ -149,7 +149,7 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
     """)
     scraper = textwrap.dedent("""
         import asyncio, httpx
-        from micafence.metrics import Metrics
+        from micafence.audit.metrics import Metrics
         async def main():
             transport = httpx.ASGITransport(app=Metrics().asgi_app())
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as http:
@@ -170,7 +170,7 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
 @pytest.mark.server
 def test_demo_serves_metrics(tmp_path: Path) -> None:
     from micafence.demo.server import build_demo
-    from micafence.policy_loader import default_policy_path
+    from micafence.policy.loader import default_policy_path
     from tests.conftest import ServerThread
 
     app = build_demo(default_policy_path(), COUNTRY_DB)

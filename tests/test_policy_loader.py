@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from micafence.errors import PolicyError
-from micafence.policy import UNKNOWN_COUNTRY_ZONE, Mode, Outcome, PromotionStance
-from micafence.policy_loader import (
+from micafence.policy.loader import (
     default_policy_path,
     load_policy,
     load_policy_text,
     policy_revision,
 )
+from micafence.policy.model import UNKNOWN_COUNTRY_ZONE, Mode, Outcome, PromotionStance
 
 EU_27 = {
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
@@ -333,8 +333,8 @@ def test_disabled_zone_is_still_validated_as_a_mapping() -> None:
 
 def test_disabled_zone_rules_never_apply() -> None:
     from micafence.engine import Enforcer
-    from micafence.geo import GeoIPDatabase
-    from micafence.probe import build_scope
+    from micafence.location.geo import GeoIPDatabase
+    from micafence.policy.probe import build_scope
 
     database = GeoIPDatabase(
         Path(__file__).parent / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb"

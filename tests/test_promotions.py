@@ -16,8 +16,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, PolicyError, load_policy_text
-from micafence.store import MemoryStore, SolicitationEvidence
-from micafence.templating import install_jinja2, promotion_allowed, promotions_allowed
+from micafence.promotions.templating import install_jinja2, promotion_allowed, promotions_allowed
+from micafence.store.base import MemoryStore, SolicitationEvidence
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND
 
 SE = "89.160.20.112"  # eu
@@ -256,7 +256,7 @@ class SlowStore(MemoryStore):
 
 
 async def test_a_failing_store_never_fails_the_answer(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="micafence.solicitation"):
+    with caplog.at_level(logging.ERROR, logger="micafence.promotions.solicitation"):
         blocked = await fetch(guarded(store=FailingStore()), SE, "/r/FRIEND10")
         page = await fetch(guarded(store=FailingStore()), SE, "/?utm_source=x")
     assert blocked.status_code == 451

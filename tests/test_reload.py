@@ -18,7 +18,7 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from micafence import MicafenceMiddleware
-from micafence.reload import ReloadEvent
+from micafence.live.reload import ReloadEvent
 from tests.conftest import MAXMIND, ServerThread
 from tests.live import (
     SE,

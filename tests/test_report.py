@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from micafence.audit import AuditLog
-from micafence.audit_policy import ReportingThresholds
-from micafence.audit_sinks import FileSink
+from micafence.audit.log import AuditLog
+from micafence.audit.report import DRIFT_WARNING, GrantFacts, build_report
+from micafence.audit.settings import ReportingThresholds
+from micafence.audit.sinks import FileSink
 from micafence.cli import main
-from micafence.grants import Grant, GrantBook, Revocation
-from micafence.report import DRIFT_WARNING, GrantFacts, build_report
-from micafence.store import open_store
+from micafence.scopes.grants import Grant, GrantBook, Revocation
+from micafence.store.base import open_store
 from tests.audit_support import KEY, KEY_TEXT, SE, client, guarded, policy_with
 from tests.conftest import DEFAULT_POLICY
 

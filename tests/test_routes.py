@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from micafence.policy import Route
-from micafence.routes import RouteTable, compile_pattern, normalize_path, request_methods
+from micafence.policy.model import Route
+from micafence.policy.routes import RouteTable, compile_pattern, normalize_path, request_methods
 
 ACCOUNTS = Route("accounts.api", "account_creation", "/api/accounts", frozenset({"POST"}))
 POST = frozenset({"POST"})

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from micafence.errors import StoreError
-from micafence.grants import AccountBinding, Approval, Grant, Revocation
-from micafence.onboarding import OnboardingTicket, hash_token
-from micafence.signing import GrantKey
-from micafence.store import MemoryStore, SolicitationEvidence, Store, open_store
-from micafence.store_file import FileStore
+from micafence.scopes.grants import AccountBinding, Approval, Grant, Revocation
+from micafence.scopes.onboarding import OnboardingTicket, hash_token
+from micafence.scopes.signing import GrantKey
+from micafence.store.base import MemoryStore, SolicitationEvidence, Store, open_store
+from micafence.store.file_store import FileStore
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (a fixture)
 
 NOW = dt.datetime(2025, 3, 3, 12, 0, tzinfo=dt.UTC)

@@ -31,13 +31,13 @@ from micafence import MicafenceMiddleware
 from micafence.cli import main
 from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
-from micafence.grants import AccountBinding, Grant, GrantBook
-from micafence.onboarding import OnboardingTicket, hash_token
-from micafence.policy_loader import load_policy
-from micafence.signing import GrantKey, write_key_file
-from micafence.store import SolicitationEvidence, open_store
-from micafence.store_policy import StoreSettings
-from micafence.store_redis import RedisStore
+from micafence.policy.loader import load_policy
+from micafence.scopes.grants import AccountBinding, Grant, GrantBook
+from micafence.scopes.onboarding import OnboardingTicket, hash_token
+from micafence.scopes.signing import GrantKey, write_key_file
+from micafence.store.base import SolicitationEvidence, open_store
+from micafence.store.redis_store import RedisStore
+from micafence.store.settings import StoreSettings
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 

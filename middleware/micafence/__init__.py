@@ -6,19 +6,19 @@ database; read the decision for a request from ``scope["state"]["micafence"]``.
 
 from __future__ import annotations
 
-from .anonymizer import AnonymousIPDatabase
-from .breakglass import BreakGlass
-from .decision import Decision
-from .engine import Enforcer
-from .errors import GeoIPDatabaseError, GrantError, MicafenceError, PolicyError, StoreError
-from .geo import GeoIPDatabase, Location
-from .grants import Grant, GrantBook, GrantStatus, Revocation
-from .health import HealthEndpoint
-from .identity import ClientIdentity
-from .middleware import STATE_KEY, MicafenceMiddleware
-from .policy import Mode, Outcome, Policy, PromotionStance
-from .policy_loader import default_policy_path, load_policy, load_policy_text
-from .store import Store, open_store
+from micafence.decision import Decision
+from micafence.engine import Enforcer
+from micafence.errors import GeoIPDatabaseError, GrantError, MicafenceError, PolicyError, StoreError
+from micafence.identity import ClientIdentity
+from micafence.live.breakglass import BreakGlass
+from micafence.live.health import HealthEndpoint
+from micafence.location.anonymizer import AnonymousIPDatabase
+from micafence.location.geo import GeoIPDatabase, Location
+from micafence.middleware import STATE_KEY, MicafenceMiddleware
+from micafence.policy.loader import default_policy_path, load_policy, load_policy_text
+from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
+from micafence.scopes.grants import Grant, GrantBook, GrantStatus, Revocation
+from micafence.store.base import Store, open_store
 
 __all__ = [
     "STATE_KEY",

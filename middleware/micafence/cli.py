@@ -10,18 +10,18 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from .anonymizer import AnonymousIPDatabase
-from .archive import ARCHIVE_ENV, policy_for_explain
-from .breakglass import DIR_ENV as BREAKGLASS_ENV
-from .breakglass import register as register_breakglass
-from .breakglass import state_for as breakglass_state
-from .casefile import load_cases, run_cases
-from .engine import Enforcer
-from .errors import MicafenceError
-from .geo import GeoIPDatabase
-from .policy_loader import default_policy_path, load_policy
-from .probe import build_scope, parse_header_option
-from .schedule import parse_instant
+from micafence.engine import Enforcer
+from micafence.errors import MicafenceError
+from micafence.live.archive import ARCHIVE_ENV, policy_for_explain
+from micafence.live.breakglass import DIR_ENV as BREAKGLASS_ENV
+from micafence.live.breakglass import register as register_breakglass
+from micafence.live.breakglass import state_for as breakglass_state
+from micafence.location.anonymizer import AnonymousIPDatabase
+from micafence.location.geo import GeoIPDatabase
+from micafence.policy.casefile import load_cases, run_cases
+from micafence.policy.loader import default_policy_path, load_policy
+from micafence.policy.probe import build_scope, parse_header_option
+from micafence.policy.schedule import parse_instant
 
 GEOIP_ENV = "MICAFENCE_GEOIP_DB"
 POLICY_ENV = "MICAFENCE_POLICY"
@@ -126,7 +126,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.server import run_demo
+    from micafence.demo.server import run_demo
 
     run_demo(
         host=args.host,
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Decide every request in CASES and compare with its "
                                "expectations. Exit 1 if any case fails.")
     test.add_argument("policy", help="policy YAML file")
-    test.add_argument("cases", help="cases YAML file (see micafence.casefile)")
+    test.add_argument("cases", help="cases YAML file (see micafence.policy.casefile)")
     test.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
                       "else the bundled test database)")
     test.add_argument("-v", "--verbose", action="store_true", help="print passing cases too")
@@ -205,14 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-audit", action="store_true", help="keep no decision log")
     demo.set_defaults(func=_cmd_demo)
 
-    from .bench.runner import register as register_bench
-    from .grant_cli import register as register_grant
+    from micafence.bench.runner import register as register_bench
+    from micafence.scopes.cli import register as register_grant
 
     register_bench(commands)
     register_breakglass(commands)
     register_grant(commands)
-    from .audit_cli import register as register_audit
-    from .report import register as register_report
+    from micafence.audit.cli import register as register_audit
+    from micafence.audit.report import register as register_report
 
     register_audit(commands)
     register_report(commands)

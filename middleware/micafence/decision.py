@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .policy import Mode, Outcome, PromotionStance
+from micafence.policy.model import Mode, Outcome, PromotionStance
 
 PASS_REASON = "pass"
 DEFAULT_RULE_ID = "default"

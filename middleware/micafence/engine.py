@@ -13,13 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .anonymizer import NO_FLAGS, AnonymizerScreen, AnonymousIPDatabase
-from .breakglass import NO_BREAKGLASS, BreakGlass
-from .cache_policy import edge_location
-from .client_ip import TrustedProxies, parse_ip, resolve_client_ip
-from .decision import DEFAULT_RULE_ID, PASS_REASON, Decision
-from .geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
-from .identity import (
+from micafence.decision import DEFAULT_RULE_ID, PASS_REASON, Decision
+from micafence.identity import (
     NO_IDENTITY,
     ClientIdentity,
     IdentifyFunction,
@@ -28,7 +23,11 @@ from .identity import (
     clean_country,
     from_scope_user,
 )
-from .policy import (
+from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
+from micafence.location.anonymizer import NO_FLAGS, AnonymizerScreen, AnonymousIPDatabase
+from micafence.location.client_ip import TrustedProxies, parse_ip, resolve_client_ip
+from micafence.location.geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
+from micafence.policy.model import (
     UNKNOWN_COUNTRY_ZONE,
     Mode,
     Outcome,
@@ -36,15 +35,16 @@ from .policy import (
     PromotionStance,
     Rule,
 )
-from .promotion_guard import PromotionGuard
-from .routes import (
+from micafence.policy.routes import (
     METHOD_OVERRIDE_HEADERS,
     RouteTable,
     may_override_method,
     request_methods,
     route_paths,
 )
-from .schedule import next_boundary, rules_in_force, utc_now, zones_in_force
+from micafence.policy.schedule import next_boundary, rules_in_force, utc_now, zones_in_force
+from micafence.promotions.cache_policy import edge_location
+from micafence.promotions.guard import PromotionGuard
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096

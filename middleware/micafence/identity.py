@@ -7,7 +7,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .countries import is_country_code
+from micafence.location.countries import is_country_code
 
 Scope = MutableMapping[str, Any]
 

@@ -7,24 +7,24 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from .anonymizer import AnonymousIPDatabase
-from .decision import Decision
-from .engine import Enforcer
-from .geo import GeoIPDatabase
-from .grants import Clock, utc_now
-from .health import HealthEndpoint
-from .identity import IdentifyFunction
-from .onboarding import OnboardingGate
-from .policy import Outcome, Policy, PromotionStance
-from .reload import Reloader
-from .responses import STATUS, block_body, block_headers, send_block
-from .scopes import ScopeGate
-from .signing import GrantKey
-from .store import Store, open_store
+from micafence.decision import Decision
+from micafence.engine import Enforcer
+from micafence.identity import IdentifyFunction
+from micafence.live.health import HealthEndpoint
+from micafence.live.reload import Reloader
+from micafence.location.anonymizer import AnonymousIPDatabase
+from micafence.location.geo import GeoIPDatabase
+from micafence.policy.model import Outcome, Policy, PromotionStance
+from micafence.responses import STATUS, block_body, block_headers, send_block
+from micafence.scopes.gate import ScopeGate
+from micafence.scopes.grants import Clock, utc_now
+from micafence.scopes.onboarding import OnboardingGate
+from micafence.scopes.signing import GrantKey
+from micafence.store.base import Store, open_store
 
 if TYPE_CHECKING:
-    from .audit import AuditLog
-    from .metrics import Metrics
+    from micafence.audit.log import AuditLog
+    from micafence.audit.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,20 +42,21 @@ STATE_KEY = "micafence"
 class MicafenceMiddleware:
     """Enforce a micafence policy in front of any ASGI app.
 
-    ``policy`` is a policy file path (or a loaded :class:`~micafence.policy.Policy`);
+    ``policy`` is a policy file path (or a loaded :class:`~micafence.policy.model.Policy`);
     ``geoip_db`` is a MaxMind Country or City database path (or an open
-    :class:`~micafence.geo.GeoIPDatabase`). Both are required: there is no silent default in
+    :class:`~micafence.location.geo.GeoIPDatabase`). Both are required: there is no silent default
+    in
     production, and a missing or corrupt file fails here, at start-up, with its name.
     ``identify`` is the Python identity source used when the policy says
     ``client_identity.source: callable``. ``store`` is a store URL (``memory://``, the
-    default; ``file://PATH``, ``redis://…``) or an open :class:`~micafence.store.Store`;
-    ``grant_key`` (a :class:`~micafence.signing.GrantKey` or a key file path; default
+    default; ``file://PATH``, ``redis://…``) or an open :class:`~micafence.store.base.Store`;
+    ``grant_key`` (a :class:`~micafence.scopes.signing.GrantKey` or a key file path; default
     ``$MICAFENCE_GRANT_KEY[_FILE]``) signs and verifies its grant records. A blocked account
     creation that presents a grant's onboarding token is settled by
-    :class:`~micafence.onboarding.OnboardingGate`. ``clock`` (a callable returning an
+    :class:`~micafence.scopes.onboarding.OnboardingGate`. ``clock`` (a callable returning an
     aware UTC datetime) is what grant time bounds are checked against; tests pass their own.
 
-    Live operations (:mod:`micafence.reload`): while the server's lifespan runs, the policy
+    Live operations (:mod:`micafence.live.reload`): while the server's lifespan runs, the policy
     file, ``geoip_db``, ``anonymizer_db`` (an optional MaxMind Anonymous-IP database) and the
     break-glass state in ``breakglass_dir`` are looked at every ``reload_interval`` seconds
     and hot-reloaded when replaced (``watch=False`` turns that off). Every policy revision
@@ -64,9 +65,9 @@ class MicafenceMiddleware:
     in force (``effective_from`` / ``effective_until``). :meth:`health_app` is the readiness
     endpoint to mount.
 
-    ``audit`` (a :class:`~micafence.audit.AuditLog`) records every decision other than a plain
+    ``audit`` (a :class:`~micafence.audit.log.AuditLog`) records every decision other than a plain
     non-restricted pass, and refuses with 503 ``audit_unavailable`` a request whose evidence it
-    cannot queue; ``metrics`` (a :class:`~micafence.metrics.Metrics`) counts decisions for
+    cannot queue; ``metrics`` (a :class:`~micafence.audit.metrics.Metrics`) counts decisions for
     Prometheus. Both are off unless given.
     """
 
@@ -108,8 +109,8 @@ class MicafenceMiddleware:
         # The Redis store's cache invalidation and production checks (scopes.redis_checks).
         self.on_lifespan(lambda: self.store.start(self.enforcer.policy.grant_store),
                          self.store.stop)
-        self.audit = audit  # micafence.audit: records every decision but plain passes
-        self.metrics = metrics  # micafence.metrics: Prometheus counters, sampled latency
+        self.audit = audit  # micafence.audit.log: records every decision but plain passes
+        self.metrics = metrics  # micafence.audit.metrics: Prometheus counters, sampled latency
         for observer in (audit, metrics):
             if observer is not None:
                 observer.attach(self)

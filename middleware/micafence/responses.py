@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .decision import Decision
+from micafence.decision import Decision
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]

@@ -13,9 +13,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from ..demo.app import build_demo_app
-from ..middleware import MicafenceMiddleware
-from ..policy_loader import default_policy_path
+from micafence.demo.app import build_demo_app
+from micafence.middleware import MicafenceMiddleware
+from micafence.policy.loader import default_policy_path
 
 POLICY_ENV = "MICAFENCE_BENCH_POLICY"
 DATABASE_ENV = "MICAFENCE_BENCH_DB"
@@ -33,7 +33,7 @@ def policy_path() -> str:
 
 
 def database_path() -> str:
-    from ..cli import bundled_test_database
+    from micafence.cli import bundled_test_database
 
     return os.environ.get(DATABASE_ENV) or str(bundled_test_database())
 

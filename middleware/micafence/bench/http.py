@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..errors import MicafenceError
+from micafence.errors import MicafenceError
 
 _FACTORIES = {
     "bare": "micafence.bench.apps:bare_app",

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import Enforcer
-from ..errors import MicafenceError
-from ..geo import GeoIPDatabase
-from ..policy_loader import load_policy
-from . import apps
-from .http import Row, paired_throughput, rotating_v6_script, rows_script, servers
-from .inprocess import ClassResult, Request, measure
-from .traffic import MIX, skewed_visits, visitor_pools
+from micafence.bench import apps
+from micafence.bench.http import Row, paired_throughput, rotating_v6_script, rows_script, servers
+from micafence.bench.inprocess import ClassResult, Request, measure
+from micafence.bench.traffic import MIX, skewed_visits, visitor_pools
+from micafence.engine import Enforcer
+from micafence.errors import MicafenceError
+from micafence.location.geo import GeoIPDatabase
+from micafence.policy.loader import load_policy
 
 
 @dataclass(frozen=True, slots=True)

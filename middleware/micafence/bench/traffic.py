@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import maxminddb
 
-from ..engine import Enforcer
-from ..probe import build_scope
+from micafence.engine import Enforcer
+from micafence.policy.probe import build_scope
 
 _MAX_NETWORKS = 200_000  # a production database has millions: a sample is enough
 

@@ -1,7 +1,8 @@
 """Northwind Exchange: a fake non-EU crypto exchange that ``micafence demo`` protects.
 
 The app knows nothing about geography. Its only hook is the home page template, which renders
-each promotion only when ``micafence.templating.promotion_allowed`` says the visitor may see it
+each promotion only when ``micafence.promotions.templating.promotion_allowed`` says the visitor
+may see it
 (all of them where promotions are allowed, approved non-incentive ones in the UK, none in the EU).
 The signed-in client is named by the ``X-Client-Id`` header (stand-in for an auth layer).
 """
@@ -21,7 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..templating import promotion_allowed
+from micafence.promotions.templating import promotion_allowed
 
 PRICES: dict[str, str] = {"BTC": "61250.00", "ETH": "3105.40", "USDC": "1.00", "EURC": "1.08"}
 PROMOTIONS: list[dict[str, str]] = [

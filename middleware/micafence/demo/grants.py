@@ -11,7 +11,7 @@ A seeds file::
         evidence: "demo ticket CS-1001"
         verified_by: demo-compliance
 
-Seeds go through :class:`~micafence.grants.GrantBook` like any grant. A seed that an active
+Seeds go through :class:`~micafence.scopes.grants.GrantBook` like any grant. A seed that an active
 grant already matches (same client, service, asset and evidence) is skipped, so restarting the
 demo on a ``file://`` store does not pile up duplicates.
 """
@@ -23,12 +23,12 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..durations import parse_duration
-from ..errors import GrantError, PolicyError
-from ..grants import GrantBook, GrantStatus, parse_instant
-from ..middleware import MicafenceMiddleware
-from ..policy import Policy
-from ..yamlfile import Node, read_yaml
+from micafence.errors import GrantError, PolicyError
+from micafence.middleware import MicafenceMiddleware
+from micafence.policy.durations import parse_duration
+from micafence.policy.model import Policy
+from micafence.policy.yamlfile import Node, read_yaml
+from micafence.scopes.grants import GrantBook, GrantStatus, parse_instant
 
 logger = logging.getLogger("micafence.demo")
 

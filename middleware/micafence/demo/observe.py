@@ -9,10 +9,10 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from ..audit import AuditLog
-from ..audit_chain import KEY_ENV, KEY_FILE_ENV, AuditKey
-from ..audit_sinks import FileSink
-from ..metrics import Metrics
+from micafence.audit.chain import KEY_ENV, KEY_FILE_ENV, AuditKey
+from micafence.audit.log import AuditLog
+from micafence.audit.metrics import Metrics
+from micafence.audit.sinks import FileSink
 
 
 def demo_key(audit_dir: Path) -> AuditKey:

@@ -6,11 +6,11 @@ import os
 
 import uvicorn
 
-from ..middleware import MicafenceMiddleware
-from ..signing import GrantKey, key_file_for_demo
-from .app import build_demo_app
-from .grants import seed_on_startup
-from .observe import demo_observers
+from micafence.demo.app import build_demo_app
+from micafence.demo.grants import seed_on_startup
+from micafence.demo.observe import demo_observers
+from micafence.middleware import MicafenceMiddleware
+from micafence.scopes.signing import GrantKey, key_file_for_demo
 
 DEMO_GRANT_KEY = "micafence-demo-grants.key"
 

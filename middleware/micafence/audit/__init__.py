@@ -1,0 +1,1 @@
+"""Evidence: the decision log, hash chains, sinks, export, report and metrics."""

@@ -1,0 +1,301 @@
+"""Tamper evidence for the decision log: one hash chain per writer, signed checkpoints.
+
+Every record carries ``writer``, ``seq`` (0, 1, 2, … per writer), ``prev`` (the previous
+record's ``hash``) and its own ``hash``: SHA-256 over its canonical JSON (sorted keys, no
+spaces, UTF-8) without ``hash`` and ``mac``. The chain opens with a signed ``open`` record,
+a signed ``checkpoint`` ends every batch written (and is written at least every
+``audit.checkpoint_interval`` when idle), and a clean shutdown writes a signed ``close``.
+Signed records carry ``mac``: HMAC-SHA256 of their ``hash`` under a key derived from the audit
+key, so whoever lacks the key cannot rebuild a chain after editing it.
+
+What :func:`verify_chain` catches, and how it says so (each problem names the file and line):
+
+- an edited line: its hash no longer matches (or, if the editor re-hashed the chain, the next
+  signature does not verify);
+- a deleted line: ``seq`` jumps and ``prev`` does not match;
+- a line cut short or lines removed at the end: a tail after the last signed record, or a chain
+  that ends without ``close`` and whose last checkpoint is older than ``stale_after``.
+
+Retention removes whole files only, and says so in a signed ``prune`` record that anchors
+where each pruned writer's chain continues (:mod:`micafence.audit.cli`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from micafence.errors import MicafenceError
+
+GENESIS = "0" * 64
+SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune"})
+KEY_ENV = "MICAFENCE_AUDIT_KEY"
+KEY_FILE_ENV = "MICAFENCE_AUDIT_KEY_FILE"
+MIN_KEY_LENGTH = 16
+
+
+class AuditKeyError(MicafenceError):
+    """No usable audit key: the log cannot be signed or verified without one."""
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The bytes a record is hashed over: sorted keys, no spaces, UTF-8, without hash/mac."""
+    body = {k: v for k, v in record.items() if k != "hash" and k != "mac"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditKey:
+    """The secret that signs checkpoints and keys the pseudonyms. Never written to the log."""
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < MIN_KEY_LENGTH:
+            raise AuditKeyError(f"the audit key must be at least {MIN_KEY_LENGTH} bytes long")
+
+    def _derive(self, purpose: str) -> bytes:
+        return hmac.new(self.secret, purpose.encode(), hashlib.sha256).digest()
+
+    @property
+    def key_id(self) -> str:
+        """A public fingerprint, recorded in every ``open`` record, to tell keys apart."""
+        return self._derive("micafence-audit-key-id").hex()[:16]
+
+    def sign(self, digest: str) -> str:
+        return hmac.new(self._derive("micafence-audit-mac"), digest.encode(),
+                        hashlib.sha256).hexdigest()
+
+    def pseudonym(self, value: str) -> str:
+        """A stable keyed pseudonym (``hmac:<hex>``) for a client id or an address."""
+        digest = hmac.new(self._derive("micafence-audit-pseudonym"), value.encode(),
+                          hashlib.sha256).hexdigest()
+        return "hmac:" + digest[:24]
+
+    @classmethod
+    def from_text(cls, text: str) -> AuditKey:
+        return cls(text.strip().encode())
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> AuditKey:
+        try:
+            return cls.from_text(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise AuditKeyError(f"cannot read audit key file {path}: {exc.strerror}") from exc
+
+    @classmethod
+    def from_env(cls, key_file: str | None = None) -> AuditKey:
+        """The key from ``key_file``, else ``$MICAFENCE_AUDIT_KEY``, else its ``_FILE`` variant."""
+        if key_file:
+            return cls.from_file(key_file)
+        if os.environ.get(KEY_ENV):
+            return cls.from_text(os.environ[KEY_ENV])
+        if os.environ.get(KEY_FILE_ENV):
+            return cls.from_file(os.environ[KEY_FILE_ENV])
+        raise AuditKeyError(
+            f"no audit key: pass --key-file, or set ${KEY_ENV} or ${KEY_FILE_ENV} "
+            "(create one with `micafence audit keygen`)"
+        )
+
+
+class ChainWriter:
+    """Seals records into one writer's chain. Not thread-safe: one flusher owns it."""
+
+    def __init__(self, writer: str, key: AuditKey) -> None:
+        self.writer = writer
+        self.key = key
+        self.seq = 0
+        self.head = GENESIS
+
+    def seal(self, record: dict[str, Any]) -> bytes:
+        """Number, chain and (for signed kinds) sign ``record``; return its JSON line."""
+        record["writer"] = self.writer
+        record["seq"] = self.seq
+        record["prev"] = self.head
+        digest = record_hash(record)
+        record["hash"] = digest
+        if record.get("kind") in SIGNED_KINDS:
+            record["mac"] = self.key.sign(digest)
+        self.seq += 1
+        self.head = digest
+        return json.dumps(record, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode() + b"\n"
+
+    def state(self) -> tuple[int, str]:
+        return self.seq, self.head
+
+    def restore(self, state: tuple[int, str]) -> None:
+        """Undo seals whose lines were not written (a failed batch is sealed again later)."""
+        self.seq, self.head = state
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where a pruned chain continues: the last pruned record of ``writer``."""
+
+    writer: str
+    seq: int
+    hash: str
+
+
+@dataclass(slots=True)
+class ChainReport:
+    """What :func:`verify_chain` found for one writer."""
+
+    writer: str
+    records: int = 0
+    first_time: str | None = None
+    last_time: str | None = None
+    head: str = GENESIS
+    last_seq: int = -1
+    closed: bool = False
+    last_signed_time: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def status(self) -> str:
+        if self.problems:
+            return "BROKEN"
+        return "closed" if self.closed else "open (live)"
+
+
+def verify_chain(
+    writer: str,
+    lines: Iterable[tuple[str, bytes]],
+    key: AuditKey,
+    *,
+    anchors: Mapping[str, Anchor] | None = None,
+    now: dt.datetime | None = None,
+    stale_after: dt.timedelta = dt.timedelta(minutes=5),
+    require_closed: bool = False,
+) -> tuple[ChainReport, list[dict[str, Any]]]:
+    """Check one writer's lines, in order (``(location, line)``, location like ``file:12``).
+
+    Returns the report and the records that parsed (for export and reports, even when broken).
+    """
+    report = ChainReport(writer)
+    records: list[dict[str, Any]] = []
+    expected_seq, expected_prev = 0, GENESIS
+    unsealed: list[str] = []  # locations of records after the last signed one
+    started = False
+    for location, raw in lines:
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError
+            seq, prev, digest = record["seq"], record["prev"], record["hash"]
+            if not (isinstance(seq, int) and isinstance(prev, str) and isinstance(digest, str)):
+                raise ValueError
+        except (ValueError, KeyError):
+            report.problems.append(f"{location}: not a complete record (line cut short or "
+                                   "edited)")
+            continue
+        records.append(record)
+        if record.get("writer") != writer:
+            report.problems.append(f"{location}: record of writer {record.get('writer')!r} in "
+                                   f"the chain of {writer!r} (moved or inserted)")
+            continue
+        if record_hash(record) != digest:
+            report.problems.append(f"{location}: hash mismatch: the record was edited")
+        if not started:
+            started = True
+            anchor = (anchors or {}).get(writer)
+            if anchor is not None and seq == anchor.seq + 1:
+                expected_seq, expected_prev = seq, anchor.hash
+            elif seq != 0 or record.get("kind") != "open":
+                report.problems.append(
+                    f"{location}: the chain starts at seq {seq} without its open record and "
+                    "without a prune record: earlier records were deleted"
+                )
+                expected_seq, expected_prev = seq, prev
+            elif record.get("key_id") != key.key_id:
+                report.problems.append(
+                    f"{location}: signed with another key (key id {record.get('key_id')}, "
+                    f"given key {key.key_id})"
+                )
+        if report.closed:
+            report.problems.append(f"{location}: record after the close record (appended)")
+        if seq != expected_seq:
+            what = "deleted or moved" if seq > expected_seq else "duplicated or reordered"
+            report.problems.append(
+                f"{location}: seq {seq} where {expected_seq} was expected: records {what}"
+            )
+        elif prev != expected_prev:
+            report.problems.append(
+                f"{location}: prev does not match the previous record's hash: a record before "
+                "it was edited, deleted or inserted"
+            )
+        expected_seq, expected_prev = seq + 1, digest
+        report.records += 1
+        report.head, report.last_seq = digest, seq
+        time = record.get("time")
+        if isinstance(time, str):
+            report.first_time = report.first_time or time
+            report.last_time = time
+        if record.get("kind") in SIGNED_KINDS:
+            mac = record.get("mac")
+            if not isinstance(mac, str) or not hmac.compare_digest(mac, key.sign(digest)):
+                report.problems.append(
+                    f"{location}: checkpoint signature does not verify: records up to here were "
+                    "rewritten, or the key is wrong"
+                )
+            unsealed = []
+            report.last_signed_time = time if isinstance(time, str) else None
+            if record.get("kind") == "close":
+                report.closed = True
+        else:
+            unsealed.append(location)
+    if unsealed:
+        report.problems.append(
+            f"{unsealed[0]}..{unsealed[-1]}: {len(unsealed)} record(s) after the last signed "
+            "checkpoint: the file was cut short or its writer died mid-batch"
+        )
+    elif report.records and not report.closed:
+        _check_open_tail(report, now or dt.datetime.now(dt.UTC), stale_after, require_closed)
+    return report, records
+
+
+def _check_open_tail(report: ChainReport, now: dt.datetime, stale_after: dt.timedelta,
+                     require_closed: bool) -> None:
+    last = parse_time(report.last_signed_time) if report.last_signed_time else None
+    if require_closed:
+        report.problems.append(
+            f"chain of {report.writer} ends at seq {report.last_seq} without a close record: "
+            "lines were removed from the end, or the writer stopped without closing"
+        )
+    elif last is None or now - last > stale_after:
+        report.problems.append(
+            f"chain of {report.writer} ends at seq {report.last_seq} without a close record and "
+            f"its last checkpoint ({report.last_signed_time}) is older than {stale_after}: "
+            "lines were removed from the end, or the writer died"
+        )
+
+
+def format_time(moment: dt.datetime) -> str:
+    """RFC 3339 UTC with microseconds and ``Z``: sorts as text."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value

@@ -1,0 +1,454 @@
+"""The decision log: every decision other than a plain non-restricted pass, as evidence.
+
+:class:`AuditLog` is handed to the middleware (``MicafenceMiddleware(app, ..., audit=log)``).
+On the request path :meth:`AuditLog.record` only appends a tuple to an in-memory queue (O(1),
+never awaits disk); a background task started with the server's lifespan builds the records,
+seals them into the writer's hash chain (:mod:`micafence.audit.chain`), writes them in batches
+to a sink (:mod:`micafence.audit.sinks`) and fsyncs, every ``flush_interval`` and on shutdown.
+
+The contract, "nothing lost silently":
+
+- *evidence* records (a restricted visitor let through to a non-neutral route: in-scope
+  service, wind-down, anything shadow mode let pass; and every event such as a grant change
+  or an onboarding token) are never dropped: when the queue is full, ``record`` returns
+  ``False`` and the middleware refuses the request with 503 ``audit_unavailable``;
+- *block* and *traffic* records (451s, EU visitors browsing neutral pages) may, once the queue
+  is 80% full, be aggregated into per-reason counts; the counts are written as an
+  ``aggregate`` record, so the aggregation itself is on the record;
+- a queued record reaches the sink within ``flush_interval`` while the sink works, and all
+  queued records are written before a graceful shutdown (SIGTERM) completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from micafence.audit.chain import AuditKey, ChainWriter, format_time
+from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
+from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
+from micafence.decision import Decision
+from micafence.logs import log_event
+
+if TYPE_CHECKING:
+    from micafence.middleware import MicafenceMiddleware
+    from micafence.scopes.grants import GrantEvent
+
+Scope = MutableMapping[str, Any]
+
+EVIDENCE = "evidence"
+BLOCK = "block"
+TRAFFIC = "traffic"
+#: The reason of a request refused because its evidence record could not be queued.
+REFUSAL_REASON = "audit_unavailable"
+RECORD_VERSION = 1
+
+_EVENT_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+_WRITER_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+_QueueItem = tuple[float, Decision | None, str | None, Any, bool]
+
+logger = logging.getLogger("micafence.audit.log")
+
+
+def record_class(decision: Decision) -> str:
+    """``evidence`` (never dropped), ``block`` or ``traffic`` (may be aggregated)."""
+    if decision.blocked:
+        return BLOCK
+    return TRAFFIC if decision.route_class == "neutral" else EVIDENCE
+
+
+class AuditLog:
+    """A bounded queue of decisions and events, flushed to a sink by a background task.
+
+    ``sink`` is an :class:`~micafence.audit.sinks.AuditSink` or a target for
+    :func:`~micafence.audit.sinks.open_sink` (a directory, ``file://DIR``,
+    ``redis://HOST/DB#STREAM``). ``key`` signs checkpoints and keys pseudonyms (default:
+    :meth:`AuditKey.from_env`). ``settings`` are the ``audit`` policy section; when the log is
+    given to the middleware it follows the middleware's current policy instead.
+    """
+
+    def __init__(
+        self,
+        sink: AuditSink | str | os.PathLike[str],
+        *,
+        key: AuditKey | str | None = None,
+        settings: AuditSettings | None = None,
+        capacity: int = 20_000,
+        batch_size: int = 1000,
+        flush_interval: float = 0.2,
+        writer: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if capacity < 10 or batch_size < 1:
+            raise ValueError("capacity must be at least 10 and batch_size at least 1")
+        self.sink = sink if isinstance(sink, AuditSink) else open_sink(sink)
+        self.key = key if isinstance(key, AuditKey) else (
+            AuditKey.from_text(key) if key is not None else AuditKey.from_env()
+        )
+        self.writer = writer or _writer_id()
+        self.capacity = capacity
+        self.flush_interval = flush_interval
+        self._settings = settings or DEFAULT_AUDIT
+        self._current_settings: Callable[[], AuditSettings] = lambda: self._settings
+        self._revision: Callable[[], str | None] = lambda: None
+        self._soft_limit = capacity * 4 // 5
+        self._hard_limit = capacity
+        self._batch_size = batch_size
+        self._clock = clock
+        self._queue: collections.deque[_QueueItem] = collections.deque()
+        self._aggregate: dict[tuple[str, str | None, str], int] = {}
+        self._aggregate_since: float | None = None
+        self._chain = ChainWriter(self.writer, self.key)
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._opened = False
+        self._closed = False
+        self._failing = False
+        self._last_checkpoint = 0.0
+        self._ip_cache: dict[str, str] = {}
+        # Plain counters, read by micafence.audit.metrics.
+        self.written = 0
+        self.refused = 0
+        self.aggregated = 0
+        self.write_errors = 0
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def attach(self, middleware: MicafenceMiddleware) -> None:
+        """Follow the middleware's current policy and run with its server's lifespan."""
+        self._current_settings = lambda: middleware.enforcer.policy.audit
+        self._revision = lambda: middleware.enforcer.policy.revision
+        middleware.on_lifespan(self.start, self.aclose)
+
+    async def start(self) -> None:
+        """Start the background flusher (also started by the first record, if needed)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def __aenter__(self) -> AuditLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def backlog(self) -> int:
+        """Records queued and not yet written."""
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def record(self, decision: Decision, scope: Scope) -> bool:
+        """Queue ``decision``; ``False`` means an evidence record could not be queued and the
+        request must be refused. Synchronous and O(1): it never waits on the sink."""
+        evidence = not decision.blocked and decision.route_class != "neutral"
+        size = len(self._queue)
+        if size < self._soft_limit or (evidence and size < self._hard_limit):
+            self._queue.append(
+                (self._clock(), decision, scope.get("type"), scope.get("method"), evidence)
+            )
+            if self._task is None:
+                self._start_soon()
+            if size >= self._batch_size:
+                self._wake.set()
+            return True
+        if evidence:
+            self._refuse()
+            return False
+        key = (decision.reason, decision.zone, decision.mode.value)
+        self._aggregate[key] = self._aggregate.get(key, 0) + 1
+        if self._aggregate_since is None:
+            self._aggregate_since = self._clock()
+            log_event(logging.WARNING, "audit.aggregating",
+                      "audit queue over 80%: block records are being aggregated into counts",
+                      backlog=size, capacity=self.capacity)
+        self.aggregated += 1
+        return True
+
+    def record_event(self, kind: str, payload: Mapping[str, Any]) -> bool:
+        """Queue an evidence event (``grant.recorded``, ``onboarding.token_used``, …).
+
+        ``payload`` must be JSON-serialisable; a ``client_id`` in it is pseudonymised when the
+        policy asks. ``False``: the queue is full and the caller must not proceed as if the
+        event were recorded.
+        """
+        if not _EVENT_KIND.fullmatch(kind):
+            raise ValueError(f"event kind {kind!r} must look like 'grant.recorded'")
+        json.dumps(payload)  # fail here, in the caller, not later in the flusher
+        if len(self._queue) >= self._hard_limit:
+            self._refuse()
+            return False
+        self._queue.append((self._clock(), None, kind, dict(payload), True))
+        if self._task is None:
+            self._start_soon()
+        return True
+
+    def record_grant(self, event: GrantEvent) -> bool:
+        """Record a grant or revocation (:mod:`micafence.scopes.grants`) as an evidence event."""
+        from micafence.scopes.grants import Grant, event_to_json
+
+        kind = "grant.recorded" if isinstance(event, Grant) else "grant.revoked"
+        return self.record_event(kind, event_to_json(event))
+
+    async def refuse(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Answer a request whose evidence could not be queued: 503 ``audit_unavailable``."""
+        if scope.get("type") == "websocket":
+            message = await receive()
+            if message.get("type") == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1013, "reason": REFUSAL_REASON})
+            return
+        body = json.dumps({
+            "type": f"urn:micafence:reason:{REFUSAL_REASON}",
+            "title": "Service Unavailable", "status": 503, "reason": REFUSAL_REASON,
+            "detail": "This request cannot be recorded right now; please retry shortly.",
+        }).encode()
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"retry-after", b"1"),
+            (b"micafence-reason", REFUSAL_REASON.encode()),
+        ]})
+        await send({"type": "http.response.body",
+                    "body": b"" if scope.get("method") == "HEAD" else body})
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        if self.refused & (self.refused - 1) == 0:  # 1st, 2nd, 4th, 8th…: loud, not flooding
+            log_event(logging.ERROR, "audit.refused",
+                      "audit queue full: refusing requests whose evidence cannot be recorded",
+                      refused=self.refused, capacity=self.capacity, sink=self.sink.location)
+
+    def _start_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): flush() will write the queue
+            return
+        if not self._closed:
+            self._task = loop.create_task(self._run())
+
+    # -- the background flusher ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.0
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval + backoff)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except AuditSinkError:
+                backoff = min(5.0, backoff * 2 or 0.1)  # records stay queued; retry later
+            except Exception:  # a bug must not stop the flusher for good: say it, retry
+                logger.exception("audit flusher error", extra={"event": "audit.flusher_error"})
+                backoff = min(5.0, backoff * 2 or 0.1)
+            else:
+                backoff = 0.0
+
+    async def flush(self) -> None:
+        """Write everything queued now (and an idle checkpoint when one is due)."""
+        async with self._lock:
+            while True:
+                await self._write_batch()
+                if not self._queue and not self._aggregate:
+                    return
+
+    async def _write_batch(self) -> None:
+        settings = self._current_settings()
+        now = self._clock()
+        count = min(len(self._queue), self._batch_size)
+        idle_due = now - self._last_checkpoint >= settings.checkpoint_interval.total_seconds()
+        if not count and not self._aggregate and self._opened and not idle_due:
+            return
+        state = self._chain.state()
+        lines = []
+        if not self._opened:
+            lines.append(self._chain.seal(self._open_record(now)))
+        for index in range(count):
+            lines.append(self._chain.seal(self._build(self._queue[index], settings)))
+        aggregate, since = self._aggregate, self._aggregate_since
+        self._aggregate, self._aggregate_since = {}, None
+        if aggregate:
+            lines.append(self._chain.seal(_aggregate_record(aggregate, since or now, now)))
+        lines.append(self._chain.seal({
+            "v": RECORD_VERSION, "kind": "checkpoint", "time": format_time_f(now),
+            "records": self.written + count, "backlog": len(self._queue) - count,
+        }))
+        try:
+            await self.sink.write(self.writer, lines)
+        except AuditSinkError as exc:
+            self._chain.restore(state)
+            for key, value in aggregate.items():  # counts are evidence too: keep them
+                self._aggregate[key] = self._aggregate.get(key, 0) + value
+            self._aggregate_since = since if since is not None else self._aggregate_since
+            self.write_errors += 1
+            if not self._failing:
+                self._failing = True
+                log_event(logging.ERROR, "audit.sink_failed", f"audit sink failing: {exc}",
+                          sink=self.sink.location, backlog=len(self._queue))
+            raise
+        for _ in range(count):
+            self._queue.popleft()
+        self.written += count
+        self._opened = True
+        self._last_checkpoint = now
+        if self._failing:
+            self._failing = False
+            log_event(logging.WARNING, "audit.sink_recovered", "audit sink writing again",
+                      sink=self.sink.location, backlog=len(self._queue))
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Stop the flusher, write every queued record and a signed close record."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._wake.set()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.flush()
+                async with self._lock:
+                    # From here on nothing can be queued (it could not be written after the
+                    # close record): evidence is refused, as when the queue is full.
+                    self._soft_limit = self._hard_limit = 0
+                    state = self._chain.state()
+                    line = self._chain.seal({"v": RECORD_VERSION, "kind": "close",
+                                             "time": format_time_f(self._clock()),
+                                             "records": self.written})
+                    try:
+                        await self.sink.write(self.writer, [line])
+                    except AuditSinkError:
+                        self._chain.restore(state)
+                        raise
+                break
+            except AuditSinkError:
+                if time.monotonic() > deadline:
+                    log_event(logging.CRITICAL, "audit.lost_on_shutdown",
+                              f"audit sink unavailable at shutdown: {len(self._queue)} records "
+                              "could not be written", sink=self.sink.location,
+                              lost=len(self._queue))
+                    break
+                await asyncio.sleep(0.2)
+        await self.sink.close()
+
+    # -- record shapes ------------------------------------------------------------------------
+
+    def _open_record(self, now: float) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION, "kind": "open", "time": format_time_f(now),
+            "key_id": self.key.key_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "sink": self.sink.location, "policy_revision": self._revision(),
+        }
+
+    def _build(self, item: _QueueItem, settings: AuditSettings) -> dict[str, Any]:
+        when, decision, transport, extra, evidence = item
+        if decision is None:  # an event: transport holds its kind, extra its payload
+            payload = dict(extra)
+            if settings.pseudonymise_client_ids and isinstance(payload.get("client_id"), str):
+                payload["client_id"] = self.key.pseudonym(payload["client_id"])
+            return {"v": RECORD_VERSION, "kind": "event", "event": transport, "class": EVIDENCE,
+                    "id": uuid7(when), "time": format_time_f(when), "data": payload}
+        breakglass = getattr(decision, "breakglass", None)
+        client_id = decision.client_id
+        if client_id is not None and settings.pseudonymise_client_ids:
+            client_id = self.key.pseudonym(client_id)
+        return {
+            "v": RECORD_VERSION, "kind": "decision", "id": uuid7(when),
+            "time": format_time_f(when),
+            "class": EVIDENCE if evidence else (BLOCK if decision.blocked else TRAFFIC),
+            "outcome": decision.outcome.value, "blocked": decision.blocked,
+            "reason": decision.reason, "rule": decision.rule_id,
+            "mode": "break-glass" if breakglass else decision.mode.value,
+            "rule_mode": decision.mode.value, "breakglass": breakglass,
+            "policy_revision": decision.policy_revision,
+            "database_build": decision.database_build,
+            "zone": decision.zone, "zones": list(decision.zones),
+            "country": decision.country, "registered_country": decision.registered_country,
+            "residence_country": decision.residence_country,
+            "anonymizer": list(getattr(decision, "anonymizer", ()) or ()),
+            "client_ip": self._reduce_ip(decision.client_ip, settings),
+            "client_id": client_id,
+            "transport": transport, "method": extra if isinstance(extra, str) else None,
+            "route": decision.route_id, "route_class": decision.route_class,
+            "grant_id": getattr(decision, "grant_id", None),
+            "promotions": decision.promotion_stance.value,
+        }
+
+    def _reduce_ip(self, ip: str | None, settings: AuditSettings) -> str | None:
+        if ip is None:
+            return None
+        key = f"{settings.hash_ip}/{settings.ipv4_prefix}/{settings.ipv6_prefix}/{ip}"
+        reduced = self._ip_cache.get(key)
+        if reduced is None:
+            reduced = reduce_ip(ip, settings, self.key)
+            if len(self._ip_cache) > 4096:
+                self._ip_cache.clear()
+            self._ip_cache[key] = reduced
+        return reduced
+
+
+def reduce_ip(ip: str, settings: AuditSettings, key: AuditKey) -> str:
+    """The address as the log keeps it: its network (``/24``, ``/48``) or a keyed hash."""
+    if settings.hash_ip:
+        return key.pseudonym("ip:" + ip)
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return key.pseudonym("ip:" + ip)
+    prefix = settings.ipv4_prefix if address.version == 4 else settings.ipv6_prefix
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def uuid7(when: float) -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so ids sort like the records."""
+    value = (int(when * 1000) & (2**48 - 1)) << 80 | int.from_bytes(secrets.token_bytes(10))
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+def format_time_f(when: float) -> str:
+    return format_time(dt.datetime.fromtimestamp(when, dt.UTC))
+
+
+def _aggregate_record(counts: Mapping[tuple[str, str | None, str], int], since: float,
+                      until: float) -> dict[str, Any]:
+    return {
+        "v": RECORD_VERSION, "kind": "aggregate", "class": BLOCK, "id": uuid7(until),
+        "time": format_time_f(until), "since": format_time_f(since),
+        "counts": [{"reason": reason, "zone": zone, "mode": mode, "count": count}
+                   for (reason, zone, mode), count in sorted(counts.items(), key=str)],
+    }
+
+
+def _writer_id() -> str:
+    host = _WRITER_CHARS.sub("-", socket.gethostname())[:24].strip("-") or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def directory_log(directory: str | os.PathLike[str], **options: Any) -> AuditLog:
+    """An :class:`AuditLog` writing JSON Lines files into ``directory``."""
+    return AuditLog(FileSink(directory), **options)

@@ -1,0 +1,244 @@
+"""Prometheus metrics: what micafence decides, how fast, and the health of what it relies on.
+
+Cheap on the hot path: a request adds one to a plain ``dict`` counter keyed by the (cached)
+decision object, and reads one flag. The background task (started with the server's lifespan)
+raises that flag every ``sample_interval`` seconds, so one request per interval is timed
+whatever the traffic, and moves the plain counts into ``prometheus_client`` metrics every
+``sync_interval`` seconds; the endpoint syncs on every scrape too. Under
+``PROMETHEUS_MULTIPROC_DIR`` (uvicorn/gunicorn workers) the metrics live in that directory's
+memory-mapped files and the endpoint reports the sum over all workers::
+
+    metrics = Metrics()
+    app = MicafenceMiddleware(inner, policy=..., geoip_db=..., metrics=metrics)
+    inner.mount("/metrics", metrics.asgi_app())
+
+Exported (all prefixed ``micafence_``): ``decisions_total{reason,zone,blocked}``,
+``decision_latency_seconds`` and ``geoip_lookup_latency_seconds`` (sampled histograms),
+``geoip_database_build_timestamp_seconds``, ``geoip_database_age_seconds``,
+``policy_info{name,revision}``, ``store_errors_total{operation}``, ``audit_backlog``,
+``audit_records_written_total``, ``audit_aggregated_total``, ``audit_refused_total`` and
+``audit_write_errors_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from micafence.decision import Decision
+
+if TYPE_CHECKING:
+    from micafence.engine import Enforcer
+    from micafence.middleware import MicafenceMiddleware
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1)
+_MAX_SAMPLES = 10_000
+_MAX_DISTINCT = 10_000  # distinct decision objects counted before folding into labels
+_AUDIT_COUNTERS = ("written", "aggregated", "refused", "write_errors")
+
+
+class Metrics:
+    """micafence's Prometheus metrics for one process (give it to the middleware)."""
+
+    def __init__(self, *, sample_interval: float = 0.05, sync_interval: float = 1.0) -> None:
+        if sample_interval < 0 or sync_interval <= 0:
+            raise ValueError("sample_interval must be >= 0 and sync_interval > 0")
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self._decisions = Counter(
+            "micafence_decisions", "Decisions by reason code and deciding zone",
+            ["reason", "zone", "blocked"], registry=registry)
+        self._decide_latency = Histogram(
+            "micafence_decision_latency_seconds",
+            "Time to decide a request (sampled: one request per sample interval)",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self._lookup_latency = Histogram(
+            "micafence_geoip_lookup_latency_seconds",
+            "Uncached MaxMind lookup of a sampled request's address",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self._db_build = Gauge(
+            "micafence_geoip_database_build_timestamp_seconds",
+            "Build time of the GeoIP database in use (oldest over workers)",
+            registry=registry, multiprocess_mode="livemin")
+        self._db_age = Gauge(
+            "micafence_geoip_database_age_seconds",
+            "Age of the GeoIP database in use (oldest over workers)",
+            registry=registry, multiprocess_mode="livemax")
+        self._policy = Gauge(
+            "micafence_policy_info", "The policy revision in force (1) and earlier ones (0)",
+            ["name", "revision"], registry=registry, multiprocess_mode="livemax")
+        self._store_errors = Counter(
+            "micafence_store_errors", "Grant store operations that failed",
+            ["operation"], registry=registry)
+        self._backlog = Gauge(
+            "micafence_audit_backlog", "Audit records queued, not yet written",
+            registry=registry, multiprocess_mode="livesum")
+        self._audit = {
+            name: Counter(f"micafence_audit_{name.replace('written', 'records_written')}",
+                          help_text, registry=registry)
+            for name, help_text in (
+                ("written", "Audit records written to the sink"),
+                ("aggregated", "Block records folded into per-reason counts under overload"),
+                ("refused", "Requests refused because their evidence could not be queued"),
+                ("write_errors", "Failed audit sink writes (records kept and retried)"),
+            )
+        }
+        self._sample_interval = sample_interval
+        self._sync_interval = sync_interval
+        #: Time the next decision (0 as the sample interval: time every one).
+        self.time_next = sample_interval == 0
+        # id(decision) → [decision, count]: the engine hands out cached decision objects, and
+        # holding the object keeps its id from being reused until the next fold.
+        self._counts: dict[int, list[Any]] = {}
+        self._label_counts: dict[tuple[str, str, str], int] = {}
+        self._store_error_counts: dict[str, int] = {}
+        self._decide_ns: list[int] = []
+        self._lookup_ns: list[int] = []
+        self._audit_seen = dict.fromkeys(_AUDIT_COUNTERS, 0)
+        self._revision: tuple[str, str] | None = None
+        self._middleware: MicafenceMiddleware | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def attach(self, middleware: MicafenceMiddleware) -> None:
+        """Read policy, database and audit state from ``middleware``; sync with its lifespan."""
+        self._middleware = middleware
+        middleware.on_lifespan(self.start, self.stop)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.sync()
+
+    async def _run(self) -> None:
+        tick = self._sample_interval or self._sync_interval
+        next_sync = time.monotonic() + self._sync_interval
+        while True:
+            await asyncio.sleep(tick)
+            self.time_next = True
+            if time.monotonic() >= next_sync:
+                next_sync += self._sync_interval
+                self.sync()
+
+    # -- the request path (plain ints only) ---------------------------------------------------
+
+    def timed_decide(self, enforcer: Enforcer, scope: MutableMapping[str, Any]) -> Decision:
+        """``enforcer.decide(scope)``, timed; plus one uncached lookup of the address."""
+        self.time_next = self._sample_interval == 0
+        started = time.perf_counter_ns()
+        decision = enforcer.decide(scope)
+        elapsed = time.perf_counter_ns() - started
+        if len(self._decide_ns) < _MAX_SAMPLES:
+            self._decide_ns.append(elapsed)
+        reader = getattr(enforcer.geoip, "_reader", None)
+        if decision.client_ip is not None and reader is not None:
+            started = time.perf_counter_ns()
+            try:
+                reader.get(decision.client_ip)
+            except (ValueError, TypeError, OSError):
+                return decision
+            if len(self._lookup_ns) < _MAX_SAMPLES:
+                self._lookup_ns.append(time.perf_counter_ns() - started)
+        return decision
+
+    def count(self, decision: Decision) -> None:
+        """Count one decision (a dictionary increment)."""
+        counts = self._counts
+        entry = counts.get(id(decision))
+        if entry is None:
+            counts[id(decision)] = [decision, 1]
+            if len(counts) > _MAX_DISTINCT:
+                self._fold()
+        else:
+            entry[1] += 1
+
+    def _fold(self) -> None:
+        counts, self._counts = self._counts, {}
+        labels = self._label_counts
+        for decision, value in counts.values():
+            key = (decision.reason, decision.zone or "", "true" if decision.blocked else "false")
+            labels[key] = labels.get(key, 0) + value
+
+    def store_error(self, operation: str) -> None:
+        """Count a failed grant store operation (``get``, ``append``, …)."""
+        self._store_error_counts[operation] = self._store_error_counts.get(operation, 0) + 1
+
+    # -- export ------------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Move the plain counts into the Prometheus metrics and refresh the gauges."""
+        self._fold()
+        counts, self._label_counts = self._label_counts, {}
+        for labels, value in counts.items():
+            self._decisions.labels(*labels).inc(value)
+        errors, self._store_error_counts = self._store_error_counts, {}
+        for operation, value in errors.items():
+            self._store_errors.labels(operation).inc(value)
+        samples, self._decide_ns = self._decide_ns, []
+        for value in samples:
+            self._decide_latency.observe(value / 1e9)
+        samples, self._lookup_ns = self._lookup_ns, []
+        for value in samples:
+            self._lookup_latency.observe(value / 1e9)
+        middleware = self._middleware
+        if middleware is None:
+            return
+        enforcer = middleware.enforcer
+        self._db_build.set(enforcer.geoip.build_epoch)
+        self._db_age.set(max(0.0, time.time() - enforcer.geoip.build_epoch))
+        revision = (enforcer.policy.name, enforcer.policy.revision)
+        if revision != self._revision:
+            if self._revision is not None:
+                self._policy.labels(*self._revision).set(0)
+            self._policy.labels(*revision).set(1)
+            self._revision = revision
+        audit = middleware.audit
+        if audit is not None:
+            self._backlog.set(audit.backlog)
+            for name in _AUDIT_COUNTERS:
+                value = getattr(audit, name)
+                if value > self._audit_seen[name]:
+                    self._audit[name].inc(value - self._audit_seen[name])
+                    self._audit_seen[name] = value
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """The registry to scrape: this process's, or every worker's under multiprocess."""
+        if not self.multiprocess:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+
+    def asgi_app(self) -> MetricsEndpoint:
+        """The ``/metrics`` endpoint (an ASGI app) to mount."""
+        return MetricsEndpoint(self)
+
+
+class MetricsEndpoint:
+    """Prometheus text exposition; syncs this process's counts first."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._app: Callable[..., Awaitable[None]] = make_asgi_app(metrics.exposition_registry())
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            self._metrics.sync()
+        await self._app(scope, receive, send)

@@ -1,0 +1,330 @@
+"""``micafence report``: is the EU book still "occasional"? (RULES.md rule 12)
+
+From the decision log (and the grant store, when given) it counts restricted-zone blocks per
+reason, suppressed promotions, in-scope passes, onboarding tokens used, active grants, grants
+opened per month and long-running grants, and compares them with the policy's ``reporting``
+thresholds. Any threshold crossed prints a warning that the book is drifting out of the
+reverse-solicitation exemption. ``--html`` writes a self-contained page with an inline SVG
+chart (no scripts, nothing fetched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import html
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from micafence.audit.chain import AuditKey, parse_time
+from micafence.audit.cli import parse_cli_time
+from micafence.audit.reader import in_range, load_log
+from micafence.audit.settings import ReportingThresholds
+
+DRIFT_WARNING = (
+    "The EU book is drifting out of \"occasional\": the reverse-solicitation exemption "
+    "(MiCA Art. 61) covers occasional, client-initiated contact only. Review with counsel "
+    "whether a MiCA authorisation is now needed."
+)
+
+
+@dataclass(slots=True)
+class GrantFacts:
+    """One grant as the report needs it."""
+
+    grant_id: str
+    recorded_at: dt.datetime
+    initiated_at: dt.datetime
+    expires_at: dt.datetime
+    revoked: bool
+
+
+@dataclass(slots=True)
+class Exposure:
+    """The figures of one report."""
+
+    since: str | None
+    until: str
+    blocks_by_reason: dict[str, int] = field(default_factory=dict)
+    shadow_would_block: dict[str, int] = field(default_factory=dict)
+    suppressed_promotion_pages: int = 0
+    promotion_routes_refused: int = 0
+    in_scope_passes: int = 0
+    wind_down_passes: int = 0
+    onboarding_tokens_used: int = 0
+    active_grants: int = 0
+    long_running_grants: int = 0
+    grants_opened_per_month: dict[str, int] = field(default_factory=dict)
+    blocks_per_month: dict[str, int] = field(default_factory=dict)
+    grant_source: str = "audit log"
+    warnings: list[str] = field(default_factory=list)
+    log_problems: list[str] = field(default_factory=list)
+
+
+def build_report(
+    entries: list[dict[str, Any]],
+    grants: list[GrantFacts],
+    thresholds: ReportingThresholds,
+    *,
+    now: dt.datetime,
+    since: dt.datetime | None = None,
+) -> Exposure:
+    """Count, group by month and compare with ``thresholds``."""
+    report = Exposure(since.isoformat() if since else None, now.isoformat())
+    blocks: Counter[str] = Counter()
+    shadow: Counter[str] = Counter()
+    per_month: Counter[str] = Counter()
+    for record in entries:
+        if not in_range(record, since, None):
+            continue
+        kind, month = record.get("kind"), str(record.get("time", ""))[:7]
+        if kind == "aggregate":
+            for count in record.get("counts", ()):
+                blocks[str(count["reason"])] += int(count["count"])
+                per_month[month] += int(count["count"])
+        elif kind == "event":
+            event = str(record.get("event", ""))
+            report.onboarding_tokens_used += event.startswith("onboarding.")
+            report.suppressed_promotion_pages += event == "promotions.suppressed"
+        elif kind == "decision":
+            reason, route_class = str(record.get("reason")), record.get("route_class")
+            if record.get("blocked"):
+                blocks[reason] += 1
+                per_month[month] += 1
+                report.promotion_routes_refused += route_class == "promotion"
+            elif record.get("outcome") == "block":
+                shadow[reason] += 1
+            elif route_class == "service":
+                report.in_scope_passes += 1
+            elif route_class == "wind_down":
+                report.wind_down_passes += 1
+            elif route_class == "neutral" and record.get("promotions") != "allowed":
+                report.suppressed_promotion_pages += 1
+    report.blocks_by_reason = dict(sorted(blocks.items()))
+    report.shadow_would_block = dict(sorted(shadow.items()))
+    report.blocks_per_month = dict(sorted(per_month.items()))
+    opened = Counter(g.recorded_at.strftime("%Y-%m") for g in grants
+                     if since is None or g.recorded_at >= since)
+    report.grants_opened_per_month = dict(sorted(opened.items()))
+    active = [g for g in grants if not g.revoked and g.expires_at > now]
+    report.active_grants = len(active)
+    report.long_running_grants = sum(
+        now - g.initiated_at > thresholds.long_running_grant for g in active
+    )
+    report.warnings = _compare(report, thresholds, now)
+    return report
+
+
+def _compare(report: Exposure, limits: ReportingThresholds, now: dt.datetime) -> list[str]:
+    warnings = []
+    if limits.max_active_grants is not None and report.active_grants > limits.max_active_grants:
+        warnings.append(f"{report.active_grants} active grants (threshold "
+                        f"{limits.max_active_grants})")
+    this_month = now.strftime("%Y-%m")
+    last_month = (now.replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+    months = report.grants_opened_per_month
+    new = months.get(this_month, 0)
+    if limits.max_new_grants_per_month is not None:
+        for month, count in months.items():
+            if count > limits.max_new_grants_per_month:
+                warnings.append(f"{count} grants opened in {month} (threshold "
+                                f"{limits.max_new_grants_per_month} a month)")
+    previous = months.get(last_month, 0)
+    if limits.max_monthly_growth_percent is not None and previous:
+        growth = (new - previous) * 100 / previous
+        if growth > limits.max_monthly_growth_percent:
+            warnings.append(f"grants opened grew {growth:.0f}% month on month ({previous} in "
+                            f"{last_month}, {new} in {this_month}; threshold "
+                            f"{limits.max_monthly_growth_percent}%)")
+    if (limits.max_long_running_grants is not None
+            and report.long_running_grants > limits.max_long_running_grants):
+        warnings.append(f"{report.long_running_grants} active grants older than "
+                        f"{limits.long_running_grant.days} days (threshold "
+                        f"{limits.max_long_running_grants})")
+    return warnings
+
+
+def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
+    """Grants as recorded by ``grant.recorded`` / ``grant.revoked`` events in the log."""
+    from micafence.policy.durations import parse_duration
+
+    grants: dict[str, GrantFacts] = {}
+    revoked: set[str] = set()
+    for record in entries:
+        data = record.get("data")
+        if record.get("kind") != "event" or not isinstance(data, dict):
+            continue
+        if record.get("event") == "grant.recorded":
+            initiated = parse_time(str(data["initiated_at"]))
+            grants[str(data["id"])] = GrantFacts(
+                str(data["id"]), parse_time(str(data["recorded_at"])), initiated,
+                initiated + parse_duration(str(data["term"])), False)
+        elif record.get("event") == "grant.revoked":
+            revoked.add(str(data["grant_id"]))
+    for grant_id in revoked & grants.keys():
+        grants[grant_id].revoked = True
+    return list(grants.values())
+
+
+def grants_from_store(url: str) -> list[GrantFacts]:
+    """Grants from the grant store (the authoritative history)."""
+    from micafence.scopes.grants import fold
+    from micafence.store.base import open_store
+
+    async def read() -> list[GrantFacts]:
+        store = open_store(url)
+        try:
+            states = fold(await store.grant_events())
+        finally:
+            await store.close()
+        return [GrantFacts(s.grant.id, s.grant.recorded_at, s.grant.initiated_at,
+                           s.grant.expires_at, s.revocation is not None) for s in states]
+
+    return asyncio.run(read())
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def render_text(report: Exposure) -> str:
+    lines = [f"EU exposure report, {report.since or 'all records'} .. {report.until}"]
+    if report.log_problems:
+        lines.append(f"WARNING: the audit log does not verify ({len(report.log_problems)} "
+                     "problems): run `micafence audit verify`")
+    lines.append("Restricted-zone blocks by reason:")
+    lines += [f"  {reason:<40}{count:>8}" for reason, count in report.blocks_by_reason.items()]
+    if report.shadow_would_block:
+        lines.append("Shadow mode, would have blocked:")
+        lines += [f"  {r:<40}{c:>8}" for r, c in report.shadow_would_block.items()]
+    rows = [
+        ("pages served with promotions suppressed", report.suppressed_promotion_pages),
+        ("promotion routes refused", report.promotion_routes_refused),
+        ("in-scope passes (client-initiated grants)", report.in_scope_passes),
+        ("wind-down passes", report.wind_down_passes),
+        ("onboarding tokens used", report.onboarding_tokens_used),
+        (f"active grants ({report.grant_source})", report.active_grants),
+        ("long-running active grants", report.long_running_grants),
+    ]
+    lines += [f"{label:<42}{value:>8}" for label, value in rows]
+    lines.append("Grants opened per month: " + (", ".join(
+        f"{m} {c}" for m, c in report.grants_opened_per_month.items()) or "none"))
+    if report.warnings:
+        lines.append("")
+        lines += [f"WARNING: {w}" for w in report.warnings]
+        lines.append(DRIFT_WARNING)
+    else:
+        lines.append("Within the policy's reporting thresholds.")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: Exposure) -> str:
+    """A self-contained page: tables, warnings and an inline SVG bar chart."""
+    esc = html.escape
+    blocks = "".join(f"<tr><td>{esc(r)}</td><td>{c}</td></tr>"
+                     for r, c in report.blocks_by_reason.items())
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
+    drift = (f'<section class="warning"><h2>Warning</h2><ul>{warnings}</ul>'
+             f"<p>{esc(DRIFT_WARNING)}</p></section>") if report.warnings else \
+        '<p class="ok">Within the policy\'s reporting thresholds.</p>'
+    figures = "".join(f"<tr><td>{esc(label)}</td><td>{value}</td></tr>" for label, value in (
+        ("Pages served with promotions suppressed", report.suppressed_promotion_pages),
+        ("Promotion routes refused", report.promotion_routes_refused),
+        ("In-scope passes", report.in_scope_passes),
+        ("Wind-down passes", report.wind_down_passes),
+        ("Onboarding tokens used", report.onboarding_tokens_used),
+        (f"Active grants ({report.grant_source})", report.active_grants),
+        ("Long-running active grants", report.long_running_grants),
+    ))
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>micafence EU exposure report</title><style>"
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "td{padding:.2em 1em}.warning{border:2px solid #b00;padding:0 1em;color:#600}"
+        ".ok{color:#060}</style></head><body>"
+        f"<h1>EU exposure report</h1><p>{esc(report.since or 'All records')} to "
+        f"{esc(report.until)}</p>{drift}"
+        f"<h2>Grants opened and blocks per month</h2>{bar_chart(report)}"
+        f"<h2>Figures</h2><table>{figures}</table>"
+        f"<h2>Restricted-zone blocks by reason</h2><table>{blocks}</table>"
+        "</body></html>\n"
+    )
+
+
+def bar_chart(report: Exposure) -> str:
+    """Grouped bars per month: grants opened (dark) and blocks (light), scaled separately."""
+    months = sorted(set(report.grants_opened_per_month) | set(report.blocks_per_month))
+    if not months:
+        return "<p>No data in this period.</p>"
+    height, pad = 200, 30
+    width = max(320, 2 * pad + 70 * len(months))
+    top_grants = max(report.grants_opened_per_month.values(), default=0) or 1
+    top_blocks = max(report.blocks_per_month.values(), default=0) or 1
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
+             f'height="{height + 2 * pad}" aria-label="grants opened and blocks per month">']
+    for index, month in enumerate(months):
+        x = pad + index * 70
+        for offset, value, top, colour, label in (
+            (0, report.grants_opened_per_month.get(month, 0), top_grants, "#1f4e79", "grants"),
+            (26, report.blocks_per_month.get(month, 0), top_blocks, "#9dc3e6", "blocks"),
+        ):
+            bar = round(height * value / top)
+            parts.append(f'<rect class="{label}" x="{x + offset}" y="{pad + height - bar}" '
+                         f'width="24" height="{bar}" fill="{colour}">'
+                         f"<title>{month}: {value} {label}</title></rect>")
+            parts.append(f'<text x="{x + offset + 12}" y="{pad + height - bar - 4}" '
+                         f'font-size="10" text-anchor="middle">{value}</text>')
+        parts.append(f'<text x="{x + 25}" y="{pad + height + 16}" font-size="11" '
+                     f'text-anchor="middle">{month}</text>')
+    parts.append(f'<text x="{pad}" y="14" font-size="11"><tspan fill="#1f4e79">■ grants '
+                 'opened</tspan> <tspan fill="#5b8bb8">■ blocks</tspan></text></svg>')
+    return "".join(parts)
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def register(commands: Any) -> None:
+    """Add ``micafence report`` to the CLI's sub-commands."""
+    parser = commands.add_parser("report", help="EU-exposure report against the policy's "
+                                 "thresholds", description="Count EU blocks, passes and grants "
+                                 "from the decision log and compare with the policy's "
+                                 "`reporting` thresholds.")
+    parser.add_argument("targets", nargs="+", metavar="PATH",
+                        help="audit directory, file or redis://HOST/DB#STREAM")
+    parser.add_argument("--since", type=parse_cli_time, help="from (ISO date or time)")
+    parser.add_argument("--store", help="grant store URL (default: grants from the audit log)")
+    parser.add_argument("--policy", help="policy with the thresholds (default $MICAFENCE_POLICY "
+                        "or the packaged default)")
+    parser.add_argument("--key-file", help="audit key (default $MICAFENCE_AUDIT_KEY[_FILE])")
+    parser.add_argument("--html", metavar="FILE", help="also write an HTML page with a chart")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when a threshold is crossed")
+    parser.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from micafence.policy.loader import default_policy_path, load_policy
+
+    policy = load_policy(args.policy or os.environ.get("MICAFENCE_POLICY")
+                         or default_policy_path())
+    log = load_log(args.targets, AuditKey.from_env(args.key_file))
+    entries = log.entries()
+    now = dt.datetime.now(dt.UTC)
+    grants = grants_from_store(args.store) if args.store else grants_from_log(entries)
+    report = build_report(entries, grants, policy.reporting, now=now, since=args.since)
+    report.grant_source = f"store {args.store}" if args.store else "audit log"
+    report.log_problems = log.problems
+    if args.html:
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        sys.stdout.write(render_text(report))
+    return 3 if args.strict and report.warnings else 0

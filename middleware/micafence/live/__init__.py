@@ -1,0 +1,1 @@
+"""Live operations: hot reload, policy archive, break-glass, health endpoint."""

@@ -1,0 +1,1 @@
+"""Where a request comes from: client address, country, anonymizer signals."""

@@ -1,0 +1,1 @@
+"""Policy files: the model, strict loading with located errors, routes, dates, cases."""

@@ -1,0 +1,264 @@
+"""Load and strictly validate policy files (YAML) into :class:`~micafence.policy.model.Policy`.
+
+Every problem raises :class:`~micafence.errors.PolicyError` naming the file, the key path and
+the line. Nothing is guessed: an unknown key, a bad CIDR, an unknown country code, a pattern
+that does not compile or a rule naming a zone that does not exist all stop the load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from importlib import resources
+from pathlib import Path
+
+from micafence.audit.settings import parse_audit, parse_reporting
+from micafence.location.anonymizer import default_anonymizer_rules, parse_anonymizers
+from micafence.location.countries import is_country_code
+from micafence.location.dbcheck import parse_database_checks
+from micafence.policy.model import (
+    ROUTE_CLASSES,
+    UNKNOWN_COUNTRY_ZONE,
+    ClientIP,
+    DatabaseChecks,
+    IdentitySource,
+    Mode,
+    Outcome,
+    Policy,
+    PromotionStance,
+    Route,
+    Rule,
+    Signals,
+    Zone,
+)
+from micafence.policy.routes import HTTP_METHODS, compile_pattern
+from micafence.policy.schedule import WINDOW_KEYS, parse_window
+from micafence.policy.yamlfile import Node, parse_yaml, read_yaml
+from micafence.promotions.cache_policy import DEFAULT_CACHE, parse_cache
+from micafence.promotions.settings import parse_promotions
+from micafence.scopes.catalogue import ROUTE_SCOPE_KEYS, parse_catalogue
+from micafence.store.settings import parse_onboarding, parse_store_settings
+
+SCHEMA_VERSION = 1
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_REASON = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)+")
+_HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+_TOP_KEYS = (
+    "policy", "name", "mode", "blocked_by", "client_ip", "signals", "client_identity",
+    "zones", "routes", "rules",
+    "services", "assets", "scopes",  # micafence.scopes.catalogue
+    "anonymizers", "database",  # micafence.location.anonymizer, micafence.location.dbcheck
+    "promotions", "cache",  # micafence.promotions.settings, micafence.promotions.cache_policy
+    "audit", "reporting",  # micafence.audit.settings
+    "onboarding",  # micafence.store.settings
+)
+
+
+def default_policy_path() -> Path:
+    """The default policy shipped in the package (``policies/default.yaml`` in the repo)."""
+    return Path(str(resources.files("micafence") / "policies" / "default.yaml"))
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file."""
+    root, raw = read_yaml(str(path))
+    return _build(root, raw, str(path))
+
+
+def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+    """Validate policy text (for tests and tools that hold the text already)."""
+    return _build(parse_yaml(text, source), text.encode("utf-8"), source)
+
+
+def policy_revision(raw: bytes) -> str:
+    """The revision id of a policy: a content hash, so equal files share a revision."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _build(root: Node, raw: bytes, source: str) -> Policy:
+    top = root.mapping(_TOP_KEYS, required=("policy", "zones", "routes", "rules"))
+    signals = _signals(top["signals"]) if "signals" in top else Signals()
+    version = top["policy"].integer()
+    if version != SCHEMA_VERSION:
+        top["policy"].fail(f"unsupported schema version {version} (this is {SCHEMA_VERSION})")
+    zones = _zones(top["zones"])
+    known_zones = {z.name for z in zones} | {UNKNOWN_COUNTRY_ZONE}
+    routes = _routes(top["routes"])
+    return Policy(
+        name=top["name"].text() if "name" in top else Path(source).stem,
+        revision=policy_revision(raw),
+        source=source,
+        mode=Mode(top["mode"].choice(list(Mode))) if "mode" in top else Mode.ENFORCE,
+        zones=zones,
+        routes=routes,
+        rules=_rules(top["rules"], known_zones, top["zones"]),
+        signals=signals,
+        client_ip=_client_ip(top["client_ip"]) if "client_ip" in top else ClientIP(),
+        client_identity=(
+            _client_identity(top["client_identity"])
+            if "client_identity" in top else IdentitySource()
+        ),
+        blocked_by=top["blocked_by"].text() if "blocked_by" in top else None,
+        catalogue=parse_catalogue(top),
+        anonymizers=(
+            parse_anonymizers(top["anonymizers"])
+            if "anonymizers" in top else default_anonymizer_rules()
+        ),
+        database=parse_database_checks(top["database"]) if "database" in top else DatabaseChecks(),
+        promotions=parse_promotions(top.get("promotions"), zones, routes),
+        cache=parse_cache(top["cache"], top.get("client_ip")) if "cache" in top else DEFAULT_CACHE,
+        audit=parse_audit(top),
+        reporting=parse_reporting(top),
+        grant_store=parse_store_settings(top),
+        onboarding=parse_onboarding(top),
+    )
+
+
+def _zones(node: Node) -> tuple[Zone, ...]:
+    zones: list[Zone] = []
+    for name, zone_node in node.dict_items():
+        if not _NAME.fullmatch(name):
+            zone_node.fail(f"zone name {name!r} must be lower-case letters, digits and _")
+        fields = zone_node.mapping(("title", "countries", "promotions", "enabled", *WINDOW_KEYS))
+        if "enabled" in fields and not fields["enabled"].flag():
+            if name == UNKNOWN_COUNTRY_ZONE:
+                fields["enabled"].fail(
+                    "the unknown_country zone cannot be disabled (remove its rules instead)"
+                )
+            continue
+        countries: set[str] = set()
+        if name == UNKNOWN_COUNTRY_ZONE:
+            if "countries" in fields:
+                fields["countries"].fail("the unknown_country zone cannot list countries")
+            for key in WINDOW_KEYS:
+                if key in fields:  # failing closed for unknown countries is never switched off
+                    fields[key].fail(f"the unknown_country zone cannot have {key}")
+        else:
+            if "countries" not in fields:
+                zone_node.fail("missing required key 'countries'")
+            for item in fields["countries"].items():
+                code = item.text()
+                if not is_country_code(code):
+                    item.fail(f"{code!r} is not an ISO 3166-1 alpha-2 country code")
+                if code in countries:
+                    item.fail(f"{code} is listed twice in zone {name!r}")
+                countries.add(code)
+            if not countries:
+                fields["countries"].fail("a zone must list at least one country")
+        stance = PromotionStance.FORBIDDEN
+        if "promotions" in fields:
+            stance = PromotionStance(fields["promotions"].choice(list(PromotionStance)))
+        title = fields["title"].text() if "title" in fields else name
+        zones.append(Zone(name, title, frozenset(countries), stance, *parse_window(fields)))
+    if UNKNOWN_COUNTRY_ZONE not in {z.name for z in zones}:
+        zones.append(Zone(UNKNOWN_COUNTRY_ZONE, "country unknown", frozenset(),
+                          PromotionStance.FORBIDDEN))
+    return tuple(zones)
+
+
+def _routes(node: Node) -> tuple[Route, ...]:
+    routes: list[Route] = []
+    seen: set[str] = set()
+    for item in node.items():
+        fields = item.mapping(
+            ("id", "class", "path", "methods", *ROUTE_SCOPE_KEYS), required=("id", "class", "path")
+        )
+        route_id = fields["id"].text(_ID, "a route id (letters, digits, _ . : -)")
+        if route_id in seen:
+            fields["id"].fail(f"duplicate route id {route_id!r}")
+        seen.add(route_id)
+        route_class = fields["class"].choice(ROUTE_CLASSES)
+        path = fields["path"].text()
+        try:
+            compile_pattern(path)
+        except (ValueError, re.error) as exc:
+            fields["path"].fail(f"bad path pattern {path!r}: {exc}")
+        methods: frozenset[str] | None = None
+        if "methods" in fields:
+            names = set()
+            for method_node in fields["methods"].items():
+                method = method_node.text().upper()
+                if method not in HTTP_METHODS:
+                    method_node.fail(f"unknown HTTP method {method_node.value!r}")
+                names.add(method)
+            if not names:
+                fields["methods"].fail("list at least one method (omit the key for any method)")
+            methods = frozenset(names)
+        routes.append(Route(route_id, route_class, path, methods))
+    return tuple(routes)
+
+
+def _rules(node: Node, known_zones: set[str], zones_node: Node) -> tuple[Rule, ...]:
+    declared = {name for name, _ in zones_node.dict_items()} | {UNKNOWN_COUNTRY_ZONE}
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for item in node.items():
+        fields = item.mapping(
+            ("id", "zones", "class", "outcome", "mode", "reason", *WINDOW_KEYS),
+            required=("id", "zones", "class", "outcome"),
+        )
+        rule_id = fields["id"].text(_ID, "a rule id (letters, digits, _ . : -)")
+        if rule_id in seen:
+            fields["id"].fail(f"duplicate rule id {rule_id!r}")
+        seen.add(rule_id)
+        effective_from, effective_until = parse_window(fields)
+        zone_names: set[str] = set()
+        for zone_node in fields["zones"].items():
+            zone = zone_node.text()
+            if zone not in declared:
+                zone_node.fail(f"unknown zone {zone!r} (declared: {', '.join(sorted(declared))})")
+            if zone in known_zones:  # a disabled zone's rules simply never apply
+                zone_names.add(zone)
+        rules.append(
+            Rule(
+                id=rule_id,
+                zones=frozenset(zone_names),
+                route_class=fields["class"].choice(ROUTE_CLASSES),
+                outcome=Outcome(fields["outcome"].choice(list(Outcome))),
+                mode=Mode(fields["mode"].choice(list(Mode))) if "mode" in fields else None,
+                reason=(
+                    fields["reason"].text(_REASON, "a reason code like 'eu.account_creation'")
+                    if "reason" in fields else None
+                ),
+                effective_from=effective_from,
+                effective_until=effective_until,
+            )
+        )
+    return tuple(rules)
+
+
+def _signals(node: Node) -> Signals:
+    fields = node.mapping(("country", "registered_country", "residence"))
+    signals = Signals(**{key: value.flag() for key, value in fields.items()})
+    if not (signals.country or signals.registered_country):
+        node.fail("at least one of country and registered_country must count")
+    return signals
+
+
+def _client_ip(node: Node) -> ClientIP:
+    fields = node.mapping(("trusted_proxies", "header"))
+    proxies: list[str] = []
+    for item in fields["trusted_proxies"].items() if "trusted_proxies" in fields else []:
+        text = item.text()
+        try:
+            proxies.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            item.fail(f"{text!r} is not an IP network in CIDR notation")
+    header = "x-forwarded-for"
+    if "header" in fields:
+        header = fields["header"].choice(("x-forwarded-for", "forwarded"))
+    return ClientIP(tuple(proxies), header)
+
+
+def _client_identity(node: Node) -> IdentitySource:
+    fields = node.mapping(("source", "header", "residence_header"))
+    source = fields["source"].choice(("none", "header", "scope_user", "callable")) \
+        if "source" in fields else "none"
+    header = fields["header"].text(_HEADER, "an HTTP header name").lower() \
+        if "header" in fields else "x-client-id"
+    residence = fields["residence_header"].text(_HEADER, "an HTTP header name").lower() \
+        if "residence_header" in fields else None
+    return IdentitySource(source, header, residence)

@@ -1,0 +1,1 @@
+"""Keeping promotions from restricted visitors: routes, HTML safety net, caches."""

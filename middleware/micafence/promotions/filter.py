@@ -1,0 +1,76 @@
+"""Remove the promotions a visitor may not see from an HTML page (lexbor, via selectolax).
+
+lexbor builds the same tree a browser builds (the WHATWG parsing algorithm), so the element
+removed is the element the browser would have shown, even in malformed HTML where a tokenizer
+that only finds tags would cut in the wrong place. ``<template>`` contents, which are outside
+the document tree and so outside ``css()``, are cleaned too: a script could clone them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
+
+from micafence.promotions.page_codec import Unrewritable
+
+# A whole document rather than a fragment (an htmx partial, say) that must stay a fragment.
+_DOCUMENT = re.compile(r"\A\s*(?:<!--.*?-->\s*)*<(?:!doctype|html|head|body)\b", re.I | re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionFilter:
+    """What to remove for one kind of visitor.
+
+    ``remove`` matches every promotion (including incentives). An element survives only if
+    ``approvals`` is not empty, it matches every selector in it (one per ``approved_only`` zone
+    the visitor is in) and it matches no ``incentive`` selector.
+    """
+
+    remove: str
+    approvals: tuple[str, ...] = ()
+    incentive: str | None = None
+
+    @classmethod
+    def build(
+        cls, selectors: Sequence[str], incentives: Sequence[str], approvals: Sequence[str]
+    ) -> PromotionFilter:
+        everything = ", ".join(dict.fromkeys([*selectors, *incentives]))
+        return cls(everything, tuple(approvals), ", ".join(incentives) or None)
+
+    def apply(self, text: str) -> str | None:
+        """The page without its promotions, or ``None`` when it holds none (send it as it was)."""
+        try:
+            tree = LexborHTMLParser(text)
+            root = tree.root
+            if root is None or not self._clean(root):
+                return None
+            if _DOCUMENT.match(text):
+                return str(tree.html or "")
+            # A fragment comes back as a fragment: lexbor moved any leading <script>, <style>
+            # or <meta> into <head>, so the head's content goes first, in document order.
+            head = tree.head.inner_html if tree.head is not None else ""
+            body = tree.body.inner_html if tree.body is not None else ""
+            return f"{head or ''}{body or ''}"
+        except (SelectolaxError, RuntimeError, ValueError) as exc:  # lexbor refused the text
+            raise Unrewritable(f"HTML parser failed: {exc}") from exc
+
+    def _clean(self, node: LexborNode) -> int:
+        removed = 0
+        for element in node.css(self.remove):
+            if self.approvals and self._approved(element):
+                continue
+            # remove() unlinks without freeing, so a promotion nested in one removed before
+            # is still safe to touch.
+            element.remove()
+            removed += 1
+        for fragment in node.template_fragments():
+            removed += self._clean(fragment)
+        return removed
+
+    def _approved(self, element: LexborNode) -> bool:
+        if self.incentive is not None and element.css_matches(self.incentive):
+            return False
+        return all(element.css_matches(selector) for selector in self.approvals)

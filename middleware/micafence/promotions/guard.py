@@ -1,0 +1,319 @@
+"""What micafence does about promotions on each ``http`` request, built once per policy.
+
+- Visitors who may see promotions: only cache safety. For ``GET``/``HEAD`` a thin ``send``
+  wrapper makes zone-dependent answers (HTML, routes some rule treats by zone) private; other
+  methods are not wrapped at all.
+- Visitors who may not: solicitation evidence when they arrive through a promotion route or a
+  marketing marker; promotion routes answer ``empty``, ``no_content`` or ``block`` as the policy
+  says; everything else goes to the app without ``Accept-Encoding``, ranges or validators, and
+  its HTML comes back through the :class:`~micafence.promotions.rewriter.RewritingSend` safety net.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from micafence.decision import Decision
+from micafence.location.client_ip import TrustedProxies
+from micafence.policy.model import Outcome, Policy, PromotionStance
+from micafence.policy.routes import route_paths
+from micafence.promotions.caching import HTML_TYPES, CacheSafety
+from micafence.promotions.filter import PromotionFilter
+from micafence.promotions.rewriter import RewritingSend
+from micafence.promotions.settings import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
+from micafence.promotions.solicitation import (
+    MarkerMatcher,
+    evidence,
+    new_visitor_id,
+    record,
+    set_cookie_header,
+    visitor_id,
+)
+from micafence.responses import send_block
+from micafence.store.base import Store
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Header = tuple[bytes, bytes]
+
+# Request headers a restricted request loses: compressed, partial or "not modified" answers
+# could not be rewritten (a 304 would let the browser show a copy cached with promotions).
+_STRIPPED_REQUEST_HEADERS = frozenset({
+    b"accept-encoding", b"range", b"if-range", b"if-none-match", b"if-modified-since",
+})
+# Server extensions that send a file without passing its bytes through ``send``.
+_FILE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+# Enum members bound once: looking one up on its class costs ~90 ns on Python 3.11, and the
+# request path below would pay that several times per request.
+_ALLOWED = PromotionStance.ALLOWED
+_APPROVED_ONLY = PromotionStance.APPROVED_ONLY
+_BLOCK = Outcome.BLOCK
+_ROUTE_BLOCK = RouteOutcome.BLOCK
+_CACHE_LIMIT = 256
+_PATH_CACHE_LIMIT = 4096
+
+
+class PromotionGuard:
+    """The promotion controls of one policy (rebuilt with the :class:`~micafence.Enforcer`)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.settings = policy.promotions
+        self.cache = CacheSafety(policy)
+        self._blocked_by = policy.blocked_by
+        self._stances = {zone.name: zone.promotions for zone in policy.zones}
+        self._routes = {route.route_id: route for route in self.settings.routes}
+        self._markers = MarkerMatcher(self.settings.markers)
+        self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
+        self._forbidden = PromotionFilter.build(self.settings.selectors,
+                                                self.settings.incentives, ())
+        self._filters: dict[tuple[str, ...], PromotionFilter] = {}
+        self._zone_paths: dict[object, bool] = {}
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def route(self, route_id: str | None) -> PromotionRoute:
+        """The settings of a promotion route (defaults when ops did not list it)."""
+        found = self._routes.get(route_id or "")
+        return found if found is not None else PromotionRoute(route_id or "")
+
+    def settle(self, decision: Decision) -> Decision:
+        """Let an ``approved_only`` visitor through a promotion route approved for every such
+        zone they are in, unless it is an incentive. Called by the engine before caching."""
+        if (decision.route_class != "promotion" or decision.outcome is not _BLOCK
+                or decision.promotion_stance is not _APPROVED_ONLY):
+            return decision
+        route = self.route(decision.route_id)
+        needed = self._approval_zones(decision.zones)
+        if route.incentive or not needed or not set(needed) <= route.approved_for:
+            return decision
+        return decision._replace(outcome=Outcome.ALLOW, blocked=False,
+                                 reason=f"{needed[0]}.promotion.approved")
+
+    def page_filter(self, zones: tuple[str, ...], stance: PromotionStance) -> PromotionFilter:
+        """The filter for a visitor in ``zones`` whose promotions ``stance`` is not allowed."""
+        if stance is not _APPROVED_ONLY:
+            return self._forbidden
+        found = self._filters.get(zones)
+        if found is None:
+            approvals = [self.settings.approval_selector(z) for z in self._approval_zones(zones)]
+            found = self._forbidden
+            if approvals and all(approvals):
+                found = PromotionFilter.build(self.settings.selectors, self.settings.incentives,
+                                              [a for a in approvals if a])
+            if len(self._filters) >= _CACHE_LIMIT:
+                self._filters.clear()
+            self._filters[zones] = found
+        return found
+
+    def _approval_zones(self, zones: tuple[str, ...]) -> list[str]:
+        return [z for z in zones if self._stances.get(z) is _APPROVED_ONLY]
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def cache_safe(self, scope: Scope, send: Send, decision: Decision) -> Send:
+        """``send`` for a visitor who may see promotions: zone-dependent GETs made private.
+
+        This runs for most traffic, so it stays small: no wrapper but for GET and HEAD, and
+        the content-type test inlined from :func:`~micafence.promotions.caching.is_html`.
+        """
+        method = scope.get("method")
+        if method != "GET" and method != "HEAD":
+            return send
+        cache = self.cache
+        personal = _personal(decision)
+        if self._zone_route(scope):
+            return _private(send, cache, personal)
+
+        async def send_private_if_html(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or ()
+                for name, value in headers:
+                    if name == b"content-type" or (
+                        len(name) == 12 and name.lower() == b"content-type"
+                    ):
+                        if value.lstrip().lower().startswith(HTML_TYPES):
+                            message = {**message, "headers": cache.mark(headers, personal)}
+                        break
+            await send(message)
+
+        return send_private_if_html
+
+    def _zone_route(self, scope: Scope) -> bool:
+        """Is the request's path, in any spelling a router may match, a zone-dependent route?"""
+        path = scope.get("path")
+        root = scope.get("root_path")
+        if not root:  # the common case: one dictionary look-up once the path has been seen
+            found = self._zone_paths.get(path)
+            if found is None:
+                found = self.cache.route_depends_on_zone(_path(scope))
+                if len(self._zone_paths) >= _PATH_CACHE_LIMIT:
+                    self._zone_paths.clear()
+                self._zone_paths[path] = found
+            return found
+        return any(self.cache.route_depends_on_zone(p) for p in route_paths(scope))
+
+    async def restrict(
+        self, scope: Scope, send: Send, decision: Decision, store: Store
+    ) -> Send | None:
+        """Handle a blocked request or one from a visitor who may not see promotions.
+
+        Returns the ``send`` to carry on with (the middleware then answers 451 or calls the
+        app), or ``None`` when the request has been answered here.
+        """
+        extra = await self._record_arrival(scope, decision, store)
+        if decision.blocked:
+            if decision.route_class == "promotion":
+                outcome = self.route(decision.route_id).outcome
+                if outcome is not _ROUTE_BLOCK:
+                    await self._answer(scope, send, decision, outcome, extra,
+                                       self.route(decision.route_id))
+                    return None
+            return _with_headers(send, extra)
+        if decision.promotion_stance is _ALLOWED:
+            return self.cache_safe(scope, _with_headers(send, extra), decision)
+        _strip_request(scope)
+
+        async def refuse(problem: str) -> None:
+            zone = _strictest_zone(decision, self._stances)
+            refused = decision._replace(reason=f"{zone}.promotion.unrewritable",
+                                        rule_id="promotions.on_unrewritable")
+            await self._answer(scope, send, refused, self.settings.on_unrewritable, extra, None)
+
+        method = scope.get("method")
+        return RewritingSend(
+            send,
+            page_filter=self.page_filter(decision.zones, decision.promotion_stance),
+            limit=self.settings.max_rewrite_bytes,
+            head=method == "HEAD",
+            cache=self.cache,
+            personal=_personal(decision),
+            zone_route=(method == "GET" or method == "HEAD") and self._zone_route(scope),
+            refuse=refuse,
+            extra_headers=extra,
+        )
+
+    async def _record_arrival(self, scope: Scope, decision: Decision, store: Store) -> list[Header]:
+        """Record a restricted visitor's arrival through a promotion; the cookie to set, if any."""
+        if decision.promotion_stance is _ALLOWED:
+            return []
+        route_id = None
+        if decision.route_class == "promotion" and self.route(decision.route_id).evidence:
+            route_id = decision.route_id
+        marker = self._markers.find(scope.get("query_string") or b"")
+        if route_id is None and marker is None:
+            return []
+        extra: list[Header] = []
+        subject = decision.client_id
+        cookie = self.settings.visitor_cookie
+        if subject is None and cookie.enabled:
+            visitor = visitor_id(scope.get("headers") or (), cookie.name)
+            if visitor is None:
+                visitor = new_visitor_id()
+                extra.append(set_cookie_header(cookie, visitor, self._secure(scope)))
+            subject = f"cookie:{visitor}"
+        elif subject is None:
+            subject = f"ip:{decision.client_ip}"
+        zone = _strictest_zone(decision, self._stances)
+        await record(store, evidence(subject, zone, decision.country, route_id, marker))
+        return extra
+
+    async def _answer(
+        self,
+        scope: Scope,
+        send: Send,
+        decision: Decision,
+        outcome: RouteOutcome,
+        extra: list[Header],
+        route: PromotionRoute | None,
+    ) -> None:
+        """Send a promotion's suppressed answer: 451, 204, or an empty result."""
+        if outcome is _ROUTE_BLOCK:
+            await send_block(scope, _with_headers(send, extra), decision, self._blocked_by)
+            return
+        headers: list[Header] = [
+            (b"cache-control", b"no-store"),
+            (b"micafence-reason", decision.reason.encode("ascii", "replace")),
+        ]
+        if outcome is RouteOutcome.NO_CONTENT:
+            await send({"type": "http.response.start", "status": 204,
+                        "headers": headers + extra})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if route is not None:
+            content_type, body = route.empty_answer()
+        else:  # an unrewritable page: an empty page
+            content_type, text = EMPTY_BODIES[EmptyFormat.HTML]
+            body = text.encode("utf-8")
+        headers += [(b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode("ascii"))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers + extra})
+        await send({"type": "http.response.body",
+                    "body": b"" if scope.get("method") == "HEAD" else body})
+
+    def _secure(self, scope: Scope) -> bool:
+        """Was the request made over HTTPS (as the trusted proxy in front tells)?"""
+        if scope.get("scheme") in ("https", "wss"):
+            return True
+        client = scope.get("client")
+        if client and client[0] in self._trusted:
+            for name, value in scope.get("headers") or ():
+                if name == b"x-forwarded-proto":
+                    return bytes(value).strip().lower() == b"https"
+        return False
+
+
+def _strip_request(scope: Scope) -> None:
+    headers = scope.get("headers") or ()
+    for header in headers:
+        if header[0] in _STRIPPED_REQUEST_HEADERS:
+            scope["headers"] = [h for h in headers if h[0] not in _STRIPPED_REQUEST_HEADERS]
+            break
+    extensions = scope.get("extensions")
+    if extensions and any(name in extensions for name in _FILE_EXTENSIONS):
+        scope["extensions"] = {k: v for k, v in extensions.items() if k not in _FILE_EXTENSIONS}
+
+
+def _private(send: Send, cache: CacheSafety, personal: bool) -> Send:
+    """``send`` making the response private, whatever its type."""
+
+    async def send_private(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": cache.mark(message.get("headers") or (), personal)}
+        await send(message)
+
+    return send_private
+
+
+def _with_headers(send: Send, extra: list[Header]) -> Send:
+    """``send`` adding ``extra`` headers to the response start (as is when there are none)."""
+    if not extra:
+        return send
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
+        await send(message)
+
+    return send_with_headers
+
+
+def _personal(decision: Decision) -> bool:
+    """Did the decision read who the client is (not only where the request came from)?"""
+    return decision.client_id is not None or decision.residence_country is not None
+
+
+def _strictest_zone(decision: Decision, stances: dict[str, PromotionStance]) -> str:
+    """The first of the visitor's zones with the visitor's (most restrictive) stance."""
+    for zone in decision.zones:
+        if stances.get(zone) is decision.promotion_stance:
+            return zone
+    if decision.anonymizer:  # no zone of the visitor forbids promotions: the relay does
+        return "anonymizer"
+    return decision.zone or (decision.zones[0] if decision.zones else "unknown_country")
+
+
+def _path(scope: Scope) -> str:
+    path = scope.get("path")
+    return path if isinstance(path, str) else "/"

@@ -1,0 +1,1 @@
+"""Client-initiated scopes: catalogues, grants, enforcement, onboarding, grant CLI."""

@@ -1,0 +1,336 @@
+"""Enforcement of client-initiated scopes on service routes.
+
+The engine decides ``require_grant`` for restricted visitors on service routes; the middleware
+then awaits :meth:`ScopeGate.settle`, which reads the client's grants from the store and, only
+if there are any, the service and assets the request names (path parameter, query parameter,
+JSON body field or a ``BASE-QUOTE`` trading pair). Requests no rule restricts never get here.
+
+Reading the body is bounded (``scopes.max_body_bytes``) and replayed: the app receives exactly
+the messages the server sent. A body that is too large, not JSON, ambiguous (a key given twice)
+or missing the field is out of scope (``<zone>.scope_unreadable``), never a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from micafence.decision import Decision
+from micafence.policy.model import Mode, Outcome, Policy
+from micafence.policy.routes import normalize_path, route_paths
+from micafence.scopes.catalogue import (
+    EXCHANGE_FOR_CRYPTO,
+    EXCHANGE_FOR_FUNDS,
+    SYMBOL,
+    Catalogue,
+    RouteScope,
+    Source,
+    is_fiat,
+)
+from micafence.scopes.grants import Clock, Grant, GrantState, fold, utc_now
+from micafence.store.base import Store
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+
+logger = logging.getLogger("micafence.scopes.gate")
+
+IN_SCOPE = "in_scope"
+NO_GRANT = "no_grant"
+OUT_OF_SCOPE_SERVICE = "out_of_scope.service"
+OUT_OF_SCOPE_ASSET_TYPE = "out_of_scope.asset_type"
+GRANT_EXPIRED = "grant_expired"
+SCOPE_UNREADABLE = "scope_unreadable"
+STORE_UNAVAILABLE = "store_unavailable"
+_LOG_EVERY = 10.0  # seconds between tracebacks of a failing store
+
+_PAIR = re.compile(r"([A-Z0-9]{1,16})[-/_]([A-Z0-9]{1,16})")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedScope:
+    """What one request asks for: a service and the crypto-assets it touches (maybe none)."""
+
+    service: str
+    assets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeVerdict:
+    """``reason`` is a suffix of the decision's reason (``in_scope``, ``grant_expired``, …)."""
+
+    reason: str
+    grant_ids: tuple[str, ...] = ()
+
+
+class ScopeGate:
+    """Settles ``require_grant`` decisions against the store's grants and a clock."""
+
+    def __init__(self, store: Store, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.clock = clock
+        self._logged_at = -_LOG_EVERY  # monotonic time of the last outage traceback
+
+    async def settle(
+        self, policy: Policy, decision: Decision, scope: Scope, receive: Receive
+    ) -> tuple[Decision, Receive]:
+        """The final decision for a ``require_grant`` one, and the ``receive`` the app must use
+        (it replays whatever was read of the body)."""
+        client = decision.client_id
+        if client is None:  # an unidentified visitor cannot hold a grant
+            return _settled(decision, NO_GRANT), receive
+        try:
+            states = fold(await self.store.holdings(client))  # incl. grants bound to the account
+        except Exception:  # the store failing must not take the request down: fail closed
+            # Once per interval, not per request: an outage under load would flood the log.
+            if time.monotonic() - self._logged_at >= _LOG_EVERY:
+                self._logged_at = time.monotonic()
+                logger.exception("micafence: grant store unavailable (service checks fail "
+                                 "closed; logged at most every %g s)", _LOG_EVERY)
+            return _settled(decision, STORE_UNAVAILABLE), receive
+        if not any(state.in_force for state in states):  # revoked, or pending approval
+            return _settled(decision, NO_GRANT), receive
+        catalogue = policy.catalogue
+        route = catalogue.routes.get(decision.route_id or "")
+        if route is None:  # a service route that names no service: no grant can cover it
+            return _settled(decision, OUT_OF_SCOPE_SERVICE), receive
+        requested, receive = await read_requested(route, catalogue, scope, receive)
+        if requested is None:
+            return _settled(decision, SCOPE_UNREADABLE), receive
+        verdict = evaluate(catalogue, states, requested, self.clock())
+        return _settled(decision, verdict.reason, verdict.grant_ids), receive
+
+
+def _settled(decision: Decision, reason: str, grant_ids: Sequence[str] = ()) -> Decision:
+    if reason == IN_SCOPE:
+        return decision._replace(
+            outcome=Outcome.ALLOW, blocked=False, reason=f"{decision.zone}.{IN_SCOPE}",
+            grant_id=",".join(grant_ids),
+        )
+    return decision._replace(
+        outcome=Outcome.BLOCK, blocked=decision.mode is Mode.ENFORCE,
+        reason=f"{decision.zone}.{reason}",
+    )
+
+
+# -- the scope test ------------------------------------------------------------------------------
+
+
+def evaluate(
+    catalogue: Catalogue, states: Sequence[GrantState], requested: RequestedScope,
+    now: dt.datetime,
+) -> ScopeVerdict:
+    """Is ``requested`` inside the client's live grants at ``now``?
+
+    A grant covers a request's asset for its own service, or a service the policy relates to
+    it, until the scope term ends; and an asset of the same type for its own service until the
+    (shorter) same-type window ends. Every asset of the request must be covered. Both bounds
+    run from the client's initiative and are the narrower of the grant's and the policy's.
+    """
+    service, assets = requested.service, requested.assets
+    grants = [state.grant for state in states if state.in_force]
+    if not grants:
+        return ScopeVerdict(NO_GRANT)
+    candidates = [
+        g for g in grants
+        if g.service == service or (catalogue.related(g.service, service) and g.asset in assets)
+    ]
+    if not candidates:
+        return ScopeVerdict(OUT_OF_SCOPE_SERVICE)
+    if not assets:  # a route that serves the service without naming an asset
+        own = [g for g in candidates if g.service == service]
+        if not own:
+            return ScopeVerdict(OUT_OF_SCOPE_SERVICE)
+        live = [g for g in own if now < _term_end(catalogue, g)]
+        return ScopeVerdict(IN_SCOPE, (live[0].id,)) if live else ScopeVerdict(GRANT_EXPIRED)
+    covering: list[str] = []
+    failure: str | None = None
+    for asset in assets:
+        found, time_barred = None, False
+        for grant in candidates:
+            if grant.asset == asset:
+                end = _term_end(catalogue, grant)
+            elif grant.service == service and catalogue.same_type(grant.asset, asset):
+                end = _window_end(catalogue, grant)
+            else:
+                continue
+            if now < end:
+                found = grant
+                break
+            time_barred = True
+        if found is not None:
+            if found.id not in covering:
+                covering.append(found.id)
+        elif time_barred:
+            failure = failure or GRANT_EXPIRED
+        else:  # an asset no grant reaches outweighs one a grant reached too late
+            failure = OUT_OF_SCOPE_ASSET_TYPE
+    if failure is not None:
+        return ScopeVerdict(failure)
+    return ScopeVerdict(IN_SCOPE, tuple(covering))
+
+
+def _term_end(catalogue: Catalogue, grant: Grant) -> dt.datetime:
+    # The narrower of the grant's bound and today's policy: tightening the policy applies at once.
+    return grant.initiated_at + min(grant.term, catalogue.term)
+
+
+def _window_end(catalogue: Catalogue, grant: Grant) -> dt.datetime:
+    return grant.initiated_at + min(grant.same_type_window, catalogue.same_type_window)
+
+
+# -- reading the request -------------------------------------------------------------------------
+
+
+async def read_requested(
+    route: RouteScope, catalogue: Catalogue, scope: Scope, receive: Receive
+) -> tuple[RequestedScope | None, Receive]:
+    """The service and assets a request names per ``route``, or ``None`` if they cannot be read.
+
+    Returns the ``receive`` to hand on: it replays any body messages read here.
+    """
+    body: dict[str, Any] | None = None
+    if route.reads_body:
+        if scope.get("type") != "http":
+            return None, receive
+        raw, receive = await read_body(scope, receive, catalogue.max_body_bytes)
+        body = _json_object(raw) if raw is not None else None
+        if body is None:
+            return None, receive
+    values = _Values(route, scope, body)
+    if route.pair is not None:
+        return _pair(values.get(route.pair)), receive
+    assets: list[str] = []
+    for source in route.assets:
+        symbol = _symbol(values.get(source))
+        if symbol is None:
+            return None, receive
+        if symbol not in assets:
+            assets.append(symbol)
+    return RequestedScope(route.service or "", tuple(assets)), receive
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
+    """Read the request body up to ``limit`` bytes; ``None`` when it is larger or cut short.
+
+    The returned ``receive`` gives the app every message read here, then the rest from the
+    server, so the app sees the body exactly as sent.
+    """
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            declared = value.strip()
+            if declared.isdigit() and int(declared) > limit:
+                return None, receive  # nothing read, nothing to replay
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    size = 0
+    complete = False
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message.get("type") != "http.request":
+            break  # a disconnect: the app will see it too
+        chunk = message.get("body") or b""
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+        if not message.get("more_body", False):
+            complete = True
+            break
+    return (b"".join(chunks) if complete else None), _replaying(messages, receive)
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    pending = deque(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.popleft()
+        return await receive()
+
+    return replay
+
+
+class _Values:
+    """Reads named values from a request's path, query string and parsed body."""
+
+    def __init__(self, route: RouteScope, scope: Scope, body: dict[str, Any] | None) -> None:
+        self._route, self._scope, self._body = route, scope, body
+        self._query: dict[str, str | None] | None = None
+
+    def get(self, source: Source | None) -> object:
+        if source is None:
+            return None
+        if source.where == "body":
+            return self._body.get(source.name) if self._body is not None else None
+        if source.where == "query":
+            return self._query_values().get(source.name)
+        return self._path_value(source.name)
+
+    def _query_values(self) -> dict[str, str | None]:
+        if self._query is None:
+            raw = self._scope.get("query_string") or b""
+            values: dict[str, str | None] = {}
+            for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+                # Frameworks disagree on first or last of a repeated parameter: neither counts.
+                values[key] = value if key not in values or values[key] == value else None
+            self._query = values
+        return self._query
+
+    def _path_value(self, name: str) -> str | None:
+        pattern = self._route.path_pattern
+        if pattern is None:
+            return None
+        for spelling in route_paths(self._scope):
+            match = pattern.fullmatch(normalize_path(spelling))
+            if match is not None:
+                return match.group(name)
+        return None
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"pair": "BTC-EUR", "pair": "ETH-EUR"}: parsers disagree on which one wins.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def _symbol(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    symbol = value.strip().upper()
+    return symbol if SYMBOL.fullmatch(symbol) else None
+
+
+def _pair(value: object) -> RequestedScope | None:
+    """``BTC-EUR`` → exchange for funds on BTC; ``BTC-ETH`` → exchange for crypto on both."""
+    if not isinstance(value, str):
+        return None
+    match = _PAIR.fullmatch(value.strip().upper())
+    if match is None:
+        return None
+    legs = tuple(dict.fromkeys(match.groups()))
+    crypto = tuple(leg for leg in legs if not is_fiat(leg))
+    if not crypto:  # fiat against fiat is no crypto-asset service: nothing to put in scope
+        return None
+    service = EXCHANGE_FOR_FUNDS if len(crypto) < len(legs) else EXCHANGE_FOR_CRYPTO
+    return RequestedScope(service, crypto)

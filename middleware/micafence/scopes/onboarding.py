@@ -1,0 +1,279 @@
+"""Single-use onboarding tokens: how a verified EU client opens its account, exactly once.
+
+Account creation from a restricted zone stays blocked (RULES.md rule 1) unless the request
+presents, in the header the policy names (``onboarding.header``), a token issued with a live
+grant (``micafence grant add --onboarding`` or ``micafence grant token GRANT_ID``):
+
+- the token is shown once and only its SHA-256 is stored, in an :class:`OnboardingTicket`
+  (signed like every grant record) that expires after ``onboarding.token_ttl`` (and never after
+  the grant's term);
+- presenting it **takes** the ticket atomically (Redis ``GETDEL``; a lock on ``file://`` and
+  ``memory://``), so of two concurrent uses exactly one passes (``<zone>.onboarding``) and the
+  other is refused (``<zone>.onboarding.invalid_token``), as are unknown, expired and used
+  tokens and tokens whose grant is no longer in force; a store that cannot be reached gives
+  ``<zone>.store_unavailable``;
+- the new account's id, read from the app's 2xx answer (``onboarding.account_id``: a response
+  header or a top-level JSON field), is bound to the grant with an
+  :class:`~micafence.scopes.grants.AccountBinding` record, so that account holds the grant from
+  then on.
+
+The middleware calls :meth:`OnboardingGate.admit` only for blocked account-creation requests;
+nothing else ever reads the header.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from micafence.decision import Decision
+from micafence.errors import GrantError
+from micafence.identity import clean_client_id
+from micafence.logs import log_event
+from micafence.policy.model import Outcome, Policy
+from micafence.scopes.grants import (
+    AccountBinding,
+    Clock,
+    GrantBook,
+    GrantState,
+    GrantStatus,
+    fold,
+    parse_instant,
+    utc_now,
+)
+from micafence.store.settings import OnboardingSettings
+
+if TYPE_CHECKING:
+    from micafence.audit.log import AuditLog
+    from micafence.store.base import Store
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+PASSED = "onboarding"
+INVALID_TOKEN = "onboarding.invalid_token"
+STORE_UNAVAILABLE = "store_unavailable"
+TOKEN_PREFIX = "mot_"
+_MAX_TOKEN = 256
+_MAX_ANSWER_BYTES = 64 * 1024  # a JSON answer naming the account is read up to this size
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingTicket:
+    """What the store keeps of an onboarding token: its hash, never the token."""
+
+    token_hash: str  # SHA-256 hex of the token
+    grant_id: str
+    client_id: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    issued_by: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def ticket_to_json(ticket: OnboardingTicket) -> dict[str, Any]:
+    return {
+        "event": "onboarding_ticket", "token_hash": ticket.token_hash,
+        "grant_id": ticket.grant_id, "client_id": ticket.client_id,
+        "issued_at": ticket.issued_at.isoformat(), "expires_at": ticket.expires_at.isoformat(),
+        "issued_by": ticket.issued_by,
+    }
+
+
+def ticket_from_json(data: Any) -> OnboardingTicket:
+    """The inverse of :func:`ticket_to_json`; ``ValueError`` for anything else."""
+    try:
+        if not isinstance(data, dict) or data["event"] != "onboarding_ticket":
+            raise ValueError("not an onboarding ticket")
+        fields = [data[k] for k in ("token_hash", "grant_id", "client_id", "issued_by")]
+        if not all(isinstance(f, str) and f for f in fields):
+            raise ValueError("onboarding ticket with an empty field")
+        return OnboardingTicket(
+            fields[0], fields[1], fields[2], parse_instant(str(data["issued_at"])),
+            parse_instant(str(data["expires_at"])), fields[3],
+        )
+    except KeyError as exc:
+        raise ValueError(f"onboarding ticket without {exc.args[0]!r}") from None
+
+
+async def issue_token(
+    book: GrantBook, grant_id: str, *, issued_by: str, ttl: dt.timedelta
+) -> tuple[str, OnboardingTicket]:
+    """A new single-use token for an active grant: ``(token, ticket)``. Show the token once.
+
+    Refused (:class:`~micafence.errors.GrantError`) for a grant that is not active: revoked,
+    expired, or pending approval (issue it after ``grant approve``).
+    """
+    state = await book.get(grant_id)
+    now = book.clock()
+    status = state.status(now)
+    if status is not GrantStatus.ACTIVE:
+        hint = ": approve it first (micafence grant approve)" if state.pending else ""
+        raise GrantError(f"grant {grant_id} is {status.value}{hint}; no onboarding token")
+    if not issued_by.strip():
+        raise GrantError("issued_by is required")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    ticket = OnboardingTicket(
+        hash_token(token), grant_id, state.grant.client_id, now,
+        min(now + ttl, state.grant.expires_at), issued_by.strip(),
+    )
+    await book.store.put_onboarding_ticket(ticket)
+    return token, ticket
+
+
+class OnboardingGate:
+    """Settles blocked account creations that present an onboarding token."""
+
+    def __init__(self, store: Store, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def admit(
+        self, policy: Policy, decision: Decision, scope: Scope, send: Send,
+        audit: AuditLog | None = None,
+    ) -> tuple[Decision, Send]:
+        """The final decision for a blocked account creation, and the ``send`` to use (it
+        binds the new account to the grant when the app names it)."""
+        if scope.get("type") != "http" or decision.zone is None:
+            return decision, send  # anonymizer blocks stay: a token says nothing of location
+        settings = policy.onboarding
+        wanted = settings.header.encode("latin-1")
+        raw = next((value for name, value in scope.get("headers") or () if name == wanted), None)
+        if raw is None:
+            return decision, send
+        token = raw.decode("latin-1").strip()
+        if not token or len(token) > _MAX_TOKEN:
+            return _refused(decision, INVALID_TOKEN), send
+        token_hash = hash_token(token)
+        try:
+            state = await self._take(token_hash)
+        except Exception:  # the store failing must not take the request down: fail closed
+            logging.getLogger("micafence.scopes.onboarding").exception(
+                "micafence: onboarding token could not be checked: grant store unavailable")
+            return _refused(decision, STORE_UNAVAILABLE), send
+        if state is None:
+            return _refused(decision, INVALID_TOKEN), send
+        grant = state.grant
+        if audit is not None:  # a full queue also refuses the decision record next (503)
+            audit.record_event("onboarding.token_used", {
+                "grant_id": grant.id, "client_id": grant.client_id, "token": token_hash[:16]})
+        passed = decision._replace(outcome=Outcome.ALLOW, blocked=False,
+                                   reason=f"{decision.zone}.{PASSED}", grant_id=grant.id)
+        return passed, self._binding(send, settings, grant.id, grant.client_id)
+
+    async def _take(self, token_hash: str) -> GrantState | None:
+        now = self.clock()
+        ticket = await self.store.take_onboarding_ticket(token_hash, now)
+        if ticket is None:
+            return None
+        for state in fold(await self.store.holdings(ticket.client_id)):
+            if state.grant.id == ticket.grant_id:
+                if state.status(now) is GrantStatus.ACTIVE:
+                    return state
+                log_event(logging.WARNING, "onboarding.grant_not_in_force",
+                          f"micafence: onboarding token of grant {ticket.grant_id} used while "
+                          f"the grant is {state.status(now).value}: refused",
+                          grant_id=ticket.grant_id, client_id=ticket.client_id)
+                return None
+        return None
+
+    def _binding(
+        self, send: Send, settings: OnboardingSettings, grant_id: str, client_id: str
+    ) -> Send:
+        source = settings.account_id
+        if source.where == "header":
+            wanted = source.name.encode("latin-1")
+
+            async def bind_from_header(message: Message) -> None:
+                if message["type"] == "http.response.start" and _success(message):
+                    headers = message.get("headers") or ()
+                    value = next((v for n, v in headers if n.lower() == wanted), None)
+                    await self._bind(grant_id, client_id,
+                                     value.decode("latin-1").strip() if value else None)
+                await send(message)
+
+            return bind_from_header
+
+        held: list[Message] = []
+        size = 0
+
+        async def bind_from_json(message: Message) -> None:
+            nonlocal size
+            if message["type"] == "http.response.start":
+                if _success(message) and _is_json(message):
+                    held.append(message)  # hold the answer until its body names the account
+                    return
+                await send(message)
+                return
+            if not held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            held.append(message)
+            size += len(message.get("body") or b"")
+            if size > _MAX_ANSWER_BYTES:
+                await self._bind(grant_id, client_id, None)
+            elif not message.get("more_body", False):
+                body = b"".join(m.get("body") or b"" for m in held[1:])
+                await self._bind(grant_id, client_id, _json_field(body, source.name))
+            else:
+                return
+            pending = held[:]
+            held.clear()
+            for item in pending:
+                await send(item)
+
+        return bind_from_json
+
+    async def _bind(self, grant_id: str, client_id: str, raw_account: str | None) -> None:
+        account = clean_client_id(raw_account)
+        if account is None:
+            log_event(logging.ERROR, "onboarding.unbound",
+                      f"micafence: the app opened an account with grant {grant_id}'s onboarding "
+                      "token but named no usable account id: nothing bound",
+                      grant_id=grant_id, client_id=client_id, account_id=raw_account)
+            return
+        binding = AccountBinding(grant_id, client_id, account, self.clock())
+        try:
+            await self.store.append_grant_event(binding)
+        except Exception as exc:  # the account exists now: say so loudly, do not fail the answer
+            log_event(logging.ERROR, "onboarding.bind_failed",
+                      f"micafence: account {account} opened with grant {grant_id} could not be "
+                      f"bound to it: {exc}", grant_id=grant_id, client_id=client_id,
+                      account_id=account)
+
+
+def _refused(decision: Decision, reason: str) -> Decision:
+    return decision._replace(reason=f"{decision.zone}.{reason}")
+
+
+def _success(message: Message) -> bool:
+    return 200 <= int(message.get("status", 0)) < 300
+
+
+def _is_json(message: Message) -> bool:
+    for name, value in message.get("headers") or ():
+        if name.lower() == b"content-type":
+            kind = value.split(b";", 1)[0].strip().lower()
+            return bool(kind == b"application/json" or kind.endswith(b"+json"))
+    return False
+
+
+def _json_field(body: bytes, name: str) -> str | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    value = data.get(name) if isinstance(data, dict) else None
+    if isinstance(value, bool):
+        return None
+    return str(value) if isinstance(value, str | int) else None

@@ -1,0 +1,1 @@
+"""Where grants and solicitation evidence live: memory, file and Redis backends."""

@@ -1,0 +1,180 @@
+"""The store: where grants, onboarding tickets and solicitation evidence live, chosen by URL.
+
+A small async interface (:class:`Store`) with one backend per URL scheme: ``memory://`` (the
+embedded default, one process) here; ``file://PATH`` (an append-only JSON Lines file shared by
+the processes of one host, :mod:`micafence.store.file_store`); ``redis://`` and ``rediss://`` (one
+Redis shared by every worker and instance, :mod:`micafence.store.redis_store`). Grant history is
+append-only: a revocation is a new record, and ``grant_version`` counts the records so caches
+can tell when to refresh. ``file://`` and ``redis://`` sign what they write with the grant key
+(:mod:`micafence.scopes.signing`). Backends wrap their driver's errors in
+:class:`~micafence.errors.StoreError`. One shared test suite (``tests/test_store.py``) runs the
+same assertions on every backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from micafence.errors import StoreError
+from micafence.scopes.grants import AccountBinding, Grant, GrantEvent, filed_under, grant_id_of
+from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
+
+if TYPE_CHECKING:
+    from micafence.scopes.onboarding import OnboardingTicket
+    from micafence.scopes.signing import GrantKey
+
+
+@dataclass(frozen=True, slots=True)
+class SolicitationEvidence:
+    """An EU arrival through a promotion route or a marketing marker: evidence that the firm
+    solicited this visitor, which later counts against any claim of client initiative."""
+
+    subject: str  # a client id, or "cookie:<first-party visitor id>" when anonymous
+    at: dt.datetime
+    zone: str
+    country: str | None
+    route_id: str | None  # the promotion route, if that is how they arrived
+    marker: str | None  # the marketing marker seen, e.g. "ref=FRIEND10" or "utm_source=x"
+
+
+class Store(ABC):
+    """What micafence keeps between requests."""
+
+    @abstractmethod
+    async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
+        """Append one piece of solicitation evidence (never overwritten, never deleted)."""
+
+    @abstractmethod
+    async def solicitations(self, subject: str) -> list[SolicitationEvidence]:
+        """Every piece of evidence recorded for ``subject``, oldest first."""
+
+    @abstractmethod
+    async def append_grant_event(self, event: GrantEvent) -> int:
+        """Append a grant or a revocation to the history; return the new :meth:`grant_version`.
+
+        Appending a grant whose id is already recorded raises :class:`StoreError`.
+        """
+
+    @abstractmethod
+    async def grant_events(self, client_id: str | None = None) -> list[GrantEvent]:
+        """The grant history, oldest first: one client's records, or everyone's (``None``)."""
+
+    @abstractmethod
+    async def grant_version(self) -> int:
+        """How many grant records there are: it grows with every append, never shrinks."""
+
+    @abstractmethod
+    async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
+        """Keep an onboarding ticket (its token only as a hash) until taken or expired."""
+
+    @abstractmethod
+    async def take_onboarding_ticket(
+        self, token_hash: str, now: dt.datetime
+    ) -> OnboardingTicket | None:
+        """Take the unexpired ticket of ``token_hash`` for good, or ``None``. Atomic: of two
+        concurrent takes of one ticket, exactly one gets it (in every process)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def holdings(self, client_id: str) -> list[GrantEvent]:
+        """The records of every grant ``client_id`` holds: its own, and those bound to it as
+        the account opened with the grant's onboarding token (its holder's records of that
+        grant). What service checks read; the Redis store answers it from a local cache."""
+        events = await self.grant_events(client_id)
+        bound = [e for e in events if isinstance(e, AccountBinding)
+                 and e.account_id == client_id and e.client_id != client_id]
+        for holder in dict.fromkeys(b.client_id for b in bound):
+            ids = {b.grant_id for b in bound if b.client_id == holder}
+            events = events + [e for e in await self.grant_events(holder)
+                               if grant_id_of(e) in ids and client_id not in filed_under(e)]
+        return events
+
+    async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
+        """Start background work with the server's lifespan (the Redis store's cache
+        invalidation and production checks); ``settings`` are the policy's."""
+        return None
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started."""
+        return None
+
+
+class MemoryStore(Store):
+    """Everything in this process's memory: for the demo, tests and single-process apps."""
+
+    def __init__(self) -> None:
+        self._solicitations: dict[str, list[SolicitationEvidence]] = {}
+        self._events: list[GrantEvent] = []
+        self._by_client: dict[str, list[GrantEvent]] = {}
+        self._grant_ids: set[str] = set()
+        self._tickets: dict[str, OnboardingTicket] = {}
+
+    async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
+        self._solicitations.setdefault(evidence.subject, []).append(evidence)
+
+    async def solicitations(self, subject: str) -> list[SolicitationEvidence]:
+        return list(self._solicitations.get(subject, ()))
+
+    async def append_grant_event(self, event: GrantEvent) -> int:
+        if isinstance(event, Grant):
+            if event.id in self._grant_ids:
+                raise StoreError(f"grant {event.id} is already recorded")
+            self._grant_ids.add(event.id)
+        self._events.append(event)
+        for client in filed_under(event):
+            self._by_client.setdefault(client, []).append(event)
+        return len(self._events)
+
+    async def grant_events(self, client_id: str | None = None) -> list[GrantEvent]:
+        if client_id is None:
+            return list(self._events)
+        return list(self._by_client.get(client_id, ()))
+
+    async def grant_version(self) -> int:
+        return len(self._events)
+
+    async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
+        self._tickets[ticket.token_hash] = ticket
+
+    async def take_onboarding_ticket(
+        self, token_hash: str, now: dt.datetime
+    ) -> OnboardingTicket | None:
+        ticket = self._tickets.pop(token_hash, None)  # no await in between: atomic
+        return ticket if ticket is not None and now < ticket.expires_at else None
+
+    async def close(self) -> None:
+        return None
+
+
+def open_store(
+    url: str, *, grant_key: GrantKey | str | os.PathLike[str] | None = None
+) -> Store:
+    """The store for a URL: ``memory://``, ``file://PATH``, ``redis://…`` or ``rediss://…``.
+
+    ``grant_key`` signs and verifies grant records (``file://`` and ``redis://``): a
+    :class:`~micafence.scopes.signing.GrantKey`, the path of a key file, or ``None`` for
+    ``$MICAFENCE_GRANT_KEY`` / ``$MICAFENCE_GRANT_KEY_FILE``. ``redis://`` refuses to open
+    without one; ``memory://`` keeps objects in this process and has nothing to sign.
+    """
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        return MemoryStore()
+    from micafence.scopes.signing import resolve_key
+
+    if scheme == "file":
+        from micafence.store.file_store import FileStore
+
+        return FileStore(rest, key=resolve_key(grant_key))
+    if scheme in ("redis", "rediss"):
+        from micafence.store.redis_store import RedisStore
+
+        return RedisStore(url, key=resolve_key(grant_key))
+    raise StoreError(f"unsupported store URL {url!r} (supported: memory://, file://PATH, "
+                     "redis://HOST[:PORT]/DB, rediss://…)")
