@@ -35,6 +35,11 @@ Hook = Callable[[], Awaitable[None]]
 
 logger = logging.getLogger("micafence")
 
+# Enum members bound once: a look-up on the class costs ~90 ns on Python 3.11, per use.
+_ALLOW = Outcome.ALLOW
+_REQUIRE_GRANT = Outcome.REQUIRE_GRANT
+_PROMOTIONS_ALLOWED = PromotionStance.ALLOWED
+
 #: Where the decision is put for the app: ``request.state.micafence`` in Starlette.
 STATE_KEY = "micafence"
 
@@ -138,30 +143,31 @@ class MicafenceMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
+        # One enforcer for the whole request: a hot reload swaps the attribute, never the
+        # policy, database or promotion settings under a request already being decided.
+        enforcer = self.enforcer
         metrics = self.metrics
         if metrics is not None and metrics.time_next:  # one request per interval is timed
-            decision = metrics.timed_decide(self.enforcer, scope)
+            decision = metrics.timed_decide(enforcer, scope)
         else:
-            decision = self.enforcer.decide(scope)
-        if decision.outcome is Outcome.REQUIRE_GRANT:
-            decision, receive = await self.scopes.settle(
-                self.enforcer.policy, decision, scope, receive
-            )
+            decision = enforcer.decide(scope)
+        if decision.outcome is _REQUIRE_GRANT:
+            decision, receive = await self.scopes.settle(enforcer.policy, decision, scope, receive)
         elif decision.blocked and decision.route_class == "account_creation":
             decision, send = await self.onboarding.admit(  # a grant's single-use token
-                self.enforcer.policy, decision, scope, send, self.audit
+                enforcer.policy, decision, scope, send, self.audit
             )
         scope.setdefault("state", {})[STATE_KEY] = decision
         if metrics is not None:
             metrics.count(decision)
         audit = self.audit
-        if audit is not None and (decision.restricted or decision.outcome is not Outcome.ALLOW) \
+        if audit is not None and (decision.restricted or decision.outcome is not _ALLOW) \
                 and not audit.record(decision, scope):
             await audit.refuse(scope, receive, send)  # 503: evidence cannot be kept now
             return
         if kind == "http":
-            promotions = self.enforcer.promotions
-            if decision.promotion_stance is PromotionStance.ALLOWED and not decision.blocked:
+            promotions = enforcer.promotions
+            if decision.promotion_stance is _PROMOTIONS_ALLOWED and not decision.blocked:
                 send = promotions.cache_safe(scope, send, decision)
             elif (guarded := await promotions.restrict(scope, send, decision, self.store)) is None:
                 return  # answered here: an empty or 204 promotion route
@@ -169,7 +175,7 @@ class MicafenceMiddleware:
                 send = guarded
         if decision.blocked:
             if kind == "http":
-                await send_block(scope, send, decision, self.enforcer.policy.blocked_by)
+                await send_block(scope, send, decision, enforcer.policy.blocked_by)
             else:
                 await self._refuse_websocket(scope, receive, send, decision)
             return
