@@ -34,18 +34,17 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from micafence.engine import Enforcer
-from micafence.errors import GeoIPDatabaseError, MicafenceError, PolicyError
+from micafence.errors import GeoIPDatabaseError, MicafenceError
 from micafence.identity import IdentifyFunction
 from micafence.live.archive import PolicyArchive
 from micafence.live.breakglass import NO_BREAKGLASS, STATE_FILE, BreakGlass, read_state
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.dbcheck import check_geoip, check_records, too_old
 from micafence.location.geo import GeoIPDatabase
-from micafence.policy.loader import load_policy_text
+from micafence.policy.loader import read_policy
 from micafence.policy.model import Policy
 from micafence.policy.schedule import utc_now
 
@@ -78,19 +77,6 @@ def signature(path: str) -> Signature | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def read_policy(path: str) -> tuple[Policy, bytes]:
-    """A policy and the exact bytes it was built from (for the archive)."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise PolicyError(path, "", None, f"cannot read: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(path, "", None, f"not UTF-8 text ({exc.reason})") from exc
-    return load_policy_text(text, path), raw
 
 
 def _digest(path: str) -> str:

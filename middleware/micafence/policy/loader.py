@@ -64,8 +64,13 @@ def default_policy_path() -> Path:
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file."""
+    return read_policy(path)[0]
+
+
+def read_policy(path: str | Path) -> tuple[Policy, bytes]:
+    """A validated policy and the exact bytes it was built from (for the archive)."""
     root, raw = read_yaml(str(path))
-    return _build(root, raw, str(path))
+    return _build(root, raw, str(path)), raw
 
 
 def load_policy_text(text: str, source: str = "<policy>") -> Policy:
