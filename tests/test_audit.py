@@ -298,7 +298,9 @@ def test_sigterm_under_load_keeps_every_acknowledged_record(tmp_path: Path) -> N
                 httpx.get(base + "/healthz", timeout=1)
                 break
             except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, "no demo server"
+                if server.poll() is not None:  # say why the demo could not start
+                    raise AssertionError(f"demo exited: {server.stderr.read().decode()[-2000:]}")
+                assert time.monotonic() < deadline, "no demo server"
                 time.sleep(0.05)
         acknowledged = _drive_load(base, server)
         server.wait(timeout=30)
