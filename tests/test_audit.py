@@ -299,7 +299,8 @@ def test_sigterm_under_load_keeps_every_acknowledged_record(tmp_path: Path) -> N
                 break
             except httpx.TransportError:
                 if server.poll() is not None:  # say why the demo could not start
-                    raise AssertionError(f"demo exited: {server.stderr.read().decode()[-2000:]}") from None
+                    reason = server.stderr.read().decode()[-2000:] if server.stderr else ""
+                    raise AssertionError(f"demo exited: {reason}") from None
                 assert time.monotonic() < deadline, "no demo server"
                 time.sleep(0.05)
         acknowledged = _drive_load(base, server)
