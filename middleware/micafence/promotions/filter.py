@@ -32,16 +32,24 @@ class PromotionFilter:
     remove: str
     approvals: tuple[str, ...] = ()
     incentive: str | None = None
+    #: One attribute name per selector that any match must carry (lower case), or empty when
+    #: some selector needs none: a page containing none of them holds no promotion.
+    markers: tuple[str, ...] = ()
 
     @classmethod
     def build(
         cls, selectors: Sequence[str], incentives: Sequence[str], approvals: Sequence[str]
     ) -> PromotionFilter:
-        everything = ", ".join(dict.fromkeys([*selectors, *incentives]))
-        return cls(everything, tuple(approvals), ", ".join(incentives) or None)
+        every = list(dict.fromkeys([*selectors, *incentives]))
+        return cls(", ".join(every), tuple(approvals), ", ".join(incentives) or None,
+                   _attribute_markers(every))
 
     def apply(self, text: str) -> str | None:
         """The page without its promotions, or ``None`` when it holds none (send it as it was)."""
+        if self.markers:
+            lowered = text.lower()
+            if not any(marker in lowered for marker in self.markers):
+                return None  # no element can match: skip the parse (most pages, usually)
         try:
             tree = LexborHTMLParser(text)
             root = tree.root
@@ -74,3 +82,22 @@ class PromotionFilter:
         if self.incentive is not None and element.css_matches(self.incentive):
             return False
         return all(element.css_matches(selector) for selector in self.approvals)
+
+
+_ATTRIBUTE = re.compile(r"\[\s*([A-Za-z_][-A-Za-z0-9_:.]*)")
+
+
+def _attribute_markers(selectors: Sequence[str]) -> tuple[str, ...]:
+    """For each selector an attribute name a matching element (or its ancestor) must carry.
+
+    Only attribute *names* count: a class or id can be spelled with character references
+    (``class="pr&#111;mo"``) and would escape a literal search, a name cannot. A selector with
+    a comma, a function (``:not(...)``) or no attribute at all disables the shortcut.
+    """
+    markers: list[str] = []
+    for selector in selectors:
+        found = _ATTRIBUTE.search(selector)
+        if found is None or "(" in selector or "," in selector:
+            return ()
+        markers.append(found.group(1).lower())
+    return tuple(dict.fromkeys(markers))

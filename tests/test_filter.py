@@ -1,0 +1,36 @@
+"""The promotion filter's shortcut: pages that cannot hold a promotion skip the parse, and
+nothing that can hold one ever does."""
+
+from __future__ import annotations
+
+import pytest
+
+from micafence.promotions.filter import PromotionFilter
+
+DEFAULT = PromotionFilter.build(["[data-promo]"], ["[data-promo-kind~=incentive]"], [])
+
+
+def test_page_without_any_marker_is_sent_as_it_was() -> None:
+    assert DEFAULT.apply("<p>prices only</p>") is None
+
+
+@pytest.mark.parametrize("page", [
+    '<div DATA-PROMO id="x">0% fees</div>',  # attribute names are case-insensitive
+    "<template><div data-promo>0% fees</div></template>",
+    '<svg><g data-promo="1"><text>0% fees</text></g></svg>',
+])
+def test_marked_promotions_are_still_removed(page: str) -> None:
+    cleaned = DEFAULT.apply(page)
+    assert cleaned is not None and "0% fees" not in cleaned
+
+
+def test_class_selectors_take_no_shortcut_since_character_references_hide_them() -> None:
+    by_class = PromotionFilter.build([".banner"], [], [])
+    assert by_class.markers == ()
+    cleaned = by_class.apply('<div class="b&#97;nner">0% fees</div><p>prices</p>')
+    assert cleaned is not None and "0% fees" not in cleaned and "prices" in cleaned
+
+
+@pytest.mark.parametrize("selectors", [["div:not([x])"], ["[data-a], .b"], ["aside"]])
+def test_selectors_without_a_sure_attribute_disable_the_shortcut(selectors: list[str]) -> None:
+    assert PromotionFilter.build(selectors, [], []).markers == ()
