@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from micafence.audit.chain import AuditKey, ChainWriter, format_time
 from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
 from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
+from micafence.background import stop_task
 from micafence.decision import Decision
 from micafence.logs import log_event
 
@@ -323,9 +324,7 @@ class AuditLog:
         self._closed = True
         if self._task is not None:
             self._wake.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await stop_task(self._task)
         deadline = time.monotonic() + timeout
         while True:
             try:

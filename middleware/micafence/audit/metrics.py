@@ -23,7 +23,6 @@ Exported (all prefixed ``micafence_``): ``decisions_total{reason,zone,blocked}``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from micafence.background import stop_task
 from micafence.decision import Decision
 
 if TYPE_CHECKING:
@@ -121,9 +121,7 @@ class Metrics:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         self.sync()
 

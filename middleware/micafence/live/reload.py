@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -36,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from micafence.background import stop_task
 from micafence.engine import Enforcer
 from micafence.errors import GeoIPDatabaseError, MicafenceError
 from micafence.identity import IdentifyFunction
@@ -196,10 +196,7 @@ class Reloader:
     async def stop(self) -> None:
         """Stop watching (a lifespan shutdown hook)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from micafence.background import stop_task
 from micafence.logs import log_event
 from micafence.scopes.grants import GrantEvent
 
@@ -137,11 +138,7 @@ class CacheInvalidator:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*(stop_task(task) for task in tasks))
         self.cache.channel_down()
 
     async def _listen(self) -> None:
