@@ -169,6 +169,8 @@ class MicafenceMiddleware:
             promotions = enforcer.promotions
             if decision.promotion_stance is _PROMOTIONS_ALLOWED and not decision.blocked:
                 send = promotions.cache_safe(scope, send, decision)
+            elif not decision.blocked and not promotions.arrival(scope, decision):
+                send = promotions.page_safe(scope, send, decision)  # the restricted common case
             elif (guarded := await promotions.restrict(scope, send, decision, self.store)) is None:
                 return  # answered here: an empty or 204 promotion route
             else:

@@ -20,7 +20,7 @@ from micafence.policy.model import Outcome, Policy, PromotionStance
 from micafence.policy.routes import route_paths
 from micafence.promotions.caching import HTML_TYPES, CacheSafety
 from micafence.promotions.filter import PromotionFilter
-from micafence.promotions.rewriter import RewritingSend
+from micafence.promotions.rewriter import RewritingSend, touches
 from micafence.promotions.settings import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from micafence.promotions.solicitation import (
     MarkerMatcher,
@@ -162,7 +162,8 @@ class PromotionGuard:
         Returns the ``send`` to carry on with (the middleware then answers 451 or calls the
         app), or ``None`` when the request has been answered here.
         """
-        extra = await self._record_arrival(scope, decision, store)
+        extra = await self._record_arrival(scope, decision, store) \
+            if self.arrival(scope, decision) else []
         if decision.blocked:
             if decision.route_class == "promotion":
                 outcome = self.route(decision.route_id).outcome
@@ -173,31 +174,67 @@ class PromotionGuard:
             return _with_headers(send, extra)
         if decision.promotion_stance is _ALLOWED:
             return self.cache_safe(scope, _with_headers(send, extra), decision)
-        _strip_request(scope)
+        return self.page_safe(scope, send, decision, extra)
 
+    def arrival(self, scope: Scope, decision: Decision) -> bool:
+        """Does a restricted visitor arrive through a promotion (evidence to record)?"""
+        if decision.promotion_stance is _ALLOWED:
+            return False
+        if decision.route_class == "promotion" and self.route(decision.route_id).evidence:
+            return True
+        return self._markers.find(scope.get("query_string") or b"") is not None
+
+    def page_safe(
+        self, scope: Scope, send: Send, decision: Decision, extra: list[Header] | None = None
+    ) -> Send:
+        """``send`` for a visitor who may not see promotions, on a request not blocked.
+
+        The request loses what would stop its answer being rewritten; the answer, when it may
+        be a page, goes through a :class:`~micafence.promotions.rewriter.RewritingSend`, made
+        only then: most answers (JSON, images) pass with one check of their first message.
+        ``extra`` headers (the visitor cookie) go on the response whatever it is.
+        """
+        _strip_request(scope)
+        method = scope.get("method")
+        zone_route = (method == "GET" or method == "HEAD") and self._zone_route(scope)
+        rewriter: RewritingSend | None = None
+
+        async def send_page_safe(message: Message) -> None:
+            nonlocal rewriter
+            if rewriter is None:
+                if message["type"] != "http.response.start" or not (
+                    extra or zone_route or touches(message)
+                ):
+                    await send(message)
+                    return
+                rewriter = self._rewriter(scope, send, decision, extra or [], zone_route)
+            await rewriter(message)
+
+        return send_page_safe
+
+    def _rewriter(
+        self, scope: Scope, send: Send, decision: Decision, extra: list[Header], zone_route: bool
+    ) -> RewritingSend:
         async def refuse(problem: str) -> None:
             zone = _strictest_zone(decision, self._stances)
             refused = decision._replace(reason=f"{zone}.promotion.unrewritable",
                                         rule_id="promotions.on_unrewritable")
             await self._answer(scope, send, refused, self.settings.on_unrewritable, extra, None)
 
-        method = scope.get("method")
         return RewritingSend(
             send,
             page_filter=self.page_filter(decision.zones, decision.promotion_stance),
             limit=self.settings.max_rewrite_bytes,
-            head=method == "HEAD",
+            head=scope.get("method") == "HEAD",
             cache=self.cache,
             personal=_personal(decision),
-            zone_route=(method == "GET" or method == "HEAD") and self._zone_route(scope),
+            zone_route=zone_route,
             refuse=refuse,
             extra_headers=extra,
         )
 
     async def _record_arrival(self, scope: Scope, decision: Decision, store: Store) -> list[Header]:
         """Record a restricted visitor's arrival through a promotion; the cookie to set, if any."""
-        if decision.promotion_stance is _ALLOWED:
-            return []
         route_id = None
         if decision.route_class == "promotion" and self.route(decision.route_id).evidence:
             route_id = decision.route_id

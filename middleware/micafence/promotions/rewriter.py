@@ -83,9 +83,7 @@ class RewritingSend:
         if self._state == _HOLDING and kind == "http.response.body":
             await self._hold(message)
         elif kind == "http.response.start" and self._state == _WAITING:
-            headers = message.get("headers") or ()
-            if (self._extra or self._zone_route or _maybe_html(headers)
-                    or int(message.get("status", 200)) < 200):
+            if self._extra or self._zone_route or touches(message):
                 await self._begin(message)
             else:  # not a page, nothing to add: pass it on untouched (the common case)
                 self._state = _PASSING
@@ -177,6 +175,12 @@ class RewritingSend:
         logger.warning("promotion rewriter: %s; sending the on_unrewritable answer", problem)
         self._state = _REFUSED
         await self._refuse(problem)
+
+
+def touches(start: Message) -> bool:
+    """Could the response that ``start`` begins be a page (HTML, or untyped so a browser would
+    sniff it), or an interim one? Anything else passes the safety net untouched."""
+    return _maybe_html(start.get("headers") or ()) or int(start.get("status", 200)) < 200
 
 
 def _header(headers: list[Header], name: bytes) -> str | None:
