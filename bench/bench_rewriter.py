@@ -29,32 +29,12 @@ from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser
 
+from micafence.bench.pages import SIZES, page
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.model import PromotionStance
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.guard import PromotionGuard
 from micafence.promotions.rewriter import RewritingSend
-
-SIZES = (("10 KB", 10_000), ("100 KB", 100_000), ("1 MB", 1_000_000))
-_ROW = ('<tr class="market"><td class="sym">BTC-{n}</td><td class="px">61250.{n:02d}</td>'
-        '<td><a href="/trade/BTC-{n}">Trade</a></td></tr>\n')
-_PROMO = ('<div class="promo" data-promo id="promo-{n}"><img src="/b/{n}.png" alt="">'
-          "<p>Zero fees this week on pair {n}</p></div>\n")
-
-
-def page(size: int) -> str:
-    """A plausible exchange page of about ``size`` bytes, one promotion per ~5 KB."""
-    head = ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Markets</title>'
-            '<link rel="stylesheet" href="/s.css"><script src="/app.js"></script></head><body>'
-            "<header><nav><a href=/>Home</a></nav></header><main><table>\n")
-    parts, length, n = [head], len(head), 0
-    while length < size - 40:
-        chunk = _PROMO.format(n=n) if n % 40 == 0 else _ROW.format(n=n % 100)
-        parts.append(chunk)
-        length += len(chunk)
-        n += 1
-    parts.append("</table></main></body></html>")
-    return "".join(parts)
 
 
 class _Scan(StdlibParser):

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from micafence.bench import apps
+from micafence.bench import apps, grants, pages
 from micafence.bench.http import Row, paired_throughput, rotating_v6_script, rows_script, servers
 from micafence.bench.inprocess import ClassResult, Request, measure
 from micafence.bench.traffic import MIX, skewed_visits, visitor_pools
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
 from micafence.location.geo import GeoIPDatabase
+from micafence.middleware import MicafenceMiddleware
 from micafence.policy.loader import load_policy
 
 
@@ -38,6 +39,8 @@ TARGETS = (
            "in-process overhead, non-restricted visitor, neutral route (p50)"),
     Target("inprocess.neutral_restricted.overhead_us", "<=", 1.5,
            "in-process overhead, restricted visitor, neutral route (p50)"),
+    Target("inprocess.in_scope_grant.overhead_us", "<=", 5.0,
+           "in-process overhead, in-scope grant check on the Redis store, cache warm (p50)"),
     Target("inprocess.neutral_unrestricted.times_faster_than_naive", ">=", 4.0,
            "micafence vs the naive BaseHTTPMiddleware + geoip2 peer (in-process)"),
     Target("http.neutral.throughput_ratio", ">=", 0.95, "HTTP throughput, neutral traffic"),
@@ -66,15 +69,49 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
             restricted, "POST", "/api/orders", '{"pair": "BTC-EUR", "side": "buy", "amount": "1"}'
         ),
     }
+    clients = grants.client_ids(200)
+    granted = skewed_visits(clients, count, seed=5)
+    grant_classes = {
+        "in_scope_grant": grants.orders(restricted, granted, grants.IN_SCOPE),
+        "out_of_scope_grant": grants.orders(restricted, granted, grants.OUT_OF_SCOPE),
+    }
+    page_classes = {  # fewer samples for larger pages: a 1 MB page takes milliseconds
+        f"page_{label.replace(' ', '')}": _requests(restricted[:max(5, count * 10 // size)],
+                                                   "GET", f"/pages/{size}")
+        for label, size in pages.SIZES
+    }
     bare, guarded, naive = apps.bare_app(), apps.micafence_app(), apps.naive_app()
+    page_bare = pages.page_app()
+    page_guarded = MicafenceMiddleware(pages.page_app(), policy=apps.policy_path(),
+                                       geoip_db=apps.database_path(), watch=False)
 
     async def run_all() -> list[ClassResult]:
-        return [
-            await measure(name, requests, bare, guarded, naive)
-            for name, requests in classes.items()
-        ]
+        results = [await measure(name, requests, bare, guarded, naive)
+                   for name, requests in classes.items()]
+        async with grants.granted_app(clients) as on_redis:
+            results += [await measure(name, requests, bare, on_redis, None)
+                        for name, requests in grant_classes.items()]
+        results += [await measure(name, requests, page_bare, page_guarded, None)
+                    for name, requests in page_classes.items()]
+        return results
 
-    return asyncio.run(run_all())
+    results = asyncio.run(run_all())
+    for result in results:
+        _check_status(result)
+    return results
+
+
+# What micafence must answer in each class: otherwise the benchmark timed the wrong path.
+_EXPECTED_STATUS = {"signup_block": 451, "out_of_scope_block": 451, "out_of_scope_grant": 451}
+
+
+def _check_status(result: ClassResult) -> None:
+    expected = _EXPECTED_STATUS.get(result.name, result.statuses["bare"])
+    if result.statuses["micafence"] != expected:
+        raise MicafenceError(
+            f"benchmark class {result.name}: micafence answered {result.statuses['micafence']}, "
+            f"not {expected}; the policy or database does not give this class its path"
+        )
 
 
 def run_http(enforcer: Enforcer, rounds: int, seconds: int) -> list[Any]:
@@ -176,12 +213,23 @@ def render(inprocess: list[ClassResult], http: list[Any], metrics: dict[str, flo
     lines = ["In-process (µs per request; ratio = micafence / bare)",
              f"{'class':<22}{'bare p50':>10}{'mica p50':>10}{'mica p99':>10}{'overhead':>10}"
              f"{'ratio':>8}{'naive p50':>11}{'vs naive':>10}"]
+    page_rows = [r for r in inprocess if r.name.startswith("page_")]
     for r in inprocess:
+        if r in page_rows:
+            continue
         naive = f"{r.naive.p50_us:>11.2f}{r.naive.p50_us / r.micafence.p50_us:>9.1f}x" \
             if r.naive else ""
         lines.append(f"{r.name:<22}{r.bare.p50_us:>10.2f}{r.micafence.p50_us:>10.2f}"
                      f"{r.micafence.p99_us:>10.2f}{r.overhead_us:>10.2f}{r.ratio_to_bare:>8.3f}"
                      f"{naive}")
+    if page_rows:
+        lines += ["", "Restricted visitor's HTML page through the promotion rewriter (µs per page; "
+                  "outside the mix target)",
+                  f"{'page':<22}{'bare p50':>10}{'mica p50':>10}{'mica p99':>10}{'overhead':>10}"
+                  f"{'ratio':>8}"]
+        lines += [f"{r.name:<22}{r.bare.p50_us:>10.0f}{r.micafence.p50_us:>10.0f}"
+                  f"{r.micafence.p99_us:>10.0f}{r.overhead_us:>10.0f}{r.ratio_to_bare:>8.2f}"
+                  for r in page_rows]
     if http:
         lines += ["", "HTTP under uvicorn, wrk paired runs (requests/s, medians)",
                   f"{'scenario':<14}{'bare':>10}{'micafence':>11}{'naive':>10}{'ratio':>8}"
