@@ -364,6 +364,11 @@ MALFORMED = [
     pytest.param(b'{"side": "buy"}', id="field-missing"),
     pytest.param(b'{"pair": 42}', id="field-not-a-string"),
     pytest.param(b'{"pair": "ETH-EUR", "pair": "BTC-EUR"}', id="duplicate-key"),
+    pytest.param(b'{"pair": "ETH-EUR", "\\u0070air": "BTC-EUR"}', id="duplicate-key-escaped"),
+    pytest.param('{"pair": "ETH-EUR", "pair": "BTC-EUR"}'.encode("utf-16"),
+                 id="duplicate-key-utf16"),
+    pytest.param(b'{"x": {"pair": "ETH-EUR"}, "pair": "BTC-EUR", "pair": "BTC-EUR"}',
+                 id="duplicate-key-nested-too"),
     pytest.param(b'{"pair": "BTC-EUR", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
                  id="deep-nesting"),
     pytest.param(b'{"pair": "BTC-EUR", "x": "\xff\xfe"}', id="not-utf8"),
@@ -381,6 +386,20 @@ async def test_malformed_or_oversized_body_is_out_of_scope(body: bytes) -> None:
     app = guard(policy, store, Clock(T0 + HOUR))
     response = await send(app, ("POST", "/api/orders", None), content=body)
     assert outcome(response) == (451, "eu.scope_unreadable")
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b'{"pair": "BTC-EUR", "side": "buy", "side": "buy"}', id="other-key-repeated"),
+    pytest.param(b'{"note": "pair", "pair": "BTC-EUR"}', id="key-name-as-a-value"),
+    pytest.param('{"pair": "BTC-EUR"}'.encode("utf-16"), id="utf16"),
+])
+async def test_a_readable_body_is_in_scope(body: bytes) -> None:
+    """Only the keys micafence reads must be unambiguous; how they are spelt does not matter."""
+    policy, store = policy_of(), MemoryStore()
+    await grant(store, policy, "exchange_for_funds", "BTC")
+    app = guard(policy, store, Clock(T0 + HOUR), echo_app())
+    response = await send(app, ("POST", "/api/orders", None), content=body)
+    assert (response.status_code, response.json()["reason"]) == (200, "eu.in_scope")
 
 
 async def test_chunked_oversized_body_without_length_is_out_of_scope() -> None:

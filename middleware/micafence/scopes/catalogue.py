@@ -21,6 +21,7 @@ Policy sections read here (validated with their file, key path and line):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,11 +136,18 @@ class RouteScope:
     pair: Source | None
     assets: tuple[Source, ...]
     path_pattern: re.Pattern[str] | None  # compiled route path, for path parameters
+    #: The JSON body keys read, as they appear quoted in a body (``b'"pair"'``); none: no body.
+    body_keys: tuple[bytes, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        sources = (self.pair,) if self.pair is not None else self.assets
+        keys = tuple(json.dumps(source.name, ensure_ascii=False).encode("utf-8")
+                     for source in sources if source is not None and source.where == "body")
+        object.__setattr__(self, "body_keys", keys)
 
     @property
     def reads_body(self) -> bool:
-        sources = (self.pair,) if self.pair is not None else self.assets
-        return any(source is not None and source.where == "body" for source in sources)
+        return bool(self.body_keys)
 
 
 @dataclass(frozen=True, slots=True)
