@@ -23,7 +23,7 @@ from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
 from micafence.errors import PolicyError
-from micafence.scopes.grants import GrantBook
+from micafence.scopes.grants import AccountBinding, Approval, GrantBook, Revocation
 from micafence.store.base import MemoryStore
 from tests.audit_support import (
     CH,
@@ -131,6 +131,19 @@ async def test_in_scope_pass_names_its_grant(tmp_path: Path) -> None:
     [record] = decisions(tmp_path)
     assert (record["class"], record["grant_id"], record["route_class"]) == (
         "evidence", grant.id, "service")
+
+
+async def test_each_grant_history_event_is_recorded_under_its_own_name(tmp_path: Path) -> None:
+    at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    log = AuditLog(FileSink(tmp_path), key=KEY)
+    for event in (Approval("g-1", "c-1", at, "b.checker"),
+                  AccountBinding("g-1", "c-1", "acct-9", at),
+                  Revocation("g-1", "c-1", at, "a.lind", "client asked")):
+        assert log.record_grant(event)
+    await log.aclose()
+    events = [(r["event"], r["data"]["grant_id"]) for r in read_records(tmp_path)
+              if r["kind"] == "event"]
+    assert events == [("grant.approved", "g-1"), ("grant.bound", "g-1"), ("grant.revoked", "g-1")]
 
 
 async def test_policy_can_hash_addresses_and_pseudonymise_client_ids(tmp_path: Path) -> None:

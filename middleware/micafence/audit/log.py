@@ -204,11 +204,13 @@ class AuditLog:
         return True
 
     def record_grant(self, event: GrantEvent) -> bool:
-        """Record a grant or revocation (:mod:`micafence.scopes.grants`) as an evidence event."""
-        from micafence.scopes.grants import Grant, event_to_json
+        """Record a grant-history event (:mod:`micafence.scopes.grants`) as an evidence event:
+        ``grant.recorded``, ``grant.revoked``, ``grant.approved`` or ``grant.bound``."""
+        from micafence.scopes.grants import Approval, Grant, Revocation, event_to_json
 
-        kind = "grant.recorded" if isinstance(event, Grant) else "grant.revoked"
-        return self.record_event(kind, event_to_json(event))
+        kinds = {Grant: "grant.recorded", Revocation: "grant.revoked",
+                 Approval: "grant.approved"}
+        return self.record_event(kinds.get(type(event), "grant.bound"), event_to_json(event))
 
     async def refuse(self, scope: Scope, receive: Any, send: Any) -> None:
         """Answer a request whose evidence could not be queued: 503 ``audit_unavailable``."""
