@@ -310,6 +310,30 @@ def test_parse_ip(text: str, expected: str | None) -> None:
     assert parse_ip(text) == expected
 
 
+def _reference_canonical(address: ipaddress.IPv6Address) -> str:
+    """What ``parse_ip`` promises for an IPv6 address, said with ``ipaddress``."""
+    mapped = address.ipv4_mapped
+    return str(mapped) if mapped is not None else str(address)
+
+
+# 128-bit values built from hextets that are often zero, so runs of zeros of every length and
+# position (RFC 5952's compression choices) and the ::/96 and ::ffff:0:0/96 prefixes all occur.
+_HEXTETS = st.lists(st.one_of(st.just(0), st.just(0xFFFF), st.integers(0, 0xFFFF)),
+                    min_size=8, max_size=8)
+
+
+@given(_HEXTETS, st.sampled_from(["compressed", "exploded", "upper", "bracketed-port"]))
+@settings(max_examples=400, deadline=None)
+def test_parse_ip_gives_one_canonical_text_for_every_ipv6_spelling(
+    hextets: list[int], spelling: str
+) -> None:
+    address = ipaddress.IPv6Address(int.from_bytes(b"".join(h.to_bytes(2) for h in hextets)))
+    text = {"compressed": address.compressed, "exploded": address.exploded,
+            "upper": address.exploded.upper(),
+            "bracketed-port": f"[{address.compressed}]:443"}[spelling]
+    assert parse_ip(text) == _reference_canonical(address)
+
+
 # -- forwarded_chain --------------------------------------------------------------------------
 
 CHAIN_CASES = [

@@ -7,7 +7,7 @@ database answered for, so a neighbour in a known network skips the search tree.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -35,12 +35,12 @@ class NetworkCache(Generic[T]):
         cached = self._by_address.get(ip)
         if cached is not None:
             return cached
+        # The C parser: ``ipaddress`` costs ~9 µs per IPv6 address, every cache miss.
+        version, family, width = (6, socket.AF_INET6, 128) if ":" in ip else (4, socket.AF_INET, 32)
         try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
+            value = int.from_bytes(socket.inet_pton(family, ip), "big")
+        except (OSError, ValueError):
             return self._unknown
-        version, value = address.version, int(address)
-        width = 32 if version == 4 else 128
         for known_version, length in self._prefix_lengths:
             if known_version == version:
                 hit = self._by_network.get((version, length, value >> (width - length)))
@@ -48,7 +48,7 @@ class NetworkCache(Generic[T]):
                     self._remember(ip, hit)
                     return hit
         try:
-            record, length = self._reader.get_with_prefix_len(address)
+            record, length = self._reader.get_with_prefix_len(ip)
         except (InvalidDatabaseError, ValueError, TypeError, OSError):
             return self._unknown  # not cached: a reader error is not an answer
         answer = self._convert(record)
