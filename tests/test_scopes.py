@@ -392,6 +392,8 @@ async def test_malformed_or_oversized_body_is_out_of_scope(body: bytes) -> None:
     pytest.param(b'{"pair": "BTC-EUR", "side": "buy", "side": "buy"}', id="other-key-repeated"),
     pytest.param(b'{"note": "pair", "pair": "BTC-EUR"}', id="key-name-as-a-value"),
     pytest.param('{"pair": "BTC-EUR"}'.encode("utf-16"), id="utf16"),
+    pytest.param('{"pair": "BTC-EUR"}'.encode("utf-8-sig"), id="utf8-bom"),
+    pytest.param(' \n{"pair": "BTC-EUR", "memo": "caf\u00e9"}\n'.encode(), id="utf8-whitespace"),
 ])
 async def test_a_readable_body_is_in_scope(body: bytes) -> None:
     """Only the keys micafence reads must be unambiguous; how they are spelt does not matter."""

@@ -299,18 +299,25 @@ class _Values:
         return None
 
 
+_DECODER = json.JSONDecoder()
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _json_object(raw: bytes, keys: Sequence[bytes]) -> dict[str, Any] | None:
     """The body as a JSON object; ``None`` if it is not one, or repeats a key micafence reads.
 
     Checking every object for repeated keys makes the parse about three times slower, so it is
     done only when the body could repeat one of ``keys``: when it spells one more than once,
-    holds an escape (``"\\u0070air"`` is ``"pair"``) or a NUL (UTF-16 and UTF-32 bodies, where
-    the byte count says nothing).
+    holds an escape (``"\\u0070air"`` is ``"pair"``), a NUL (UTF-16 and UTF-32 bodies, where
+    the byte count says nothing) or a byte-order mark. Otherwise the body is UTF-8.
     """
-    strict = b"\\" in raw or b"\0" in raw or any(raw.count(key) > 1 for key in keys)
+    strict = (b"\\" in raw or b"\0" in raw or raw.startswith(_UTF8_BOM)
+              or any(raw.count(key) > 1 for key in keys))
     try:
-        value = json.loads(raw, object_pairs_hook=_refuse_duplicates) if strict \
-            else json.loads(raw)
+        if strict:
+            value = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+        else:  # UTF-8 for sure: skip json.loads's encoding detection (half its time here)
+            value = _DECODER.decode(raw.decode("utf-8", "surrogatepass"))
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
