@@ -15,7 +15,21 @@ def test_page_without_any_marker_is_sent_as_it_was() -> None:
 
 
 @pytest.mark.parametrize("page", [
+    '<div id="slot" data-promo-slot></div><p>prices</p>',  # a longer name is another attribute
+    '<script>el.setAttribute("data-promo", "")</script><p>prices</p>',  # script text
+    "<p>Our data-promo-free pages</p>",
+])
+def test_a_marker_that_is_not_a_whole_attribute_name_is_no_reason_to_parse(page: str) -> None:
+    assert DEFAULT.apply(page) is None
+
+
+@pytest.mark.parametrize("page", [
     '<div DATA-PROMO id="x">0% fees</div>',  # attribute names are case-insensitive
+    '<div data-promo-slot data-promo>0% fees</div>',  # both: the second is a match
+    "<div\tdata-promo\n>0% fees</div>",
+    "<div data-promo/>0% fees</div>",
+    '<div id="a"data-promo=1>0% fees</div>',  # no space after a quoted value still counts
+    "<div data-promo>0% fees</div>",
     "<template><div data-promo>0% fees</div></template>",
     '<svg><g data-promo="1"><text>0% fees</text></g></svg>',
 ])

@@ -35,21 +35,30 @@ class PromotionFilter:
     #: One attribute name per selector that any match must carry (lower case), or empty when
     #: some selector needs none: a page containing none of them holds no promotion.
     markers: tuple[str, ...] = ()
+    #: A marker as a whole attribute name: followed by what may end a name in a start tag.
+    marker_names: re.Pattern[str] | None = None
 
     @classmethod
     def build(
         cls, selectors: Sequence[str], incentives: Sequence[str], approvals: Sequence[str]
     ) -> PromotionFilter:
         every = list(dict.fromkeys([*selectors, *incentives]))
+        markers = _attribute_markers(every)
+        names = re.compile("(?:" + "|".join(map(re.escape, markers)) + r")(?=[\s/>=]|\Z)") \
+            if markers else None
         return cls(", ".join(every), tuple(approvals), ", ".join(incentives) or None,
-                   _attribute_markers(every))
+                   markers, names)
 
     def apply(self, text: str) -> str | None:
         """The page without its promotions, or ``None`` when it holds none (send it as it was)."""
-        if self.markers:
+        if self.marker_names is not None:
             lowered = text.lower()
-            if not any(marker in lowered for marker in self.markers):
-                return None  # no element can match: skip the parse (most pages, usually)
+            # No element can match: skip the parse (most pages, usually). The literal test is
+            # the fast one; a hit there may still be a longer name (data-promo-slot) or script
+            # text (setAttribute("data-promo", …)), which the end-of-name test rules out.
+            if not any(marker in lowered for marker in self.markers) \
+                    or self.marker_names.search(lowered) is None:
+                return None
         try:
             tree = LexborHTMLParser(text)
             root = tree.root
