@@ -13,6 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from micafence import MicafenceMiddleware, default_policy_path, load_policy_text
+from micafence.bench.ports import free_port
 
 DATA = Path(__file__).parent / "data"
 MAXMIND = DATA / "maxmind"
@@ -80,14 +81,11 @@ class ServerThread:
     """A real uvicorn server for ``app`` on a free 127.0.0.1 port, in a thread."""
 
     def __init__(self, app: object, **config: object) -> None:
-        import socket
         import threading
 
         import uvicorn
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", proxy_headers=False,
             lifespan="on", **config,  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from typing import Any
 from micafence import MicafenceMiddleware
 from micafence.audit.log import AuditLog
 from micafence.audit.sinks import FileSink
+from micafence.bench.ports import free_port
 from micafence.demo.app import build_demo_app
 from micafence.scopes.signing import GrantKey
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
@@ -56,14 +57,11 @@ class Uvicorn:
 
     def __init__(self, factory: str, env: dict[str, str], workers: int = 1,
                  preexec: Any = None) -> None:
-        import socket
         import subprocess
         import sys
         from pathlib import Path
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", f"tests.fault_apps:{factory}",
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from micafence.bench.redis_server import RedisServer, free_port
+from micafence.bench.redis_server import RedisServer
 
-__all__ = ["RedisServer", "free_port", "redis_server", "redis_url"]
+__all__ = ["RedisServer", "redis_server", "redis_url"]
 
 
 @pytest.fixture

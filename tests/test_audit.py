@@ -22,6 +22,7 @@ from micafence.audit.chain import AuditKey
 from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
+from micafence.bench.ports import free_port
 from micafence.errors import PolicyError
 from micafence.scopes.grants import AccountBinding, Approval, GrantBook, Revocation
 from micafence.store.base import MemoryStore
@@ -290,11 +291,8 @@ def test_missing_key_is_a_clear_start_up_error(tmp_path: Path,
 
 @pytest.mark.server
 def test_sigterm_under_load_keeps_every_acknowledged_record(tmp_path: Path) -> None:
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     audit_dir = tmp_path / "audit"
     env = {**os.environ, "MICAFENCE_AUDIT_KEY": KEY_TEXT}
     server = subprocess.Popen(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from micafence.bench.ports import free_port
+
 pytestmark = pytest.mark.server
 
 MICAFENCE = str(Path(sys.executable).with_name("micafence"))
@@ -21,9 +22,7 @@ MICAFENCE = str(Path(sys.executable).with_name("micafence"))
 
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [MICAFENCE, "demo", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

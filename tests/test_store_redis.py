@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from redis.crc import key_slot
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware
+from micafence.bench.ports import free_port
 from micafence.cli import main
 from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
@@ -117,9 +117,7 @@ def test_redis_needs_a_key_and_a_usable_url(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 async def test_unreachable_redis_raises_store_error_without_the_password() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     store = open_store(f"redis://:s3cret@127.0.0.1:{port}/0", grant_key=KEY)
     for call in (store.grant_events("alice"), store.holdings("alice"), store.ping()):
         with pytest.raises(StoreError) as caught:
@@ -262,9 +260,7 @@ async def lifespan_startup(app: MicafenceMiddleware) -> dict[str, Any]:
 async def test_redis_down_at_start_up_is_checked_when_it_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     caplog.set_level(logging.WARNING, logger="micafence")
     store = RedisStore(f"redis://127.0.0.1:{port}/0", key=KEY)
     await store.start(StoreSettings(redis_checks="refuse"))  # the app starts: fails closed
@@ -385,9 +381,7 @@ def test_grant_cli_on_redis(
 
 @pytest.mark.server
 def test_demo_command_on_redis(redis_url: str, tmp_path: Path) -> None:  # noqa: F811
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICAFENCE_")}
     demo = subprocess.Popen(
         [MICAFENCE, "demo", "--store", redis_url, "--port", str(port), "--no-audit"],

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from micafence.bench.ports import free_port
 from micafence.errors import MicafenceError
 
 _FACTORIES = {
@@ -86,13 +87,6 @@ def rotating_v6_script() -> str:
     return _LUA_ROTATING_V6
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def servers(names: Sequence[str], env: dict[str, str]) -> Iterator[dict[str, str]]:
     """Start one uvicorn server per app name; yields ``{name: base URL}``."""
@@ -100,7 +94,7 @@ def servers(names: Sequence[str], env: dict[str, str]) -> Iterator[dict[str, str
     urls: dict[str, str] = {}
     try:
         for name in names:
-            port = _free_port()
+            port = free_port()
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory", _FACTORIES[name],
                  "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",

@@ -13,13 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from micafence.bench.ports import free_port
 from micafence.errors import MicafenceError
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _ping(port: int) -> bool:
