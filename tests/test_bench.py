@@ -27,7 +27,13 @@ def test_quick_benchmark_reports_every_class_against_both_peers(tmp_path: Path) 
         assert metrics[f"inprocess.{name}.cost_ratio"] > 0
         assert metrics[f"inprocess.{name}.times_faster_than_naive"] > 0
         assert name in run.stdout
+    # Grant checks on a private redis-server, and pages through the rewriter: against bare only.
+    for name in ("in_scope_grant", "out_of_scope_grant", "page_10KB", "page_100KB", "page_1MB"):
+        assert metrics[f"inprocess.{name}.p50_us"] > 0
+        assert f"inprocess.{name}.times_faster_than_naive" not in metrics
+        assert name in run.stdout
     assert "Targets" in run.stdout
+    assert "in-scope grant check" in run.stdout
 
 
 def test_check_fails_on_a_regression(tmp_path: Path) -> None:
