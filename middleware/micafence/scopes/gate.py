@@ -36,7 +36,7 @@ from micafence.scopes.catalogue import (
     Source,
     is_fiat,
 )
-from micafence.scopes.grants import Clock, Grant, GrantState, fold, utc_now
+from micafence.scopes.grants import Clock, Grant, GrantState, utc_now
 from micafence.store.base import Store
 
 Scope = MutableMapping[str, Any]
@@ -90,7 +90,7 @@ class ScopeGate:
         if client is None:  # an unidentified visitor cannot hold a grant
             return _settled(decision, NO_GRANT), receive
         try:
-            states = fold(await self.store.holdings(client))  # incl. grants bound to the account
+            states = await self.store.grant_states(client)  # incl. grants bound to the account
         except Exception:  # the store failing must not take the request down: fail closed
             # Once per interval, not per request: an outage under load would flood the log.
             if time.monotonic() - self._logged_at >= _LOG_EVERY:

@@ -43,7 +43,6 @@ from micafence.scopes.grants import (
     GrantBook,
     GrantState,
     GrantStatus,
-    fold,
     parse_instant,
     utc_now,
 )
@@ -176,7 +175,7 @@ class OnboardingGate:
         ticket = await self.store.take_onboarding_ticket(token_hash, now)
         if ticket is None:
             return None
-        for state in fold(await self.store.holdings(ticket.client_id)):
+        for state in await self.store.grant_states(ticket.client_id):
             if state.grant.id == ticket.grant_id:
                 if state.status(now) is GrantStatus.ACTIVE:
                     return state

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from micafence.errors import StoreError
-from micafence.scopes.grants import AccountBinding, Grant, GrantEvent, filed_under, grant_id_of
+from micafence.scopes.grants import (
+    AccountBinding,
+    Grant,
+    GrantEvent,
+    GrantState,
+    filed_under,
+    fold,
+    grant_id_of,
+)
 from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
 if TYPE_CHECKING:
@@ -94,6 +102,11 @@ class Store(ABC):
             events = events + [e for e in await self.grant_events(holder)
                                if grant_id_of(e) in ids and client_id not in filed_under(e)]
         return events
+
+    async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
+        """:meth:`holdings` folded into grants, each with its revocation, approval and accounts
+        (:func:`~micafence.scopes.grants.fold`): what a service check tests."""
+        return tuple(fold(await self.holdings(client_id)))
 
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
         """Start background work with the server's lifespan (the Redis store's cache

@@ -40,13 +40,22 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from micafence.errors import StoreError
 from micafence.logs import log_event
 from micafence.scopes.grant_cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
-from micafence.scopes.grants import Grant, GrantEvent, event_from_json, event_to_json, filed_under
+from micafence.scopes.grants import (
+    Grant,
+    GrantEvent,
+    GrantState,
+    event_from_json,
+    event_to_json,
+    filed_under,
+    fold,
+)
 from micafence.scopes.onboarding import OnboardingTicket, ticket_from_json, ticket_to_json
 from micafence.scopes.signing import GrantKey, RecordSeal
 from micafence.store.base import SolicitationEvidence, Store
 from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
 T = TypeVar("T")
+_FOLDED_LIMIT = 100_000  # clients whose folded grants are kept, as many as the grant cache
 
 # KEYS: ids, log, version, the client lists; ARGV: grant id ("" for other records), record,
 # channel, client id. Returns the new version, or -1 when the grant id is already recorded.
@@ -129,6 +138,8 @@ class RedisStore(Store):
         self._seal = RecordSeal(key, self.location)
         self._append = self._client.register_script(_APPEND)
         self.cache = GrantCache(max_staleness=max_staleness)
+        # Client id -> (the cached records, their fold): folded once per cache entry.
+        self._folded: dict[str, tuple[tuple[GrantEvent, ...], tuple[GrantState, ...]]] = {}
         self.invalidator = CacheInvalidator(
             self.cache, self._client, self.keys.channel, read_version=self.grant_version,
             on_subscribed=self._recheck, poll_interval=poll_interval, location=self.location,
@@ -229,6 +240,21 @@ class RedisStore(Store):
         events = await super().holdings(client_id)
         self.cache.put(client_id, tuple(events), generation)
         return events
+
+    async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
+        if self._refusal is not None:
+            raise StoreError(self._refusal)
+        cached = self.cache.get(client_id)
+        if cached is None:
+            return await super().grant_states(client_id)  # loads, and caches the records
+        folded = self._folded.get(client_id)
+        if folded is not None and folded[0] is cached:  # the same entry: nothing changed
+            return folded[1]
+        states = tuple(fold(cached))
+        if len(self._folded) >= _FOLDED_LIMIT:
+            self._folded.clear()
+        self._folded[client_id] = (cached, states)
+        return states
 
     async def close(self) -> None:
         await self.stop()
