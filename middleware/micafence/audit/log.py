@@ -59,6 +59,10 @@ RECORD_VERSION = 1
 
 _EVENT_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _WRITER_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+# Longest wait between retries of a failing sink. A retry is one failed write, cheap even while
+# the disk is full or Redis is down; evidence is refused (503) until one succeeds, so a longer
+# wait would keep refusing requests for that long after the fault has cleared.
+_MAX_BACKOFF = 0.5
 _QueueItem = tuple[float, Decision | None, str | None, Any, bool]
 
 logger = logging.getLogger("micafence.audit.log")
@@ -260,10 +264,10 @@ class AuditLog:
             try:
                 await self.flush()
             except AuditSinkError:
-                backoff = min(5.0, backoff * 2 or 0.1)  # records stay queued; retry later
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.1)  # records stay queued; retry soon
             except Exception:  # a bug must not stop the flusher for good: say it, retry
                 logger.exception("audit flusher error", extra={"event": "audit.flusher_error"})
-                backoff = min(5.0, backoff * 2 or 0.1)
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.1)
             else:
                 backoff = 0.0
 
