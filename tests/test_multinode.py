@@ -3,8 +3,11 @@ officer's own process is honoured by both workers, a revocation is enforced by b
 second, and an onboarding token opens one account however the workers share the race.
 
 Each answer names its worker (``x-worker-pid``, see tests/fault_apps.py); every request opens a
-new connection, so the kernel hands requests to either worker. Redis Cluster is not supported
-(the grant write spans two hash slots, see README "Redis store"), so it is not tested here.
+new connection, so the kernel hands requests to either worker.
+
+And a 3-node Redis Cluster on loopback (``redis-cli --cluster create``), one micafence server per
+node, each given only its own node (``redis+cluster://``): grants, revocations and onboarding
+tokens recorded through any node hold on every server.
 """
 
 from __future__ import annotations
@@ -186,43 +189,76 @@ def cluster(tmp_path: Any) -> Any:
             node.wait(timeout=10)
 
 
-def test_a_redis_cluster_refuses_grant_writes_and_keeps_no_partial_record(
-    cluster: list[int],
+@pytest.fixture
+def on_each_node(cluster: list[int]) -> Any:
+    """One micafence server per cluster node, each given only its own node's address."""
+    servers = [Uvicorn("shared_store", {"FAULT_STORE": f"redis+cluster://127.0.0.1:{port}",
+                                        "MICAFENCE_GRANT_KEY": KEY_TEXT}) for port in cluster]
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_grants_revocations_and_onboarding_stay_consistent_on_a_redis_cluster(
+    cluster: list[int], on_each_node: list[Uvicorn],
 ) -> None:
     import subprocess
 
     from micafence.errors import StoreError
 
-    for port in cluster:  # whichever node the store is pointed at
-        with pytest.raises(StoreError) as refused:
-            officer(f"redis://127.0.0.1:{port}/0", add_grant())
-        print(f"cluster node {port}: {refused.value}")
-    # Nothing half-written: no micafence key on any node.
+    # A plain redis:// URL on a cluster node (the "+cluster" forgotten): refused on every node,
+    # never half-written (MOVED, or CROSSSLOT on the node owning the client's slot).
     for port in cluster:
-        keys = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern",
-                               "micafence:*"], capture_output=True, text=True).stdout.split()
+        with pytest.raises(StoreError):
+            officer(f"redis://127.0.0.1:{port}/0", add_grant("dave"))
+        keys = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern", "micafence:*"],
+                              capture_output=True, text=True).stdout.split()
         assert keys == [], (port, keys)
-    # An app pointed at any node fails grant checks closed; neutral pages are untouched.
-    for port in cluster:
-        answers = asyncio.run(_order_and_browse(f"redis://127.0.0.1:{port}/0"))
-        print(f"app on cluster node {port}: {answers}")
-        assert answers[0][0] == 451 and answers[0][1] in {"eu.store_unavailable", "eu.no_grant"}
-        assert answers[1][0] == 200
+    urls = [f"redis+cluster://127.0.0.1:{port}" for port in cluster]
+    # An officer on the first node grants; the servers on all three honour it.
+    grant_id = officer(urls[0], add_grant())
+    for server in on_each_node:
+        wait_for(lambda s=server: order(s.url, "alice")[1:] == (201, ""), "grant honoured")
+    # Revoked through the second node: no server lets an order through after 1 s.
+    officer(urls[1], lambda book: book.revoke(grant_id, revoked_by="b.ops", reason="test"))
+    revoked_at = time.monotonic()
+    time.sleep(1.0)
+    for server in on_each_node:
+        assert order(server.url, "alice")[1:] == (451, "eu.no_grant"), server.url
+    print(f"revocation enforced on all 3 nodes' servers within "
+          f"{time.monotonic() - revoked_at:.2f} s")
+    # An onboarding token issued through the third node opens one account, whichever server
+    # the four concurrent sign-ups reach.
+    carol = officer(urls[2], add_grant("carol"))
+    token, _ = officer(urls[2], lambda book: issue_token(
+        book, carol, issued_by="a.lind", ttl=dt.timedelta(minutes=30)))
+
+    async def race() -> list[tuple[int, str]]:
+        async def sign_up(n: int) -> tuple[int, str]:
+            server = on_each_node[n % 3]
+            async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+                answer = await http.post(
+                    "/api/accounts", json={"email": f"c-{n}@example.fr"},
+                    headers={"X-Forwarded-For": SE, "Accept": "application/json",
+                             "X-Micafence-Onboarding": token})
+            return answer.status_code, answer.json().get("reason", "")
+
+        return sorted(await asyncio.gather(*(sign_up(n) for n in range(6))))
+
+    assert asyncio.run(race()) == [(201, "")] + [(451, "eu.onboarding.invalid_token")] * 5
+    # Every micafence key sits in one slot, on one primary (the grant write spans them).
+    holders = {port: subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern",
+                                     "{micafence}:*"], capture_output=True, text=True
+                                    ).stdout.split() for port in cluster}
+    assert sum(1 for keys in holders.values() if keys) == 1, holders
 
 
-async def _order_and_browse(url: str) -> list[tuple[int, str]]:
-    from micafence import MicafenceMiddleware
-    from micafence.demo.app import build_demo_app
-    from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
-
-    app = MicafenceMiddleware(build_demo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
-                              store=url, grant_key=GrantKey.from_text(KEY_TEXT))
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-    headers = {"X-Forwarded-For": SE, "X-Client-Id": "alice", "Accept": "application/json"}
-    async with httpx.AsyncClient(transport=transport, base_url="http://exchange.test") as http:
-        ordered = await http.post("/api/orders", headers=headers,
-                                  json={"pair": "BTC-EUR", "side": "buy", "amount": "1"})
-        browsed = await http.get("/", headers=headers)
-    await app.store.close()  # type: ignore[attr-defined]
-    return [(ordered.status_code, ordered.headers.get("micafence-reason", "")),
-            (browsed.status_code, "")]
+def wait_for(check: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within, f"not reached in {within} s: {what}"
+        time.sleep(0.02)

@@ -144,8 +144,10 @@ class CacheInvalidator:
     async def _listen(self) -> None:
         delay = 0.05
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = None
             try:
+                await self._client.initialize()  # a Redis Cluster client learns its slots here
+                pubsub = self._client.pubsub()
                 await pubsub.subscribe(self._channel)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -172,8 +174,9 @@ class CacheInvalidator:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_CAP)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
 
     async def _poll(self) -> None:
         failing = False

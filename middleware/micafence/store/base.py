@@ -168,7 +168,8 @@ class MemoryStore(Store):
 def open_store(
     url: str, *, grant_key: GrantKey | str | os.PathLike[str] | None = None
 ) -> Store:
-    """The store for a URL: ``memory://``, ``file://PATH``, ``redis://…`` or ``rediss://…``.
+    """The store for a URL: ``memory://``, ``file://PATH``, ``redis://…``, ``rediss://…``, or
+    ``redis+cluster://HOST:PORT`` (``rediss+cluster://``) for any node of a Redis Cluster.
 
     ``grant_key`` signs and verifies grant records (``file://`` and ``redis://``): a
     :class:`~micafence.scopes.signing.GrantKey`, the path of a key file, or ``None`` for
@@ -185,9 +186,9 @@ def open_store(
         from micafence.store.file_store import FileStore
 
         return FileStore(rest, key=resolve_key(grant_key))
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         from micafence.store.redis_store import RedisStore
 
-        return RedisStore(url, key=resolve_key(grant_key))
+        return RedisStore(url, key=resolve_key(grant_key), cluster=scheme.endswith("+cluster"))
     raise StoreError(f"unsupported store URL {url!r} (supported: memory://, file://PATH, "
-                     "redis://HOST[:PORT]/DB, rediss://…)")
+                     "redis://HOST[:PORT]/DB, rediss://…, redis+cluster://HOST:PORT)")

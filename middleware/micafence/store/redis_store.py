@@ -1,4 +1,5 @@
-"""``redis://`` and ``rediss://``: one grant store for every worker and instance.
+"""``redis://``, ``rediss://`` and ``redis+cluster://``: one grant store for every worker and
+instance.
 
 Built on redis-py's asyncio client (with hiredis), imported only when such a URL is opened.
 Every record is signed with the grant key (:mod:`micafence.scopes.signing`), which is required here:
@@ -21,7 +22,9 @@ keys share one slot and the global keys another)::
 A grant record is written by one Lua script: the id check, both lists, the counter and the
 publish happen together or not at all. Nothing is ever trimmed or deleted, except onboarding
 tickets (taken with ``GETDEL``, or expired by their TTL). The script touches a client's slot
-and the global one, so it needs a single Redis (with replicas or Sentinel), not a Cluster.
+and the global one, so on a Redis Cluster (``redis+cluster://HOST:PORT``, any node) every key
+is ``{micafence}:…`` instead: one hash slot, so one primary holds micafence's keys (the Cluster
+gives failover, not sharding, which grant records do not need). Pub/sub is cluster-wide.
 
 Reads for service checks (:meth:`RedisStore.holdings`) come from a local cache kept honest by
 :mod:`micafence.scopes.grant_cache`. Every driver error is raised as
@@ -74,22 +77,34 @@ return version
 
 
 class KeyLayout:
-    """The key names, from one prefix."""
+    """The key names, from one prefix.
 
-    def __init__(self, prefix: str = "micafence") -> None:
+    ``one_slot`` (Redis Cluster): every key carries the hash tag ``{<prefix>}``, so the grant
+    write script, which touches a client's lists and the global ones, stays in one slot.
+    """
+
+    def __init__(self, prefix: str = "micafence", *, one_slot: bool = False) -> None:
         self.prefix = prefix
-        self.log = f"{prefix}:{{grants}}:log"
-        self.ids = f"{prefix}:{{grants}}:ids"
-        self.version = f"{prefix}:{{grants}}:version"
+        self._one_slot = one_slot
+        self.log = self._key("grants", "log")
+        self.ids = self._key("grants", "ids")
+        self.version = self._key("grants", "version")
         self.channel = f"{prefix}:grants:changed"
 
+    def _key(self, tag: str, name: str) -> str:
+        if self._one_slot:
+            return f"{{{self.prefix}}}:{tag}:{name}"
+        return f"{self.prefix}:{{{tag}}}:{name}"
+
     def grants(self, client_id: str) -> str:
-        return f"{self.prefix}:{{client:{_tag(client_id)}}}:grants"
+        return self._key(f"client:{_tag(client_id)}", "grants")
 
     def solicitations(self, subject: str) -> str:
-        return f"{self.prefix}:{{client:{_tag(subject)}}}:solicitations"
+        return self._key(f"client:{_tag(subject)}", "solicitations")
 
     def ticket(self, token_hash: str) -> str:
+        if self._one_slot:
+            return f"{{{self.prefix}}}:onboarding:{token_hash}"
         return f"{self.prefix}:onboarding:{token_hash}"
 
 
@@ -108,7 +123,7 @@ class RedisStore(Store):
     def __init__(
         self, url: str, *, key: GrantKey | None, prefix: str = "micafence",
         timeout: float = 0.5, poll_interval: float = POLL_INTERVAL,
-        max_staleness: float = MAX_STALENESS,
+        max_staleness: float = MAX_STALENESS, cluster: bool = False,
     ) -> None:
         self.location = _redacted(url)
         if key is None:
@@ -119,6 +134,7 @@ class RedisStore(Store):
                 "(make one with `micafence grant keygen FILE`)")
         try:
             import redis.asyncio as redis  # imported lazily: only Redis users pay for it
+            from redis.asyncio.cluster import RedisCluster
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import RedisError
             from redis.retry import Retry
@@ -126,15 +142,21 @@ class RedisStore(Store):
             raise StoreError("redis:// needs the redis package: pip install 'redis[hiredis]'") \
                 from exc
         self._driver_errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        self.cluster = cluster
+        options: dict[str, Any] = {
+            "socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        }
         try:
-            self._client: Any = redis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            )
-        except ValueError as exc:
+            if cluster:  # redis+cluster://host:port: any node; the client finds the others
+                self._client: Any = RedisCluster.from_url(
+                    url.replace("+cluster", "", 1), **options)
+            else:
+                self._client = redis.Redis.from_url(url, **options)
+        except (ValueError, RedisError) as exc:
             raise StoreError(f"{self.location}: not a usable Redis URL: {exc}") from exc
         self.key = key
-        self.keys = KeyLayout(prefix)
+        self.keys = KeyLayout(prefix, one_slot=cluster)
         self._seal = RecordSeal(key, self.location)
         self._append = self._client.register_script(_APPEND)
         self.cache = GrantCache(max_staleness=max_staleness)
@@ -289,9 +311,15 @@ class RedisStore(Store):
         """Why this Redis is not fit to keep records: eviction, no persistence (empty: fine)."""
         from redis.exceptions import ResponseError
 
+        # On a Cluster, the node that holds micafence's slot (every key shares it).
+        where: dict[str, Any] = {}
+        if self.cluster:
+            await self._run("initialize", lambda: self._client.initialize())
+            where["target_nodes"] = self._client.get_node_from_key(self.keys.version)
         try:
-            memory = await self._run("info", lambda: self._client.info("memory"))
-            persistence = await self._run("info", lambda: self._client.info("persistence"))
+            memory = await self._run("info", lambda: self._client.info("memory", **where))
+            persistence = await self._run(
+                "info", lambda: self._client.info("persistence", **where))
         except StoreError as exc:  # an ACL user without INFO: say so, do not count it down
             if not isinstance(exc.__cause__, ResponseError):
                 raise
@@ -304,7 +332,7 @@ class RedisStore(Store):
                             "under memory pressure (set maxmemory-policy noeviction)")
         if not int(persistence.get("aof_enabled", 0)):
             try:
-                save = await self._client.config_get("save")
+                save = await self._client.config_get("save", **where)
                 rules: str | None = str(save.get("save", ""))
             except self._driver_errors:  # CONFIG is often disabled on managed services
                 rules = None
