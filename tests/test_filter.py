@@ -48,3 +48,16 @@ def test_class_selectors_take_no_shortcut_since_character_references_hide_them()
 @pytest.mark.parametrize("selectors", [["div:not([x])"], ["[data-a], .b"], ["aside"]])
 def test_selectors_without_a_sure_attribute_disable_the_shortcut(selectors: list[str]) -> None:
     assert PromotionFilter.build(selectors, [], []).markers == ()
+
+
+def test_a_page_served_again_gets_the_same_cleaning_for_each_kind_of_visitor() -> None:
+    """Rewrites are remembered per page and per filter: a page cleaned for one zone is never
+    handed to a visitor of another."""
+    page = ('<!doctype html><body><div data-promo data-promo-approved="uk">UK-approved</div>'
+            "<div data-promo>0% fees</div><p>prices</p></body>")
+    uk = PromotionFilter.build(["[data-promo]"], [], ['[data-promo-approved~="uk"]'])
+    for _ in range(3):
+        for_eu, for_uk = DEFAULT.apply(page), uk.apply(page)
+        assert for_eu is not None and for_uk is not None
+        assert "UK-approved" not in for_eu and "0% fees" not in for_eu
+        assert "UK-approved" in for_uk and "0% fees" not in for_uk

@@ -6,6 +6,8 @@ page would reach the safety net (``micafence bench`` and ``bench/bench_rewriter.
 
 from __future__ import annotations
 
+import itertools
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -34,10 +36,16 @@ def page(size: int) -> str:
 
 
 def page_app() -> Starlette:
-    """``GET /pages/{bytes}``: the page of that size (sizes in :data:`SIZES` only)."""
+    """``GET /pages/{bytes}``: the page of that size (sizes in :data:`SIZES` only).
+
+    Every answer differs (a request number in a comment, as a CSRF token or a clock would), so
+    the rewriter's memory of pages it has seen never answers for it: what is timed is a rewrite.
+    """
     bodies = {size: page(size).encode("utf-8") for _, size in SIZES}
+    served = itertools.count()
 
     async def serve(request: Request) -> HTMLResponse:
-        return HTMLResponse(bodies[int(request.path_params["size"])])
+        body = bodies[int(request.path_params["size"])]
+        return HTMLResponse(b"<!-- %d -->" % next(served) + body)
 
     return Starlette(routes=[Route("/pages/{size:int}", serve)])

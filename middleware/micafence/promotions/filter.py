@@ -20,6 +20,20 @@ from micafence.promotions.page_codec import Unrewritable
 _DOCUMENT = re.compile(r"\A\s*(?:<!--.*?-->\s*)*<(?:!doctype|html|head|body)\b", re.I | re.S)
 
 
+# Pages served again unchanged (a home page every visitor of a zone gets) are rewritten once:
+# the result depends only on the filter and the text. At most this many pages of at most this
+# many characters are kept, a few MB per worker; a page with per-visitor content simply misses.
+_REMEMBERED_PAGES = 64
+_REMEMBERED_CHARS = 32_768
+_UNSEEN = object()
+_REWRITTEN: dict[tuple[PromotionFilter, str], str | None] = {}
+
+
+def forget_pages() -> None:
+    """Forget the pages rewritten so far (benchmarks time the rewrite itself)."""
+    _REWRITTEN.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class PromotionFilter:
     """What to remove for one kind of visitor.
@@ -59,6 +73,18 @@ class PromotionFilter:
             if not any(marker in lowered for marker in self.markers) \
                     or self.marker_names.search(lowered) is None:
                 return None
+        if len(text) > _REMEMBERED_CHARS:
+            return self._rewrite(text)
+        key = (self, text)
+        found = _REWRITTEN.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._rewrite(text)
+            if len(_REWRITTEN) >= _REMEMBERED_PAGES:
+                del _REWRITTEN[next(iter(_REWRITTEN))]  # the oldest
+            _REWRITTEN[key] = found
+        return found  # type: ignore[return-value]
+
+    def _rewrite(self, text: str) -> str | None:
         try:
             tree = LexborHTMLParser(text)
             root = tree.root
