@@ -169,7 +169,7 @@ class MicafenceMiddleware:
             promotions = enforcer.promotions
             if decision.promotion_stance is _PROMOTIONS_ALLOWED and not decision.blocked:
                 send = promotions.cache_safe(scope, send, decision)
-            elif not decision.blocked and not promotions.arrival(scope, decision):
+            elif not decision.blocked and promotions.arrival(scope, decision) is None:
                 send = promotions.page_safe(scope, send, decision)  # the restricted common case
             elif (guarded := await promotions.restrict(scope, send, decision, self.store)) is None:
                 return  # answered here: an empty or 204 promotion route

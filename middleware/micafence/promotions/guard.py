@@ -162,8 +162,9 @@ class PromotionGuard:
         Returns the ``send`` to carry on with (the middleware then answers 451 or calls the
         app), or ``None`` when the request has been answered here.
         """
-        extra = await self._record_arrival(scope, decision, store) \
-            if self.arrival(scope, decision) else []
+        arrival = self.arrival(scope, decision)
+        extra = [] if arrival is None else await self._record_arrival(scope, decision, store,
+                                                                      *arrival)
         if decision.blocked:
             if decision.route_class == "promotion":
                 outcome = self.route(decision.route_id).outcome
@@ -176,13 +177,16 @@ class PromotionGuard:
             return self.cache_safe(scope, _with_headers(send, extra), decision)
         return self.page_safe(scope, send, decision, extra)
 
-    def arrival(self, scope: Scope, decision: Decision) -> bool:
-        """Does a restricted visitor arrive through a promotion (evidence to record)?"""
+    def arrival(self, scope: Scope, decision: Decision) -> tuple[str | None, str | None] | None:
+        """How a restricted visitor arrives through a promotion, as evidence to record: the
+        promotion route and the marketing marker (either may be ``None``); ``None`` if not."""
         if decision.promotion_stance is _ALLOWED:
-            return False
+            return None
+        route_id = None
         if decision.route_class == "promotion" and self.route(decision.route_id).evidence:
-            return True
-        return self._markers.find(scope.get("query_string") or b"") is not None
+            route_id = decision.route_id
+        marker = self._markers.find(scope.get("query_string") or b"")
+        return None if route_id is None and marker is None else (route_id, marker)
 
     def page_safe(
         self, scope: Scope, send: Send, decision: Decision, extra: list[Header] | None = None
@@ -233,14 +237,11 @@ class PromotionGuard:
             extra_headers=extra,
         )
 
-    async def _record_arrival(self, scope: Scope, decision: Decision, store: Store) -> list[Header]:
+    async def _record_arrival(
+        self, scope: Scope, decision: Decision, store: Store, route_id: str | None,
+        marker: str | None,
+    ) -> list[Header]:
         """Record a restricted visitor's arrival through a promotion; the cookie to set, if any."""
-        route_id = None
-        if decision.route_class == "promotion" and self.route(decision.route_id).evidence:
-            route_id = decision.route_id
-        marker = self._markers.find(scope.get("query_string") or b"")
-        if route_id is None and marker is None:
-            return []
         extra: list[Header] = []
         subject = decision.client_id
         cookie = self.settings.visitor_cookie
