@@ -116,14 +116,17 @@ def test_redis_needs_a_key_and_a_usable_url(monkeypatch: pytest.MonkeyPatch) -> 
     assert isinstance(open_store("rediss://127.0.0.1:6390/0"), RedisStore)
 
 
-async def test_unreachable_redis_raises_store_error_without_the_password() -> None:
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+async def test_unreachable_redis_raises_store_error_without_the_password(scheme: str) -> None:
     port = free_port()  # a port nobody listens on
-    store = open_store(f"redis://:s3cret@127.0.0.1:{port}/0", grant_key=KEY)
-    for call in (store.grant_events("alice"), store.holdings("alice"), store.ping()):
+    store = open_store(f"{scheme}://:s3cret@127.0.0.1:{port}/0", grant_key=KEY)
+    for call in (store.grant_events("alice"), store.holdings("alice"), store.ping(),
+                 store.production_problems()):
         with pytest.raises(StoreError) as caught:
             await call
-        assert f"redis://:***@127.0.0.1:{port}/0" in str(caught.value)
+        assert f"{scheme}://:***@127.0.0.1:{port}/0" in str(caught.value)
         assert "s3cret" not in str(caught.value)
+    await store.start()  # the app starts all the same; grant checks fail closed
     await store.close()
 
 

@@ -136,12 +136,15 @@ class RedisStore(Store):
             import redis.asyncio as redis  # imported lazily: only Redis users pay for it
             from redis.asyncio.cluster import RedisCluster
             from redis.backoff import ExponentialBackoff
-            from redis.exceptions import RedisError
+            from redis.exceptions import RedisClusterException, RedisError
             from redis.retry import Retry
         except ImportError as exc:  # pragma: no cover - redis is a dependency
             raise StoreError("redis:// needs the redis package: pip install 'redis[hiredis]'") \
                 from exc
-        self._driver_errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        # A cluster client's own errors (no node reachable, slots not covered) are not
+        # RedisErrors.
+        self._driver_errors: tuple[type[BaseException], ...] = (
+            RedisError, RedisClusterException, OSError)
         self.cluster = cluster
         options: dict[str, Any] = {
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
@@ -153,7 +156,7 @@ class RedisStore(Store):
                     url.replace("+cluster", "", 1), **options)
             else:
                 self._client = redis.Redis.from_url(url, **options)
-        except (ValueError, RedisError) as exc:
+        except (ValueError, RedisError, RedisClusterException) as exc:
             raise StoreError(f"{self.location}: not a usable Redis URL: {exc}") from exc
         self.key = key
         self.keys = KeyLayout(prefix, one_slot=cluster)
