@@ -37,13 +37,9 @@ from micafence.promotions.guard import PromotionGuard
 from micafence.promotions.rewriter import RewritingSend
 
 
-class _Scan(StdlibParser):
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        pass
-
-
 def stdlib_scan(text: str) -> None:
-    scanner = _Scan()
+    """Tokenize ``text`` with the standard library's parser; its handlers do nothing."""
+    scanner = StdlibParser()
     scanner.feed(text)
     scanner.close()
 

@@ -265,8 +265,8 @@ def test_readme_walkthrough(store_url: str) -> None:
     # Restarting the demo on the same store does not record the seeds twice.
     again = build_demo(DEFAULT_POLICY, bundled_test_database(), store=store_url,
                        grants=DEMO_GRANTS)
-    with ServerThread(again):
-        pass
+    with ServerThread(again) as restarted:
+        assert order(restarted.url, "alice", "BTC-EUR") == (201, "")  # the seeds still hold
     listed = subprocess.run([MICAFENCE, "grant", "list", "--store", store_url, "--json"],
                             capture_output=True, text=True, check=True)
     assert sorted(g["client_id"] for g in json.loads(listed.stdout)) == ["alice", "bob", "carol"]
