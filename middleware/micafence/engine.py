@@ -182,7 +182,7 @@ class Enforcer:
             return entry
         query = scope.get("query_string") or b""
         route_key = (scope.get("method"), scope.get("path"), scope.get("root_path"),
-                     query if query and may_override_method(query) else None)
+                     query if may_override_method(query) else None)
         if entry is not None:
             cached = entry.get(route_key)
             if cached is not None:

@@ -169,12 +169,15 @@ class MicafenceMiddleware:
             promotions = enforcer.promotions
             if decision.promotion_stance is _PROMOTIONS_ALLOWED and not decision.blocked:
                 send = promotions.cache_safe(scope, send, decision)
-            elif not decision.blocked and promotions.arrival(scope, decision) is None:
-                send = promotions.page_safe(scope, send, decision)  # the restricted common case
-            elif (guarded := await promotions.restrict(scope, send, decision, self.store)) is None:
-                return  # answered here: an empty or 204 promotion route
             else:
-                send = guarded
+                arrival = promotions.arrival(scope, decision)  # solicitation evidence to record
+                if arrival is None and not decision.blocked:  # the restricted common case
+                    send = promotions.page_safe(scope, send, decision)
+                elif (guarded := await promotions.restrict(
+                        scope, send, decision, self.store, arrival)) is None:
+                    return  # answered here: an empty or 204 promotion route
+                else:
+                    send = guarded
         if decision.blocked:
             if kind == "http":
                 await send_block(scope, send, decision, enforcer.policy.blocked_by)

@@ -65,7 +65,6 @@ async def granted_app(clients: Sequence[str]) -> AsyncIterator[MicafenceMiddlewa
             # A throw-away Redis keeps nothing on disk: the production check would say so.
             store_log.setLevel(logging.ERROR)
             await app.store.start(app.enforcer.policy.grant_store)
-            store_log.setLevel(level)
             yield app
         finally:
             store_log.setLevel(level)

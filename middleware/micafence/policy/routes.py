@@ -81,6 +81,8 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
 
 def may_override_method(query: bytes) -> bool:
     """Could this query string carry a ``_method`` override (possibly percent-encoded)?"""
+    if not query:  # most requests: no query string, nothing to lower-case
+        return False
     return b"%" in query or b"_method" in query.lower()
 
 

@@ -155,14 +155,15 @@ class PromotionGuard:
         return any(self.cache.route_depends_on_zone(p) for p in route_paths(scope))
 
     async def restrict(
-        self, scope: Scope, send: Send, decision: Decision, store: Store
+        self, scope: Scope, send: Send, decision: Decision, store: Store,
+        arrival: tuple[str | None, str | None] | None,
     ) -> Send | None:
-        """Handle a blocked request or one from a visitor who may not see promotions.
+        """Handle a blocked request or one from a visitor who may not see promotions, with
+        what :meth:`arrival` found (recorded here as solicitation evidence).
 
         Returns the ``send`` to carry on with (the middleware then answers 451 or calls the
         app), or ``None`` when the request has been answered here.
         """
-        arrival = self.arrival(scope, decision)
         extra = [] if arrival is None else await self._record_arrival(scope, decision, store,
                                                                       *arrival)
         if decision.blocked:
@@ -199,6 +200,7 @@ class PromotionGuard:
         ``extra`` headers (the visitor cookie) go on the response whatever it is.
         """
         _strip_request(scope)
+        added = extra or []
         method = scope.get("method")
         zone_route = (method == "GET" or method == "HEAD") and self._zone_route(scope)
         rewriter: RewritingSend | None = None
@@ -207,11 +209,11 @@ class PromotionGuard:
             nonlocal rewriter
             if rewriter is None:
                 if message["type"] != "http.response.start" or not (
-                    extra or zone_route or touches(message)
+                    added or zone_route or touches(message)
                 ):
                     await send(message)
                     return
-                rewriter = self._rewriter(scope, send, decision, extra or [], zone_route)
+                rewriter = self._rewriter(scope, send, decision, added, zone_route)
             await rewriter(message)
 
         return send_page_safe
