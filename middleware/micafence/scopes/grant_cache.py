@@ -30,7 +30,7 @@ from typing import Any
 
 from micafence.background import stop_task
 from micafence.logs import log_event
-from micafence.scopes.grants import GrantEvent
+from micafence.scopes.grants import GrantEvent, GrantState, fold
 
 POLL_INTERVAL = 0.25
 MAX_STALENESS = 0.75
@@ -52,7 +52,8 @@ class GrantCache:
     ) -> None:
         self.max_staleness = max_staleness
         self._clock = clock
-        self._entries: dict[str, tuple[GrantEvent, ...]] = {}
+        # Client id -> (its records, folded into grants once, for the service checks).
+        self._entries: dict[str, tuple[tuple[GrantEvent, ...], tuple[GrantState, ...]]] = {}
         self._generation = 0
         self._version: int | None = None
         self._verified_at = float("-inf")
@@ -70,6 +71,18 @@ class GrantCache:
 
     def get(self, client_id: str) -> tuple[GrantEvent, ...] | None:
         """The client's records, or ``None``: not cached, or the cache cannot be trusted now."""
+        entry = self._entry(client_id)
+        return None if entry is None else entry[0]
+
+    def states(self, client_id: str) -> tuple[GrantState, ...] | None:
+        """The client's records folded into grants (:func:`~micafence.scopes.grants.fold`), or
+        ``None`` as for :meth:`get`."""
+        entry = self._entry(client_id)
+        return None if entry is None else entry[1]
+
+    def _entry(
+        self, client_id: str
+    ) -> tuple[tuple[GrantEvent, ...], tuple[GrantState, ...]] | None:
         if not self._subscribed or self._clock() - self._verified_at >= self.max_staleness:
             return None
         return self._entries.get(client_id)
@@ -80,7 +93,7 @@ class GrantCache:
             return
         if len(self._entries) >= _LIMIT:
             self._entries.clear()
-        self._entries[client_id] = events
+        self._entries[client_id] = (events, tuple(fold(events)))
 
     def flush(self) -> None:
         self._entries.clear()

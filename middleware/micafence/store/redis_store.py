@@ -50,7 +50,6 @@ from micafence.scopes.grants import (
     event_from_json,
     event_to_json,
     filed_under,
-    fold,
 )
 from micafence.scopes.onboarding import OnboardingTicket, ticket_from_json, ticket_to_json
 from micafence.scopes.signing import GrantKey, RecordSeal
@@ -58,7 +57,6 @@ from micafence.store.base import SolicitationEvidence, Store
 from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
 T = TypeVar("T")
-_FOLDED_LIMIT = 100_000  # clients whose folded grants are kept, as many as the grant cache
 
 # KEYS: ids, log, version, the client lists; ARGV: grant id ("" for other records), record,
 # channel, client id. Returns the new version, or -1 when the grant id is already recorded.
@@ -163,8 +161,6 @@ class RedisStore(Store):
         self._seal = RecordSeal(key, self.location)
         self._append = self._client.register_script(_APPEND)
         self.cache = GrantCache(max_staleness=max_staleness)
-        # Client id -> (the cached records, their fold): folded once per cache entry.
-        self._folded: dict[str, tuple[tuple[GrantEvent, ...], tuple[GrantState, ...]]] = {}
         self.invalidator = CacheInvalidator(
             self.cache, self._client, self.keys.channel, read_version=self.grant_version,
             on_subscribed=self._recheck, poll_interval=poll_interval, location=self.location,
@@ -269,17 +265,10 @@ class RedisStore(Store):
     async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
         if self._refusal is not None:
             raise StoreError(self._refusal)
-        cached = self.cache.get(client_id)
+        cached = self.cache.states(client_id)
         if cached is None:
             return await super().grant_states(client_id)  # loads, and caches the records
-        folded = self._folded.get(client_id)
-        if folded is not None and folded[0] is cached:  # the same entry: nothing changed
-            return folded[1]
-        states = tuple(fold(cached))
-        if len(self._folded) >= _FOLDED_LIMIT:
-            self._folded.clear()
-        self._folded[client_id] = (cached, states)
-        return states
+        return cached
 
     async def close(self) -> None:
         await self.stop()
