@@ -25,7 +25,6 @@ _DOCUMENT = re.compile(r"\A\s*(?:<!--.*?-->\s*)*<(?:!doctype|html|head|body)\b",
 # many characters are kept, a few MB per worker; a page with per-visitor content simply misses.
 _REMEMBERED_PAGES = 64
 _REMEMBERED_CHARS = 32_768
-_UNSEEN = object()
 _REWRITTEN: dict[tuple[PromotionFilter, str], str | None] = {}
 
 
@@ -76,13 +75,15 @@ class PromotionFilter:
         if len(text) > _REMEMBERED_CHARS:
             return self._rewrite(text)
         key = (self, text)
-        found = _REWRITTEN.get(key, _UNSEEN)
-        if found is _UNSEEN:
-            found = self._rewrite(text)
-            if len(_REWRITTEN) >= _REMEMBERED_PAGES:
-                del _REWRITTEN[next(iter(_REWRITTEN))]  # the oldest
-            _REWRITTEN[key] = found
-        return found  # type: ignore[return-value]
+        try:
+            return _REWRITTEN[key]
+        except KeyError:
+            pass
+        found = self._rewrite(text)
+        if len(_REWRITTEN) >= _REMEMBERED_PAGES:
+            del _REWRITTEN[next(iter(_REWRITTEN))]  # the oldest
+        _REWRITTEN[key] = found
+        return found
 
     def _rewrite(self, text: str) -> str | None:
         try:
