@@ -23,11 +23,10 @@ from micafence.engine import Enforcer
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
 
-_POOLS = visitor_pools(Enforcer(load_policy(policy_path()), GeoIPDatabase(database_path())))
-_VISITS = {
-    True: skewed_visits(_POOLS.restricted, 5000),
-    False: skewed_visits(_POOLS.unrestricted, 5000),
-}
+_ENFORCER = Enforcer(load_policy(policy_path()), GeoIPDatabase(database_path()))
+_POOLS = visitor_pools(_ENFORCER)
+_VISITS = {scenario.name: skewed_visits(scenario.visitors(_ENFORCER, _POOLS), 5000)
+           for scenario in MIX}
 _SCENARIOS = list(MIX)
 _WEIGHTS = [scenario.weight for scenario in MIX]
 
@@ -38,7 +37,7 @@ class ExchangeVisitor(FastHttpUser):
     @task
     def visit(self) -> None:
         scenario = random.choices(_SCENARIOS, weights=_WEIGHTS)[0]
-        headers = {"X-Forwarded-For": random.choice(_VISITS[scenario.restricted])}
+        headers = {"X-Forwarded-For": random.choice(_VISITS[scenario.name])}
         if scenario.body:
             headers["Content-Type"] = "application/json"
         with self.client.request(scenario.method, scenario.path, data=scenario.body or None,

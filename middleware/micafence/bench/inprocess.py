@@ -43,7 +43,7 @@ class ClassResult:
     bare: Timing
     micafence: Timing
     naive: Timing | None
-    statuses: dict[str, int]  # micafence's status for the first request, per app
+    statuses: dict[str, frozenset[int]]  # every status each app answered in the class
 
     @property
     def overhead_us(self) -> float:
@@ -113,10 +113,10 @@ async def measure(
     apps: dict[str, ASGIApp] = {"bare": bare, "micafence": micafence}
     if naive is not None:
         apps["naive"] = naive
-    statuses = {label: await _call(app, requests[0]) for label, app in apps.items()}
-    for app in apps.values():  # warm caches, as a server's are after its first minutes
-        for request in dict.fromkeys(requests):
-            await _call(app, request)
+    statuses: dict[str, frozenset[int]] = {}
+    for label, app in apps.items():  # warm caches, as a server's are after its first minutes
+        statuses[label] = frozenset([await _call(app, request)
+                                     for request in dict.fromkeys(requests)])
     samples: dict[str, list[int]] = {label: [] for label in apps}
     prepared = [(request, _scope(request)) for request in requests]
     for start in range(0, len(prepared), _BLOCK):

@@ -19,12 +19,13 @@ from typing import Any
 from micafence.bench import apps, grants, pages
 from micafence.bench.http import Row, paired_throughput, rotating_v6_script, rows_script, servers
 from micafence.bench.inprocess import ClassResult, Request, measure
-from micafence.bench.traffic import MIX, skewed_visits, visitor_pools
+from micafence.bench.traffic import MIX, answering, skewed_visits, visitor_pools
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
 from micafence.location.geo import GeoIPDatabase
 from micafence.middleware import MicafenceMiddleware
 from micafence.policy.loader import load_policy
+from micafence.policy.model import Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +63,24 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
     pools = visitor_pools(enforcer)
     unrestricted = skewed_visits(pools.unrestricted, count)
     restricted = skewed_visits(pools.restricted, count)
+    # Each class times one path: only the restricted visitors whose request takes it.
+    signing_up = skewed_visits(
+        answering(enforcer, pools.restricted, "POST", "/api/accounts", Outcome.BLOCK), count)
+    ordering = skewed_visits(
+        answering(enforcer, pools.restricted, "POST", "/api/orders", Outcome.REQUIRE_GRANT), count)
     classes = {
         "neutral_unrestricted": _requests(unrestricted, "GET", "/healthz"),
         "neutral_restricted": _requests(restricted, "GET", "/healthz"),
-        "signup_block": _requests(restricted, "POST", "/api/accounts", '{"email": "a@b.eu"}'),
-        "out_of_scope_block": _requests(
-            restricted, "POST", "/api/orders", '{"pair": "BTC-EUR", "side": "buy", "amount": "1"}'
+        "signup_block": _requests(signing_up, "POST", "/api/accounts", '{"email": "a@b.eu"}'),
+        "out_of_scope_block": _requests(  # no client id, so no grant: blocked
+            ordering, "POST", "/api/orders", '{"pair": "BTC-EUR", "side": "buy", "amount": "1"}'
         ),
     }
     clients = grants.client_ids(200)
     granted = skewed_visits(clients, count, seed=5)
     grant_classes = {
-        "in_scope_grant": grants.orders(restricted, granted, grants.IN_SCOPE),
-        "out_of_scope_grant": grants.orders(restricted, granted, grants.OUT_OF_SCOPE),
+        "in_scope_grant": grants.orders(ordering, granted, grants.IN_SCOPE),
+        "out_of_scope_grant": grants.orders(ordering, granted, grants.OUT_OF_SCOPE),
     }
     page_classes = {  # fewer samples for larger pages: a 1 MB page takes milliseconds
         f"page_{label.replace(' ', '')}": _requests(restricted[:max(5, count * 10 // size)],
@@ -111,11 +117,14 @@ _EXPECTED_STATUS = {"signup_block": 451, "out_of_scope_block": 451, "out_of_scop
 
 
 def _check_status(result: ClassResult) -> None:
-    expected = _EXPECTED_STATUS.get(result.name, result.statuses["bare"])
-    if result.statuses["micafence"] != expected:
+    """Every request of a class answered as the class says: else it timed a mix of paths."""
+    expected = _EXPECTED_STATUS.get(result.name)
+    wanted = frozenset([expected]) if expected is not None else result.statuses["bare"]
+    answered = result.statuses["micafence"]
+    if answered != wanted or len(answered) != 1:
         raise MicafenceError(
-            f"benchmark class {result.name}: micafence answered {result.statuses['micafence']}, "
-            f"not {expected}; the policy or database does not give this class its path"
+            f"benchmark class {result.name}: micafence answered {sorted(answered)}, not "
+            f"{sorted(wanted)}; the policy or database does not give this class one path"
         )
 
 
@@ -125,8 +134,8 @@ def run_http(enforcer: Enforcer, rounds: int, seconds: int) -> list[Any]:
     neutral = [Row("GET", "/healthz", "", ip) for ip in skewed_visits(pools.unrestricted, 4000)]
     mix: list[Row] = []
     for scenario in MIX:
-        pool = pools.restricted if scenario.restricted else pools.unrestricted
-        visits = skewed_visits(pool, scenario.weight * 40, seed=rng.randrange(1 << 30))
+        visits = skewed_visits(scenario.visitors(enforcer, pools), scenario.weight * 40,
+                               seed=rng.randrange(1 << 30))
         mix.extend(Row(scenario.method, scenario.path, scenario.body, ip) for ip in visits)
     rng.shuffle(mix)
     results = []

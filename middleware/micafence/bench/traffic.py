@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import maxminddb
 
 from micafence.engine import Enforcer
+from micafence.policy.model import Outcome
 from micafence.policy.probe import build_scope
 
 _MAX_NETWORKS = 200_000  # a production database has millions: a sample is enough
@@ -44,6 +45,18 @@ def visitor_pools(enforcer: Enforcer, per_network: int = 24, seed: int = 7) -> V
     return VisitorPools(tuple(dict.fromkeys(restricted)), tuple(dict.fromkeys(unrestricted)))
 
 
+def answering(
+    enforcer: Enforcer, addresses: Sequence[str], method: str, path: str, outcome: Outcome
+) -> tuple[str, ...]:
+    """The ``addresses`` whose ``method path`` request meets ``outcome``.
+
+    A restricted pool mixes zones (an EU visitor's order needs a grant, a UK visitor's passes):
+    a class timing one path takes only the visitors that reach it.
+    """
+    return tuple(address for address in addresses
+                 if enforcer.decide(build_scope(address, method, path)).outcome is outcome)
+
+
 def skewed_visits(addresses: Sequence[str], count: int, seed: int = 11) -> list[str]:
     """``count`` visits over ``addresses`` with a Zipf-like (s = 1.1) popularity skew."""
     if not addresses:
@@ -70,6 +83,13 @@ class Scenario:
     path: str
     body: str
     restricted: bool  # drawn from restricted visitors (EU, EEA, …) or not
+    outcome: Outcome | None = None  # only the visitors whose request meets this outcome
+
+    def visitors(self, enforcer: Enforcer, pools: VisitorPools) -> tuple[str, ...]:
+        pool = pools.restricted if self.restricted else pools.unrestricted
+        if self.outcome is None:
+            return pool
+        return answering(enforcer, pool, self.method, self.path, self.outcome)
 
 
 #: The release mix (weights out of 100), shared by the HTTP benchmark and the locustfile.
@@ -82,7 +102,8 @@ MIX: tuple[Scenario, ...] = (
              '{"pair": "BTC-USD", "side": "buy", "amount": "0.1"}', False),
     Scenario("restricted_neutral", 10, "GET", "/healthz", "", True),
     Scenario("restricted_home", 4, "GET", "/", "", True),
-    Scenario("restricted_signup", 3, "POST", "/api/accounts", '{"email": "a@b.eu"}', True),
-    Scenario("restricted_order", 3, "POST", "/api/orders",
-             '{"pair": "BTC-EUR", "side": "buy", "amount": "0.1"}', True),
+    Scenario("restricted_signup", 3, "POST", "/api/accounts", '{"email": "a@b.eu"}', True,
+             Outcome.BLOCK),
+    Scenario("restricted_order", 3, "POST", "/api/orders",  # no grant held: blocked
+             '{"pair": "BTC-EUR", "side": "buy", "amount": "0.1"}', True, Outcome.REQUIRE_GRANT),
 )
