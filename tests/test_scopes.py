@@ -216,6 +216,28 @@ async def test_time_bounds(
     assert outcome(await send(app, request_)) == (status, reason)
 
 
+async def test_a_clients_repeated_orders_meet_each_bound_the_moment_it_passes() -> None:
+    # One app, one client, one address: micafence remembers the settled order between
+    # requests, and the clock walking over the window and the term must still end it.
+    policy, store, clock = policy_of(), MemoryStore(), Clock(T0 + HOUR)
+    await grant(store, policy, "exchange_for_funds", "USDC")
+    app = guard(policy, store, clock)
+    just = dt.timedelta(microseconds=1)
+    walk = [  # (elapsed since the initiative, status of a USDC order, of a PYUSD order)
+        (HOUR, 201, 201),
+        (DAY - just, 201, 201),
+        (DAY, 201, 451),  # the same-type window is over; the exact asset's term is not
+        (30 * DAY - just, 201, 451),
+        (30 * DAY, 451, 451),
+        (HOUR, 201, 201),  # a clock set back (a corrected time source) is believed too
+    ]
+    for elapsed, usdc, pyusd in walk:
+        clock.now = T0 + elapsed
+        for request, status in ((order("USDC-EUR"), usdc), (order("PYUSD-EUR"), pyusd)):
+            for _ in range(2):
+                assert (await send(app, request)).status_code == status, (elapsed, request)
+
+
 # -- revocation and wind-down --------------------------------------------------------------------
 
 

@@ -16,12 +16,13 @@ import datetime as dt
 import functools
 import json
 import logging
+import math
 import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from micafence.decision import Decision
@@ -53,6 +54,7 @@ GRANT_EXPIRED = "grant_expired"
 SCOPE_UNREADABLE = "scope_unreadable"
 STORE_UNAVAILABLE = "store_unavailable"
 _LOG_EVERY = 10.0  # seconds between tracebacks of a failing store
+_MEMO_LIMIT = 4096  # settled decisions kept (clients x scopes); forgotten all at once when full
 
 _PAIR = re.compile(r"([A-Z0-9]{1,16})[-/_]([A-Z0-9]{1,16})")
 
@@ -65,8 +67,7 @@ class RequestedScope:
     assets: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ScopeVerdict:
+class ScopeVerdict(NamedTuple):
     """``reason`` is a suffix of the decision's reason (``in_scope``, ``grant_expired``, …)."""
 
     reason: str
@@ -80,6 +81,12 @@ class ScopeGate:
         self.store = store
         self.clock = clock
         self._logged_at = -_LOG_EVERY  # monotonic time of the last outage traceback
+        self._timestamp: Callable[[], float] = (
+            time.time if clock is utc_now else (lambda: clock().timestamp())
+        )
+        # A client's orders repeat the same decision (the engine caches it per visitor and
+        # route) and the same requested scope: their settled decision is kept per both.
+        self._memo: dict[tuple[int, RequestedScope], _Memo] = {}
 
     async def settle(
         self, policy: Policy, decision: Decision, scope: Scope, receive: Receive
@@ -98,7 +105,10 @@ class ScopeGate:
                 logger.exception("micafence: grant store unavailable (service checks fail "
                                  "closed; logged at most every %g s)", _LOG_EVERY)
             return _settled(decision, STORE_UNAVAILABLE), receive
-        if not any(state.in_force for state in states):  # revoked, or pending approval
+        for state in states:
+            if state.in_force:
+                break
+        else:  # none, or all revoked or pending approval: no need to read the request
             return _settled(decision, NO_GRANT), receive
         catalogue = policy.catalogue
         route = catalogue.routes.get(decision.route_id or "")
@@ -107,8 +117,48 @@ class ScopeGate:
         requested, receive = await read_requested(route, catalogue, scope, receive)
         if requested is None:
             return _settled(decision, SCOPE_UNREADABLE), receive
-        verdict = evaluate(catalogue, states, requested, self.clock())
-        return _settled(decision, verdict.reason, verdict.grant_ids), receive
+        return self._scoped(catalogue, decision, states, requested), receive
+
+    def _scoped(
+        self, catalogue: Catalogue, decision: Decision, states: Sequence[GrantState],
+        requested: RequestedScope,
+    ) -> Decision:
+        """:func:`evaluate`, settled; remembered while the grants are the same objects (the
+        Redis store's cache hands out one tuple per client until a record changes) and the
+        clock has crossed none of their bounds."""
+        key = (id(decision), requested)
+        now = self._timestamp()
+        memo = self._memo.get(key)
+        # Identity, not equality: the entry holds the objects, so their ids cannot be reused.
+        if (memo is not None and memo.decision is decision and memo.states is states
+                and memo.catalogue is catalogue and memo.since <= now < memo.until):
+            return memo.settled
+        at = self.clock()
+        verdict = evaluate(catalogue, states, requested, at)
+        settled = _settled(decision, verdict.reason, verdict.grant_ids)
+        bounds = [end.timestamp() for state in states if state.in_force
+                  for end in (_term_end(catalogue, state.grant),
+                              _window_end(catalogue, state.grant))]
+        instant = at.timestamp()
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = _Memo(
+            decision, states, catalogue, settled,
+            since=max((b for b in bounds if b <= instant), default=-math.inf),
+            until=min((b for b in bounds if b > instant), default=math.inf),
+        )
+        return settled
+
+
+class _Memo(NamedTuple):
+    """A settled decision, and what it holds for: these objects, between two grant bounds."""
+
+    decision: Decision
+    states: Sequence[GrantState]
+    catalogue: Catalogue
+    settled: Decision
+    since: float  # the verdict is a function of which bounds lie before the clock: it holds
+    until: float  # from the last bound passed to the next one
 
 
 def _settled(decision: Decision, reason: str, grant_ids: Sequence[str] = ()) -> Decision:
@@ -299,7 +349,9 @@ class _Values:
         return None
 
 
-_DECODER = json.JSONDecoder()
+# One JSON value at an index: what json.loads runs inside (set in __init__, not in typeshed).
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_JSON_SPACE = " \t\n\r"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -311,14 +363,18 @@ def _json_object(raw: bytes, keys: Sequence[bytes]) -> dict[str, Any] | None:
     holds an escape (``"\\u0070air"`` is ``"pair"``), a NUL (UTF-16 and UTF-32 bodies, where
     the byte count says nothing) or a byte-order mark. Otherwise the body is UTF-8.
     """
-    strict = (b"\\" in raw or b"\0" in raw or raw.startswith(_UTF8_BOM)
-              or any(raw.count(key) > 1 for key in keys))
+    strict = b"\\" in raw or b"\0" in raw or raw.startswith(_UTF8_BOM)
+    for key in keys:
+        strict = strict or raw.count(key) > 1
     try:
         if strict:
             value = json.loads(raw, object_pairs_hook=_refuse_duplicates)
-        else:  # UTF-8 for sure: skip json.loads's encoding detection (half its time here)
-            value = _DECODER.decode(raw.decode("utf-8", "surrogatepass"))
-    except (ValueError, RecursionError):
+        else:  # UTF-8 for sure: json.loads's encoding detection and wrappers are most of its time
+            text = raw.decode("utf-8", "surrogatepass").strip(_JSON_SPACE)
+            value, end = _SCAN(text, 0)
+            if end != len(text):
+                return None  # something after the value
+    except (ValueError, RecursionError, StopIteration):  # StopIteration: no value at all
         return None
     return value if isinstance(value, dict) else None
 

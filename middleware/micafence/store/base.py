@@ -31,6 +31,8 @@ from micafence.scopes.grants import (
 )
 from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
+_FOLDED_LIMIT = 10_000  # clients whose folded grants the memory store keeps at once
+
 if TYPE_CHECKING:
     from micafence.scopes.onboarding import OnboardingTicket
     from micafence.scopes.signing import GrantKey
@@ -127,6 +129,7 @@ class MemoryStore(Store):
         self._by_client: dict[str, list[GrantEvent]] = {}
         self._grant_ids: set[str] = set()
         self._tickets: dict[str, OnboardingTicket] = {}
+        self._folded: dict[str, tuple[GrantState, ...]] = {}  # per client, until a new record
 
     async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
         self._solicitations.setdefault(evidence.subject, []).append(evidence)
@@ -142,6 +145,7 @@ class MemoryStore(Store):
         self._events.append(event)
         for client in filed_under(event):
             self._by_client.setdefault(client, []).append(event)
+        self._folded.clear()  # a binding changes its account's holdings too: forget them all
         return len(self._events)
 
     async def grant_events(self, client_id: str | None = None) -> list[GrantEvent]:
@@ -151,6 +155,19 @@ class MemoryStore(Store):
 
     async def grant_version(self) -> int:
         return len(self._events)
+
+    async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
+        # One tuple per client until a record changes, as the Redis store's cache hands out:
+        # the service check remembers verdicts per tuple.
+        states = self._folded.get(client_id)
+        if states is None:
+            version = len(self._events)
+            states = await super().grant_states(client_id)
+            if version == len(self._events):  # no record came in meanwhile (subclasses wait)
+                if len(self._folded) >= _FOLDED_LIMIT:
+                    self._folded.clear()
+                self._folded[client_id] = states
+        return states
 
     async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
         self._tickets[ticket.token_hash] = ticket
