@@ -34,6 +34,9 @@ def test_quick_benchmark_reports_every_class_against_both_peers(tmp_path: Path) 
         assert name in run.stdout
     assert "Targets" in run.stdout
     assert "in-scope grant check" in run.stdout
+    # The µs targets also shown at the reference machine's speed, from this run's bare route.
+    bare_route = metrics["inprocess.neutral_unrestricted.bare_p50_us"]
+    assert run.stdout.count(f"6.4 µs there, {bare_route:.1f} µs here") == 3
 
 
 def test_check_fails_on_a_regression(tmp_path: Path) -> None:
