@@ -91,13 +91,18 @@ def make_private(
     return out
 
 
-def is_html(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Does the response say it is HTML (``text/html`` or XHTML)?"""
+def typed_html(headers: Iterable[tuple[bytes, bytes]]) -> bool | None:
+    """Does the response's ``Content-Type`` say HTML (``text/html`` or XHTML)? ``None``: untyped."""
     for name, value in headers:
         # ASGI apps send lower-case names; the length test keeps the fallback off the hot path.
         if name == b"content-type" or (len(name) == 12 and name.lower() == b"content-type"):
             return value.lstrip().lower().startswith(HTML_TYPES)
-    return False
+    return None
+
+
+def is_html(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Does the response say it is HTML (``text/html`` or XHTML)?"""
+    return typed_html(headers) is True
 
 
 class CacheSafety:

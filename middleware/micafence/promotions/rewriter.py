@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from micafence.promotions.caching import CacheSafety, is_html
+from micafence.promotions.caching import CacheSafety, typed_html
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.page_codec import (
     Unrewritable,
@@ -192,10 +192,7 @@ def _header(headers: list[Header], name: bytes) -> str | None:
 
 def _maybe_html(headers: Iterable[Header]) -> bool:
     """HTML, or no ``Content-Type`` at all: browsers sniff untyped bodies and may render them."""
-    for name, _ in headers:
-        if name == b"content-type" or name.lower() == b"content-type":
-            return is_html(headers)
-    return True
+    return typed_html(headers) is not False
 
 
 def _sniffs_as_html(body: bytes) -> bool:
