@@ -51,3 +51,24 @@ def test_check_fails_on_a_regression(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "REGRESSION" in run.stdout
     assert "inprocess.neutral_unrestricted.cost_ratio" in run.stdout
+
+
+def test_http_benchmark_loads_every_server_under_wrk() -> None:
+    # The HTTP half, one short round: real uvicorn servers on 127.0.0.1, loaded by wrk.
+    from micafence.bench.apps import database_path, policy_path
+    from micafence.bench.runner import metrics_of, run_http
+    from micafence.engine import Enforcer
+    from micafence.location.geo import GeoIPDatabase
+    from micafence.policy.loader import load_policy
+
+    enforcer = Enforcer(load_policy(policy_path()), GeoIPDatabase(database_path()))
+    metrics = metrics_of([], run_http(enforcer, rounds=1, seconds=1))
+    for scenario in ("neutral", "mix", "rotating_v6"):
+        assert metrics[f"http.{scenario}.bare_rps"] > 0
+        assert metrics[f"http.{scenario}.micafence_rps"] > 0
+        assert metrics[f"http.{scenario}.throughput_ratio"] > 0
+    # Neutral traffic also against the naive peer and the do-nothing send wrapper (the floor).
+    assert metrics["http.neutral.naive_rps"] > 0
+    assert metrics["http.neutral.passthrough_rps"] > 0
+    assert metrics["http.neutral.passthrough_ratio"] > 0
+    assert "http.mix.passthrough_ratio" not in metrics

@@ -73,3 +73,23 @@ def naive_app() -> Any:
     app = build_demo_app()
     app.add_middleware(NaiveGeoBlock)
     return app
+
+
+def passthrough_app() -> Any:
+    """The demo exchange behind the thinnest middleware that touches responses: a pure-ASGI
+    wrapper of ``send`` doing nothing else. Its throughput ratio is the floor any such
+    middleware (micafence's cache-safety wrapper among them) can reach on this machine."""
+    inner = build_demo_app()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+
+        async def passing_send(message: Any) -> None:
+            await send(message)
+
+        await inner(scope, receive, passing_send)
+
+    return app
+

@@ -28,6 +28,7 @@ _FACTORIES = {
     "bare": "micafence.bench.apps:bare_app",
     "micafence": "micafence.bench.apps:micafence_app",
     "naive": "micafence.bench.apps:naive_app",
+    "passthrough": "micafence.bench.apps:passthrough_app",
 }
 
 # Requests are (method, path, body, forwarded-for) rows; wrk cycles through them.
@@ -69,6 +70,7 @@ class Throughput:
     rps: dict[str, float]  # median requests/s per app
     ratio_to_bare: float  # median over rounds of micafence / bare
     ratio_to_naive: float | None
+    passthrough_ratio: float | None  # a do-nothing send wrapper / bare: the noise floor
 
 
 def _lua_string(text: str) -> str:
@@ -159,15 +161,14 @@ def paired_throughput(
     for _ in range(rounds):
         for name, url in urls.items():
             runs[name].append(_wrk(url, script, seconds, connections))
-    ratios = [m / b for m, b in zip(runs["micafence"], runs["bare"], strict=True)]
-    naive = None
-    if "naive" in runs:
-        naive = statistics.median(
-            m / n for m, n in zip(runs["micafence"], runs["naive"], strict=True)
-        )
+
+    def paired(top: str, bottom: str) -> float:
+        return statistics.median(t / b for t, b in zip(runs[top], runs[bottom], strict=True))
+
     return Throughput(
         scenario,
         {name: statistics.median(values) for name, values in runs.items()},
-        statistics.median(ratios),
-        naive,
+        paired("micafence", "bare"),
+        paired("micafence", "naive") if "naive" in runs else None,
+        paired("passthrough", "bare") if "passthrough" in runs else None,
     )

@@ -145,9 +145,9 @@ def run_http(enforcer: Enforcer, rounds: int, seconds: int) -> list[Any]:
         mix.extend(Row(scenario.method, scenario.path, scenario.body, ip) for ip in visits)
     rng.shuffle(mix)
     results = []
-    with servers(["bare", "micafence", "naive"], _server_env()) as urls:
+    with servers(["bare", "micafence", "naive", "passthrough"], _server_env()) as urls:
         results.append(paired_throughput("neutral", urls, rows_script(neutral), rounds, seconds))
-        pair = {k: urls[k] for k in ("bare", "micafence")}
+        pair = {k: urls[k] for k in ("bare", "micafence")}  # the peers: neutral traffic only
         results.append(paired_throughput("mix", pair, rows_script(mix), rounds, seconds))
         results.append(paired_throughput("rotating_v6", pair, rotating_v6_script(), rounds,
                                          seconds))
@@ -198,6 +198,8 @@ def metrics_of(inprocess: list[ClassResult], http: list[Any]) -> dict[str, float
             metrics[f"http.{run.scenario}.{name}_rps"] = round(rps, 1)
         if run.ratio_to_naive is not None:
             metrics[f"http.{run.scenario}.times_naive"] = round(run.ratio_to_naive, 3)
+        if run.passthrough_ratio is not None:
+            metrics[f"http.{run.scenario}.passthrough_ratio"] = round(run.passthrough_ratio, 4)
     return metrics
 
 
@@ -251,12 +253,15 @@ def render(inprocess: list[ClassResult], http: list[Any], metrics: dict[str, flo
     if http:
         lines += ["", "HTTP under uvicorn, wrk paired runs (requests/s, medians)",
                   f"{'scenario':<14}{'bare':>10}{'micafence':>11}{'naive':>10}{'ratio':>8}"
-                  f"{'vs naive':>10}"]
+                  f"{'vs naive':>10}{'floor':>8}"]
         for run in http:
             naive_rps = f"{run.rps['naive']:>10.0f}" if "naive" in run.rps else f"{'-':>10}"
             vs = f"{run.ratio_to_naive:>9.1f}x" if run.ratio_to_naive else f"{'-':>10}"
+            floor = f"{run.passthrough_ratio:>8.3f}" if run.passthrough_ratio else f"{'-':>8}"
             lines.append(f"{run.scenario:<14}{run.rps['bare']:>10.0f}{run.rps['micafence']:>11.0f}"
-                         f"{naive_rps}{run.ratio_to_bare:>8.3f}{vs}")
+                         f"{naive_rps}{run.ratio_to_bare:>8.3f}{vs}{floor}")
+        lines.append("floor: a pure-ASGI middleware that only wraps send, in the same rounds "
+                     "(what any response-touching middleware scores here)")
     lines += ["", "Targets"]
     bare_route = metrics.get(_SPEED_OF)
     for target, value, ok in check_targets(metrics):
