@@ -135,7 +135,9 @@ async def test_a_dead_redis_empties_the_cache_and_a_restarted_one_is_trusted_aga
     assert store.cache.get("alice") == ()
     redis_server.stop()
     took = await eventually(lambda: store.cache.get("alice") is None)
-    assert took < 0.35  # never served beyond max_staleness without a confirmation
+    # Never served beyond max_staleness (0.3 s) without a confirmation; the slack is the test
+    # loop's own wake-up delay, which reached 50 ms once on a loaded 2-core machine.
+    assert took < 0.45
     with pytest.raises(StoreError):  # the check goes to Redis, which is not there: closed
         await store.holdings("alice")
     restarted = RedisServer(tmp_path, port=redis_server.port)
