@@ -144,7 +144,15 @@ async def test_a_dead_redis_empties_the_cache_and_a_restarted_one_is_trusted_aga
     try:
         await eventually(lambda: store.cache.live, within=5)
         assert store.cache.get("alice") is None  # flushed on reconnection
-        assert await store.holdings("alice") == []
+        # An idle pooled connection to the old process may still fail one read closed
+        # (StoreError, never a stale answer); the next reads get fresh connections.
+        for attempt in range(3):
+            try:
+                held = await store.holdings("alice")
+                break
+            except StoreError:
+                assert attempt < 2, "grant reads still failing after the restart"
+        assert held == []
         assert store.cache.get("alice") == ()
     finally:
         await store.close()
