@@ -210,11 +210,17 @@ class AuditLog:
     def record_grant(self, event: GrantEvent) -> bool:
         """Record a grant-history event (:mod:`micafence.scopes.grants`) as an evidence event:
         ``grant.recorded``, ``grant.revoked``, ``grant.approved`` or ``grant.bound``."""
-        from micafence.scopes.grants import Approval, Grant, Revocation, event_to_json
+        from micafence.scopes.grants import (
+            AccountBinding,
+            Approval,
+            Grant,
+            Revocation,
+            event_to_json,
+        )
 
         kinds = {Grant: "grant.recorded", Revocation: "grant.revoked",
-                 Approval: "grant.approved"}
-        return self.record_event(kinds.get(type(event), "grant.bound"), event_to_json(event))
+                 Approval: "grant.approved", AccountBinding: "grant.bound"}
+        return self.record_event(kinds[type(event)], event_to_json(event))
 
     async def refuse(self, scope: Scope, receive: Any, send: Any) -> None:
         """Answer a request whose evidence could not be queued: 503 ``audit_unavailable``."""

@@ -107,7 +107,12 @@ class Store(ABC):
 
     async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
         """:meth:`holdings` folded into grants, each with its revocation, approval and accounts
-        (:func:`~micafence.scopes.grants.fold`): what a service check tests."""
+        (:func:`~micafence.scopes.grants.fold`): what a service check tests.
+
+        A store that can should hand out the same tuple until one of the client's records
+        changes (the memory store and the Redis store's cache do): the service check remembers
+        its verdicts per tuple (:class:`~micafence.scopes.gate.ScopeGate`). This default folds
+        on every call, which is correct but never lets a verdict be reused."""
         return tuple(fold(await self.holdings(client_id)))
 
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
@@ -157,8 +162,7 @@ class MemoryStore(Store):
         return len(self._events)
 
     async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
-        # One tuple per client until a record changes, as the Redis store's cache hands out:
-        # the service check remembers verdicts per tuple.
+        # One tuple per client until a record changes (see Store.grant_states).
         states = self._folded.get(client_id)
         if states is None:
             version = len(self._events)
