@@ -133,6 +133,22 @@ def test_check_broken_policy_names_file_line_and_key(
     assert f"{broken}:7: zones.eu.countries[1]: 'UK' is not an ISO 3166-1" in err
 
 
+def test_check_refuses_identity_headers_without_a_gateway(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = default_policy_path().read_text(encoding="utf-8")
+    lines = text.splitlines()
+    line = 1 + next(n for n, found in enumerate(lines) if "trusted_sources:" in found)
+    broken = tmp_path / "exchange.yaml"
+    broken.write_text(text.replace("trusted_sources: [127.0.0.0/8, ::1/128]",
+                                   "trusted_sources: []"), encoding="utf-8")
+    code, out, err = run(capsys, "check", str(broken))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"micafence: {broken}:{line}: client_identity.trusted_sources: "
+                          "source 'header' needs at least one network; list the network of "
+                          "the auth gateway that sets x-client-id")
+
+
 def test_check_yaml_syntax_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text(POLICY.replace("name: cli-test", "name: cli-test: x"), encoding="utf-8")

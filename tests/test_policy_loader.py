@@ -114,6 +114,7 @@ def test_default_policy_loads_with_its_zones() -> None:
     ]
     assert policy.client_ip.trusted_proxies == ("127.0.0.0/8", "::1/128")
     assert policy.client_identity.source == "header"
+    assert policy.client_identity.trusted_sources == ("127.0.0.0/8", "::1/128")  # loopback only
     assert policy.client_identity.residence_header == "x-client-residence"
 
 
@@ -235,6 +236,22 @@ BAD_POLICIES = [
                  "expected a list, got string 'eu'", id="rule-zones-string"),
     pytest.param(edit("  eu:\n    title", "  EU:\n    title"), "zones.EU", 11,
                  "zone name 'EU' must be lower-case", id="zone-name-case"),
+    # Identity headers need the auth gateway's networks (issue 15.6).
+    pytest.param(BASE + "client_identity:\n  source: header\n  trusted_sources: []\n",
+                 "client_identity.trusted_sources", 36,
+                 "source 'header' needs at least one network; list the network of the auth "
+                 "gateway that sets x-client-id", id="identity-header-empty-sources"),
+    pytest.param(BASE + "client_identity:\n  source: header\n",
+                 "client_identity.source", 35,
+                 "source 'header' needs client_identity.trusted_sources",
+                 id="identity-header-without-sources"),
+    pytest.param(BASE + "client_identity:\n  source: header\n  trusted_sources: [10.9.0.300]\n",
+                 "client_identity.trusted_sources[0]", 36,
+                 "'10.9.0.300' is not an IP network in CIDR notation",
+                 id="identity-source-bad-cidr"),
+    pytest.param(BASE + "client_identity:\n  source: header\n  trusted_sources: 10.9.0.5\n",
+                 "client_identity.trusted_sources", 36,
+                 "expected a list, got string '10.9.0.5'", id="identity-sources-string"),
 ]
 
 
@@ -249,6 +266,17 @@ def test_malformed_policy_names_file_key_and_line(
     assert (error.file, error.key_path, error.line) == (str(path), key_path, line), str(error)
     assert message in error.problem
     assert str(error).startswith(f"{path}:{line}:")
+
+
+@pytest.mark.parametrize(("identity", "sources"), [
+    pytest.param("  source: header\n  trusted_sources: [10.9.0.5, 2001:db8::/32]\n",
+                 ("10.9.0.5/32", "2001:db8::/32"), id="header-with-gateways"),
+    pytest.param("  source: scope_user\n", (), id="scope-user-needs-none"),
+    pytest.param("  source: none\n  trusted_sources: []\n", (), id="none-with-empty-list"),
+])
+def test_identity_trusted_sources(identity: str, sources: tuple[str, ...]) -> None:
+    policy = load_policy_text(BASE + "client_identity:\n" + identity, "p.yaml")
+    assert policy.client_identity.trusted_sources == sources
 
 
 @pytest.mark.parametrize(

@@ -245,25 +245,39 @@ def _signals(node: Node) -> Signals:
 
 def _client_ip(node: Node) -> ClientIP:
     fields = node.mapping(("trusted_proxies", "header"))
-    proxies: list[str] = []
-    for item in fields["trusted_proxies"].items() if "trusted_proxies" in fields else []:
-        text = item.text()
-        try:
-            proxies.append(str(ipaddress.ip_network(text, strict=False)))
-        except ValueError:
-            item.fail(f"{text!r} is not an IP network in CIDR notation")
+    proxies = _networks(fields["trusted_proxies"]) if "trusted_proxies" in fields else ()
     header = "x-forwarded-for"
     if "header" in fields:
         header = fields["header"].choice(("x-forwarded-for", "forwarded"))
-    return ClientIP(tuple(proxies), header)
+    return ClientIP(proxies, header)
+
+
+def _networks(node: Node) -> tuple[str, ...]:
+    networks: list[str] = []
+    for item in node.items():
+        text = item.text()
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            item.fail(f"{text!r} is not an IP network in CIDR notation")
+    return tuple(networks)
 
 
 def _client_identity(node: Node) -> IdentitySource:
-    fields = node.mapping(("source", "header", "residence_header"))
+    fields = node.mapping(("source", "header", "residence_header", "trusted_sources"))
     source = fields["source"].choice(("none", "header", "scope_user", "callable")) \
         if "source" in fields else "none"
     header = fields["header"].text(_HEADER, "an HTTP header name").lower() \
         if "header" in fields else "x-client-id"
     residence = fields["residence_header"].text(_HEADER, "an HTTP header name").lower() \
         if "residence_header" in fields else None
-    return IdentitySource(source, header, residence)
+    sources = _networks(fields["trusted_sources"]) if "trusted_sources" in fields else ()
+    if source == "header" and not sources:
+        # Without the list no identity header would ever be believed: wind-down clients
+        # refused, grants unusable. Say so now rather than fail every signed-in client.
+        gateway = f"list the network of the auth gateway that sets {header}: identity " \
+            "headers are believed from it only, not from every trusted proxy"
+        if "trusted_sources" in fields:
+            fields["trusted_sources"].fail(f"source 'header' needs at least one network; {gateway}")
+        fields["source"].fail(f"source 'header' needs client_identity.trusted_sources; {gateway}")
+    return IdentitySource(source, header, residence, sources)

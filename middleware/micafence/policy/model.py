@@ -124,11 +124,17 @@ class ClientIP:
 
 @dataclass(frozen=True, slots=True)
 class IdentitySource:
-    """Where the signed-in client's id (and residence country) comes from."""
+    """Where the signed-in client's id (and residence country) comes from.
+
+    With ``source: header`` the headers are believed only from ``trusted_sources`` (CIDRs of
+    the auth gateway), reached directly or through ``client_ip.trusted_proxies`` only; a proxy
+    trusted for the client address is not thereby trusted to say who the client is.
+    """
 
     source: str = "none"  # none | header | scope_user | callable
     header: str = "x-client-id"
     residence_header: str | None = None
+    trusted_sources: tuple[str, ...] = ()
 
 
 class AnonymizerTier(StrEnum):
