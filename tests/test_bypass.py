@@ -309,6 +309,37 @@ async def test_duplicate_and_oversized_headers(
     blocked(answer, reason)
 
 
+@pytest.mark.parametrize(("peer", "headers", "method", "path", "body", "reason"),
+                         DUPLICATE_AND_OVERSIZED)
+async def test_header_pairs_as_lists_are_blocked_alike(
+    peer: str, headers: list[tuple[bytes, bytes]], method: str, path: str, body: bytes,
+    reason: str,
+) -> None:
+    # ASGI allows each header as a [name, value] list: the same answer as with tuples.
+    pairs: Any = [[n, v] for n, v in [*headers, (b"content-type", b"application/json")]]
+    answer = await asgi(await exchange(), method, path, pairs, peer=peer, body=body)
+    blocked(answer, reason)
+
+
+WITHDRAWAL = {"asset": "BTC", "amount": "1", "address": "bc1qexample"}
+
+
+@pytest.mark.parametrize(("headers", "path", "body", "status"), [
+    pytest.param([[b"x-forwarded-for", SE.encode()], [b"x-client-id", b"alice"]], "/api/orders",
+                 BTC_ORDER, 201, id="grant-holder-order"),
+    pytest.param([[b"x-forwarded-for", SE.encode()], [b"x-client-id", b"zzz"]],
+                 "/api/withdrawals", WITHDRAWAL, 201, id="identified-withdrawal"),
+    pytest.param([[b"x-forwarded-for", CH.encode()], [b"x-http-method-override", b"POST"]],
+                 "/api/accounts", {"email": "a@b.ch"}, 201, id="swiss-sign-up"),
+])
+async def test_header_pairs_as_lists_that_pass(
+    headers: list[list[bytes]], path: str, body: Any, status: int
+) -> None:
+    pairs: Any = [*headers, [b"content-type", b"application/json"]]
+    answer = await asgi(await exchange(), "POST", path, pairs, body=json.dumps(body).encode())
+    assert (answer.status, answer.reason) == (status, None)
+
+
 @pytest.mark.parametrize("countries", [("FR", "CH"), ("CH", "FR")], ids=["eu-first", "eu-last"])
 async def test_two_cdn_country_lines_are_not_resolved_to_the_swiss_one(
     countries: tuple[str, str],

@@ -16,7 +16,10 @@ from micafence.location.client_ip import (
     MAX_FORWARDED_HEADER_BYTES,
     TrustedProxies,
     forwarded_chain,
+    located_address,
+    names_itself,
     parse_ip,
+    reached_from,
     resolve_client_ip,
 )
 
@@ -567,3 +570,67 @@ def test_property_trusted_peer_yields_none_or_an_address_from_the_header(
         return
     assert parse_ip(result) == result  # canonical
     assert result == parse_ip(peer) or result in _candidates(values, header_name)
+
+
+
+# -- where an address is located: Teredo carries its client's IPv4 ------------------------------
+
+@pytest.mark.parametrize(("ip", "located"), [
+    # 2001:0:<server>:<flags>:<port ^ ffff>:<client ^ ffffffff>
+    pytest.param("2001:0:d8a0:5338::a65f:eb8f", SE, id="teredo-server-us-client-se"),
+    pytest.param("2001:0:c633:6407:8000:63bf:3fff:fdfa", "192.0.2.5", id="teredo-fixture"),
+    pytest.param("2001::a65f:eb8f", SE, id="teredo-server-0.0.0.0-compressed"),
+    pytest.param("2002:59a0:1470::1", "2002:59a0:1470::1", id="6to4-left-to-the-database"),
+    pytest.param("2001:db8::1", "2001:db8::1", id="documentation-range"),
+    pytest.param("2001:1::1", "2001:1::1", id="2001-0001-is-not-teredo"),
+    pytest.param(CH6, CH6, id="plain-ipv6"),
+    pytest.param(SE, SE, id="ipv4"),
+])
+def test_located_address(ip: str, located: str) -> None:
+    assert parse_ip(ip) == ip  # the engine passes canonical text
+    assert located_address(ip) == located
+
+
+# -- who set the identity headers: the gateway, directly or through trusted proxies ----------------
+
+GATEWAY = "10.9.0.5"
+SOURCES = TrustedProxies([f"{GATEWAY}/32", "2001:db8:9::/48"])
+
+
+@pytest.mark.parametrize(("peer", "values", "header_name", "expected"), [
+    pytest.param(GATEWAY, [], "x-forwarded-for", True, id="the-gateway-itself"),
+    pytest.param(GATEWAY, [SPOOF], "x-forwarded-for", True, id="the-gateway-with-a-chain"),
+    pytest.param(PROXY, [f"{SE}, {GATEWAY}"], "x-forwarded-for", True, id="behind-a-proxy"),
+    pytest.param(PROXY, [f"{SE}, {GATEWAY}, {PROXY2}"], "x-forwarded-for", True,
+                 id="behind-two-proxies"),
+    pytest.param(PROXY, [f"{SE}, {GATEWAY}", PROXY2], "x-forwarded-for", True,
+                 id="two-header-lines"),
+    pytest.param(PROXY, [f"{SE}, [2001:db8:9::1]:443"], "x-forwarded-for", True,
+                 id="ipv6-gateway-with-port"),
+    pytest.param(PROXY, [f'for={SE}, for="{GATEWAY}:80"'], "forwarded", True,
+                 id="rfc-7239"),
+    pytest.param(PROXY, [f"{GATEWAY}, {SE}"], "x-forwarded-for", False,
+                 id="gateway-named-by-the-client"),
+    pytest.param(PROXY, [SE], "x-forwarded-for", False, id="around-the-gateway"),
+    pytest.param(PROXY, [], "x-forwarded-for", False, id="proxy-without-chain"),
+    pytest.param(PROXY, [f"{PROXY2}, {PROXY3}"], "x-forwarded-for", False, id="only-proxies"),
+    pytest.param(PROXY, [f"{GATEWAY}, junk"], "x-forwarded-for", False, id="malformed-hop"),
+    pytest.param(PROXY, [f"{GATEWAY}, {SE}"], "forwarded", False, id="malformed-forwarded"),
+    pytest.param(SPOOF, [GATEWAY], "x-forwarded-for", False, id="untrusted-peer"),
+    pytest.param(None, [GATEWAY], "x-forwarded-for", False, id="no-peer"),
+])
+def test_reached_from(
+    peer: str | None, values: list[str], header_name: str, expected: bool
+) -> None:
+    assert reached_from(SOURCES, peer, values, trusted(), header_name) is expected
+
+
+@pytest.mark.parametrize(("peer", "values", "expected"), [
+    pytest.param(CH6, [f"[{CH6}]:443, {SE}"], True, id="entry-with-port"),
+    pytest.param(CH6, [f"{CH6}, {SE}"], True, id="entry-without-port"),
+    pytest.param(SE, [f"{CH6}", f"{SE}:8080"], True, id="second-line"),
+    pytest.param(CH6, [SE], False, id="not-named"),
+    pytest.param(CH6, ["x" * (MAX_FORWARDED_HEADER_BYTES + 1)], False, id="too-long"),
+])
+def test_names_itself(peer: str, values: list[str], expected: bool) -> None:
+    assert names_itself(peer, values, "x-forwarded-for") is expected

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from micafence import ClientIdentity, Enforcer, GeoIPDatabase, load_policy, load_policy_text
+from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.policy.probe import build_scope
-from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, REGIONS_DB
+from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND, REGIONS_DB
 
 PROXY = "127.0.0.1"
 
@@ -58,6 +60,37 @@ def test_outermost_regions_and_aland_are_eu(ip: str) -> None:
 def test_eea_states_and_registered_only_networks(ip: str, zones: tuple[str, ...]) -> None:
     enforcer = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(REGIONS_DB))
     assert decide(enforcer, ip)[2] == zones
+
+
+# A Teredo address (2001::/32) is located on the client IPv4 in its last 32 bits (inverted),
+# not on the Teredo server the database aliases it to (issue 15.8). 6to4 is the database's.
+@pytest.mark.parametrize(("database", "ip", "country", "reason"), [
+    # MaxMind's test database: the server 216.160.83.56 is US; the client 89.160.20.112 SE.
+    pytest.param(COUNTRY_DB, "2001:0:d8a0:5338::a65f:eb8f", "SE", "eu.account_creation",
+                 id="teredo-maxmind"),
+    # Our fixture aliases Teredo like MaxMind: server 198.51.100.7 is CH; client 192.0.2.5 AX.
+    pytest.param(REGIONS_DB, "2001:0:c633:6407:8000:63bf:3fff:fdfa", "AX",
+                 "eu.account_creation", id="teredo-fixture"),
+    pytest.param(COUNTRY_DB, "2002:59a0:1470::1", "SE", "eu.account_creation",
+                 id="6to4-aliased-by-maxmind"),
+    pytest.param(REGIONS_DB, "2002:c000:205::1", None, "unknown_country.account_creation",
+                 id="6to4-not-aliased-by-the-fixture"),
+])
+def test_tunnelled_ipv6_addresses(database: Path, ip: str, country: str | None,
+                                  reason: str) -> None:
+    enforcer = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(database))
+    decision = enforcer.decide(build_scope(PROXY, "POST", "/api/accounts",
+                                           [("X-Forwarded-For", ip)]))
+    assert (decision.country, decision.reason, decision.client_ip) == (country, reason, ip)
+
+
+def test_teredo_client_is_screened_for_anonymizers() -> None:
+    # The client 1.2.0.5 is a VPN in MaxMind's Anonymous-IP test data; the server is not.
+    enforcer = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(COUNTRY_DB),
+                        anonymizer=AnonymousIPDatabase(MAXMIND / "GeoIP2-Anonymous-IP-Test.mmdb"))
+    decision = enforcer.decide(build_scope(PROXY, "POST", "/api/accounts",
+                                           [("X-Forwarded-For", "2001:0:d8a0:5338::fefd:fffa")]))
+    assert decision.anonymizer == ("vpn",)
 
 
 def test_eea_switch_off_lets_norway_open_accounts(

@@ -52,6 +52,9 @@ def test_official_test_databases(db: Path, ip: str, country: str | None,
         ("198.51.100.7", "CH", "CH"),
         ("2001:db8:1::5", "FR", "FR"),
         ("2001:db8:2::5", "JP", "JP"),
+        # Teredo is aliased as MaxMind does: the record of the server (198.51.100.7) answers.
+        ("2001:0:c633:6407:8000:63bf:3fff:fdfa", "CH", "CH"),
+        ("2002:c000:205::1", None, None),  # 6to4 is not aliased in the fixture
     ],
 )
 def test_regions_fixture_database(ip: str, country: str | None, registered: str | None) -> None:

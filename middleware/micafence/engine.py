@@ -25,8 +25,16 @@ from micafence.identity import (
 )
 from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
 from micafence.location.anonymizer import NO_FLAGS, AnonymizerScreen, AnonymousIPDatabase
-from micafence.location.client_ip import TrustedProxies, parse_ip, resolve_client_ip
+from micafence.location.client_ip import (
+    TrustedProxies,
+    located_address,
+    names_itself,
+    parse_ip,
+    reached_from,
+    resolve_client_ip,
+)
 from micafence.location.geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
+from micafence.location.rewrite_alarm import ClientRewriteAlarm, forwarded_header_in
 from micafence.policy.model import (
     UNKNOWN_COUNTRY_ZONE,
     Mode,
@@ -36,6 +44,7 @@ from micafence.policy.model import (
     Rule,
 )
 from micafence.policy.routes import (
+    HTTP_METHODS,
     METHOD_OVERRIDE_HEADERS,
     RouteTable,
     may_override_method,
@@ -51,6 +60,7 @@ _CACHE_LIMIT = 4096
 _VISITOR_CACHE_LIMIT = 65536
 _AMBIGUOUS = b""  # a repeated signal header with different values: read as none
 _ROUTE_CACHE_LIMIT = 256  # request lines remembered per restricted visitor
+_X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +88,9 @@ class Enforcer:
     ``anonymizer`` is an optional Anonymous-IP database; ``breakglass`` the switches on;
     ``clock`` says what time it is (UTC-aware), for effective dates: the zones and rules in
     force are rebuilt, and every cached decision dropped, when the clock passes the next
-    ``effective_from`` / ``effective_until`` of the policy.
+    ``effective_from`` / ``effective_until`` of the policy. ``rewrite_alarm`` is tripped by a
+    request whose client address the server rewrote (:mod:`micafence.location.rewrite_alarm`);
+    the middleware passes the one it holds, so a reload keeps it.
     """
 
     def __init__(
@@ -90,6 +102,7 @@ class Enforcer:
         anonymizer: AnonymousIPDatabase | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         breakglass: BreakGlass = NO_BREAKGLASS,
+        rewrite_alarm: ClientRewriteAlarm | None = None,
     ) -> None:
         if policy.client_identity.source == "callable" and identify is None:
             raise ValueError(
@@ -108,9 +121,13 @@ class Enforcer:
         self._screen = AnonymizerScreen(policy.anonymizers, anonymizer, breakglass.shadow_rules)
         self._breakglass_tag = breakglass.tag
         self._identify = identify
+        self.rewrite_alarm = rewrite_alarm or ClientRewriteAlarm()
         self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
         self._forwarded_header = policy.client_ip.header.encode("latin-1")
+        self._reads_x_forwarded_for = self._forwarded_header == _X_FORWARDED_FOR
         identity = policy.client_identity
+        # Identity headers are the auth gateway's word: trusted only from it (see reached_from).
+        self._identity_sources = TrustedProxies(identity.trusted_sources)
         self._id_header = identity.header.encode("latin-1") if identity.source == "header" else None
         self._residence_header = (
             identity.residence_header.encode("latin-1")
@@ -127,9 +144,11 @@ class Enforcer:
         self._visitors: dict[object, Decision | dict[object, Decision]] = {}
         self._activate(self.clock())
         # Every header a decision can depend on; the rest never enter cache keys.
+        # X-Forwarded-For is one even when the policy reads `forwarded`: a client address
+        # uvicorn took from it is told by it (_decide).
         self._signal_headers = frozenset(
             name for name in (self._forwarded_header, self._id_header, self._residence_header,
-                              self._edge_header, *METHOD_OVERRIDE_HEADERS)
+                              self._edge_header, _X_FORWARDED_FOR, *METHOD_OVERRIDE_HEADERS)
             if name is not None
         )
 
@@ -168,9 +187,17 @@ class Enforcer:
             if header[0] in wanted:
                 if signal_headers is None:
                     signal_headers = []
-                signal_headers.append(header)
-        client = scope.get("client")
-        peer = client[0] if client and isinstance(client[0], str) else None
+                # ASGI allows [name, value] lists; the pairs go into a cache key as tuples.
+                signal_headers.append(
+                    header if type(header) is tuple else (header[0], header[1])
+                )
+        client = scope.get("client") or (None, None)
+        peer = client[0] if isinstance(client[0], str) else None
+        if peer is not None and client[1] == 0:  # no TCP peer has port 0: a rewritten client?
+            rewritten_from = forwarded_header_in(scope.get("headers") or ())
+            if rewritten_from is not None:
+                self.rewrite_alarm.trip(rewritten_from)
+                peer = None  # who connected is unknown: decided as an unknown address
         supplied = self._supplied_identity(scope)
         # One cache entry per visitor (their request signals). A visitor no rule applies to
         # gets the same decision whatever the route, so the entry is that decision: the common
@@ -209,6 +236,7 @@ class Enforcer:
         supplied: ClientIdentity | None,
     ) -> Decision:
         forwarded: list[str] = []
+        unread_x_forwarded_for: list[str] = []  # the policy reads `forwarded`; uvicorn this
         id_value: bytes | None = None
         residences: list[bytes] = []
         edge_value: bytes | None = None
@@ -219,29 +247,44 @@ class Enforcer:
                 edge_value = value if edge_value is None or edge_value == value else _AMBIGUOUS
             elif name == self._forwarded_header:
                 forwarded.append(value.decode("latin-1"))
+            elif name == _X_FORWARDED_FOR:
+                unread_x_forwarded_for.append(value.decode("latin-1"))
             elif name == self._id_header:
                 id_value = value if id_value is None or id_value == value else _AMBIGUOUS
             elif name == self._residence_header:
                 residences.append(value)
+        x_forwarded_for = forwarded if self._reads_x_forwarded_for else unread_x_forwarded_for
+        if (x_forwarded_for and peer is not None and peer not in self._trusted
+                and names_itself(peer, x_forwarded_for, "x-forwarded-for")):
+            # uvicorn gives the client the port written in the entry it took, so port 0 alone
+            # misses "[addr]:443": who connected is unknown. Not an alarm: a direct client can
+            # write its own address.
+            peer = None
         if forwarded and self._trusted:
             ip = resolve_client_ip(peer, forwarded, self._trusted, self.policy.client_ip.header)
         else:
             ip = parse_ip(peer) if peer is not None else None
-        location = self.geoip.lookup(ip) if ip is not None else UNKNOWN_LOCATION
+        located = located_address(ip) if ip is not None else None  # Teredo: its client's IPv4
+        location = self.geoip.lookup(located) if located is not None else UNKNOWN_LOCATION
         if self._edge_header is not None:  # the cache keys on the edge's country: so must we
             location = edge_location(edge_value if peer in self._trusted else None)
-        flags = self._screen.flags(ip) if ip is not None else NO_FLAGS
+        flags = self._screen.flags(located) if located is not None else NO_FLAGS
 
-        identity = supplied or self._header_identity(peer, id_value, residences)
+        identity = supplied or self._header_identity(peer, forwarded, id_value, residences)
         residence = identity.residence_country if self.policy.signals.residence else None
         profile = self._profile(location, residence, flags)
 
         verdict, route_id, route_class = _NO_VERDICT, None, "neutral"
         if profile.restricted:
-            methods = request_methods(
-                str(scope.get("method") or "GET"), scope.get("headers") or (),
-                scope.get("query_string") or b"",
-            )
+            if scope.get("type") == "websocket":
+                # A handshake carries no method of its own: the app behind the path may serve
+                # it whatever its routes' methods, so every route of the path counts.
+                methods = HTTP_METHODS
+            else:
+                methods = request_methods(
+                    str(scope.get("method") or "GET"), scope.get("headers") or (),
+                    scope.get("query_string") or b"",
+                )
             for path in route_paths(scope):
                 for route in self.routes.match(methods, path):
                     candidate = self._verdict(profile.zones, route.route_class, flags)
@@ -316,10 +359,14 @@ class Enforcer:
         return None
 
     def _header_identity(
-        self, peer: str | None, id_value: bytes | None, residences: list[bytes]
+        self, peer: str | None, forwarded: list[str], id_value: bytes | None,
+        residences: list[bytes],
     ) -> ClientIdentity:
-        # An identity header is only as good as the proxy that set it.
-        if (id_value is None and not residences) or peer not in self._trusted:
+        # An identity header is only as good as what set it: the auth gateway, reached directly
+        # or through trusted proxies only. A CDN passing client headers through is not one.
+        if (id_value is None and not residences) or not reached_from(
+            self._identity_sources, peer, forwarded, self._trusted, self.policy.client_ip.header
+        ):
             return NO_IDENTITY
         return ClientIdentity(
             clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,

@@ -14,6 +14,7 @@ from micafence.live.health import HealthEndpoint
 from micafence.live.reload import Reloader
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
+from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.policy.model import Outcome, Policy, PromotionStance
 from micafence.responses import STATUS, block_body, block_headers, send_block
 from micafence.scopes.gate import ScopeGate
@@ -100,11 +101,14 @@ class MicafenceMiddleware:
         self.scopes = ScopeGate(self.store, clock=clock)
         self.onboarding = OnboardingGate(self.store, clock=clock)
         self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
+        # Tripped when the server rewrites client addresses (micafence.location.rewrite_alarm):
+        # held here, not by an enforcer, so readiness stays failed across reloads.
+        self.rewrite_alarm = ClientRewriteAlarm()
         self.reloader = Reloader(
             self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
             identify=identify, clock=None if clock is utc_now else clock,
             archive_dir=archive_dir, breakglass_dir=breakglass_dir, interval=reload_interval,
-            allow_older_database=allow_older_database,
+            allow_older_database=allow_older_database, rewrite_alarm=self.rewrite_alarm,
         )
         loaded, database = self.enforcer.policy, self.enforcer.geoip
         self._startup_hooks: list[Hook] = []

@@ -18,8 +18,11 @@ Like MaxMind's databases, the IPv6 tree holds IPv4 at ``::/96`` and aliases the 
 range ``::ffff:0:0/96`` onto the same subtree, so ``::ffff:192.0.2.5`` finds the record of
 ``192.0.2.5``. (mmdb-writer has no option for that; :func:`_alias_ipv4_mapped` does it by
 pointing the ``::ffff:0:0/96`` node at the ``::/96`` node. ``maxminddb`` skips that alias when
-iterating, so every network is still listed once. Unlike MaxMind, 6to4 ``2002::/16`` is not
-aliased: it finds nothing here.)
+iterating, so every network is still listed once.) Teredo ``2001::/32`` is aliased the same
+way, as MaxMind's databases do: the 32 bits after the prefix, the Teredo *server*'s IPv4, find
+that address's record, so ``2001:0:c633:6407::/64`` answers as 198.51.100.7 (CH) whatever
+client it carries (micafence locates a Teredo client by the IPv4 in its last 32 bits). Unlike
+MaxMind, 6to4 ``2002::/16`` is not aliased: it finds nothing here.
 """
 
 from __future__ import annotations
@@ -96,6 +99,13 @@ def _alias_ipv4_mapped(writer: MMDBWriter) -> None:
     mapped_parent[1] = ipv4_root
 
 
+def _alias_teredo(writer: MMDBWriter) -> None:
+    """Point ``2001::/32`` (Teredo) at the IPv4 subtree, as MaxMind's databases do."""
+    ipv4_root = _node_at(writer.tree, [0] * 96)
+    prefix = [int(bit) for bit in f"{0x20010000:032b}"]
+    _node_at(writer.tree, prefix[:-1])[prefix[-1]] = ipv4_root
+
+
 def build_regions_db(out_dir: Path) -> Path:
     """Write ``micafence-regions-Test.mmdb`` into ``out_dir`` and return its path."""
     writer = _FixedEpochWriter(
@@ -108,6 +118,7 @@ def build_regions_db(out_dir: Path) -> Path:
     for network, record in NETWORKS.items():
         writer.insert_network(IPSet([network]), record)
     _alias_ipv4_mapped(writer)
+    _alias_teredo(writer)
     path = out_dir / f"{REGIONS_DB_NAME}.mmdb"
     writer.to_db_file(str(path))
     return path

@@ -9,7 +9,11 @@ ready and 503 when not, with the reasons in ``problems``:
 - the GeoIP database is older than the policy's ``database.max_age`` (also logged as a warning
   by the reloader): geolocation goes stale as address blocks move, so the worker is not ready;
 - the store does not answer its ``ping`` (a store without ``ping`` is "not configured"):
-  grants cannot be checked, so in-scope clients would all be refused.
+  grants cannot be checked, so in-scope clients would all be refused;
+- the server was seen rewriting the client address before micafence ran
+  (:mod:`micafence.location.rewrite_alarm`): every proxied visitor is decided as an unknown
+  address, and the server's settings cannot change under a running process, so the worker
+  stays not ready until it is restarted with the fix.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class HealthEndpoint:
         store = await self._store_status()
         if store["status"] == "unreachable":
             problems.append(f"store unreachable: {store['detail']}")
+        rewritten = self.middleware.rewrite_alarm.problem
+        if rewritten is not None:
+            problems.append(rewritten)
         refusals = [e for e in reloader.events if e.outcome == "refused"]
         return {
             "ready": not problems,

@@ -44,6 +44,7 @@ from micafence.live.breakglass import NO_BREAKGLASS, STATE_FILE, BreakGlass, rea
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.dbcheck import check_geoip, check_records, too_old
 from micafence.location.geo import GeoIPDatabase
+from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.policy.loader import read_policy
 from micafence.policy.model import Policy
 from micafence.policy.schedule import utc_now
@@ -135,9 +136,12 @@ class Reloader:
         breakglass_dir: str | os.PathLike[str] | None = None,
         interval: float = 0.5,
         allow_older_database: bool = False,
+        rewrite_alarm: ClientRewriteAlarm | None = None,
     ) -> None:
         self._holder = holder
         self._identify = identify
+        # Every enforcer built here trips the same alarm: it outlives them all.
+        self.rewrite_alarm = rewrite_alarm or ClientRewriteAlarm()
         self.clock = clock or utc_now
         self.interval = interval
         self.allow_older_database = allow_older_database
@@ -392,7 +396,8 @@ class Reloader:
         breakglass: BreakGlass,
     ) -> Enforcer:
         return Enforcer(policy, geoip, identify=self._identify, anonymizer=anonymizer,
-                        clock=self.clock, breakglass=breakglass)
+                        clock=self.clock, breakglass=breakglass,
+                        rewrite_alarm=self.rewrite_alarm)
 
     # -- reporting -----------------------------------------------------------------------------
 

@@ -4,6 +4,17 @@ Forwarded headers are only read when the direct peer is one of the policy's trus
 and then walked from the right: each trusted hop is peeled off and the first untrusted address
 is the client. A malformed entry met on that walk makes the client unknown (``None``); we never
 fall back to an address further left, because that part of the header is client-supplied.
+
+The same walk answers a second question, who set the identity headers
+(:func:`reached_from`): the auth gateway in ``client_identity.trusted_sources``, reached
+directly or only through trusted proxies.
+
+An address is located (:func:`located_address`) on the client it stands for: a Teredo address
+(``2001::/32``) carries its client's IPv4, which is where the client is; the rest of it names
+the Teredo server. A 6to4 address (``2002::/16``) carries the IPv4 of the client's own 6to4
+router: MaxMind's databases alias that range onto the IPv4 tree, so it is located there, and a
+database without the alias (micafence's ``micafence-regions-Test`` fixture) knows nothing of
+it, which makes the visitor ``unknown_country`` (failure posture).
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ from functools import lru_cache
 MAX_FORWARDED_HEADER_BYTES = 8192
 _CACHE_LIMIT = 4096
 _ZEROS_10 = bytes(10)
+# Canonical (RFC 5952) text of a 2001:0000::/32 address starts one of these two ways.
+_TEREDO_PREFIXES = ("2001:0:", "2001::")
 
 
 @lru_cache(maxsize=65536)
@@ -61,6 +74,19 @@ def parse_ip(text: str) -> str | None:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
         return None
+
+
+def located_address(ip: str) -> str:
+    """The address to locate for the canonical address ``ip``: the client's IPv4 of a Teredo
+    address (its last 32 bits inverted), else ``ip`` itself.
+
+    A database that aliases ``2001::/32`` (MaxMind's do) would otherwise answer for the Teredo
+    server, in another country than the client. 6to4 (``2002::/16``) is left to the database.
+    """
+    if not ip.startswith(_TEREDO_PREFIXES):
+        return ip
+    teredo = ipaddress.IPv6Address(ip).teredo
+    return str(teredo[1]) if teredo is not None else ip
 
 
 class TrustedProxies:
@@ -168,3 +194,46 @@ def resolve_client_ip(
             return hop
     # Every hop is a trusted proxy: the left-most one is the closest thing to a client.
     return client
+
+
+def reached_from(
+    sources: TrustedProxies,
+    peer: str | None,
+    forwarded_values: list[str],
+    proxies: TrustedProxies,
+    header_name: str = "x-forwarded-for",
+) -> bool:
+    """Did this request come from one of ``sources`` (the auth gateway that sets identity
+    headers), directly or through ``proxies`` only?
+
+    The peer counts first. A peer that is a trusted proxy but not a source hands the question
+    to the hop it says connected to it, the right-most entry of the forwarded header, and so on
+    leftwards: the first hop that is a source answers yes, the first that is neither a source
+    nor a proxy (or is malformed) answers no. Entries left of an untrusted hop are never read,
+    so a client cannot name the gateway for itself.
+    """
+    if peer in sources:
+        return True
+    if peer not in proxies or not forwarded_values:
+        return False
+    chain = forwarded_chain(forwarded_values, header_name)
+    for raw in reversed(chain or ()):
+        hop = parse_ip(raw)
+        if hop is None:
+            return False
+        if hop in sources:
+            return True
+        if hop not in proxies:
+            return False
+    return False
+
+
+def names_itself(peer: str, forwarded_values: list[str], header_name: str) -> bool:
+    """Does the forwarded header name ``peer``, the address the request came from?
+
+    A proxy appends the address that connected to it, never its own, so an untrusted peer named
+    in its own forwarded header is a client address a server took from that header (uvicorn's
+    proxy headers give the entry's port when it has one, so the port-0 mark is not enough).
+    """
+    chain = forwarded_chain(forwarded_values, header_name)
+    return chain is not None and any(parse_ip(raw) == peer for raw in chain)
