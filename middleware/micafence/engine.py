@@ -93,6 +93,18 @@ class Enforcer:
     the middleware passes the one it holds, so a reload keeps it.
     """
 
+    # Slots, not an instance dict: CPython 3.11 shares a dict's keys for at most 29 attributes,
+    # and past that every `self.x` in decide() costs ~40 ns more (measured at 30). A new
+    # attribute goes here.
+    __slots__ = (
+        "_breakglass_tag", "_country_zones", "_edge_header", "_forwarded_header", "_id_header",
+        "_identify", "_identity_sources", "_next_change", "_profiles", "_residence_header",
+        "_restricted_zones", "_rules_by_class", "_screen", "_signal_headers", "_stances",
+        "_timestamp", "_trusted", "_verdicts", "_visitors", "_zone_order", "anonymizer",
+        "breakglass", "clock", "geoip", "in_force_at", "next_change", "policy", "promotions",
+        "rewrite_alarm", "routes",
+    )
+
     def __init__(
         self,
         policy: Policy,
@@ -119,12 +131,11 @@ class Enforcer:
             time.time if clock is None else (lambda: self.clock().timestamp())
         )
         self._screen = AnonymizerScreen(policy.anonymizers, anonymizer, breakglass.shadow_rules)
-        self._breakglass_tag = breakglass.tag
         self._identify = identify
+        self._breakglass_tag = breakglass.tag
         self.rewrite_alarm = rewrite_alarm or ClientRewriteAlarm()
         self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
         self._forwarded_header = policy.client_ip.header.encode("latin-1")
-        self._reads_x_forwarded_for = self._forwarded_header == _X_FORWARDED_FOR
         identity = policy.client_identity
         # Identity headers are the auth gateway's word: trusted only from it (see reached_from).
         self._identity_sources = TrustedProxies(identity.trusted_sources)
@@ -253,7 +264,8 @@ class Enforcer:
                 id_value = value if id_value is None or id_value == value else _AMBIGUOUS
             elif name == self._residence_header:
                 residences.append(value)
-        x_forwarded_for = forwarded if self._reads_x_forwarded_for else unread_x_forwarded_for
+        x_forwarded_for = (forwarded if self._forwarded_header == _X_FORWARDED_FOR
+                           else unread_x_forwarded_for)
         if (x_forwarded_for and peer is not None and peer not in self._trusted
                 and names_itself(peer, x_forwarded_for, "x-forwarded-for")):
             # uvicorn gives the client the port written in the entry it took, so port 0 alone
