@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 from micafence.audit.chain import AuditKey, ChainWriter, format_time
 from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
 from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
-from micafence.background import stop_task
 from micafence.decision import Decision
 from micafence.logs import log_event
 
@@ -66,6 +65,25 @@ _MAX_BACKOFF = 0.5
 _QueueItem = tuple[float, Decision | None, str | None, Any, bool]
 
 logger = logging.getLogger("micafence.audit.log")
+
+
+async def _settled(write: asyncio.Future[None]) -> bool:
+    """Wait until ``write`` has ended, even through cancellations; ``True`` if one arrived.
+
+    Shielded, so a cancellation of the waiting task does not abandon a write whose lines may
+    already be durable; the caller decides what the batch's outcome means, then passes the
+    cancellation on.
+    """
+    interrupted = False
+    while not write.done():
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # From the write itself only if it was cancelled; otherwise it is ours.
+            interrupted = interrupted or not write.cancelled()
+        except Exception:  # the write's own failure: the caller reads it from ``write``
+            break
+    return interrupted
 
 
 def record_class(decision: Decision) -> str:
@@ -262,6 +280,8 @@ class AuditLog:
     # -- the background flusher ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Ends by itself once aclose() has set _closed, after the flush it is in: it is never
+        # cancelled in the middle of a write (see _write).
         backoff = 0.0
         while not self._closed:
             with contextlib.suppress(TimeoutError):
@@ -306,19 +326,29 @@ class AuditLog:
             "v": RECORD_VERSION, "kind": "checkpoint", "time": format_time_f(now),
             "records": self.written + count, "backlog": len(self._queue) - count,
         }))
-        try:
-            await self.sink.write(self.writer, lines)
-        except AuditSinkError as exc:
-            self._chain.restore(state)
-            for key, value in aggregate.items():  # counts are evidence too: keep them
-                self._aggregate[key] = self._aggregate.get(key, 0) + value
-            self._aggregate_since = since if since is not None else self._aggregate_since
-            self.write_errors += 1
-            if not self._failing:
-                self._failing = True
-                log_event(logging.ERROR, "audit.sink_failed", f"audit sink failing: {exc}",
-                          sink=self.sink.location, backlog=len(self._queue))
-            raise
+        # The batch's outcome is settled before anything else happens to this task: a batch
+        # handed to the sink may be on disk already, so a cancellation arriving meanwhile must
+        # neither leave it queued (it would be written twice) nor let a second write start
+        # beside it. The cancellation is passed on once the batch is marked written or rolled
+        # back.
+        write = asyncio.ensure_future(self.sink.write(self.writer, lines))
+        interrupted = await _settled(write)
+        if write.cancelled():
+            # Only a loop being torn down cancels the write itself: whether it landed is unknown,
+            # so this chain takes nothing more (the next start names its last record).
+            self._closed = True
+            raise asyncio.CancelledError
+        failure = write.exception()
+        if failure is None:
+            self._batch_written(count, now)
+        elif isinstance(failure, AuditSinkError):
+            self._batch_failed(state, aggregate, since, failure)
+        if interrupted:
+            raise asyncio.CancelledError
+        if failure is not None:
+            raise failure
+
+    def _batch_written(self, count: int, now: float) -> None:
         for _ in range(count):
             self._queue.popleft()
         self.written += count
@@ -329,14 +359,37 @@ class AuditLog:
             log_event(logging.WARNING, "audit.sink_recovered", "audit sink writing again",
                       sink=self.sink.location, backlog=len(self._queue))
 
+    def _batch_failed(self, state: tuple[int, str],
+                      aggregate: dict[tuple[str, str | None, str], int], since: float | None,
+                      failure: AuditSinkError) -> None:
+        self._chain.restore(state)
+        for key, value in aggregate.items():  # counts are evidence too: keep them
+            self._aggregate[key] = self._aggregate.get(key, 0) + value
+        self._aggregate_since = since if since is not None else self._aggregate_since
+        self.write_errors += 1
+        if not self._failing:
+            self._failing = True
+            log_event(logging.ERROR, "audit.sink_failed", f"audit sink failing: {failure}",
+                      sink=self.sink.location, backlog=len(self._queue))
+
     async def aclose(self, timeout: float = 10.0) -> None:
-        """Stop the flusher, write every queued record and a signed close record."""
+        """Write every queued record and a signed close record, then release the sink.
+
+        The flusher is told to stop and ends after the flush it is in: it is not cancelled,
+        because a batch already handed to the sink cannot be called back (cancelling the flusher
+        mid-write once left a batch on disk but still queued, and the final flush wrote it
+        again). ``timeout`` bounds the retries of a *failing* sink; a write that never returns
+        holds the shutdown until the process manager kills the process, and the next start
+        names the chain's last record (:mod:`micafence.audit.recovery`).
+        """
         if self._closed:
             return
         self._closed = True
         if self._task is not None:
             self._wake.set()
-            await stop_task(self._task)
+            await asyncio.wait({self._task})
+            if not self._task.cancelled():
+                self._task.exception()  # retrieved: the flusher logs its own errors
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -349,11 +402,11 @@ class AuditLog:
                     line = self._chain.seal({"v": RECORD_VERSION, "kind": "close",
                                              "time": format_time_f(self._clock()),
                                              "records": self.written})
-                    try:
-                        await self.sink.write(self.writer, [line])
-                    except AuditSinkError:
+                    write = asyncio.ensure_future(self.sink.write(self.writer, [line]))
+                    await _settled(write)
+                    if not write.cancelled() and isinstance(write.exception(), AuditSinkError):
                         self._chain.restore(state)
-                        raise
+                    write.result()
                 break
             except AuditSinkError:
                 if time.monotonic() > deadline:
