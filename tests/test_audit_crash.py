@@ -8,8 +8,11 @@ moments; the seed of each test is in its failure message.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
+from micafence.audit.sinks import FileSink
 from tests.audit_support import KEY
 
 ROOT = Path(__file__).parent.parent
@@ -44,41 +49,59 @@ class Round:
         """Entries whose answer promises a record, in the order they were made."""
         return [e for e in self.asked if self.answered.get(e) in RECORDED]
 
+    @property
+    def may_be_recorded(self) -> list[str]:
+        """Also the entry in flight when the writer was killed (decided, not yet answered)."""
+        return [e for e in self.asked if self.answered.get(e, "200") in RECORDED]
+
+
+class Writer:
+    """A child writer process (``tests/audit_child.py``) on ``directory``."""
+
+    def __init__(self, directory: Path, journal: Path) -> None:
+        self.journal = journal
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "tests.audit_child", str(directory), str(journal)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 15
+        while not journal.exists() or not journal.read_bytes().startswith(b"ready"):
+            if self.child.poll() is not None or time.monotonic() > deadline:
+                self.child.kill()
+                raise AssertionError("the child writer did not start: "
+                                     + self.child.communicate()[1].decode()[-2000:])
+            time.sleep(0.01)
+
+    def stop(self, signum: int, delay: float = 0.0) -> Round:
+        """Send ``signum`` after ``delay`` seconds; what the journal says once it has ended."""
+        try:
+            time.sleep(delay)
+            self.child.send_signal(signum)
+            _, stderr = self.child.communicate(timeout=20)
+        finally:
+            if self.child.poll() is None:
+                self.child.kill()
+                self.child.communicate()
+        result = Round(returncode=self.child.returncode, stderr=stderr.decode(errors="replace"))
+        for line in self.journal.read_text().splitlines():
+            word, _, rest = line.partition(" ")
+            if word == "ready":
+                result.writer = rest
+            elif word == "asked":
+                result.asked.append(rest)
+            elif word == "answered":
+                entry, status = rest.split()
+                result.answered[entry] = status
+            elif word == "durable":
+                result.durable = int(rest)
+            elif word == "closed":
+                result.closed = True
+        return result
+
 
 def run_writer(directory: Path, journal: Path, signum: int, delay: float) -> Round:
     """Start a child writer, send ``signum`` ``delay`` seconds after it is ready."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.audit_child", str(directory), str(journal)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not journal.exists() or not journal.read_bytes().startswith(b"ready"):
-            assert child.poll() is None, child.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the child writer never became ready"
-            time.sleep(0.01)
-        time.sleep(delay)
-        child.send_signal(signum)
-        _, stderr = child.communicate(timeout=20)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    result = Round(returncode=child.returncode, stderr=stderr.decode(errors="replace"))
-    for line in journal.read_text().splitlines():
-        word, _, rest = line.partition(" ")
-        if word == "ready":
-            result.writer = rest
-        elif word == "asked":
-            result.asked.append(rest)
-        elif word == "answered":
-            entry, status = rest.split()
-            result.answered[entry] = status
-        elif word == "durable":
-            result.durable = int(rest)
-        elif word == "closed":
-            result.closed = True
-    return result
+    return Writer(directory, journal).stop(signum, delay)
 
 
 def entries_of(records: list[dict[str, Any]], writer: str) -> list[str]:
@@ -120,3 +143,118 @@ def test_sigterm_at_any_moment_records_every_answered_decision_exactly_once(
     # Every writer's chain, read together as `micafence audit verify DIR` does.
     assert load_log([str(audit)], KEY, require_closed=True).ok
     assert time.monotonic() - started < 90
+
+
+async def next_start(directory: Path) -> str:
+    """A writer starting on the directory (what a restarted worker does), then closing."""
+    log = AuditLog(FileSink(directory), key=KEY)
+    assert log.record_event("onboarding.token_used", {"token": "next-start"})
+    await log.aclose()
+    return log.writer
+
+
+def recoveries_of(directory: Path, writer: str) -> list[dict[str, Any]]:
+    """The recovery records in the chain of ``writer``."""
+    return [json.loads(line) for path in writer_files(directory, writer)
+            for line in Path(path).read_bytes().split(b"\n")[:-1]
+            if json.loads(line)["kind"] == "recovery"]
+
+
+def tail_after_last_line(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[data.rfind(b"\n") + 1:]
+
+
+def check_recovered(directory: Path, run: Round, successor: str, *,
+                    cut: bool) -> list[str]:
+    """The dead writer's chain verifies thanks to its successor's record; its entries."""
+    loaded = load_log(writer_files(directory, run.writer, successor), KEY, require_closed=True)
+    assert loaded.ok, loaded.problems
+    [recovery] = recoveries_of(directory, successor)
+    own = sorted((r for r in loaded.records if r["writer"] == run.writer),
+                 key=lambda r: int(r["seq"]))
+    assert recovery["dead_writer"] == run.writer
+    assert (recovery["last_seq"], recovery["last_hash"]) == (
+        (own[-1]["seq"], own[-1]["hash"]) if own else (-1, "0" * 64))
+    newest = sorted(directory.glob(f"audit.{run.writer}.*.jsonl"))[-1]
+    assert recovery["torn"]["bytes"] == len(tail_after_last_line(newest))
+    on_disk = entries_of(loaded.records, run.writer)
+    # In order, none twice, none skipped: a prefix of what the writer was asked to record...
+    assert on_disk == run.may_be_recorded[:len(on_disk)]
+    if not cut:  # ...and, unless a power loss took some, at least everything it made durable.
+        assert len(on_disk) >= run.durable
+    return on_disk
+
+
+def test_sigkill_at_any_moment_keeps_what_was_durable_and_the_next_start_names_the_end(
+    tmp_path: Path,
+) -> None:
+    seed = int.from_bytes(os.urandom(4))
+    rng = random.Random(seed)
+    audit = tmp_path / "audit"
+    started = time.monotonic()
+    cuts = 0
+    for number in range(SIGKILL_ROUNDS):
+        where = f"seed {seed}, round {number}"
+        run = run_writer(audit, tmp_path / f"journal-{number}", signal.SIGKILL,
+                         rng.uniform(0.02, 0.3))
+        assert run.returncode == -signal.SIGKILL, where
+        newest = sorted(audit.glob(f"audit.{run.writer}.*.jsonl"))[-1]
+        cut = number % 2 == 1  # every other round a power loss too: the file cut at any byte
+        if cut:
+            os.truncate(newest, rng.randrange(newest.stat().st_size + 1))
+            cuts += len(tail_after_last_line(newest)) > 0
+        successor = asyncio.run(next_start(audit))
+        try:
+            check_recovered(audit, run, successor, cut=cut)
+        except AssertionError as exc:
+            raise AssertionError(f"{where}: {exc}") from exc
+    assert cuts > 0, f"seed {seed}: no cut fell inside a line"
+    loaded = load_log([str(audit)], KEY, require_closed=True)
+    assert loaded.ok, loaded.problems
+    assert not list(audit.glob("audit.*.lock")), "a recovered writer's lock file was left"
+    assert time.monotonic() - started < 90
+
+
+def test_a_file_cut_at_any_byte_keeps_every_complete_record(tmp_path: Path) -> None:
+    seed = int.from_bytes(os.urandom(4))
+    rng = random.Random(seed)
+    original = tmp_path / "original"
+    run = run_writer(original, tmp_path / "journal", signal.SIGKILL, 0.15)
+    [path] = original.glob(f"audit.{run.writer}.*.jsonl")
+    data = path.read_bytes()
+    ends = [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    offsets = {0, 1, len(data), ends[0], ends[0] - 1, ends[-1] - 1}
+    offsets |= {rng.randrange(len(data) + 1) for _ in range(30)}
+    for number, offset in enumerate(sorted(offsets)):
+        copy = tmp_path / f"cut-{number}"
+        shutil.copytree(original, copy)
+        os.truncate(copy / path.name, offset)
+        successor = asyncio.run(next_start(copy))
+        try:
+            on_disk = check_recovered(copy, run, successor, cut=True)
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}, cut at byte {offset}: {exc}") from exc
+        complete = data[:offset].count(b"\n")  # records whose line survived whole
+        [recovery] = recoveries_of(copy, successor)
+        assert recovery["last_seq"] == complete - 1
+        assert recovery["torn"]["offset"] == data.rfind(b"\n", 0, offset) + 1
+        assert len(on_disk) <= complete
+
+
+def test_a_live_sibling_is_never_declared_dead(tmp_path: Path) -> None:
+    audit = tmp_path / "audit"
+    alive = Writer(audit, tmp_path / "alive")  # another worker on the same directory
+    dead = run_writer(audit, tmp_path / "dead", signal.SIGKILL, 0.1)
+    successor = asyncio.run(next_start(audit))
+    assert [r["dead_writer"] for r in recoveries_of(audit, successor)] == [dead.writer]
+    survivor = alive.stop(signal.SIGTERM)
+    assert survivor.closed
+    # The dead writer's own start found the live worker's lock held and named nobody.
+    assert recoveries_of(audit, dead.writer) == recoveries_of(audit, survivor.writer) == []
+    loaded = load_log([str(audit)], KEY, require_closed=True)
+    assert loaded.ok, loaded.problems
+    assert {c.writer: c.status for c in loaded.chains} == {
+        survivor.writer: "closed", successor: "closed",
+        dead.writer: f"ended: the writer died, its end recorded by {successor}"}
+    assert entries_of(loaded.records, survivor.writer) == survivor.recorded

@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 from micafence.errors import MicafenceError
 
 GENESIS = "0" * 64
-SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune"})
+SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune", "recovery"})
 KEY_ENV = "MICAFENCE_AUDIT_KEY"
 KEY_FILE_ENV = "MICAFENCE_AUDIT_KEY_FILE"
 MIN_KEY_LENGTH = 16
@@ -152,6 +152,45 @@ class Anchor:
     hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """Where the chain of a writer that died ends, as another writer's signed ``recovery``
+    record says (:mod:`micafence.audit.recovery`): its last good record and the torn bytes."""
+
+    writer: str
+    last_seq: int
+    last_hash: str
+    torn_file: str | None
+    torn_bytes: int
+    torn_sha256: str
+    by: str
+    location: str
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], location: str) -> Recovery | None:
+        try:
+            torn = record["torn"]
+            facts = cls(str(record["dead_writer"]), int(record["last_seq"]),
+                        str(record["last_hash"]), torn["file"], int(torn["bytes"]),
+                        str(torn["sha256"]), str(record["writer"]), location)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return facts
+
+    def same_end(self, other: Recovery) -> bool:
+        return (self.last_seq, self.last_hash, self.torn_bytes, self.torn_sha256) == (
+            other.last_seq, other.last_hash, other.torn_bytes, other.torn_sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """Bytes after a chain's last complete line (a line is complete when it ends in newline)."""
+
+    location: str
+    size: int
+    sha256: str
+
+
 @dataclass(slots=True)
 class ChainReport:
     """What :func:`verify_chain` found for one writer."""
@@ -165,6 +204,13 @@ class ChainReport:
     closed: bool = False
     last_signed_time: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: Locations of records after the last signed one.
+    unsealed: list[str] = field(default_factory=list)
+    torn: TornTail | None = None
+    #: The writer whose recovery record accounts for this chain's missing close.
+    recovered_by: str | None = None
+    #: Sound (hashed and signed) recovery records this chain holds about other writers.
+    recoveries: list[Recovery] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -174,7 +220,11 @@ class ChainReport:
     def status(self) -> str:
         if self.problems:
             return "BROKEN"
-        return "closed" if self.closed else "open (live)"
+        if self.closed:
+            return "closed"
+        if self.recovered_by is not None:
+            return f"ended: the writer died, its end recorded by {self.recovered_by}"
+        return "open (live)"
 
 
 def verify_chain(
@@ -183,20 +233,43 @@ def verify_chain(
     key: AuditKey,
     *,
     anchors: Mapping[str, Anchor] | None = None,
+    recoveries: Sequence[Recovery] = (),
     now: dt.datetime | None = None,
     stale_after: dt.timedelta = dt.timedelta(minutes=5),
     require_closed: bool = False,
 ) -> tuple[ChainReport, list[dict[str, Any]]]:
     """Check one writer's lines, in order (``(location, line)``, location like ``file:12``).
 
-    Returns the report and the records that parsed (for export and reports, even when broken).
+    ``recoveries``: what recovery records (of any writer) say about this one. Returns the report
+    and the records that parsed (for export and reports, even when broken).
     """
+    report, records = scan_chain(writer, lines, key, anchors=anchors)
+    judge_end(report, recoveries, now=now, stale_after=stale_after,
+              require_closed=require_closed)
+    return report, records
+
+
+def scan_chain(
+    writer: str,
+    lines: Iterable[tuple[str, bytes]],
+    key: AuditKey,
+    *,
+    anchors: Mapping[str, Anchor] | None = None,
+) -> tuple[ChainReport, list[dict[str, Any]]]:
+    """The body of :func:`verify_chain`: every record checked, the end left to
+    :func:`judge_end` (which may need recovery records found in other chains)."""
     report = ChainReport(writer)
     records: list[dict[str, Any]] = []
     expected_seq, expected_prev = 0, GENESIS
-    unsealed: list[str] = []  # locations of records after the last signed one
     started = False
     for location, raw in lines:
+        if report.torn is not None:  # a partial line with more after it: not a crash's tear
+            report.problems.append(f"{report.torn.location}: not a complete record (line cut "
+                                   "short or edited)")
+            report.torn = None
+        if not raw.endswith(b"\n"):
+            report.torn = TornTail(location, len(raw), hashlib.sha256(raw).hexdigest())
+            continue
         try:
             record = json.loads(raw)
             if not isinstance(record, dict):
@@ -213,7 +286,8 @@ def verify_chain(
             report.problems.append(f"{location}: record of writer {record.get('writer')!r} in "
                                    f"the chain of {writer!r} (moved or inserted)")
             continue
-        if record_hash(record) != digest:
+        hashed = record_hash(record) == digest
+        if not hashed:
             report.problems.append(f"{location}: hash mismatch: the record was edited")
         if not started:
             started = True
@@ -252,25 +326,50 @@ def verify_chain(
             report.last_time = time
         if record.get("kind") in SIGNED_KINDS:
             mac = record.get("mac")
-            if not isinstance(mac, str) or not hmac.compare_digest(mac, key.sign(digest)):
+            signed = isinstance(mac, str) and hmac.compare_digest(mac, key.sign(digest))
+            if not signed:
                 report.problems.append(
                     f"{location}: checkpoint signature does not verify: records up to here were "
                     "rewritten, or the key is wrong"
                 )
-            unsealed = []
+            elif hashed and record.get("kind") == "recovery":
+                recovery = Recovery.from_record(record, location)
+                if recovery is not None:
+                    report.recoveries.append(recovery)
+            report.unsealed = []
             report.last_signed_time = time if isinstance(time, str) else None
             if record.get("kind") == "close":
                 report.closed = True
         else:
-            unsealed.append(location)
-    if unsealed:
+            report.unsealed.append(location)
+    return report, records
+
+
+def judge_end(
+    report: ChainReport,
+    recoveries: Sequence[Recovery],
+    *,
+    now: dt.datetime | None = None,
+    stale_after: dt.timedelta = dt.timedelta(minutes=5),
+    require_closed: bool = False,
+) -> None:
+    """How the chain ends: closed, ended where a recovery record says its writer died, or open
+    (fine while fresh, unless ``require_closed``); a torn or unsealed tail only with a recovery."""
+    mine = [r for r in recoveries if r.writer == report.writer]
+    if mine:
+        _judge_recovered_end(report, mine)
+        return
+    if report.torn is not None:
+        report.problems.append(f"{report.torn.location}: not a complete record (line cut short "
+                               "or edited), and no recovery record names this writer's death")
+    if report.unsealed:
         report.problems.append(
-            f"{unsealed[0]}..{unsealed[-1]}: {len(unsealed)} record(s) after the last signed "
-            "checkpoint: the file was cut short or its writer died mid-batch"
+            f"{report.unsealed[0]}..{report.unsealed[-1]}: {len(report.unsealed)} record(s) "
+            "after the last signed checkpoint: the file was cut short or its writer died "
+            "mid-batch, and no recovery record names it"
         )
     elif report.records and not report.closed:
         _check_open_tail(report, now or dt.datetime.now(dt.UTC), stale_after, require_closed)
-    return report, records
 
 
 def _check_open_tail(report: ChainReport, now: dt.datetime, stale_after: dt.timedelta,
@@ -287,6 +386,40 @@ def _check_open_tail(report: ChainReport, now: dt.datetime, stale_after: dt.time
             f"its last checkpoint ({report.last_signed_time}) is older than {stale_after}: "
             "lines were removed from the end, or the writer died"
         )
+
+
+def _judge_recovered_end(report: ChainReport, recoveries: Sequence[Recovery]) -> None:
+    known = len(report.problems)
+    first = recoveries[0]
+    for other in recoveries[1:]:
+        if not other.same_end(first):
+            report.problems.append(
+                f"{other.location}: recovery record disagrees with {first.location} about where "
+                f"the chain of {report.writer} ends"
+            )
+            return
+    if report.last_seq > first.last_seq:
+        report.problems.append(
+            f"chain of {report.writer} goes on to seq {report.last_seq} after the end "
+            f"(seq {first.last_seq}) recorded at {first.location}: records appended later"
+        )
+    elif (report.last_seq, report.head) != (first.last_seq, first.last_hash):
+        report.problems.append(
+            f"chain of {report.writer} ends at seq {report.last_seq}, but {first.location} "
+            f"recorded its end at seq {first.last_seq}: records removed from the end"
+        )
+    torn = report.torn
+    found = (0, hashlib.sha256(b"").hexdigest()) if torn is None else (torn.size, torn.sha256)
+    if found != (first.torn_bytes, first.torn_sha256) or (
+        torn is not None and Path(torn.location.rpartition(":")[0]).name != first.torn_file
+    ):
+        where = torn.location if torn is not None else f"the end of {report.writer}'s chain"
+        report.problems.append(
+            f"{where}: {found[0]} torn byte(s) where {first.location} recorded "
+            f"{first.torn_bytes} (in {first.torn_file}): the tail was changed after the crash"
+        )
+    if len(report.problems) == known:
+        report.recovered_by = first.by
 
 
 def format_time(moment: dt.datetime) -> str:

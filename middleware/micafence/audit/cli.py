@@ -319,14 +319,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         for problem in log.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    closed = {c.writer for c in log.chains if c.closed}
+    # Ended chains: closed, or ended where a recovery record says their writer died.
+    closed = {c.writer for c in log.chains if c.closed or c.recovered_by is not None}
     plan = []
     for writer, files in log.files.items():
         if writer.startswith(PRUNE_WRITER_PREFIX):
             continue  # prune records are kept for as long as the log exists
         pruned = []
         for index, path in enumerate(files):
-            records = [json.loads(line) for line in path.read_bytes().splitlines() if line]
+            # Complete lines only: a dead writer's last file may end in torn bytes.
+            records = [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1]]
             last_file = index == len(files) - 1
             if not records or (last_file and writer not in closed):
                 break
@@ -358,6 +360,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                     "writers": plan}),
         chain.seal({"v": 1, "kind": "close", "time": stamp}),
     ]))
+    sink.end_chain(writer)
     for entry in plan:
         for name in entry["files"]:
             (Path(args.directory) / name).unlink()

@@ -16,7 +16,12 @@ The contract, "nothing lost silently":
   is 80% full, be aggregated into per-reason counts; the counts are written as an
   ``aggregate`` record, so the aggregation itself is on the record;
 - a queued record reaches the sink within ``flush_interval`` while the sink works, and all
-  queued records are written before a graceful shutdown (SIGTERM) completes.
+  queued records are written, each exactly once, before a graceful shutdown (SIGTERM)
+  completes: the flusher is never cancelled in the middle of a batch;
+- a hard stop (SIGKILL, power loss) loses what was still queued (at most about
+  ``flush_interval`` of decisions) and may tear the batch being written; the records before it
+  stay, and the next writer to start on the same directory signs a ``recovery`` record naming
+  the dead writer, its last complete record and the torn bytes (:mod:`micafence.audit.recovery`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from micafence.audit.chain import AuditKey, ChainWriter, format_time
+from micafence.audit.recovery import DeadChain
 from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
 from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
 from micafence.decision import Decision
@@ -142,6 +148,7 @@ class AuditLog:
         self._closed = False
         self._failing = False
         self._last_checkpoint = 0.0
+        self._dead_chains: list[DeadChain] | None = None  # claimed before the first batch
         self._ip_cache: dict[str, str] = {}
         # Plain counters, read by micafence.audit.metrics.
         self.written = 0
@@ -312,10 +319,15 @@ class AuditLog:
         idle_due = now - self._last_checkpoint >= settings.checkpoint_interval.total_seconds()
         if not count and not self._aggregate and self._opened and not idle_due:
             return
+        if self._dead_chains is None:
+            self._dead_chains = await self._claim_dead_chains()
         state = self._chain.state()
         lines = []
         if not self._opened:
             lines.append(self._chain.seal(self._open_record(now)))
+            # The loss of a writer that died without closing is named first of all.
+            lines.extend(self._chain.seal(dead.record(format_time_f(now)))
+                         for dead in self._dead_chains)
         for index in range(count):
             lines.append(self._chain.seal(self._build(self._queue[index], settings)))
         aggregate, since = self._aggregate, self._aggregate_since
@@ -348,10 +360,29 @@ class AuditLog:
         if failure is not None:
             raise failure
 
+    async def _claim_dead_chains(self) -> list[DeadChain]:
+        try:
+            claims = await self.sink.claim_dead_chains(self.writer)
+        except OSError as exc:  # cannot even look: the first write will say what is wrong
+            log_event(logging.ERROR, "audit.recovery_failed",
+                      f"cannot look for dead audit writers: {exc}", sink=self.sink.location)
+            return []
+        self.sink.release_claims([c for c in claims if c.closed])  # nothing lost: no record
+        return [c for c in claims if not c.closed]
+
     def _batch_written(self, count: int, now: float) -> None:
         for _ in range(count):
             self._queue.popleft()
         self.written += count
+        if not self._opened and self._dead_chains:
+            self.sink.release_claims(self._dead_chains)
+            for dead in self._dead_chains:
+                log_event(logging.WARNING, "audit.writer_recovered",
+                          f"audit writer {dead.writer} died without closing its chain; its end "
+                          f"(seq {dead.last_seq}, {dead.torn_bytes} torn bytes after it) is now "
+                          f"on the record of {self.writer}",
+                          dead_writer=dead.writer, last_seq=dead.last_seq,
+                          torn_bytes=dead.torn_bytes, sink=self.sink.location)
         self._opened = True
         self._last_checkpoint = now
         if self._failing:
@@ -407,6 +438,7 @@ class AuditLog:
                     if not write.cancelled() and isinstance(write.exception(), AuditSinkError):
                         self._chain.restore(state)
                     write.result()
+                self.sink.end_chain(self.writer)
                 break
             except AuditSinkError:
                 if time.monotonic() > deadline:
