@@ -17,14 +17,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
 from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
-from tests.audit_support import KEY
+from micafence.bench.ports import free_port
+from tests.audit_support import KEY, KEY_TEXT
 
 ROOT = Path(__file__).parent.parent
 RECORDED = {"451", "200", "event"}  # answers that must have a record (503 would not)
@@ -258,3 +263,94 @@ def test_a_live_sibling_is_never_declared_dead(tmp_path: Path) -> None:
         survivor.writer: "closed", successor: "closed",
         dead.writer: f"ended: the writer died, its end recorded by {successor}"}
     assert entries_of(loaded.records, survivor.writer) == survivor.recorded
+
+
+# -- the demo server, stopped by SIGTERM in a burst of EU sign-ups --------------------------------
+
+
+DEMO_ROUNDS = 3
+
+
+@pytest.mark.server
+def test_demo_stopped_in_a_burst_of_eu_sign_ups_records_each_answer_once(tmp_path: Path) -> None:
+    seed = int.from_bytes(os.urandom(4))
+    rng = random.Random(seed)
+    audit = tmp_path / "audit"
+    for number in range(DEMO_ROUNDS):
+        where = f"seed {seed}, round {number}"
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "micafence", "demo", "--port", str(port),
+             "--audit-dir", str(audit)],
+            env={**os.environ, "MICAFENCE_AUDIT_KEY": KEY_TEXT}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_demo(server, f"http://127.0.0.1:{port}")
+            asked, answered = asyncio.run(sign_up_burst(
+                f"http://127.0.0.1:{port}", server, f"r{number}", rng.uniform(0.2, 1.0)))
+            server.wait(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+            _, stderr = server.communicate(timeout=30)
+        assert server.returncode in (0, -signal.SIGTERM), f"{where}: {stderr.decode()[-2000:]}"
+        assert len(answered) > 50 and set(answered.values()) == {451}, where
+        loaded = load_log([str(audit)], KEY, require_closed=True)
+        assert loaded.ok, (where, loaded.problems)
+        on_disk = Counter(r["client_id"] for r in loaded.records
+                          if r.get("kind") == "decision" and str(r["client_id"]).startswith(
+                              f"r{number}-"))
+        assert set(answered) <= set(on_disk), f"{where}: answered sign-ups without a record"
+        assert set(on_disk) <= asked, f"{where}: records of requests never made"
+        twice = [c for c, count in on_disk.items() if count > 1]
+        assert not twice, f"{where}: {len(twice)} sign-ups recorded more than once"
+    verify = subprocess.run(
+        [sys.executable, "-m", "micafence", "audit", "verify", str(audit), "--require-closed"],
+        env={**os.environ, "MICAFENCE_AUDIT_KEY": KEY_TEXT}, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout[-2000:]
+    assert f"OK: {DEMO_ROUNDS} chain(s)" in verify.stdout
+
+
+def wait_for_demo(server: subprocess.Popen[bytes], base: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(base + "/healthz", timeout=1)
+            return
+        except httpx.TransportError:
+            if server.poll() is not None:
+                reason = server.stderr.read().decode()[-2000:] if server.stderr else ""
+                raise AssertionError(f"demo exited: {reason}") from None
+            assert time.monotonic() < deadline, "no demo server"
+            time.sleep(0.05)
+
+
+async def sign_up_burst(base: str, server: subprocess.Popen[bytes], prefix: str,
+                        stop_after: float) -> tuple[set[str], dict[str, int]]:
+    """16 EU visitors signing up as fast as they can; SIGTERM after ``stop_after`` seconds.
+    The ids asked for, and the answers received."""
+    asked: set[str] = set()
+    answered: dict[str, int] = {}
+
+    async def visitor(number: int, http: httpx.AsyncClient) -> None:
+        for sequence in range(2000):
+            client_id = f"{prefix}-{number}-{sequence}"
+            asked.add(client_id)
+            try:
+                response = await http.post(
+                    "/api/accounts", json={"email": f"{client_id}@example.se"},
+                    headers={"X-Forwarded-For": "89.160.20.112", "X-Client-Id": client_id})
+            except httpx.TransportError:
+                return  # the server has stopped taking requests
+            answered[client_id] = response.status_code
+
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as http:
+        visitors = [asyncio.create_task(visitor(n, http)) for n in range(16)]
+        await asyncio.sleep(stop_after)
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*visitors), 30)
+    return asked, answered
