@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from micafence.audit.cli import verify_manifest
+from micafence.audit.keys import AuditKey
 from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
@@ -79,10 +80,21 @@ def test_keygen_makes_a_private_key_and_never_overwrites(
     assert code == 0 and "new audit key, id" in out
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(path.read_text().strip()) == 64
+    # Beside it, the public key a supervisor gets, and its fingerprint on screen.
+    key = AuditKey.from_file(path)
+    public = tmp_path / "audit.key.pub"
+    assert public.read_text() == key.public_key.pem()
+    assert f"fingerprint {key.public_key.fingerprint}" in out
+    code, pem, err = run(capsys, "audit", "public-key", "--key-file", str(path))
+    assert code == 0 and pem == public.read_text()
+    assert err.strip() == f"fingerprint {key.public_key.fingerprint}"
     before = path.read_text()
     code, _, err = run(capsys, "audit", "keygen", str(path))
     assert code == 1 and "never overwritten" in err
     assert path.read_text() == before
+    path.unlink()  # the public key is not overwritten either (nor a secret made without it)
+    code, _, err = run(capsys, "audit", "keygen", str(path))
+    assert code == 1 and f"{public} exists" in err and not path.exists()
 
 
 async def test_verify_reports_ok_then_names_the_edited_line(

@@ -2,11 +2,13 @@
 
 Every record carries ``writer``, ``seq`` (0, 1, 2, … per writer), ``prev`` (the previous
 record's ``hash``) and its own ``hash``: SHA-256 over its canonical JSON (sorted keys, no
-spaces, UTF-8) without ``hash`` and ``mac``. The chain opens with a signed ``open`` record,
+spaces, UTF-8) without ``hash`` and the signature. The chain opens with a signed ``open`` record,
 a signed ``checkpoint`` ends every batch written (and is written at least every
 ``audit.checkpoint_interval`` when idle), and a clean shutdown writes a signed ``close``.
-Signed records carry ``mac``: HMAC-SHA256 of their ``hash`` under a key derived from the audit
-key, so whoever lacks the key cannot rebuild a chain after editing it.
+Signed records carry ``sig``: the Ed25519 signature of their ``hash`` (:mod:`micafence.audit.
+keys`), so whoever lacks the audit secret cannot rebuild a chain after editing it, and whoever
+holds only the public key can check it. Logs written before carry ``mac`` (HMAC-SHA256 under a
+key derived from the secret) instead; they still verify, with the secret.
 
 What :func:`verify_chain` catches, and how it says so (each problem names the file and line):
 
@@ -26,87 +28,25 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from micafence.errors import MicafenceError
+from micafence.audit.keys import AuditKey, Verifier, public_key_of
 
 GENESIS = "0" * 64
 SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune", "recovery"})
-KEY_ENV = "MICAFENCE_AUDIT_KEY"
-KEY_FILE_ENV = "MICAFENCE_AUDIT_KEY_FILE"
-MIN_KEY_LENGTH = 16
-
-
-class AuditKeyError(MicafenceError):
-    """No usable audit key: the log cannot be signed or verified without one."""
-
-
+_UNHASHED = frozenset({"hash", "sig", "mac"})
 def canonical(record: Mapping[str, Any]) -> bytes:
-    """The bytes a record is hashed over: sorted keys, no spaces, UTF-8, without hash/mac."""
-    body = {k: v for k, v in record.items() if k != "hash" and k != "mac"}
+    """The bytes a record is hashed over: sorted keys, no spaces, UTF-8, without its hash and
+    signature (``sig``, or the old ``mac``)."""
+    body = {k: v for k, v in record.items() if k not in _UNHASHED}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class AuditKey:
-    """The secret that signs checkpoints and keys the pseudonyms. Never written to the log."""
-
-    secret: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.secret) < MIN_KEY_LENGTH:
-            raise AuditKeyError(f"the audit key must be at least {MIN_KEY_LENGTH} bytes long")
-
-    def _derive(self, purpose: str) -> bytes:
-        return hmac.new(self.secret, purpose.encode(), hashlib.sha256).digest()
-
-    @property
-    def key_id(self) -> str:
-        """A public fingerprint, recorded in every ``open`` record, to tell keys apart."""
-        return self._derive("micafence-audit-key-id").hex()[:16]
-
-    def sign(self, digest: str) -> str:
-        return hmac.new(self._derive("micafence-audit-mac"), digest.encode(),
-                        hashlib.sha256).hexdigest()
-
-    def pseudonym(self, value: str) -> str:
-        """A stable keyed pseudonym (``hmac:<hex>``) for a client id or an address."""
-        digest = hmac.new(self._derive("micafence-audit-pseudonym"), value.encode(),
-                          hashlib.sha256).hexdigest()
-        return "hmac:" + digest[:24]
-
-    @classmethod
-    def from_text(cls, text: str) -> AuditKey:
-        return cls(text.strip().encode())
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> AuditKey:
-        try:
-            return cls.from_text(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise AuditKeyError(f"cannot read audit key file {path}: {exc.strerror}") from exc
-
-    @classmethod
-    def from_env(cls, key_file: str | None = None) -> AuditKey:
-        """The key from ``key_file``, else ``$MICAFENCE_AUDIT_KEY``, else its ``_FILE`` variant."""
-        if key_file:
-            return cls.from_file(key_file)
-        if os.environ.get(KEY_ENV):
-            return cls.from_text(os.environ[KEY_ENV])
-        if os.environ.get(KEY_FILE_ENV):
-            return cls.from_file(os.environ[KEY_FILE_ENV])
-        raise AuditKeyError(
-            f"no audit key: pass --key-file, or set ${KEY_ENV} or ${KEY_FILE_ENV} "
-            "(create one with `micafence audit keygen`)"
-        )
 
 
 class ChainWriter:
@@ -126,7 +66,7 @@ class ChainWriter:
         digest = record_hash(record)
         record["hash"] = digest
         if record.get("kind") in SIGNED_KINDS:
-            record["mac"] = self.key.sign(digest)
+            record["sig"] = self.key.sign(digest)
         self.seq += 1
         self.head = digest
         return json.dumps(record, sort_keys=True, separators=(",", ":"),
@@ -230,7 +170,7 @@ class ChainReport:
 def verify_chain(
     writer: str,
     lines: Iterable[tuple[str, bytes]],
-    key: AuditKey,
+    key: Verifier,
     *,
     anchors: Mapping[str, Anchor] | None = None,
     recoveries: Sequence[Recovery] = (),
@@ -240,8 +180,10 @@ def verify_chain(
 ) -> tuple[ChainReport, list[dict[str, Any]]]:
     """Check one writer's lines, in order (``(location, line)``, location like ``file:12``).
 
-    ``recoveries``: what recovery records (of any writer) say about this one. Returns the report
-    and the records that parsed (for export and reports, even when broken).
+    ``key``: the audit secret, or only the public key (then records signed the old way, with
+    an HMAC, are reported as unverifiable). ``recoveries``: what recovery records (of any
+    writer) say about this one. Returns the report and the records that parsed (for export and
+    reports, even when broken).
     """
     report, records = scan_chain(writer, lines, key, anchors=anchors)
     judge_end(report, recoveries, now=now, stale_after=stale_after,
@@ -252,7 +194,7 @@ def verify_chain(
 def scan_chain(
     writer: str,
     lines: Iterable[tuple[str, bytes]],
-    key: AuditKey,
+    key: Verifier,
     *,
     anchors: Mapping[str, Anchor] | None = None,
 ) -> tuple[ChainReport, list[dict[str, Any]]]:
@@ -300,11 +242,10 @@ def scan_chain(
                     "without a prune record: earlier records were deleted"
                 )
                 expected_seq, expected_prev = seq, prev
-            elif record.get("key_id") != key.key_id:
-                report.problems.append(
-                    f"{location}: signed with another key (key id {record.get('key_id')}, "
-                    f"given key {key.key_id})"
-                )
+            else:
+                problem = _other_key(record, key)
+                if problem:
+                    report.problems.append(f"{location}: {problem}")
         if report.closed:
             report.problems.append(f"{location}: record after the close record (appended)")
         if seq != expected_seq:
@@ -325,13 +266,9 @@ def scan_chain(
             report.first_time = report.first_time or time
             report.last_time = time
         if record.get("kind") in SIGNED_KINDS:
-            mac = record.get("mac")
-            signed = isinstance(mac, str) and hmac.compare_digest(mac, key.sign(digest))
-            if not signed:
-                report.problems.append(
-                    f"{location}: checkpoint signature does not verify: records up to here were "
-                    "rewritten, or the key is wrong"
-                )
+            problem = signature_problem(record, digest, key)
+            if problem:
+                report.problems.append(f"{location}: {problem}")
             elif hashed and record.get("kind") == "recovery":
                 recovery = Recovery.from_record(record, location)
                 if recovery is not None:
@@ -343,6 +280,33 @@ def scan_chain(
         else:
             report.unsealed.append(location)
     return report, records
+
+
+def signature_problem(record: Mapping[str, Any], digest: str, key: Verifier) -> str | None:
+    """Why a signed record's signature does not verify under ``key``, or ``None``."""
+    signature, mac = record.get("sig"), record.get("mac")
+    if isinstance(signature, str):
+        if public_key_of(key).verify(digest, signature):
+            return None
+    elif isinstance(mac, str):  # signed the old way
+        if not isinstance(key, AuditKey):
+            return ("signed the old way (HMAC): only the audit key can verify it, not the public "
+                    "key (pass --key-file)")
+        if hmac.compare_digest(mac, key.mac(digest)):
+            return None
+    return ("checkpoint signature does not verify: records up to here were rewritten, or the "
+            "key is wrong")
+
+
+def _other_key(opening: Mapping[str, Any], key: Verifier) -> str | None:
+    fingerprint = opening.get("key_fingerprint")
+    if fingerprint is not None:
+        given = public_key_of(key).fingerprint
+        if fingerprint != given:
+            return f"signed with another key (fingerprint {fingerprint}, given key {given})"
+    elif isinstance(key, AuditKey) and opening.get("key_id") != key.key_id:
+        return f"signed with another key (key id {opening.get('key_id')}, given key {key.key_id})"
+    return None
 
 
 def judge_end(

@@ -42,7 +42,8 @@ import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from micafence.audit.chain import AuditKey, ChainWriter, format_time
+from micafence.audit.chain import ChainWriter, format_time
+from micafence.audit.keys import AuditKey
 from micafence.audit.recovery import DeadChain
 from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
 from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
@@ -104,9 +105,10 @@ class AuditLog:
 
     ``sink`` is an :class:`~micafence.audit.sinks.AuditSink` or a target for
     :func:`~micafence.audit.sinks.open_sink` (a directory, ``file://DIR``,
-    ``redis://HOST/DB#STREAM``). ``key`` signs checkpoints and keys pseudonyms (default:
-    :meth:`AuditKey.from_env`). ``settings`` are the ``audit`` policy section; when the log is
-    given to the middleware it follows the middleware's current policy instead.
+    ``redis://HOST/DB#STREAM``). ``key`` (the audit secret, :mod:`micafence.audit.keys`)
+    signs checkpoints (Ed25519) and keys pseudonyms (default: :meth:`AuditKey.from_env`).
+    ``settings`` are the ``audit`` policy section; when the log is given to the middleware it
+    follows the middleware's current policy instead.
     """
 
     def __init__(
@@ -455,7 +457,8 @@ class AuditLog:
     def _open_record(self, now: float) -> dict[str, Any]:
         return {
             "v": RECORD_VERSION, "kind": "open", "time": format_time_f(now),
-            "key_id": self.key.key_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "key_id": self.key.key_id, "key_fingerprint": self.key.public_key.fingerprint,
+            "host": socket.gethostname(), "pid": os.getpid(),
             "sink": self.sink.location, "policy_revision": self._revision(),
         }
 

@@ -18,13 +18,13 @@ from typing import Any
 
 from micafence.audit.chain import (
     Anchor,
-    AuditKey,
     ChainReport,
     judge_end,
     parse_time,
     scan_chain,
     verify_chain,
 )
+from micafence.audit.keys import Verifier
 from micafence.audit.sinks import AuditSinkError, file_chains, file_lines, stream_chains
 
 PRUNE_WRITER_PREFIX = "prune-"
@@ -54,7 +54,7 @@ class LoadedLog:
 
 def load_log(
     targets: Sequence[str],
-    key: AuditKey,
+    key: Verifier,
     *,
     now: dt.datetime | None = None,
     stale_after: dt.timedelta = dt.timedelta(minutes=5),
