@@ -307,3 +307,31 @@ async def test_prune_by_policy_retention_skips_live_chains_and_broken_logs(
     path.write_text(path.read_text().replace("token", "tokens"))
     code, _, err = run(capsys, "audit", "prune", str(tmp_path), "--before", "2030-01-01")
     assert code == 1 and "nothing pruned" in err
+
+
+async def died_and_named(directory: Path, died_at: dt.datetime, named_at: dt.datetime) -> None:
+    """A writer that died at ``died_at`` mid-batch, and the start that named it at ``named_at``."""
+    dead = AuditLog(FileSink(directory), key=KEY, clock=died_at.timestamp)
+    assert dead.record_event("onboarding.token_used", {"token": "t"})
+    await dead.flush()
+    await dead.sink.close()  # its lock let go, as when the process dies
+    [path] = directory.glob(f"audit.{dead.writer}.*.jsonl")
+    with open(path, "ab") as torn:
+        torn.write(b'{"kind":"event","se')
+    await AuditLog(FileSink(directory), key=KEY, clock=named_at.timestamp).aclose()
+
+
+async def test_prune_removes_a_recovered_chain_but_never_the_record_that_names_a_kept_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await died_and_named(tmp_path / "old", JAN, JAN + dt.timedelta(days=1))
+    code, out, _ = run(capsys, "audit", "prune", str(tmp_path / "old"), "--before", "2025-02-01")
+    assert code == 0 and "pruned 2 file(s)" in out  # the torn file too: the chain has ended
+    assert load_log([str(tmp_path / "old")], KEY, require_closed=True).ok
+    # The record naming a dead writer stays as long as that writer's files do (here the
+    # successor's clock is behind, so only its file is older than the cut-off).
+    await died_and_named(tmp_path / "kept", MAR, JAN)
+    code, out, _ = run(capsys, "audit", "prune", str(tmp_path / "kept"), "--before", "2025-02-01")
+    assert code == 0 and "0 writer(s)" in out
+    loaded = load_log([str(tmp_path / "kept")], KEY, require_closed=True)
+    assert loaded.ok, loaded.problems

@@ -16,7 +16,11 @@ What :func:`verify_chain` catches, and how it says so (each problem names the fi
   signature does not verify);
 - a deleted line: ``seq`` jumps and ``prev`` does not match;
 - a line cut short or lines removed at the end: a tail after the last signed record, or a chain
-  that ends without ``close`` and whose last checkpoint is older than ``stale_after``.
+  that ends without ``close`` and whose last checkpoint is older than ``stale_after``; unless
+  a signed ``recovery`` record of another writer names this writer's death and exactly this
+  end (its last record, and the count and hash of the torn bytes after it,
+  :mod:`micafence.audit.recovery`): then the chain has *ended*, and records found after that
+  end, or missing before it, are reported.
 
 Retention removes whole files only, and says so in a signed ``prune`` record that anchors
 where each pruned writer's chain continues (:mod:`micafence.audit.cli`).

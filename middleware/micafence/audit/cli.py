@@ -363,11 +363,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         return 1
     # Ended chains: closed, or ended where a recovery record says their writer died.
     closed = {c.writer for c in log.chains if c.closed or c.recovered_by is not None}
-    plan = []
+    candidates: dict[str, list[tuple[Path, list[dict[str, Any]]]]] = {}
     for writer, files in log.files.items():
         if writer.startswith(PRUNE_WRITER_PREFIX):
             continue  # prune records are kept for as long as the log exists
-        pruned = []
+        pruned = candidates.setdefault(writer, [])
         for index, path in enumerate(files):
             # Complete lines only: a dead writer's last file may end in torn bytes.
             records = [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1]]
@@ -377,6 +377,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             if parse_time(str(records[-1]["time"])) >= cutoff:
                 break
             pruned.append((path, records))
+    _keep_needed_recoveries(candidates, log.files)
+    plan = []
+    for writer, pruned in candidates.items():
         if pruned:
             last = pruned[-1][1][-1]
             plan.append({
@@ -409,3 +412,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     print(f"pruned {sum(len(e['files']) for e in plan)} file(s); signed prune record by "
           f"{writer}")
     return 0
+
+
+def _keep_needed_recoveries(candidates: dict[str, list[tuple[Path, list[dict[str, Any]]]]],
+                            files: dict[str, list[Path]]) -> None:
+    """Keep every file holding a recovery record about a writer some of whose files stay: that
+    record is what lets the dead writer's unclosed chain verify. Until nothing changes: a
+    writer kept for that may itself have died and been named by another."""
+    changed = True
+    while changed:
+        changed = False
+        staying = {w for w, paths in files.items() if len(candidates.get(w, ())) < len(paths)}
+        for pruned in candidates.values():
+            for index, (_, records) in enumerate(pruned):
+                if any(r.get("kind") == "recovery" and r.get("dead_writer") in staying
+                       for r in records):
+                    del pruned[index:]
+                    changed = True
+                    break
