@@ -42,6 +42,8 @@ from micafence.audit.keys import AuditKey, Verifier, public_key_of
 GENESIS = "0" * 64
 SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune", "recovery"})
 _UNHASHED = frozenset({"hash", "sig", "mac"})
+
+
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The bytes a record is hashed over: sorted keys, no spaces, UTF-8, without its hash and
     signature (``sig``, or the old ``mac``)."""
