@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from micafence.audit.chain import AuditKey, record_hash
+from micafence.audit.chain import AuditKey, ChainWriter, record_hash
 from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
@@ -159,3 +160,79 @@ async def test_each_writer_has_its_own_chain(tmp_path: Path) -> None:
     assert loaded.ok, loaded.problems
     assert len(loaded.chains) == 2
     assert len({c.writer for c in loaded.chains}) == 2
+
+
+# -- a writer that died, and the record the next start writes about it ---------------------------
+
+
+async def dead_writer_and_successor(directory: Path) -> tuple[Path, Path]:
+    """A writer that stopped without closing (its lock let go, as the kernel does when a
+    process dies) with a torn last line, and the writer that started next: their files."""
+    dead = AuditLog(FileSink(directory), key=KEY, flush_interval=60)
+    for batch in range(2):
+        for n in range(3):
+            assert dead.record_event("onboarding.token_used", {"token": f"b{batch}-{n}"})
+        await dead.flush()
+    await dead.sink.close()
+    [dead_file] = directory.glob(f"audit.{dead.writer}.*.jsonl")
+    with open(dead_file, "ab") as torn:
+        torn.write(b'{"kind":"decision","seq":')  # a batch cut short by a power loss
+    successor = AuditLog(FileSink(directory), key=KEY)
+    await successor.aclose()
+    [successor_file] = directory.glob(f"audit.{successor.writer}.*.jsonl")
+    return dead_file, successor_file
+
+
+def reseal_after(lines: Lines) -> bytes:
+    """A record chained after the last complete line, sealed with the key: a writer's
+    records appended to the dead file after its end was recorded."""
+    last = json.loads(lines[-1])
+    chain = ChainWriter(last["writer"], KEY)
+    chain.seq, chain.head = last["seq"] + 1, last["hash"]
+    return chain.seal({"v": 1, "kind": "checkpoint", "time": last["time"]})
+
+
+def complete(path: Path) -> Lines:
+    return path.read_bytes().split(b"\n")[:-1]
+
+
+async def test_a_dead_writer_s_chain_verifies_once_its_end_is_on_record(tmp_path: Path) -> None:
+    dead_file, _ = await dead_writer_and_successor(tmp_path)
+    loaded = load_log([str(tmp_path)], KEY, require_closed=True)
+    assert loaded.ok, loaded.problems
+    [recovery] = [r for r in loaded.records if r["kind"] == "recovery"]
+    last = json.loads(complete(dead_file)[-1])
+    assert (recovery["last_seq"], recovery["last_hash"]) == (last["seq"], last["hash"])
+    assert recovery["torn"] == {
+        "file": dead_file.name, "offset": dead_file.read_bytes().rfind(b"\n") + 1,
+        "bytes": 25, "sha256": hashlib.sha256(b'{"kind":"decision","seq":').hexdigest()}
+    assert KEY.public_key.verify(recovery["hash"], recovery["sig"])  # signed like a checkpoint
+    # Without the successor's file, the same chain is a cut file, as before.
+    alone = load_log([str(dead_file)], KEY)
+    assert any("not a complete record" in p for p in alone.problems)
+
+
+RECOVERY_TAMPERING = [
+    pytest.param(lambda dead, successor: dead.write_bytes(
+        b"".join(line + b"\n" for line in complete(dead)) + reseal_after(complete(dead))),
+        "records appended later", id="appended-after-the-recorded-end"),
+    pytest.param(lambda dead, successor: dead.write_bytes(
+        b"".join(line + b"\n" for line in complete(dead)[:-1])),
+        "records removed from the end", id="last-records-removed"),
+    pytest.param(lambda dead, successor: dead.write_bytes(
+        dead.read_bytes().replace(b'"seq":', b'"SEQ":')),
+        "the tail was changed after the crash", id="torn-bytes-changed"),
+    pytest.param(lambda dead, successor: successor.write_bytes(
+        b"".join(line + b"\n" for line in complete(successor) if b'"recovery"' not in line)),
+        "no recovery record names this writer's death", id="recovery-record-deleted"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "problem"), RECOVERY_TAMPERING)
+async def test_a_recovered_end_that_was_tampered_with_is_caught(
+    tmp_path: Path, tamper: Callable[[Path, Path], object], problem: str
+) -> None:
+    dead_file, successor_file = await dead_writer_and_successor(tmp_path)
+    tamper(dead_file, successor_file)
+    loaded = load_log([str(tmp_path)], KEY)
+    assert any(problem in p for p in loaded.problems), loaded.problems

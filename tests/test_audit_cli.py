@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from micafence.audit.cli import verify_manifest
+from micafence.audit.keys import AuditKey
 from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
@@ -79,10 +80,21 @@ def test_keygen_makes_a_private_key_and_never_overwrites(
     assert code == 0 and "new audit key, id" in out
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(path.read_text().strip()) == 64
+    # Beside it, the public key a supervisor gets, and its fingerprint on screen.
+    key = AuditKey.from_file(path)
+    public = tmp_path / "audit.key.pub"
+    assert public.read_text() == key.public_key.pem()
+    assert f"fingerprint {key.public_key.fingerprint}" in out
+    code, pem, err = run(capsys, "audit", "public-key", "--key-file", str(path))
+    assert code == 0 and pem == public.read_text()
+    assert err.strip() == f"fingerprint {key.public_key.fingerprint}"
     before = path.read_text()
     code, _, err = run(capsys, "audit", "keygen", str(path))
     assert code == 1 and "never overwritten" in err
     assert path.read_text() == before
+    path.unlink()  # the public key is not overwritten either (nor a secret made without it)
+    code, _, err = run(capsys, "audit", "keygen", str(path))
+    assert code == 1 and f"{public} exists" in err and not path.exists()
 
 
 async def test_verify_reports_ok_then_names_the_edited_line(
@@ -295,3 +307,31 @@ async def test_prune_by_policy_retention_skips_live_chains_and_broken_logs(
     path.write_text(path.read_text().replace("token", "tokens"))
     code, _, err = run(capsys, "audit", "prune", str(tmp_path), "--before", "2030-01-01")
     assert code == 1 and "nothing pruned" in err
+
+
+async def died_and_named(directory: Path, died_at: dt.datetime, named_at: dt.datetime) -> None:
+    """A writer that died at ``died_at`` mid-batch, and the start that named it at ``named_at``."""
+    dead = AuditLog(FileSink(directory), key=KEY, clock=died_at.timestamp)
+    assert dead.record_event("onboarding.token_used", {"token": "t"})
+    await dead.flush()
+    await dead.sink.close()  # its lock let go, as when the process dies
+    [path] = directory.glob(f"audit.{dead.writer}.*.jsonl")
+    with open(path, "ab") as torn:
+        torn.write(b'{"kind":"event","se')
+    await AuditLog(FileSink(directory), key=KEY, clock=named_at.timestamp).aclose()
+
+
+async def test_prune_removes_a_recovered_chain_but_never_the_record_that_names_a_kept_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await died_and_named(tmp_path / "old", JAN, JAN + dt.timedelta(days=1))
+    code, out, _ = run(capsys, "audit", "prune", str(tmp_path / "old"), "--before", "2025-02-01")
+    assert code == 0 and "pruned 2 file(s)" in out  # the torn file too: the chain has ended
+    assert load_log([str(tmp_path / "old")], KEY, require_closed=True).ok
+    # The record naming a dead writer stays as long as that writer's files do (here the
+    # successor's clock is behind, so only its file is older than the cut-off).
+    await died_and_named(tmp_path / "kept", MAR, JAN)
+    code, out, _ = run(capsys, "audit", "prune", str(tmp_path / "kept"), "--before", "2025-02-01")
+    assert code == 0 and "0 writer(s)" in out
+    loaded = load_log([str(tmp_path / "kept")], KEY, require_closed=True)
+    assert loaded.ok, loaded.problems

@@ -1,5 +1,6 @@
-"""Stopping micafence's background tasks (grant listener and poller, audit flusher, metrics
-sampler, policy watcher) so that a shutdown always ends."""
+"""Stopping micafence's background tasks (grant listener and poller, metrics sampler, policy
+watcher) so that a shutdown always ends. The audit flusher is not cancelled but asked to stop
+(:meth:`micafence.audit.log.AuditLog.aclose`): a batch it is writing cannot be called back."""
 
 from __future__ import annotations
 

@@ -2,11 +2,13 @@
 
 Every record carries ``writer``, ``seq`` (0, 1, 2, … per writer), ``prev`` (the previous
 record's ``hash``) and its own ``hash``: SHA-256 over its canonical JSON (sorted keys, no
-spaces, UTF-8) without ``hash`` and ``mac``. The chain opens with a signed ``open`` record,
+spaces, UTF-8) without ``hash`` and the signature. The chain opens with a signed ``open`` record,
 a signed ``checkpoint`` ends every batch written (and is written at least every
 ``audit.checkpoint_interval`` when idle), and a clean shutdown writes a signed ``close``.
-Signed records carry ``mac``: HMAC-SHA256 of their ``hash`` under a key derived from the audit
-key, so whoever lacks the key cannot rebuild a chain after editing it.
+Signed records carry ``sig``: the Ed25519 signature of their ``hash`` (:mod:`micafence.audit.
+keys`), so whoever lacks the audit secret cannot rebuild a chain after editing it, and whoever
+holds only the public key can check it. Logs written before carry ``mac`` (HMAC-SHA256 under a
+key derived from the secret) instead; they still verify, with the secret.
 
 What :func:`verify_chain` catches, and how it says so (each problem names the file and line):
 
@@ -14,7 +16,11 @@ What :func:`verify_chain` catches, and how it says so (each problem names the fi
   signature does not verify);
 - a deleted line: ``seq`` jumps and ``prev`` does not match;
 - a line cut short or lines removed at the end: a tail after the last signed record, or a chain
-  that ends without ``close`` and whose last checkpoint is older than ``stale_after``.
+  that ends without ``close`` and whose last checkpoint is older than ``stale_after``; unless
+  a signed ``recovery`` record of another writer names this writer's death and exactly this
+  end (its last record, and the count and hash of the torn bytes after it,
+  :mod:`micafence.audit.recovery`): then the chain has *ended*, and records found after that
+  end, or missing before it, are reported.
 
 Retention removes whole files only, and says so in a signed ``prune`` record that anchors
 where each pruned writer's chain continues (:mod:`micafence.audit.cli`).
@@ -26,87 +32,27 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from micafence.errors import MicafenceError
+from micafence.audit.keys import AuditKey, Verifier, public_key_of
 
 GENESIS = "0" * 64
-SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune"})
-KEY_ENV = "MICAFENCE_AUDIT_KEY"
-KEY_FILE_ENV = "MICAFENCE_AUDIT_KEY_FILE"
-MIN_KEY_LENGTH = 16
-
-
-class AuditKeyError(MicafenceError):
-    """No usable audit key: the log cannot be signed or verified without one."""
+SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune", "recovery"})
+_UNHASHED = frozenset({"hash", "sig", "mac"})
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
-    """The bytes a record is hashed over: sorted keys, no spaces, UTF-8, without hash/mac."""
-    body = {k: v for k, v in record.items() if k != "hash" and k != "mac"}
+    """The bytes a record is hashed over: sorted keys, no spaces, UTF-8, without its hash and
+    signature (``sig``, or the old ``mac``)."""
+    body = {k: v for k, v in record.items() if k not in _UNHASHED}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class AuditKey:
-    """The secret that signs checkpoints and keys the pseudonyms. Never written to the log."""
-
-    secret: bytes
-
-    def __post_init__(self) -> None:
-        if len(self.secret) < MIN_KEY_LENGTH:
-            raise AuditKeyError(f"the audit key must be at least {MIN_KEY_LENGTH} bytes long")
-
-    def _derive(self, purpose: str) -> bytes:
-        return hmac.new(self.secret, purpose.encode(), hashlib.sha256).digest()
-
-    @property
-    def key_id(self) -> str:
-        """A public fingerprint, recorded in every ``open`` record, to tell keys apart."""
-        return self._derive("micafence-audit-key-id").hex()[:16]
-
-    def sign(self, digest: str) -> str:
-        return hmac.new(self._derive("micafence-audit-mac"), digest.encode(),
-                        hashlib.sha256).hexdigest()
-
-    def pseudonym(self, value: str) -> str:
-        """A stable keyed pseudonym (``hmac:<hex>``) for a client id or an address."""
-        digest = hmac.new(self._derive("micafence-audit-pseudonym"), value.encode(),
-                          hashlib.sha256).hexdigest()
-        return "hmac:" + digest[:24]
-
-    @classmethod
-    def from_text(cls, text: str) -> AuditKey:
-        return cls(text.strip().encode())
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> AuditKey:
-        try:
-            return cls.from_text(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise AuditKeyError(f"cannot read audit key file {path}: {exc.strerror}") from exc
-
-    @classmethod
-    def from_env(cls, key_file: str | None = None) -> AuditKey:
-        """The key from ``key_file``, else ``$MICAFENCE_AUDIT_KEY``, else its ``_FILE`` variant."""
-        if key_file:
-            return cls.from_file(key_file)
-        if os.environ.get(KEY_ENV):
-            return cls.from_text(os.environ[KEY_ENV])
-        if os.environ.get(KEY_FILE_ENV):
-            return cls.from_file(os.environ[KEY_FILE_ENV])
-        raise AuditKeyError(
-            f"no audit key: pass --key-file, or set ${KEY_ENV} or ${KEY_FILE_ENV} "
-            "(create one with `micafence audit keygen`)"
-        )
 
 
 class ChainWriter:
@@ -126,7 +72,7 @@ class ChainWriter:
         digest = record_hash(record)
         record["hash"] = digest
         if record.get("kind") in SIGNED_KINDS:
-            record["mac"] = self.key.sign(digest)
+            record["sig"] = self.key.sign(digest)
         self.seq += 1
         self.head = digest
         return json.dumps(record, sort_keys=True, separators=(",", ":"),
@@ -152,6 +98,45 @@ class Anchor:
     hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """Where the chain of a writer that died ends, as another writer's signed ``recovery``
+    record says (:mod:`micafence.audit.recovery`): its last good record and the torn bytes."""
+
+    writer: str
+    last_seq: int
+    last_hash: str
+    torn_file: str | None
+    torn_bytes: int
+    torn_sha256: str
+    by: str
+    location: str
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], location: str) -> Recovery | None:
+        try:
+            torn = record["torn"]
+            facts = cls(str(record["dead_writer"]), int(record["last_seq"]),
+                        str(record["last_hash"]), torn["file"], int(torn["bytes"]),
+                        str(torn["sha256"]), str(record["writer"]), location)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return facts
+
+    def same_end(self, other: Recovery) -> bool:
+        return (self.last_seq, self.last_hash, self.torn_bytes, self.torn_sha256) == (
+            other.last_seq, other.last_hash, other.torn_bytes, other.torn_sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """Bytes after a chain's last complete line (a line is complete when it ends in newline)."""
+
+    location: str
+    size: int
+    sha256: str
+
+
 @dataclass(slots=True)
 class ChainReport:
     """What :func:`verify_chain` found for one writer."""
@@ -165,6 +150,13 @@ class ChainReport:
     closed: bool = False
     last_signed_time: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: Locations of records after the last signed one.
+    unsealed: list[str] = field(default_factory=list)
+    torn: TornTail | None = None
+    #: The writer whose recovery record accounts for this chain's missing close.
+    recovered_by: str | None = None
+    #: Sound (hashed and signed) recovery records this chain holds about other writers.
+    recoveries: list[Recovery] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -174,29 +166,58 @@ class ChainReport:
     def status(self) -> str:
         if self.problems:
             return "BROKEN"
-        return "closed" if self.closed else "open (live)"
+        if self.closed:
+            return "closed"
+        if self.recovered_by is not None:
+            return f"ended: the writer died, its end recorded by {self.recovered_by}"
+        return "open (live)"
 
 
 def verify_chain(
     writer: str,
     lines: Iterable[tuple[str, bytes]],
-    key: AuditKey,
+    key: Verifier,
     *,
     anchors: Mapping[str, Anchor] | None = None,
+    recoveries: Sequence[Recovery] = (),
     now: dt.datetime | None = None,
     stale_after: dt.timedelta = dt.timedelta(minutes=5),
     require_closed: bool = False,
 ) -> tuple[ChainReport, list[dict[str, Any]]]:
     """Check one writer's lines, in order (``(location, line)``, location like ``file:12``).
 
-    Returns the report and the records that parsed (for export and reports, even when broken).
+    ``key``: the audit secret, or only the public key (then records signed the old way, with
+    an HMAC, are reported as unverifiable). ``recoveries``: what recovery records (of any
+    writer) say about this one. Returns the report and the records that parsed (for export and
+    reports, even when broken).
     """
+    report, records = scan_chain(writer, lines, key, anchors=anchors)
+    judge_end(report, recoveries, now=now, stale_after=stale_after,
+              require_closed=require_closed)
+    return report, records
+
+
+def scan_chain(
+    writer: str,
+    lines: Iterable[tuple[str, bytes]],
+    key: Verifier,
+    *,
+    anchors: Mapping[str, Anchor] | None = None,
+) -> tuple[ChainReport, list[dict[str, Any]]]:
+    """The body of :func:`verify_chain`: every record checked, the end left to
+    :func:`judge_end` (which may need recovery records found in other chains)."""
     report = ChainReport(writer)
     records: list[dict[str, Any]] = []
     expected_seq, expected_prev = 0, GENESIS
-    unsealed: list[str] = []  # locations of records after the last signed one
     started = False
     for location, raw in lines:
+        if report.torn is not None:  # a partial line with more after it: not a crash's tear
+            report.problems.append(f"{report.torn.location}: not a complete record (line cut "
+                                   "short or edited)")
+            report.torn = None
+        if not raw.endswith(b"\n"):
+            report.torn = TornTail(location, len(raw), hashlib.sha256(raw).hexdigest())
+            continue
         try:
             record = json.loads(raw)
             if not isinstance(record, dict):
@@ -213,7 +234,8 @@ def verify_chain(
             report.problems.append(f"{location}: record of writer {record.get('writer')!r} in "
                                    f"the chain of {writer!r} (moved or inserted)")
             continue
-        if record_hash(record) != digest:
+        hashed = record_hash(record) == digest
+        if not hashed:
             report.problems.append(f"{location}: hash mismatch: the record was edited")
         if not started:
             started = True
@@ -226,11 +248,10 @@ def verify_chain(
                     "without a prune record: earlier records were deleted"
                 )
                 expected_seq, expected_prev = seq, prev
-            elif record.get("key_id") != key.key_id:
-                report.problems.append(
-                    f"{location}: signed with another key (key id {record.get('key_id')}, "
-                    f"given key {key.key_id})"
-                )
+            else:
+                problem = _other_key(record, key)
+                if problem:
+                    report.problems.append(f"{location}: {problem}")
         if report.closed:
             report.problems.append(f"{location}: record after the close record (appended)")
         if seq != expected_seq:
@@ -251,26 +272,74 @@ def verify_chain(
             report.first_time = report.first_time or time
             report.last_time = time
         if record.get("kind") in SIGNED_KINDS:
-            mac = record.get("mac")
-            if not isinstance(mac, str) or not hmac.compare_digest(mac, key.sign(digest)):
-                report.problems.append(
-                    f"{location}: checkpoint signature does not verify: records up to here were "
-                    "rewritten, or the key is wrong"
-                )
-            unsealed = []
+            problem = signature_problem(record, digest, key)
+            if problem:
+                report.problems.append(f"{location}: {problem}")
+            elif hashed and record.get("kind") == "recovery":
+                recovery = Recovery.from_record(record, location)
+                if recovery is not None:
+                    report.recoveries.append(recovery)
+            report.unsealed = []
             report.last_signed_time = time if isinstance(time, str) else None
             if record.get("kind") == "close":
                 report.closed = True
         else:
-            unsealed.append(location)
-    if unsealed:
+            report.unsealed.append(location)
+    return report, records
+
+
+def signature_problem(record: Mapping[str, Any], digest: str, key: Verifier) -> str | None:
+    """Why a signed record's signature does not verify under ``key``, or ``None``."""
+    signature, mac = record.get("sig"), record.get("mac")
+    if isinstance(signature, str):
+        if public_key_of(key).verify(digest, signature):
+            return None
+    elif isinstance(mac, str):  # signed the old way
+        if not isinstance(key, AuditKey):
+            return ("signed the old way (HMAC): only the audit key can verify it, not the public "
+                    "key (pass --key-file)")
+        if hmac.compare_digest(mac, key.mac(digest)):
+            return None
+    return ("checkpoint signature does not verify: records up to here were rewritten, or the "
+            "key is wrong")
+
+
+def _other_key(opening: Mapping[str, Any], key: Verifier) -> str | None:
+    fingerprint = opening.get("key_fingerprint")
+    if fingerprint is not None:
+        given = public_key_of(key).fingerprint
+        if fingerprint != given:
+            return f"signed with another key (fingerprint {fingerprint}, given key {given})"
+    elif isinstance(key, AuditKey) and opening.get("key_id") != key.key_id:
+        return f"signed with another key (key id {opening.get('key_id')}, given key {key.key_id})"
+    return None
+
+
+def judge_end(
+    report: ChainReport,
+    recoveries: Sequence[Recovery],
+    *,
+    now: dt.datetime | None = None,
+    stale_after: dt.timedelta = dt.timedelta(minutes=5),
+    require_closed: bool = False,
+) -> None:
+    """How the chain ends: closed, ended where a recovery record says its writer died, or open
+    (fine while fresh, unless ``require_closed``); a torn or unsealed tail only with a recovery."""
+    mine = [r for r in recoveries if r.writer == report.writer]
+    if mine:
+        _judge_recovered_end(report, mine)
+        return
+    if report.torn is not None:
+        report.problems.append(f"{report.torn.location}: not a complete record (line cut short "
+                               "or edited), and no recovery record names this writer's death")
+    if report.unsealed:
         report.problems.append(
-            f"{unsealed[0]}..{unsealed[-1]}: {len(unsealed)} record(s) after the last signed "
-            "checkpoint: the file was cut short or its writer died mid-batch"
+            f"{report.unsealed[0]}..{report.unsealed[-1]}: {len(report.unsealed)} record(s) "
+            "after the last signed checkpoint: the file was cut short or its writer died "
+            "mid-batch, and no recovery record names it"
         )
     elif report.records and not report.closed:
         _check_open_tail(report, now or dt.datetime.now(dt.UTC), stale_after, require_closed)
-    return report, records
 
 
 def _check_open_tail(report: ChainReport, now: dt.datetime, stale_after: dt.timedelta,
@@ -287,6 +356,40 @@ def _check_open_tail(report: ChainReport, now: dt.datetime, stale_after: dt.time
             f"its last checkpoint ({report.last_signed_time}) is older than {stale_after}: "
             "lines were removed from the end, or the writer died"
         )
+
+
+def _judge_recovered_end(report: ChainReport, recoveries: Sequence[Recovery]) -> None:
+    known = len(report.problems)
+    first = recoveries[0]
+    for other in recoveries[1:]:
+        if not other.same_end(first):
+            report.problems.append(
+                f"{other.location}: recovery record disagrees with {first.location} about where "
+                f"the chain of {report.writer} ends"
+            )
+            return
+    if report.last_seq > first.last_seq:
+        report.problems.append(
+            f"chain of {report.writer} goes on to seq {report.last_seq} after the end "
+            f"(seq {first.last_seq}) recorded at {first.location}: records appended later"
+        )
+    elif (report.last_seq, report.head) != (first.last_seq, first.last_hash):
+        report.problems.append(
+            f"chain of {report.writer} ends at seq {report.last_seq}, but {first.location} "
+            f"recorded its end at seq {first.last_seq}: records removed from the end"
+        )
+    torn = report.torn
+    found = (0, hashlib.sha256(b"").hexdigest()) if torn is None else (torn.size, torn.sha256)
+    if found != (first.torn_bytes, first.torn_sha256) or (
+        torn is not None and Path(torn.location.rpartition(":")[0]).name != first.torn_file
+    ):
+        where = torn.location if torn is not None else f"the end of {report.writer}'s chain"
+        report.problems.append(
+            f"{where}: {found[0]} torn byte(s) where {first.location} recorded "
+            f"{first.torn_bytes} (in {first.torn_file}): the tail was changed after the crash"
+        )
+    if len(report.problems) == known:
+        report.recovered_by = first.by
 
 
 def format_time(moment: dt.datetime) -> str:

@@ -1,15 +1,17 @@
-"""``micafence audit keygen|verify|export|prune``: the decision log as a supervisor gets it.
+"""``micafence audit keygen|public-key|verify|export|verify-export|prune``: the decision log
+as a supervisor gets it.
 
-``verify`` checks every writer's chain and names the file and line of each break; ``export``
-writes the records a supervisor asked for (time range, client, reason) with the grant history
-and a signed manifest (counts, chain heads, policy revisions); ``prune`` applies the retention
-period by removing whole files, after writing a signed record of what it removed.
+``keygen`` makes the audit secret (and its public key); ``verify`` checks every writer's chain
+and names the file and line of each break; ``export`` writes the records a supervisor asked for
+(time range, client, reason) with the grant history and a manifest signed with Ed25519 (counts,
+chain heads, policy revisions, every exported record); ``verify-export`` checks an export with
+the public key alone; ``prune`` applies the retention period by removing whole files, after
+writing a signed record of what it removed. Keys: :mod:`micafence.audit.keys`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import fnmatch
 import hashlib
@@ -18,22 +20,15 @@ import os
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from micafence.audit.chain import AuditKey, ChainWriter, canonical, format_time, parse_time
+from micafence.audit.chain import ChainWriter, format_time, parse_time
+from micafence.audit.export import sign_manifest, verify_export, write_csv, write_jsonl
+from micafence.audit.keys import KEY_ENV, KEY_FILE_ENV, AuditKey, AuditKeyError, AuditPublicKey
 from micafence.audit.reader import PRUNE_WRITER_PREFIX, LoadedLog, in_range, load_log
 from micafence.audit.sinks import FileSink
 from micafence.policy.durations import parse_duration
-
-CSV_COLUMNS = (
-    "time", "id", "kind", "class", "event", "reason", "rule", "mode", "outcome", "blocked",
-    "zone", "zones", "country", "registered_country", "residence_country", "anonymizer",
-    "client_ip", "client_id", "transport", "method", "route", "route_class", "grant_id",
-    "promotions", "policy_revision", "database_build", "breakglass", "data", "counts",
-    "writer", "seq", "hash",
-)
 
 
 def register(commands: Any) -> None:
@@ -43,14 +38,30 @@ def register(commands: Any) -> None:
                                 "records for a supervisor, apply retention.")
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
 
-    keygen = sub.add_parser("keygen", help="create an audit key file (mode 0600)")
+    keygen = sub.add_parser(
+        "keygen", help="create the audit secret (mode 0600) and its public key (FILE.pub)",
+        description="Create the audit secret in FILE (mode 0600; give it to the workers as "
+        f"${KEY_FILE_ENV} or ${KEY_ENV}) and write its Ed25519 public key to FILE.pub (give "
+        "that, or its fingerprint, to the supervisor). The secret signs checkpoints and "
+        "exports and keys pseudonyms; keep it away from whoever can write the log.")
     keygen.add_argument("path", help="key file to create (refuses to overwrite)")
     keygen.set_defaults(func=_cmd_keygen)
+
+    public = sub.add_parser(
+        "public-key", help="print the audit key's Ed25519 public key and fingerprint",
+        description="Print the public key (PEM) that verifies the log's and the exports' "
+        "signatures without being able to make them; the fingerprint goes to stderr.")
+    public.add_argument("--key-file", help=f"audit key (default ${KEY_ENV}[_FILE])")
+    public.add_argument("--out", help="write the PEM to this file instead")
+    public.set_defaults(func=_cmd_public_key)
 
     verify = sub.add_parser("verify", help="check every chain; exit 1 naming each break",
                             description="Verify hash chains and signed checkpoints of every "
                             "writer in the given directories, files or redis:// streams.")
     _common(verify)
+    verify.add_argument("--public-key", metavar="FILE",
+                        help="verify with the Ed25519 public key alone, no secret (records "
+                        "signed the old way, with an HMAC, are then reported unverifiable)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
 
@@ -69,6 +80,20 @@ def register(commands: Any) -> None:
                         help="export even if verification fails (the manifest says so)")
     export.set_defaults(func=_cmd_export)
 
+    check = sub.add_parser(
+        "verify-export", help="check an export with no secret; exit 1 naming each problem",
+        description="Check an export's signed manifest and every record against it "
+        "(changed, removed, added or moved records are named by position). Needs no secret: "
+        "without --public-key it uses the key inside the manifest and prints its fingerprint, "
+        "to be compared with the one the firm gave you out of band.")
+    check.add_argument("export", metavar="EXPORT", help="export directory (with manifest.json)")
+    check.add_argument("--public-key", metavar="FILE",
+                       help="the firm's public key (PEM or hex): the export must be signed "
+                       "with it")
+    check.add_argument("--key-file", help="audit secret: only for exports made before Ed25519 "
+                       "(signed with an HMAC)")
+    check.set_defaults(func=_cmd_verify_export)
+
     prune = sub.add_parser("prune", help="apply the retention period (whole files only)",
                            description="Remove audit files whose records are all older than "
                            "--before (or the policy's audit.retention), after writing a signed "
@@ -84,7 +109,8 @@ def register(commands: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", nargs="+", metavar="PATH",
                         help="audit directory, audit file or redis://HOST/DB#STREAM")
-    parser.add_argument("--key-file", help="audit key (default $MICAFENCE_AUDIT_KEY[_FILE])")
+    parser.add_argument("--key-file", help="audit key (default $MICAFENCE_AUDIT_KEY[_FILE]; "
+                        "a key file must be mode 0600 or stricter)")
     parser.add_argument("--stale-after", default="PT5M", type=parse_duration,
                         help="an open chain whose last checkpoint is older is an error "
                         "(ISO 8601 duration, default PT5M)")
@@ -108,33 +134,62 @@ def _load(args: argparse.Namespace) -> tuple[AuditKey, LoadedLog]:
     return key, log
 
 
+def _key_facts(key: AuditKey | AuditPublicKey) -> str:
+    public = key.public_key if isinstance(key, AuditKey) else key
+    secret = f"key id {key.key_id}, " if isinstance(key, AuditKey) else ""
+    return f"{secret}key fingerprint {public.fingerprint}"
+
+
 def chain_summary(log: LoadedLog) -> list[dict[str, Any]]:
     return [{
         "writer": c.writer, "status": c.status, "records": c.records, "last_seq": c.last_seq,
         "head": c.head, "first_time": c.first_time, "last_time": c.last_time,
-        "closed": c.closed, "problems": c.problems,
+        "closed": c.closed, "recovered_by": c.recovered_by, "problems": c.problems,
     } for c in log.chains]
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        print(f"micafence: {path} exists; a key is never overwritten", file=sys.stderr)
-        return 1
+    public = path.with_name(path.name + ".pub")
+    for target in (path, public):
+        if target.exists():
+            print(f"micafence: {target} exists; a key is never overwritten", file=sys.stderr)
+            return 1
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32) + "\n")
-    print(f"{path}: new audit key, id {AuditKey.from_file(path).key_id}. Keep it out of the "
-          "audit directory and back it up: without it the log cannot be verified.")
+    key = AuditKey.from_file(path)
+    public.write_text(key.public_key.pem(), encoding="utf-8")
+    print(f"{path}: new audit key, id {key.key_id}. Keep it out of the audit directory and "
+          "back it up: without it the log cannot be verified.\n"
+          f"{public}: its public key, fingerprint {key.public_key.fingerprint}. Give it (or the "
+          "fingerprint) to whoever verifies exports: it verifies, it cannot sign.")
+    return 0
+
+
+def _cmd_public_key(args: argparse.Namespace) -> int:
+    key = AuditKey.from_env(args.key_file)
+    if args.out:
+        Path(args.out).write_text(key.public_key.pem(), encoding="utf-8")
+    else:
+        print(key.public_key.pem(), end="")
+    print(f"fingerprint {key.public_key.fingerprint}", file=sys.stderr)
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    key, log = _load(args)
+    key: AuditKey | AuditPublicKey
+    if args.public_key:
+        key = AuditPublicKey.from_file(args.public_key)
+    else:
+        key = AuditKey.from_env(args.key_file)
+    log = load_log(args.targets, key, stale_after=args.stale_after,
+                   require_closed=args.require_closed)
     if args.json:
-        print(json.dumps({"ok": log.ok, "key_id": key.key_id, "chains": chain_summary(log)},
-                         indent=2))
+        public = key.public_key if isinstance(key, AuditKey) else key
+        print(json.dumps({"ok": log.ok, "key_id": getattr(key, "key_id", None),
+                          "key_fingerprint": public.fingerprint,
+                          "chains": chain_summary(log)}, indent=2))
         return 0 if log.ok else 1
     for chain in log.chains:
         span = f"{chain.first_time or '-'} .. {chain.last_time or '-'}"
@@ -144,7 +199,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {problem}")
     records = sum(c.records for c in log.chains)
     verdict = "OK" if log.ok else f"FAILED: {len(log.problems)} problem(s)"
-    print(f"{verdict}: {len(log.chains)} chain(s), {records} records (key id {key.key_id})")
+    print(f"{verdict}: {len(log.chains)} chain(s), {records} records ({_key_facts(key)})")
     return 0 if log.ok else 1
 
 
@@ -189,17 +244,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     args.reason = reason_filter
     files: dict[str, dict[str, Any]] = {}
     name = f"records.{args.format}"
-    if args.format == "csv":
-        _write_csv(out / name, selected)
-    else:
-        _write_jsonl(out / name, selected)
-    files[name] = _file_facts(out / name, len(selected))
-    _write_jsonl(out / "grants.jsonl", grants)
-    files["grants.jsonl"] = _file_facts(out / "grants.jsonl", len(grants))
+    files[name] = (write_csv if args.format == "csv" else write_jsonl)(out / name, selected)
+    files["grants.jsonl"] = write_jsonl(out / "grants.jsonl", grants)
     if args.store:
         history = _store_history(args.store, args.client)
-        _write_jsonl(out / "grant-store.jsonl", history)
-        files["grant-store.jsonl"] = _file_facts(out / "grant-store.jsonl", len(history))
+        files["grant-store.jsonl"] = write_jsonl(out / "grant-store.jsonl", history)
     times = [str(r["time"]) for r in selected + grants if "time" in r]
     manifest: dict[str, Any] = {
         "generated_at": format_time(dt.datetime.now(dt.UTC)),
@@ -225,59 +274,52 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "time_range": {"first": min(times, default=None), "last": max(times, default=None)},
         "files": files,
     }
-    manifest["mac"] = key.sign(hashlib.sha256(canonical(manifest)).hexdigest())
+    sign_manifest(manifest, key)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     print(f"{out}: {len(selected)} records, {len(grants)} grant events, manifest.json "
-          f"({'verified' if log.ok else 'VERIFICATION FAILED'})")
+          f"({'verified' if log.ok else 'VERIFICATION FAILED'}), signed by the key "
+          f"{key.public_key.fingerprint}")
     return 0
 
 
 def verify_manifest(path: Path, key: AuditKey) -> bool:
-    """Does ``manifest.json`` carry a valid signature, and do the files match their hashes?"""
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    mac = manifest.pop("mac", None)
-    if mac != key.sign(hashlib.sha256(canonical(manifest)).hexdigest()):
-        return False
-    return all(
-        hashlib.sha256((path.parent / name).read_bytes()).hexdigest() == facts["sha256"]
-        for name, facts in manifest["files"].items()
-    )
+    """Does the export whose ``manifest.json`` is ``path`` verify, signed by ``key``?"""
+    return verify_export(path.parent, public_key=key.public_key, secret=key).ok
+
+
+def _cmd_verify_export(args: argparse.Namespace) -> int:
+    directory = Path(args.export)
+    if not (directory / "manifest.json").is_file():
+        print(f"micafence: {directory} holds no manifest.json", file=sys.stderr)
+        return 2
+    public = AuditPublicKey.from_file(args.public_key) if args.public_key else None
+    secret = None
+    if args.key_file or os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV):
+        secret = AuditKey.from_env(args.key_file)  # for an export signed the old way
+    try:
+        check = verify_export(directory, public_key=public, secret=secret)
+    except (AuditKeyError, ValueError) as exc:
+        print(f"micafence: {exc}", file=sys.stderr)
+        return 2
+    if check.fingerprint is None:
+        print(f"{directory}: signed the old way (HMAC), checked with the audit key")
+    elif public is not None:
+        print(f"{directory}: signed by the key {check.fingerprint}"
+              f"{' (the key given)' if public.fingerprint == check.fingerprint else ''}")
+    else:
+        print(f"{directory}: signed by the key with fingerprint\n  {check.fingerprint}\n"
+              "Compare it with the fingerprint the firm gave you out of band (not with one "
+              "found in this export) before trusting this result, or pass --public-key.")
+    for name, count in check.records.items():
+        print(f"  {name}: {count} record(s)")
+    for problem in check.problems:
+        print(f"  {problem}")
+    print("OK" if check.ok else f"FAILED: {len(check.problems)} problem(s)")
+    return 0 if check.ok else 1
 
 
 def _is_grant(record: dict[str, Any]) -> bool:
     return record.get("kind") == "event" and str(record.get("event", "")).startswith("grant.")
-
-
-def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def _write_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(CSV_COLUMNS)
-        for record in records:
-            writer.writerow([_cell(record.get(column)) for column in CSV_COLUMNS])
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ";".join(value)
-    if isinstance(value, list | dict):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    text = str(value)
-    # A cell a spreadsheet would run as a formula is quoted with a leading apostrophe.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
-def _file_facts(path: Path, lines: int) -> dict[str, Any]:
-    return {"lines": lines, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _store_history(url: str, client: str | None) -> list[dict[str, Any]]:
@@ -319,20 +361,25 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         for problem in log.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    closed = {c.writer for c in log.chains if c.closed}
-    plan = []
+    # Ended chains: closed, or ended where a recovery record says their writer died.
+    closed = {c.writer for c in log.chains if c.closed or c.recovered_by is not None}
+    candidates: dict[str, list[tuple[Path, list[dict[str, Any]]]]] = {}
     for writer, files in log.files.items():
         if writer.startswith(PRUNE_WRITER_PREFIX):
             continue  # prune records are kept for as long as the log exists
-        pruned = []
+        pruned = candidates.setdefault(writer, [])
         for index, path in enumerate(files):
-            records = [json.loads(line) for line in path.read_bytes().splitlines() if line]
+            # Complete lines only: a dead writer's last file may end in torn bytes.
+            records = [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1]]
             last_file = index == len(files) - 1
             if not records or (last_file and writer not in closed):
                 break
             if parse_time(str(records[-1]["time"])) >= cutoff:
                 break
             pruned.append((path, records))
+    _keep_needed_recoveries(candidates, log.files)
+    plan = []
+    for writer, pruned in candidates.items():
         if pruned:
             last = pruned[-1][1][-1]
             plan.append({
@@ -358,9 +405,28 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                     "writers": plan}),
         chain.seal({"v": 1, "kind": "close", "time": stamp}),
     ]))
+    sink.end_chain(writer)
     for entry in plan:
         for name in entry["files"]:
             (Path(args.directory) / name).unlink()
     print(f"pruned {sum(len(e['files']) for e in plan)} file(s); signed prune record by "
           f"{writer}")
     return 0
+
+
+def _keep_needed_recoveries(candidates: dict[str, list[tuple[Path, list[dict[str, Any]]]]],
+                            files: dict[str, list[Path]]) -> None:
+    """Keep every file holding a recovery record about a writer some of whose files stay: that
+    record is what lets the dead writer's unclosed chain verify. Until nothing changes: a
+    writer kept for that may itself have died and been named by another."""
+    changed = True
+    while changed:
+        changed = False
+        staying = {w for w, paths in files.items() if len(candidates.get(w, ())) < len(paths)}
+        for pruned in candidates.values():
+            for index, (_, records) in enumerate(pruned):
+                if any(r.get("kind") == "recovery" and r.get("dead_writer") in staying
+                       for r in records):
+                    del pruned[index:]
+                    changed = True
+                    break

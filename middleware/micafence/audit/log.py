@@ -16,7 +16,12 @@ The contract, "nothing lost silently":
   is 80% full, be aggregated into per-reason counts; the counts are written as an
   ``aggregate`` record, so the aggregation itself is on the record;
 - a queued record reaches the sink within ``flush_interval`` while the sink works, and all
-  queued records are written before a graceful shutdown (SIGTERM) completes.
+  queued records are written, each exactly once, before a graceful shutdown (SIGTERM)
+  completes: the flusher is never cancelled in the middle of a batch;
+- a hard stop (SIGKILL, power loss) loses what was still queued (at most about
+  ``flush_interval`` of decisions) and may tear the batch being written; the records before it
+  stay, and the next writer to start on the same directory signs a ``recovery`` record naming
+  the dead writer, its last complete record and the torn bytes (:mod:`micafence.audit.recovery`).
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from micafence.audit.chain import AuditKey, ChainWriter, format_time
+from micafence.audit.chain import ChainWriter, format_time
+from micafence.audit.keys import AuditKey
+from micafence.audit.recovery import DeadChain
 from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
 from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
-from micafence.background import stop_task
 from micafence.decision import Decision
 from micafence.logs import log_event
 
@@ -68,6 +74,25 @@ _QueueItem = tuple[float, Decision | None, str | None, Any, bool]
 logger = logging.getLogger("micafence.audit.log")
 
 
+async def _settled(write: asyncio.Future[None]) -> bool:
+    """Wait until ``write`` has ended, even through cancellations; ``True`` if one arrived.
+
+    Shielded, so a cancellation of the waiting task does not abandon a write whose lines may
+    already be durable; the caller decides what the batch's outcome means, then passes the
+    cancellation on.
+    """
+    interrupted = False
+    while not write.done():
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # From the write itself only if it was cancelled; otherwise it is ours.
+            interrupted = interrupted or not write.cancelled()
+        except Exception:  # the write's own failure: the caller reads it from ``write``
+            break
+    return interrupted
+
+
 def record_class(decision: Decision) -> str:
     """``evidence`` (never dropped), ``block`` or ``traffic`` (may be aggregated)."""
     if decision.blocked:
@@ -80,9 +105,10 @@ class AuditLog:
 
     ``sink`` is an :class:`~micafence.audit.sinks.AuditSink` or a target for
     :func:`~micafence.audit.sinks.open_sink` (a directory, ``file://DIR``,
-    ``redis://HOST/DB#STREAM``). ``key`` signs checkpoints and keys pseudonyms (default:
-    :meth:`AuditKey.from_env`). ``settings`` are the ``audit`` policy section; when the log is
-    given to the middleware it follows the middleware's current policy instead.
+    ``redis://HOST/DB#STREAM``). ``key`` (the audit secret, :mod:`micafence.audit.keys`)
+    signs checkpoints (Ed25519) and keys pseudonyms (default: :meth:`AuditKey.from_env`).
+    ``settings`` are the ``audit`` policy section; when the log is given to the middleware it
+    follows the middleware's current policy instead.
     """
 
     def __init__(
@@ -124,6 +150,7 @@ class AuditLog:
         self._closed = False
         self._failing = False
         self._last_checkpoint = 0.0
+        self._dead_chains: list[DeadChain] | None = None  # claimed before the first batch
         self._ip_cache: dict[str, str] = {}
         # Plain counters, read by micafence.audit.metrics.
         self.written = 0
@@ -262,6 +289,8 @@ class AuditLog:
     # -- the background flusher ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Ends by itself once aclose() has set _closed, after the flush it is in: it is never
+        # cancelled in the middle of a write (see _write).
         backoff = 0.0
         while not self._closed:
             with contextlib.suppress(TimeoutError):
@@ -292,10 +321,15 @@ class AuditLog:
         idle_due = now - self._last_checkpoint >= settings.checkpoint_interval.total_seconds()
         if not count and not self._aggregate and self._opened and not idle_due:
             return
+        if self._dead_chains is None:
+            self._dead_chains = await self._claim_dead_chains()
         state = self._chain.state()
         lines = []
         if not self._opened:
             lines.append(self._chain.seal(self._open_record(now)))
+            # The loss of a writer that died without closing is named first of all.
+            lines.extend(self._chain.seal(dead.record(format_time_f(now)))
+                         for dead in self._dead_chains)
         for index in range(count):
             lines.append(self._chain.seal(self._build(self._queue[index], settings)))
         aggregate, since = self._aggregate, self._aggregate_since
@@ -306,22 +340,51 @@ class AuditLog:
             "v": RECORD_VERSION, "kind": "checkpoint", "time": format_time_f(now),
             "records": self.written + count, "backlog": len(self._queue) - count,
         }))
+        # The batch's outcome is settled before anything else happens to this task: a batch
+        # handed to the sink may be on disk already, so a cancellation arriving meanwhile must
+        # neither leave it queued (it would be written twice) nor let a second write start
+        # beside it. The cancellation is passed on once the batch is marked written or rolled
+        # back.
+        write = asyncio.ensure_future(self.sink.write(self.writer, lines))
+        interrupted = await _settled(write)
+        if write.cancelled():
+            # Only a loop being torn down cancels the write itself: whether it landed is unknown,
+            # so this chain takes nothing more (the next start names its last record).
+            self._closed = True
+            raise asyncio.CancelledError
+        failure = write.exception()
+        if failure is None:
+            self._batch_written(count, now)
+        elif isinstance(failure, AuditSinkError):
+            self._batch_failed(state, aggregate, since, failure)
+        if interrupted:
+            raise asyncio.CancelledError
+        if failure is not None:
+            raise failure
+
+    async def _claim_dead_chains(self) -> list[DeadChain]:
         try:
-            await self.sink.write(self.writer, lines)
-        except AuditSinkError as exc:
-            self._chain.restore(state)
-            for key, value in aggregate.items():  # counts are evidence too: keep them
-                self._aggregate[key] = self._aggregate.get(key, 0) + value
-            self._aggregate_since = since if since is not None else self._aggregate_since
-            self.write_errors += 1
-            if not self._failing:
-                self._failing = True
-                log_event(logging.ERROR, "audit.sink_failed", f"audit sink failing: {exc}",
-                          sink=self.sink.location, backlog=len(self._queue))
-            raise
+            claims = await self.sink.claim_dead_chains(self.writer)
+        except OSError as exc:  # cannot even look: the first write will say what is wrong
+            log_event(logging.ERROR, "audit.recovery_failed",
+                      f"cannot look for dead audit writers: {exc}", sink=self.sink.location)
+            return []
+        self.sink.release_claims([c for c in claims if c.closed])  # nothing lost: no record
+        return [c for c in claims if not c.closed]
+
+    def _batch_written(self, count: int, now: float) -> None:
         for _ in range(count):
             self._queue.popleft()
         self.written += count
+        if not self._opened and self._dead_chains:
+            self.sink.release_claims(self._dead_chains)
+            for dead in self._dead_chains:
+                log_event(logging.WARNING, "audit.writer_recovered",
+                          f"audit writer {dead.writer} died without closing its chain; its end "
+                          f"(seq {dead.last_seq}, {dead.torn_bytes} torn bytes after it) is now "
+                          f"on the record of {self.writer}",
+                          dead_writer=dead.writer, last_seq=dead.last_seq,
+                          torn_bytes=dead.torn_bytes, sink=self.sink.location)
         self._opened = True
         self._last_checkpoint = now
         if self._failing:
@@ -329,14 +392,37 @@ class AuditLog:
             log_event(logging.WARNING, "audit.sink_recovered", "audit sink writing again",
                       sink=self.sink.location, backlog=len(self._queue))
 
+    def _batch_failed(self, state: tuple[int, str],
+                      aggregate: dict[tuple[str, str | None, str], int], since: float | None,
+                      failure: AuditSinkError) -> None:
+        self._chain.restore(state)
+        for key, value in aggregate.items():  # counts are evidence too: keep them
+            self._aggregate[key] = self._aggregate.get(key, 0) + value
+        self._aggregate_since = since if since is not None else self._aggregate_since
+        self.write_errors += 1
+        if not self._failing:
+            self._failing = True
+            log_event(logging.ERROR, "audit.sink_failed", f"audit sink failing: {failure}",
+                      sink=self.sink.location, backlog=len(self._queue))
+
     async def aclose(self, timeout: float = 10.0) -> None:
-        """Stop the flusher, write every queued record and a signed close record."""
+        """Write every queued record and a signed close record, then release the sink.
+
+        The flusher is told to stop and ends after the flush it is in: it is not cancelled,
+        because a batch already handed to the sink cannot be called back (cancelling the flusher
+        mid-write once left a batch on disk but still queued, and the final flush wrote it
+        again). ``timeout`` bounds the retries of a *failing* sink; a write that never returns
+        holds the shutdown until the process manager kills the process, and the next start
+        names the chain's last record (:mod:`micafence.audit.recovery`).
+        """
         if self._closed:
             return
         self._closed = True
         if self._task is not None:
             self._wake.set()
-            await stop_task(self._task)
+            await asyncio.wait({self._task})
+            if not self._task.cancelled():
+                self._task.exception()  # retrieved: the flusher logs its own errors
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -349,11 +435,12 @@ class AuditLog:
                     line = self._chain.seal({"v": RECORD_VERSION, "kind": "close",
                                              "time": format_time_f(self._clock()),
                                              "records": self.written})
-                    try:
-                        await self.sink.write(self.writer, [line])
-                    except AuditSinkError:
+                    write = asyncio.ensure_future(self.sink.write(self.writer, [line]))
+                    await _settled(write)
+                    if not write.cancelled() and isinstance(write.exception(), AuditSinkError):
                         self._chain.restore(state)
-                        raise
+                    write.result()
+                self.sink.end_chain(self.writer)
                 break
             except AuditSinkError:
                 if time.monotonic() > deadline:
@@ -370,7 +457,8 @@ class AuditLog:
     def _open_record(self, now: float) -> dict[str, Any]:
         return {
             "v": RECORD_VERSION, "kind": "open", "time": format_time_f(now),
-            "key_id": self.key.key_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "key_id": self.key.key_id, "key_fingerprint": self.key.public_key.fingerprint,
+            "host": socket.gethostname(), "pid": os.getpid(),
             "sink": self.sink.location, "policy_revision": self._revision(),
         }
 

@@ -3,7 +3,8 @@
 Used by ``micafence audit verify|export|prune`` and ``micafence report``. Targets are
 directories or files of the file sink, or ``redis://HOST/DB#STREAM`` URLs of the stream sink.
 Prune records (written by ``micafence audit prune``) are verified first: they say where a
-pruned writer's chain legitimately continues.
+pruned writer's chain legitimately continues; recovery records (written by the start after a
+writer died, :mod:`micafence.audit.recovery`) say where a dead writer's chain ends.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from micafence.audit.chain import Anchor, AuditKey, ChainReport, parse_time, verify_chain
+from micafence.audit.chain import (
+    Anchor,
+    ChainReport,
+    judge_end,
+    parse_time,
+    scan_chain,
+    verify_chain,
+)
+from micafence.audit.keys import Verifier
 from micafence.audit.sinks import AuditSinkError, file_chains, file_lines, stream_chains
 
 PRUNE_WRITER_PREFIX = "prune-"
@@ -45,7 +54,7 @@ class LoadedLog:
 
 def load_log(
     targets: Sequence[str],
-    key: AuditKey,
+    key: Verifier,
     *,
     now: dt.datetime | None = None,
     stale_after: dt.timedelta = dt.timedelta(minutes=5),
@@ -66,21 +75,28 @@ def load_log(
         if "://" in target:
             for writer, lines in asyncio.run(stream_chains(target)).items():
                 chains.setdefault(writer, []).extend(lines)
-    options: dict[str, Any] = {"now": now, "stale_after": stale_after,
-                               "require_closed": require_closed}
+    ending: dict[str, Any] = {"now": now, "stale_after": stale_after,
+                              "require_closed": require_closed}
     anchors: dict[str, Anchor] = {}
     for writer in sorted(w for w in chains if w.startswith(PRUNE_WRITER_PREFIX)):
-        report, records = verify_chain(writer, chains.pop(writer), key, **options)
+        report, records = verify_chain(writer, chains.pop(writer), key, **ending)
         loaded.chains.append(report)
         loaded.records.extend(records)
         if report.ok:
             for anchor in prune_anchors(records):
                 if anchor.writer not in anchors or anchor.seq > anchors[anchor.writer].seq:
                     anchors[anchor.writer] = anchor
+    # Every chain is read before any is judged at its end: the record naming a dead writer's
+    # end is in another writer's chain.
+    scanned = []
     for writer in sorted(chains):
-        report, records = verify_chain(writer, chains[writer], key, anchors=anchors, **options)
-        loaded.chains.append(report)
+        report, records = scan_chain(writer, chains[writer], key, anchors=anchors)
+        scanned.append(report)
         loaded.records.extend(records)
+    recoveries = [r for report in scanned for r in report.recoveries]
+    for report in scanned:
+        judge_end(report, recoveries, **ending)
+        loaded.chains.append(report)
     return loaded
 
 

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from micafence.audit.chain import AuditKey, parse_time
+from micafence.audit.chain import parse_time
 from micafence.audit.cli import parse_cli_time
+from micafence.audit.keys import AuditKey
 from micafence.audit.reader import in_range, load_log
 from micafence.audit.settings import ReportingThresholds
 

@@ -8,7 +8,14 @@ goes: run it with ``appendonly yes`` and ``appendfsync always`` or ``everysec``)
 Files: one directory, any number of writers (one per worker process), each writing its own
 files ``audit.<writer>.<000001>.jsonl``, created with ``O_EXCL`` and only ever appended to.
 Rotation closes a full file and opens the next number; nothing is renamed or rewritten, so a
-reader (``micafence audit verify``) never sees a half-moved file.
+reader (``micafence audit verify``) never sees a half-moved file. While a writer lives it holds
+a lock on ``audit.<writer>.lock`` (removed once its chain is closed), which tells the next
+writer to start whether a chain without ``close`` belongs to a live sibling or to a writer that
+died (:mod:`micafence.audit.recovery`).
+
+Redis: a batch is one ``MULTI``/``EXEC``, so a stream never holds a torn record; a writer that
+died leaves a chain ending on its last checkpoint, reported by ``verify`` once that checkpoint
+is older than ``--stale-after`` (or at once under ``--require-closed``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from micafence.audit.recovery import DeadChain, WriterLock, claim_dead_chains, release_claims
 from micafence.errors import MicafenceError
 
 FILE_PATTERN = re.compile(r"audit\.(?P<writer>[A-Za-z0-9_-]+)\.(?P<index>\d{6})\.jsonl")
@@ -47,6 +55,20 @@ class AuditSink(ABC):
     async def close(self) -> None:
         """Release files or connections (after the last write)."""
 
+    async def claim_dead_chains(self, writer: str) -> list[DeadChain]:
+        """Before ``writer``'s first batch: the chains of writers that died without closing,
+        claimed so that no other writer names them too (:mod:`micafence.audit.recovery`).
+        A sink whose batches cannot tear claims nothing."""
+        return []
+
+    def release_claims(self, claims: list[DeadChain]) -> None:
+        """Once the records naming ``claims`` are durable: let go of them for good."""
+        return None
+
+    def end_chain(self, writer: str) -> None:
+        """Once ``writer``'s close record is durable: it no longer counts as running."""
+        return None
+
 
 class FileSink(AuditSink):
     """Append-only JSON Lines files in ``directory``, fsynced per batch, rotated by size."""
@@ -59,6 +81,7 @@ class FileSink(AuditSink):
         self._fd: int | None = None
         self._index = 0
         self._size = 0
+        self._lock: WriterLock | None = None
 
     async def write(self, writer: str, lines: Sequence[bytes]) -> None:
         # Disk I/O and fsync happen off the event loop, so requests never wait on them.
@@ -93,6 +116,8 @@ class FileSink(AuditSink):
     def _open_next(self, writer: str) -> None:
         self._close_file()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if self._lock is None:  # before the first file: a file without its lock is a dead chain
+            self._lock = WriterLock(self.directory, writer)
         while True:
             self._index += 1
             path = self.directory / f"audit.{writer}.{self._index:06d}.jsonl"
@@ -116,8 +141,22 @@ class FileSink(AuditSink):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    async def claim_dead_chains(self, writer: str) -> list[DeadChain]:
+        if not self.directory.is_dir():
+            return []
+        return await asyncio.to_thread(claim_dead_chains, self.directory, writer)
+
+    def release_claims(self, claims: list[DeadChain]) -> None:
+        release_claims(claims)
+
+    def end_chain(self, writer: str) -> None:
+        if self._lock is not None:
+            self._lock.release(remove=True)
+
     async def close(self) -> None:
         self._close_file()
+        if self._lock is not None:  # an unclosed chain: the next start names its end
+            self._lock.release(remove=False)
 
 
 class RedisStreamSink(AuditSink):
@@ -204,8 +243,9 @@ async def stream_chains(url: str) -> dict[str, list[tuple[str, bytes]]]:
             for entry_id, fields in entries:
                 name = entry_id.decode()
                 writer = fields.get(b"writer", b"?").decode("utf-8", "replace")
+                # A stream entry is always whole: given its newline, it reads as a complete line.
                 chains.setdefault(writer, []).append(
-                    (f"{base}#{stream}@{name}", fields.get(b"record", b""))
+                    (f"{base}#{stream}@{name}", fields.get(b"record", b"") + b"\n")
                 )
             if len(entries) < 1000:
                 break

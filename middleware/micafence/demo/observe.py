@@ -9,7 +9,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from micafence.audit.chain import KEY_ENV, KEY_FILE_ENV, AuditKey
+from micafence.audit.keys import KEY_ENV, KEY_FILE_ENV, AuditKey
 from micafence.audit.log import AuditLog
 from micafence.audit.metrics import Metrics
 from micafence.audit.sinks import FileSink

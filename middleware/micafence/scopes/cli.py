@@ -126,7 +126,7 @@ def _sub(sub: Any, name: str, command: Command, summary: str) -> argparse.Argume
                         f"(default: ${STORE_ENV})")
     parser.add_argument("--grant-key-file", metavar="FILE",
                         help=f"the grant key that signs records (default: $MICAFENCE_GRANT_KEY, "
-                        f"else ${KEY_FILE_ENV})")
+                        f"else ${KEY_FILE_ENV}); a key file must be mode 0600 or stricter")
     if name != "export":
         parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=lambda args: _run(command, args))

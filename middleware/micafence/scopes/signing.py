@@ -9,7 +9,9 @@ unsigned, signed with another key or altered is **ignored** and logged (``grant.
 once per record and process): it cannot open a scope. The key itself is never stored with the
 records; give it to the middleware (``grant_key=``) and to ``micafence grant``
 (``--grant-key-file``), else both read ``$MICAFENCE_GRANT_KEY`` or the file named by
-``$MICAFENCE_GRANT_KEY_FILE``. Make one with ``micafence grant keygen FILE``.
+``$MICAFENCE_GRANT_KEY_FILE``. Make one with ``micafence grant keygen FILE`` (mode 0600); a key
+file that is missing, or that its group or others may open, is refused with an error naming it
+(:mod:`micafence.keyfiles`).
 
 What a signature cannot do: prove that no record was *deleted* (a deleted revocation reopens a
 grant). Keep Redis behind ACLs and compare with the signed audit log's ``grant.revoked`` events.
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from micafence.errors import StoreError
+from micafence.keyfiles import read_key_file
 from micafence.logs import log_event
 
 KEY_ENV = "MICAFENCE_GRANT_KEY"
@@ -90,10 +93,8 @@ class GrantKey:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> GrantKey:
-        try:
-            return cls.from_text(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise GrantKeyError(f"cannot read grant key file {path}: {exc.strerror}") from exc
+        """The key in ``path``: refused when missing or open to its group or others."""
+        return cls.from_text(read_key_file(path, "grant key", GrantKeyError))
 
     @classmethod
     def from_env(cls) -> GrantKey | None:
