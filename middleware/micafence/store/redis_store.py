@@ -133,9 +133,9 @@ class RedisStore(Store):
         try:
             import redis.asyncio as redis  # imported lazily: only Redis users pay for it
             from redis.asyncio.cluster import RedisCluster
+            from redis.asyncio.retry import Retry  # the asyncio client's own, not redis.retry's
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import RedisClusterException, RedisError
-            from redis.retry import Retry
         except ImportError as exc:  # pragma: no cover - redis is a dependency
             raise StoreError("redis:// needs the redis package: pip install 'redis[hiredis]'") \
                 from exc
