@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from micafence.decision import Decision
 from micafence.engine import Enforcer
+from micafence.errors import MicafenceError
 from micafence.identity import IdentifyFunction
 from micafence.live.health import HealthEndpoint
 from micafence.live.reload import Reloader
+from micafence.live.startup import answer_unstarted, startup_message
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
+from micafence.logs import log_event
 from micafence.policy.model import Outcome, Policy, PromotionStance
 from micafence.responses import STATUS, block_body, block_headers, send_block
 from micafence.scopes.gate import ScopeGate
@@ -70,6 +73,14 @@ class MicafenceMiddleware:
     in force (``effective_from`` / ``effective_until``). :meth:`health_app` is the readiness
     endpoint to mount.
 
+    A load error (a :class:`~micafence.errors.MicafenceError`: the policy, a database, the store
+    or a key) does not escape the constructor: Starlette and FastAPI build their middleware
+    inside the server's lifespan call, where an exception reads as "lifespan unsupported" and the
+    server would serve anyway. It is logged (``startup.failed``) and kept in
+    :attr:`startup_error`, and the middleware answers the lifespan startup with
+    ``lifespan.startup.failed`` naming the file (the server exits) and, without a lifespan, every
+    request with 503 (:mod:`micafence.live.startup`).
+
     ``audit`` (a :class:`~micafence.audit.log.AuditLog`) records every decision other than a plain
     non-restricted pass, and refuses with 503 ``audit_unavailable`` a request whose evidence it
     cannot queue; ``metrics`` (a :class:`~micafence.audit.metrics.Metrics`) counts decisions for
@@ -96,19 +107,26 @@ class MicafenceMiddleware:
         grant_key: GrantKey | str | os.PathLike[str] | None = None,
     ) -> None:
         self.app = app
-        self.store = store if isinstance(store, Store) else open_store(store, grant_key=grant_key)
-        self.scopes = ScopeGate(self.store, clock=clock)
-        self.onboarding = OnboardingGate(self.store, clock=clock)
-        self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
-        self.reloader = Reloader(
-            self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
-            identify=identify, clock=None if clock is utc_now else clock,
-            archive_dir=archive_dir, breakglass_dir=breakglass_dir, interval=reload_interval,
-            allow_older_database=allow_older_database,
-        )
-        loaded, database = self.enforcer.policy, self.enforcer.geoip
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
+        #: Why this middleware did not start (``None``: it did); it then answers 503.
+        self.startup_error: MicafenceError | None = None
+        try:
+            self.store = store if isinstance(store, Store) \
+                else open_store(store, grant_key=grant_key)
+            self.scopes = ScopeGate(self.store, clock=clock)
+            self.onboarding = OnboardingGate(self.store, clock=clock)
+            self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
+            self.reloader = Reloader(
+                self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
+                identify=identify, clock=None if clock is utc_now else clock,
+                archive_dir=archive_dir, breakglass_dir=breakglass_dir,
+                interval=reload_interval, allow_older_database=allow_older_database,
+            )
+        except MicafenceError as exc:
+            self._not_started(exc)
+            return
+        loaded, database = self.enforcer.policy, self.enforcer.geoip
         if watch:
             self.on_lifespan(self.reloader.start, self.reloader.stop)
         # The Redis store's cache invalidation and production checks (scopes.redis_checks).
@@ -123,6 +141,15 @@ class MicafenceMiddleware:
             "micafence enforcing policy %s (%s) with %s built %s",
             loaded.name, loaded.revision, database.database_type, database.built_at.isoformat(),
         )
+
+    def _not_started(self, error: MicafenceError) -> None:
+        self.startup_error = error
+        log_event(logging.ERROR, "startup.failed",
+                  f"{startup_message(error)} (the server's lifespan startup fails; without a "
+                  "lifespan, every request is answered 503)", problem=str(error))
+        # Every request of this object is answered by _NotStarted.__call__ from now on; a class
+        # of its own keeps that check off the request path of every middleware that started.
+        self.__class__ = _NotStarted
 
     def health_app(self) -> HealthEndpoint:
         """The readiness endpoint (an ASGI app) to mount, e.g. at ``/healthz``."""
@@ -239,3 +266,12 @@ class MicafenceMiddleware:
             # error for an app without lifespan support, and serve without our checks.
             await send_with_hooks({"type": "lifespan.startup.failed",
                                    "message": f"micafence: {failed[0]}"})
+
+class _NotStarted(MicafenceMiddleware):
+    """A :class:`MicafenceMiddleware` whose start failed (``startup_error``): it fails the
+    lifespan startup and answers every request 503 (:mod:`micafence.live.startup`)."""
+
+    startup_error: MicafenceError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await answer_unstarted(self.startup_error, scope, receive, send)

@@ -28,6 +28,8 @@ def build_demo(
     audit, metrics = demo_observers(inner, audit_dir)
     app = MicafenceMiddleware(inner, policy=policy, geoip_db=geoip_db, store=store,
                               audit=audit, metrics=metrics, grant_key=grant_key)
+    if app.startup_error is not None:  # the demo stops here, naming the file
+        raise app.startup_error
     if grants is not None:
         seed_on_startup(app, grants)
     return app
