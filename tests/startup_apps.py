@@ -3,7 +3,8 @@
 
 Configured by environment, since a server calls a factory without arguments: ``STARTUP_POLICY``
 (the policy file), ``STARTUP_GEOIP_DB`` (default: MaxMind's Country test database),
-``STARTUP_STORE`` (default ``memory://``). The app answers ``/`` with ``home`` and
+``STARTUP_STORE`` (default ``memory://``). Every mounting serves micafence's probes at
+``/healthz/live`` and ``/healthz/ready``, and the app answers ``/`` with ``home`` and
 ``/api/accounts`` with 201.
 """
 
@@ -28,6 +29,7 @@ def _options() -> dict[str, Any]:
         "policy": os.environ["STARTUP_POLICY"],
         "geoip_db": os.environ.get("STARTUP_GEOIP_DB", str(COUNTRY_DB)),
         "store": os.environ.get("STARTUP_STORE", "memory://"),
+        "health_path": "/healthz",
     }
 
 

@@ -163,13 +163,18 @@ def test_without_a_lifespan_every_request_gets_503_and_the_error_is_logged(
 
 
 @pytest.mark.parametrize("mounting", MOUNTINGS)
-def test_each_mounting_serves_when_the_files_are_good(mounting: str) -> None:
+def test_each_mounting_serves_its_probes_when_the_files_are_good(mounting: str) -> None:
     command = server_command("uvicorn", mounting, free_port())
     with serving(command, environment(STARTUP_POLICY=str(DEFAULT_POLICY))) as (url, _):
         home = httpx.get(url + "/")
         signup = httpx.post(url + "/api/accounts", headers={"X-Forwarded-For": SE})
+        live = httpx.get(url + "/healthz/live")
+        ready = httpx.get(url + "/healthz/ready")
     assert (home.status_code, home.text) == (200, "home")
     assert signup.status_code == 451
+    assert (live.status_code, live.json()) == (200, {"status": "live"})
+    assert ready.status_code == 200
+    assert ready.json()["policy"]["source"] == str(DEFAULT_POLICY)
 
 
 # -- the failed middleware itself (in process) ------------------------------------------------

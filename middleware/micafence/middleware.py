@@ -11,7 +11,7 @@ from micafence.decision import Decision
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
 from micafence.identity import IdentifyFunction
-from micafence.live.health import HealthEndpoint
+from micafence.live.health import HealthEndpoint, LivenessEndpoint
 from micafence.live.reload import Reloader
 from micafence.live.startup import answer_unstarted, startup_message
 from micafence.location.anonymizer import AnonymousIPDatabase
@@ -42,6 +42,8 @@ logger = logging.getLogger("micafence")
 _ALLOW = Outcome.ALLOW
 _REQUIRE_GRANT = Outcome.REQUIRE_GRANT
 _PROMOTIONS_ALLOWED = PromotionStance.ALLOWED
+#: The methods the health and metrics paths answer themselves (others are decided as usual).
+_OWN_METHODS = frozenset({"GET", "HEAD"})
 
 #: Where the decision is put for the app: ``request.state.micafence`` in Starlette.
 STATE_KEY = "micafence"
@@ -70,8 +72,14 @@ class MicafenceMiddleware:
     and hot-reloaded when replaced (``watch=False`` turns that off). Every policy revision
     loaded is copied into ``archive_dir`` when given. A database older than the one in use is
     refused unless ``allow_older_database``. ``clock`` also decides which zones and rules are
-    in force (``effective_from`` / ``effective_until``). :meth:`health_app` is the readiness
-    endpoint to mount.
+    in force (``effective_from`` / ``effective_until``).
+
+    Probes and scrapes (:mod:`micafence.live.health`): ``health_path="/healthz"`` answers
+    liveness at ``/healthz/live`` and readiness at ``/healthz/ready``; ``metrics_path="/metrics"``
+    answers the Prometheus scrape of ``metrics`` (one is made when none is given). Exactly those
+    paths, ``GET`` and ``HEAD``, are answered here, before any decision: they are never decided,
+    recorded or counted. (:meth:`health_app` and :meth:`liveness_app` are the same endpoints,
+    for an app that mounts them in its own router, where they are decided like any page.)
 
     A load error (a :class:`~micafence.errors.MicafenceError`: the policy, a database, the store
     or a key) does not escape the constructor: Starlette and FastAPI build their middleware
@@ -105,6 +113,8 @@ class MicafenceMiddleware:
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
         grant_key: GrantKey | str | os.PathLike[str] | None = None,
+        health_path: str | None = None,
+        metrics_path: str | None = None,
     ) -> None:
         self.app = app
         self._startup_hooks: list[Hook] = []
@@ -132,6 +142,10 @@ class MicafenceMiddleware:
         # The Redis store's cache invalidation and production checks (scopes.redis_checks).
         self.on_lifespan(lambda: self.store.start(self.enforcer.policy.grant_store),
                          self.store.stop)
+        if metrics is None and metrics_path is not None:
+            from micafence.audit.metrics import Metrics  # prometheus_client only when used
+
+            metrics = Metrics()
         self.audit = audit  # micafence.audit.log: records every decision but plain passes
         self.metrics = metrics  # micafence.audit.metrics: Prometheus counters, sampled latency
         for observer in (audit, metrics):
@@ -141,6 +155,14 @@ class MicafenceMiddleware:
             "micafence enforcing policy %s (%s) with %s built %s",
             loaded.name, loaded.revision, database.database_type, database.built_at.isoformat(),
         )
+        # Answered here before any decision: path -> endpoint, one dict look-up per request.
+        self._own_paths: dict[str, ASGIApp] = {}
+        if health_path is not None:
+            base = "/" + health_path.strip("/") if health_path.strip("/") else ""
+            self._own_paths[f"{base}/live"] = self.liveness_app()
+            self._own_paths[f"{base}/ready"] = self.health_app()
+        if metrics_path is not None and metrics is not None:
+            self._own_paths["/" + metrics_path.strip("/")] = metrics.asgi_app()
 
     def _not_started(self, error: MicafenceError) -> None:
         self.startup_error = error
@@ -152,8 +174,13 @@ class MicafenceMiddleware:
         self.__class__ = _NotStarted
 
     def health_app(self) -> HealthEndpoint:
-        """The readiness endpoint (an ASGI app) to mount, e.g. at ``/healthz``."""
+        """The readiness endpoint (an ASGI app) to mount, e.g. at ``/healthz/ready``
+        (``health_path=`` serves it without being decided)."""
         return HealthEndpoint(self)
+
+    def liveness_app(self) -> LivenessEndpoint:
+        """The liveness endpoint (an ASGI app) to mount, e.g. at ``/healthz/live``."""
+        return LivenessEndpoint()
 
     def on_lifespan(self, startup: Hook | None = None, shutdown: Hook | None = None) -> None:
         """Register background work started and stopped with the server's lifespan."""
@@ -169,6 +196,10 @@ class MicafenceMiddleware:
             return
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
+            return
+        own = self._own_paths.get(scope["path"])  # health and metrics: never decided
+        if own is not None and scope.get("method") in _OWN_METHODS:
+            await own(scope, receive, send)
             return
         # One enforcer for the whole request: a hot reload swaps the attribute, never the
         # policy, database or promotion settings under a request already being decided.
@@ -266,6 +297,7 @@ class MicafenceMiddleware:
             # error for an app without lifespan support, and serve without our checks.
             await send_with_hooks({"type": "lifespan.startup.failed",
                                    "message": f"micafence: {failed[0]}"})
+
 
 class _NotStarted(MicafenceMiddleware):
     """A :class:`MicafenceMiddleware` whose start failed (``startup_error``): it fails the

@@ -8,9 +8,8 @@ whatever the traffic, and moves the plain counts into ``prometheus_client`` metr
 ``PROMETHEUS_MULTIPROC_DIR`` (uvicorn/gunicorn workers) the metrics live in that directory's
 memory-mapped files and the endpoint reports the sum over all workers::
 
-    metrics = Metrics()
-    app = MicafenceMiddleware(inner, policy=..., geoip_db=..., metrics=metrics)
-    inner.mount("/metrics", metrics.asgi_app())
+    app = MicafenceMiddleware(inner, policy=..., geoip_db=..., metrics=Metrics(),
+                              metrics_path="/metrics")  # answered by micafence, not decided
 
 Exported (all prefixed ``micafence_``): ``decisions_total{reason,zone,blocked}``,
 ``decision_latency_seconds`` and ``geoip_lookup_latency_seconds`` (sampled histograms),
