@@ -198,11 +198,26 @@ async def test_file_store_with_a_bad_line_fails_closed_naming_it(tmp_path: Path)
     await store.append_grant_event(grant("grt_1"))
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"event": "revocation", "grant_id": "grt_1"}\n')
+    failures: list[str] = []
+    store.report_failures_to(failures.append)  # what the middleware's Metrics listens with
     for _ in range(2):  # and keeps failing: it never serves what it read before
         with pytest.raises(StoreError, match=rf"{path}:2: not a micafence record"):
             await store.grant_events("client-7")
     with pytest.raises(StoreError, match=rf"{path}:2"):
+        await store.record_solicitation(SolicitationEvidence(
+            "cookie:v1", NOW, "eu", "SE", "promotions.referral", None))
+    assert failures == ["grant_events", "grant_events", "record_solicitation"]
+    with pytest.raises(StoreError, match=rf"{path}:2"):
         FileStore(path)
+
+
+async def test_a_refused_duplicate_is_no_failure_of_the_store(store: Store) -> None:
+    failures: list[str] = []
+    store.report_failures_to(failures.append)
+    await store.append_grant_event(grant("grt_1"))
+    with pytest.raises(StoreError, match="already recorded"):
+        await store.append_grant_event(grant("grt_1"))
+    assert failures == []
 
 
 async def test_file_store_ticket_is_taken_once_across_handles(tmp_path: Path) -> None:

@@ -23,10 +23,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from redis.crc import key_slot
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware
+from micafence.audit.metrics import Metrics
 from micafence.bench.ports import free_port
 from micafence.cli import main
 from micafence.demo.app import build_demo_app
@@ -349,7 +351,9 @@ def test_refuse_stops_the_app_start_and_health_reports_the_store(
         assert up["store"] == {"status": "ok", "kind": "RedisStore"}
         redis_server.stop()
         down = httpx.get(server.url + "/micafence/health")
-        assert down.status_code == 503
+        # Every pod shares the Redis: by default readiness stays 200 and says degraded.
+        assert (down.status_code, down.json()["status"]) == (200, "degraded")
+        assert down.json()["faults"]["store_unreachable"] == "degraded"
         assert down.json()["store"]["status"] == "unreachable"
         assert redis_url in down.json()["store"]["detail"]
 
@@ -415,3 +419,51 @@ def test_demo_command_on_redis(redis_url: str, tmp_path: Path) -> None:  # noqa:
         demo.terminate()
         output, _ = demo.communicate(timeout=10)
     assert "grant records signed with the key in ./micafence-demo-grants.key" in output
+
+
+# -- store errors in the metrics ------------------------------------------------------------------
+
+
+async def test_every_failed_operation_counts_in_store_errors_total(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    metrics = Metrics()
+    app = demo_app(redis_server.url, metrics=metrics, watch=False)
+    addresses = iter(f"89.160.20.{host}" for host in range(113, 128))  # SE, one per request
+
+    async def visit(method: str, path: str, **headers: str) -> httpx.Response:
+        # A fresh client each time: one visitor, one request (no cookie carried over).
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://x.test") as http:
+            return await http.request(method, path, headers={
+                "X-Forwarded-For": next(addresses), "Accept": "application/json", **headers},
+                json={"pair": "BTC-EUR", "side": "buy", "amount": "1"})
+
+    async def round_of_requests(number: int) -> list[str]:
+        answers = [
+            await visit("POST", "/api/orders", **{"X-Client-Id": f"client-{number}"}),
+            await visit("POST", "/api/accounts", **{"X-Micafence-Onboarding": f"tok-{number}"}),
+            await visit("GET", f"/r/FRIEND{number}"),
+        ]
+        return [a.json().get("reason", "") for a in answers]
+
+    async def store_errors() -> dict[str, float]:
+        transport = httpx.ASGITransport(app=metrics.asgi_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://x.test") as http:
+            text = (await http.get("/metrics")).text
+        return {s.labels["operation"]: s.value
+                for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == "micafence_store_errors_total"}
+
+    assert await round_of_requests(0) == ["eu.no_grant", "eu.onboarding.invalid_token",
+                                          "eu.promotion"]
+    await asyncio.sleep(0.3)  # the evidence write is not awaited past 0.25 s
+    assert await store_errors() == {}  # Redis answered everything
+    redis_server.stop()  # SIGKILL
+    for number in (1, 2, 3):
+        assert await round_of_requests(number) == [
+            "eu.store_unavailable", "eu.store_unavailable", "eu.promotion"]
+    await asyncio.sleep(0.3)
+    assert await store_errors() == {
+        "grant_events": 3, "take_onboarding_ticket": 3, "record_solicitation": 3}
+    await app.store.close()

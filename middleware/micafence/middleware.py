@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from micafence.decision import Decision
 from micafence.engine import Enforcer
+from micafence.errors import MicafenceError
 from micafence.identity import IdentifyFunction
-from micafence.live.health import HealthEndpoint
+from micafence.live.health import HealthEndpoint, LivenessEndpoint
 from micafence.live.reload import Reloader
+from micafence.live.startup import answer_unstarted, startup_message
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
 from micafence.location.rewrite_alarm import ClientRewriteAlarm
+from micafence.logs import log_event
 from micafence.policy.model import Outcome, Policy, PromotionStance
 from micafence.responses import STATUS, block_body, block_headers, send_block
 from micafence.scopes.gate import ScopeGate
@@ -40,6 +43,8 @@ logger = logging.getLogger("micafence")
 _ALLOW = Outcome.ALLOW
 _REQUIRE_GRANT = Outcome.REQUIRE_GRANT
 _PROMOTIONS_ALLOWED = PromotionStance.ALLOWED
+#: The methods the health and metrics paths answer themselves (others are decided as usual).
+_OWN_METHODS = frozenset({"GET", "HEAD"})
 
 #: Where the decision is put for the app: ``request.state.micafence`` in Starlette.
 STATE_KEY = "micafence"
@@ -68,8 +73,22 @@ class MicafenceMiddleware:
     and hot-reloaded when replaced (``watch=False`` turns that off). Every policy revision
     loaded is copied into ``archive_dir`` when given. A database older than the one in use is
     refused unless ``allow_older_database``. ``clock`` also decides which zones and rules are
-    in force (``effective_from`` / ``effective_until``). :meth:`health_app` is the readiness
-    endpoint to mount.
+    in force (``effective_from`` / ``effective_until``).
+
+    Probes and scrapes (:mod:`micafence.live.health`): ``health_path="/healthz"`` answers
+    liveness at ``/healthz/live`` and readiness at ``/healthz/ready``; ``metrics_path="/metrics"``
+    answers the Prometheus scrape of ``metrics`` (one is made when none is given). Exactly those
+    paths, ``GET`` and ``HEAD``, are answered here, before any decision: they are never decided,
+    recorded or counted. (:meth:`health_app` and :meth:`liveness_app` are the same endpoints,
+    for an app that mounts them in its own router, where they are decided like any page.)
+
+    A load error (a :class:`~micafence.errors.MicafenceError`: the policy, a database, the store
+    or a key) does not escape the constructor: Starlette and FastAPI build their middleware
+    inside the server's lifespan call, where an exception reads as "lifespan unsupported" and the
+    server would serve anyway. It is logged (``startup.failed``) and kept in
+    :attr:`startup_error`, and the middleware answers the lifespan startup with
+    ``lifespan.startup.failed`` naming the file (the server exits) and, without a lifespan, every
+    request with 503 (:mod:`micafence.live.startup`).
 
     ``audit`` (a :class:`~micafence.audit.log.AuditLog`) records every decision other than a plain
     non-restricted pass, and refuses with 503 ``audit_unavailable`` a request whose evidence it
@@ -95,29 +114,43 @@ class MicafenceMiddleware:
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
         grant_key: GrantKey | str | os.PathLike[str] | None = None,
+        health_path: str | None = None,
+        metrics_path: str | None = None,
     ) -> None:
         self.app = app
-        self.store = store if isinstance(store, Store) else open_store(store, grant_key=grant_key)
-        self.scopes = ScopeGate(self.store, clock=clock)
-        self.onboarding = OnboardingGate(self.store, clock=clock)
-        self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
+        self._startup_hooks: list[Hook] = []
+        self._shutdown_hooks: list[Hook] = []
+        #: Why this middleware did not start (``None``: it did); it then answers 503.
+        self.startup_error: MicafenceError | None = None
         # Tripped when the server rewrites client addresses (micafence.location.rewrite_alarm):
         # held here, not by an enforcer, so readiness stays failed across reloads.
         self.rewrite_alarm = ClientRewriteAlarm()
-        self.reloader = Reloader(
-            self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
-            identify=identify, clock=None if clock is utc_now else clock,
-            archive_dir=archive_dir, breakglass_dir=breakglass_dir, interval=reload_interval,
-            allow_older_database=allow_older_database, rewrite_alarm=self.rewrite_alarm,
-        )
+        try:
+            self.store = store if isinstance(store, Store) \
+                else open_store(store, grant_key=grant_key)
+            self.scopes = ScopeGate(self.store, clock=clock)
+            self.onboarding = OnboardingGate(self.store, clock=clock)
+            self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
+            self.reloader = Reloader(
+                self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
+                identify=identify, clock=None if clock is utc_now else clock,
+                archive_dir=archive_dir, breakglass_dir=breakglass_dir,
+                interval=reload_interval, allow_older_database=allow_older_database,
+                rewrite_alarm=self.rewrite_alarm,
+            )
+        except MicafenceError as exc:
+            self._not_started(exc)
+            return
         loaded, database = self.enforcer.policy, self.enforcer.geoip
-        self._startup_hooks: list[Hook] = []
-        self._shutdown_hooks: list[Hook] = []
         if watch:
             self.on_lifespan(self.reloader.start, self.reloader.stop)
         # The Redis store's cache invalidation and production checks (scopes.redis_checks).
         self.on_lifespan(lambda: self.store.start(self.enforcer.policy.grant_store),
                          self.store.stop)
+        if metrics is None and metrics_path is not None:
+            from micafence.audit.metrics import Metrics  # prometheus_client only when used
+
+            metrics = Metrics()
         self.audit = audit  # micafence.audit.log: records every decision but plain passes
         self.metrics = metrics  # micafence.audit.metrics: Prometheus counters, sampled latency
         for observer in (audit, metrics):
@@ -127,10 +160,32 @@ class MicafenceMiddleware:
             "micafence enforcing policy %s (%s) with %s built %s",
             loaded.name, loaded.revision, database.database_type, database.built_at.isoformat(),
         )
+        # Answered here before any decision: path -> endpoint, one dict look-up per request.
+        self._own_paths: dict[str, ASGIApp] = {}
+        if health_path is not None:
+            base = "/" + health_path.strip("/") if health_path.strip("/") else ""
+            self._own_paths[f"{base}/live"] = self.liveness_app()
+            self._own_paths[f"{base}/ready"] = self.health_app()
+        if metrics_path is not None and metrics is not None:
+            self._own_paths["/" + metrics_path.strip("/")] = metrics.asgi_app()
+
+    def _not_started(self, error: MicafenceError) -> None:
+        self.startup_error = error
+        log_event(logging.ERROR, "startup.failed",
+                  f"{startup_message(error)} (the server's lifespan startup fails; without a "
+                  "lifespan, every request is answered 503)", problem=str(error))
+        # Every request of this object is answered by _NotStarted.__call__ from now on; a class
+        # of its own keeps that check off the request path of every middleware that started.
+        self.__class__ = _NotStarted
 
     def health_app(self) -> HealthEndpoint:
-        """The readiness endpoint (an ASGI app) to mount, e.g. at ``/healthz``."""
+        """The readiness endpoint (an ASGI app) to mount, e.g. at ``/healthz/ready``
+        (``health_path=`` serves it without being decided)."""
         return HealthEndpoint(self)
+
+    def liveness_app(self) -> LivenessEndpoint:
+        """The liveness endpoint (an ASGI app) to mount, e.g. at ``/healthz/live``."""
+        return LivenessEndpoint()
 
     def on_lifespan(self, startup: Hook | None = None, shutdown: Hook | None = None) -> None:
         """Register background work started and stopped with the server's lifespan."""
@@ -146,6 +201,10 @@ class MicafenceMiddleware:
             return
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
+            return
+        own = self._own_paths.get(scope["path"])  # health and metrics: never decided
+        if own is not None and scope.get("method") in _OWN_METHODS:
+            await own(scope, receive, send)
             return
         # One enforcer for the whole request: a hot reload swaps the attribute, never the
         # policy, database or promotion settings under a request already being decided.
@@ -243,3 +302,13 @@ class MicafenceMiddleware:
             # error for an app without lifespan support, and serve without our checks.
             await send_with_hooks({"type": "lifespan.startup.failed",
                                    "message": f"micafence: {failed[0]}"})
+
+
+class _NotStarted(MicafenceMiddleware):
+    """A :class:`MicafenceMiddleware` whose start failed (``startup_error``): it fails the
+    lifespan startup and answers every request 503 (:mod:`micafence.live.startup`)."""
+
+    startup_error: MicafenceError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await answer_unstarted(self.startup_error, scope, receive, send)

@@ -8,16 +8,16 @@ whatever the traffic, and moves the plain counts into ``prometheus_client`` metr
 ``PROMETHEUS_MULTIPROC_DIR`` (uvicorn/gunicorn workers) the metrics live in that directory's
 memory-mapped files and the endpoint reports the sum over all workers::
 
-    metrics = Metrics()
-    app = MicafenceMiddleware(inner, policy=..., geoip_db=..., metrics=metrics)
-    inner.mount("/metrics", metrics.asgi_app())
+    app = MicafenceMiddleware(inner, policy=..., geoip_db=..., metrics=Metrics(),
+                              metrics_path="/metrics")  # answered by micafence, not decided
 
 Exported (all prefixed ``micafence_``): ``decisions_total{reason,zone,blocked}``,
 ``decision_latency_seconds`` and ``geoip_lookup_latency_seconds`` (sampled histograms),
 ``geoip_database_build_timestamp_seconds``, ``geoip_database_age_seconds``,
-``policy_info{name,revision}``, ``store_errors_total{operation}``, ``audit_backlog``,
-``audit_records_written_total``, ``audit_aggregated_total``, ``audit_refused_total`` and
-``audit_write_errors_total``.
+``policy_info{name,revision}``, ``store_errors_total{operation}`` (every store operation that
+failed: a grant check, an onboarding token or solicitation evidence while Redis is away),
+``audit_backlog``, ``audit_records_written_total``, ``audit_aggregated_total``,
+``audit_refused_total`` and ``audit_write_errors_total``.
 """
 
 from __future__ import annotations
@@ -111,9 +111,11 @@ class Metrics:
     # -- wiring ------------------------------------------------------------------------------
 
     def attach(self, middleware: MicafenceMiddleware) -> None:
-        """Read policy, database and audit state from ``middleware``; sync with its lifespan."""
+        """Read policy, database and audit state from ``middleware``; sync with its lifespan;
+        count its store's failed operations."""
         self._middleware = middleware
         middleware.on_lifespan(self.start, self.stop)
+        middleware.store.report_failures_to(self.store_error)
 
     async def start(self) -> None:
         if self._task is None:
@@ -175,7 +177,8 @@ class Metrics:
             labels[key] = labels.get(key, 0) + value
 
     def store_error(self, operation: str) -> None:
-        """Count a failed grant store operation (``get``, ``append``, …)."""
+        """Count a failed store operation (``grant_events``, ``take_onboarding_ticket``,
+        ``record_solicitation``, …): the middleware's store reports each one here."""
         self._store_error_counts[operation] = self._store_error_counts.get(operation, 0) + 1
 
     # -- export ------------------------------------------------------------------------------

@@ -6,9 +6,6 @@ import os
 import secrets
 from pathlib import Path
 
-from starlette.applications import Starlette
-from starlette.routing import Route
-
 from micafence.audit.keys import KEY_ENV, KEY_FILE_ENV, AuditKey
 from micafence.audit.log import AuditLog
 from micafence.audit.metrics import Metrics
@@ -33,11 +30,11 @@ def demo_key(audit_dir: Path) -> AuditKey:
 
 
 def demo_observers(
-    app: Starlette, audit_dir: str | os.PathLike[str] | None
+    audit_dir: str | os.PathLike[str] | None,
 ) -> tuple[AuditLog | None, Metrics]:
-    """An audit log into ``audit_dir`` (None: no log) and metrics mounted at ``/metrics``."""
+    """An audit log into ``audit_dir`` (None: no log) and metrics (the middleware serves them
+    at ``/metrics``)."""
     metrics = Metrics()
-    app.router.routes.append(Route("/metrics", metrics.asgi_app()))
     if audit_dir is None:
         return None, metrics
     directory = Path(audit_dir).absolute()

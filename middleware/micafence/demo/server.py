@@ -23,11 +23,15 @@ def build_demo(
 ) -> MicafenceMiddleware:
     """The demo exchange wrapped in micafence (``grants``: a seeds file, see demo.grants;
     ``audit_dir``: where the decision log goes, see demo.observe; ``grant_key`` signs the
-    store's grant records, default ``$MICAFENCE_GRANT_KEY[_FILE]``)."""
+    store's grant records, default ``$MICAFENCE_GRANT_KEY[_FILE]``). micafence answers
+    ``/healthz/live``, ``/healthz/ready`` and ``/metrics`` itself; a load error is raised."""
     inner = build_demo_app()
-    audit, metrics = demo_observers(inner, audit_dir)
+    audit, metrics = demo_observers(audit_dir)
     app = MicafenceMiddleware(inner, policy=policy, geoip_db=geoip_db, store=store,
-                              audit=audit, metrics=metrics, grant_key=grant_key)
+                              audit=audit, metrics=metrics, grant_key=grant_key,
+                              health_path="/healthz", metrics_path="/metrics")
+    if app.startup_error is not None:  # the demo stops here, naming the file
+        raise app.startup_error
     if grants is not None:
         seed_on_startup(app, grants)
     return app

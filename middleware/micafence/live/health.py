@@ -1,19 +1,34 @@
-"""The readiness endpoint: what this worker enforces, with what, and whether it should serve.
+"""Liveness and readiness: whether this worker runs, and whether it should be sent traffic.
 
-Mount ``middleware.health_app()`` in the app (``/healthz`` say). It answers JSON: the policy
-(name, revision, source, when loaded, the next effective-date change), the GeoIP database (type,
-build date, age, ``database.max_age``), the anonymizer database, the break-glass switches, the
-store's reachability, and the reloader's last check and last refusal. The status is 200 when
-ready and 503 when not, with the reasons in ``problems``:
+Give the middleware ``health_path="/healthz"`` and it answers ``GET``/``HEAD``
+``/healthz/live`` and ``/healthz/ready`` itself: probes are never decided, recorded or counted.
+(:meth:`~micafence.MicafenceMiddleware.health_app` and :meth:`~micafence.MicafenceMiddleware
+.liveness_app` are the same endpoints, to mount in an app's router instead.)
 
-- the GeoIP database is older than the policy's ``database.max_age`` (also logged as a warning
-  by the reloader): geolocation goes stale as address blocks move, so the worker is not ready;
-- the store does not answer its ``ping`` (a store without ``ping`` is "not configured"):
-  grants cannot be checked, so in-scope clients would all be refused;
-- the server was seen rewriting the client address before micafence ran
-  (:mod:`micafence.location.rewrite_alarm`): every proxied visitor is decided as an unknown
-  address, and the server's settings cannot change under a running process, so the worker
-  stays not ready until it is restarted with the fix.
+- **Liveness** (:class:`LivenessEndpoint`) answers 200 ``{"status": "live"}`` whenever the
+  worker's event loop answers. It looks at nothing shared on purpose: a Redis outage must never
+  make an orchestrator restart every pod. (A middleware whose start failed answers 503 to every
+  request, probes included.)
+- **Readiness** (:class:`HealthEndpoint`) answers JSON: the policy (name, revision, source, when
+  loaded, the next effective-date change), the GeoIP database (type, build date, age,
+  ``database.max_age``), the anonymizer database, the break-glass switches, the store's
+  reachability, the reloader's last check and last refusal; and a ``status``: ``ready`` (200),
+  ``degraded`` (200: serve, but something is wrong; in ``problems``) or ``not_ready`` (503).
+
+Each readiness check in :data:`READINESS_CHECKS` looks at one thing and returns the
+:class:`Fault` it finds, or ``None``. A fault that hits every pod alike (a shared store, a
+database shipped to all) takes the posture the policy's ``health`` section gives it
+(:mod:`micafence.live.health_settings`, ``degraded`` by default); one that is this process's
+own is ``not_ready``. The checks:
+
+- ``database_stale``: the GeoIP database is older than the policy's ``database.max_age`` (also
+  logged as a warning by the reloader): geolocation goes stale as address blocks move;
+- ``store_unreachable``: the store does not answer its ``ping`` (a store without ``ping`` is "not
+  configured"): grant checks fail closed, so in-scope clients are refused meanwhile;
+- ``client_rewritten`` (always ``not_ready``): the server was seen rewriting the client address
+  before micafence ran (:mod:`micafence.location.rewrite_alarm`): every proxied visitor is
+  decided as an unknown address, and the server's settings cannot change under a running
+  process, so the worker stays not ready until it is restarted with the fix.
 """
 
 from __future__ import annotations
@@ -22,18 +37,103 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from micafence.errors import MicafenceError
+from micafence.live.health_settings import Posture
 from micafence.location.dbcheck import too_old
 from micafence.policy.durations import format_duration
 
 if TYPE_CHECKING:
+    from micafence.engine import Enforcer
     from micafence.middleware import MicafenceMiddleware
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
+
+_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What one readiness check found wrong."""
+
+    check: str  # the check's name: database_stale, store_unreachable, …
+    problem: str  # for people, in ``problems``
+    posture: Posture  # degraded (200) or not_ready (503)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the readiness checks look at, read once per probe (one enforcer generation)."""
+
+    middleware: MicafenceMiddleware
+    enforcer: Enforcer
+    now: dt.datetime
+    store: dict[str, str]  # the store section of the report (status: ok | unreachable | …)
+
+
+ReadinessCheck = Callable[[Observed], Fault | None]
+
+
+def database_stale(seen: Observed) -> Fault | None:
+    """The GeoIP database is older than ``database.max_age``."""
+    policy, geoip = seen.enforcer.policy, seen.enforcer.geoip
+    if not too_old(geoip.built_at, policy.database, seen.now):
+        return None
+    max_age = format_duration(policy.database.max_age or dt.timedelta())
+    return Fault("database_stale", f"GeoIP database built {geoip.built_at:%Y-%m-%d} is older "
+                 f"than database.max_age ({max_age})", policy.health.database_stale)
+
+
+def store_unreachable(seen: Observed) -> Fault | None:
+    """The store does not answer its ``ping``."""
+    if seen.store["status"] != "unreachable":
+        return None
+    return Fault("store_unreachable", f"store unreachable: {seen.store['detail']}",
+                 seen.enforcer.policy.health.store_unreachable)
+
+
+def client_rewritten(seen: Observed) -> Fault | None:
+    """The server rewrote a client address before micafence ran (this process's own fault)."""
+    problem = seen.middleware.rewrite_alarm.problem
+    return None if problem is None else Fault("client_rewritten", problem, Posture.NOT_READY)
+
+
+#: Every readiness check, in report order: add a check by adding its function here.
+READINESS_CHECKS: tuple[ReadinessCheck, ...] = (
+    database_stale, store_unreachable, client_rewritten,
+)
+
+
+async def _answer(scope: MutableMapping[str, Any], send: Send, status: int,
+                  report: dict[str, Any]) -> None:
+    body = json.dumps(report, indent=2).encode("utf-8")
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*_HEADERS, (b"content-length", str(len(body)).encode("ascii"))],
+    })
+    await send({"type": "http.response.body",
+                "body": b"" if scope.get("method") == "HEAD" else body})
+
+
+async def _refuse_other_scopes(scope: MutableMapping[str, Any], send: Send) -> bool:
+    """Answer what is not an HTTP request (True: answered, nothing more to do)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return True
+    return bool(scope["type"] != "http")
+
+
+class LivenessEndpoint:
+    """An ASGI app answering liveness: 200 while the worker's event loop answers."""
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if not await _refuse_other_scopes(scope, send):
+            await _answer(scope, send, 200, {"status": "live"})
 
 
 class HealthEndpoint:
@@ -44,48 +144,30 @@ class HealthEndpoint:
         self.store_timeout = store_timeout
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        if scope["type"] != "http":
+        if await _refuse_other_scopes(scope, send):
             return
         report = await self.report()
-        body = json.dumps(report, indent=2).encode("utf-8")
-        await send({
-            "type": "http.response.start",
-            "status": 200 if report["ready"] else 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode("ascii")),
-                (b"cache-control", b"no-store"),
-            ],
-        })
-        await send({"type": "http.response.body",
-                    "body": b"" if scope.get("method") == "HEAD" else body})
+        await _answer(scope, send, 503 if report["status"] == "not_ready" else 200, report)
 
     async def report(self) -> dict[str, Any]:
         """The readiness report (what the endpoint sends as JSON)."""
         reloader = self.middleware.reloader
         enforcer = self.middleware.enforcer  # one read: the report describes one generation
         now = reloader.clock()
+        seen = Observed(self.middleware, enforcer, now, await self._store_status())
+        faults = [fault for check in READINESS_CHECKS if (fault := check(seen)) is not None]
+        status = "ready"
+        if faults:
+            status = "not_ready" if any(f.posture is Posture.NOT_READY for f in faults) \
+                else "degraded"
         policy, geoip, anonymizer = enforcer.policy, enforcer.geoip, enforcer.anonymizer
-        problems: list[str] = []
         max_age = policy.database.max_age
-        if too_old(geoip.built_at, policy.database, now):
-            problems.append(
-                f"GeoIP database built {geoip.built_at:%Y-%m-%d} is older than database.max_age "
-                f"({format_duration(max_age or dt.timedelta())})"
-            )
-        store = await self._store_status()
-        if store["status"] == "unreachable":
-            problems.append(f"store unreachable: {store['detail']}")
-        rewritten = self.middleware.rewrite_alarm.problem
-        if rewritten is not None:
-            problems.append(rewritten)
         refusals = [e for e in reloader.events if e.outcome == "refused"]
         return {
-            "ready": not problems,
-            "problems": problems,
+            "status": status,
+            "ready": status != "not_ready",
+            "problems": [fault.problem for fault in faults],
+            "faults": {fault.check: fault.posture.value for fault in faults},
             "checked_at": now.isoformat(),
             "policy": {
                 "name": policy.name,
@@ -111,7 +193,7 @@ class HealthEndpoint:
                 "loaded_at": reloader.loaded_at["anonymizer"].isoformat(),
             },
             "breakglass": enforcer.breakglass.as_dict(),
-            "store": store,
+            "store": seen.store,
             "reload": {
                 "interval": reloader.interval,
                 "last_check": reloader.last_check.isoformat(),

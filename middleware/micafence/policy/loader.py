@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from micafence.audit.settings import parse_audit, parse_reporting
+from micafence.live.health_settings import parse_health
 from micafence.location.anonymizer import default_anonymizer_rules, parse_anonymizers
 from micafence.location.countries import is_country_code
 from micafence.location.dbcheck import parse_database_checks
@@ -54,6 +55,7 @@ _TOP_KEYS = (
     "promotions", "cache",  # micafence.promotions.settings, micafence.promotions.cache_policy
     "audit", "reporting",  # micafence.audit.settings
     "onboarding",  # micafence.store.settings
+    "health",  # micafence.live.health_settings
 )
 
 
@@ -119,6 +121,7 @@ def _build(root: Node, raw: bytes, source: str) -> Policy:
         reporting=parse_reporting(top),
         grant_store=parse_store_settings(top),
         onboarding=parse_onboarding(top),
+        health=parse_health(top),
     )
 
 

@@ -16,6 +16,7 @@ from micafence.audit.settings import (
     AuditSettings,
     ReportingThresholds,
 )
+from micafence.live.health_settings import DEFAULT_HEALTH, HealthSettings
 from micafence.promotions.cache_policy import DEFAULT_CACHE, CachePolicy
 from micafence.promotions.settings import DEFAULT_PROMOTIONS, PromotionPolicy
 from micafence.scopes.catalogue import EMPTY_CATALOGUE, Catalogue
@@ -189,6 +190,8 @@ class Policy:
     # maker-checker, Redis production checks, onboarding tokens (micafence.store.settings)
     grant_store: StoreSettings = DEFAULT_STORE_SETTINGS
     onboarding: OnboardingSettings = DEFAULT_ONBOARDING
+    # what readiness reports for faults every pod shares (micafence.live.health_settings)
+    health: HealthSettings = DEFAULT_HEALTH
 
     def zone(self, name: str) -> Zone | None:
         for zone in self.zones:

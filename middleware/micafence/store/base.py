@@ -7,8 +7,10 @@ Redis shared by every worker and instance, :mod:`micafence.store.redis_store`). 
 append-only: a revocation is a new record, and ``grant_version`` counts the records so caches
 can tell when to refresh. ``file://`` and ``redis://`` sign what they write with the grant key
 (:mod:`micafence.scopes.signing`). Backends wrap their driver's errors in
-:class:`~micafence.errors.StoreError`. One shared test suite (``tests/test_store.py``) runs the
-same assertions on every backend.
+:class:`~micafence.errors.StoreError`, and name each operation that fails to the listener
+given to :meth:`Store.report_failures_to` (the middleware's metrics count them:
+``micafence_store_errors_total{operation}``). One shared test suite (``tests/test_store.py``)
+runs the same assertions on every backend.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,7 +55,25 @@ class SolicitationEvidence:
 
 
 class Store(ABC):
-    """What micafence keeps between requests."""
+    """What micafence keeps between requests.
+
+    A backend calls :meth:`report_failure` with the operation's name wherever an operation
+    fails with :class:`~micafence.errors.StoreError` (the store is unreachable, a record cannot
+    be read, the store is refused); a refusal such as a grant id already recorded is no
+    failure of the store and is not reported."""
+
+    _failure_listener: Callable[[str], None] | None = None
+
+    def report_failures_to(self, listener: Callable[[str], None] | None) -> None:
+        """Call ``listener(operation)`` for every operation that fails from now on (``None``:
+        stop). :class:`~micafence.audit.metrics.Metrics` listens to the middleware's store."""
+        self._failure_listener = listener
+
+    def report_failure(self, operation: str) -> None:
+        """Say that ``operation`` (``grant_events``, ``record_solicitation``, …) failed."""
+        listener = self._failure_listener
+        if listener is not None:
+            listener(operation)
 
     @abstractmethod
     async def record_solicitation(self, evidence: SolicitationEvidence) -> None:

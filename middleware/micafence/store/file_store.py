@@ -66,6 +66,10 @@ class _Tail:
     file_id: _FileId | None = None
 
 
+class _AlreadyRecorded(StoreError):
+    """A grant id is recorded already: the write is refused, the file is fine."""
+
+
 class FileStore(Store):
     """The grant history and solicitation evidence in an append-only JSON Lines file."""
 
@@ -99,18 +103,18 @@ class FileStore(Store):
     # -- the Store interface -------------------------------------------------------------------
 
     async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
-        await self._append(evidence)
+        await self._append("record_solicitation", evidence)
 
     async def solicitations(self, subject: str) -> list[SolicitationEvidence]:
-        await self._refresh()
+        await self._refresh("solicitations")
         return list(self._solicitations.get(subject, ()))
 
     async def append_grant_event(self, event: GrantEvent) -> int:
-        await self._append(event)
+        await self._append("append_grant_event", event)
         return len(self._events)
 
     async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
-        await self._append(ticket)
+        await self._append("put_onboarding_ticket", ticket)
 
     async def take_onboarding_ticket(
         self, token_hash: str, now: dt.datetime
@@ -132,18 +136,22 @@ class FileStore(Store):
             return self._line(_TicketUsed(token_hash, now))
 
         async with self._lock:
-            self._apply(await asyncio.to_thread(self._write, mark_used))
+            try:
+                self._apply(await asyncio.to_thread(self._write, mark_used))
+            except StoreError:
+                self.report_failure("take_onboarding_ticket")
+                raise
             self._checked = time.monotonic()
         return taken[0] if taken else None
 
     async def grant_events(self, client_id: str | None = None) -> list[GrantEvent]:
-        await self._refresh()
+        await self._refresh("grant_events")
         if client_id is None:
             return list(self._events)
         return list(self._by_client.get(client_id, ()))
 
     async def grant_version(self) -> int:
-        await self._refresh()
+        await self._refresh("grant_version")
         return len(self._events)
 
     async def close(self) -> None:
@@ -158,16 +166,20 @@ class FileStore(Store):
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, operation: str) -> None:
         if time.monotonic() - self._checked < self._recheck:
             return
         async with self._lock:
             if time.monotonic() - self._checked < self._recheck:
                 return
-            if self._stat() != self._file_id:
-                self._apply(await asyncio.to_thread(
-                    self._read_tail, self._offset, self._file_id, self._lines
-                ))
+            try:
+                if self._stat() != self._file_id:
+                    self._apply(await asyncio.to_thread(
+                        self._read_tail, self._offset, self._file_id, self._lines
+                    ))
+            except StoreError:
+                self.report_failure(operation)
+                raise
             # Only a successful read counts as a check: a bad file keeps failing (closed).
             self._checked = time.monotonic()
 
@@ -229,7 +241,7 @@ class FileStore(Store):
 
     # -- writing -------------------------------------------------------------------------------
 
-    async def _append(self, record: Record) -> None:
+    async def _append(self, operation: str, record: Record) -> None:
         line = self._line(record)
 
         def unique(before: _Tail) -> bytes:
@@ -238,11 +250,17 @@ class FileStore(Store):
                 ids = set() if before.reset else set(self._grant_ids)
                 ids.update(r.id for r in before.records if isinstance(r, Grant))
                 if record.id in ids:
-                    raise StoreError(f"grant {record.id} is already recorded")
+                    raise _AlreadyRecorded(f"grant {record.id} is already recorded")
             return line
 
         async with self._lock:
-            tail = await asyncio.to_thread(self._write, unique)
+            try:
+                tail = await asyncio.to_thread(self._write, unique)
+            except _AlreadyRecorded:
+                raise  # a refusal, not a failure of the store
+            except StoreError:
+                self.report_failure(operation)
+                raise
             self._apply(tail)
             self._checked = time.monotonic()
 

@@ -133,9 +133,9 @@ class RedisStore(Store):
         try:
             import redis.asyncio as redis  # imported lazily: only Redis users pay for it
             from redis.asyncio.cluster import RedisCluster
+            from redis.asyncio.retry import Retry  # the asyncio client's own, not redis.retry's
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import RedisClusterException, RedisError
-            from redis.retry import Retry
         except ImportError as exc:  # pragma: no cover - redis is a dependency
             raise StoreError("redis:// needs the redis package: pip install 'redis[hiredis]'") \
                 from exc
@@ -194,6 +194,7 @@ class RedisStore(Store):
                     marker=data.get("marker"),
                 ))
             except (ValueError, KeyError, TypeError) as exc:
+                self.report_failure("solicitations")
                 raise StoreError(f"{self.location} {key}[{index}]: not solicitation evidence "
                                  f"({exc})") from None
         return found
@@ -215,7 +216,7 @@ class RedisStore(Store):
         raw = await self._run("grant_events", lambda: self._client.lrange(key, 0, -1))
         events = []
         for index, item in enumerate(raw):
-            event = self._decode(item, f"{key}[{index}]", client_id)
+            event = self._decode("grant_events", item, f"{key}[{index}]", client_id)
             if event is not None:
                 events.append(event)
         return events
@@ -253,6 +254,7 @@ class RedisStore(Store):
 
     async def holdings(self, client_id: str) -> list[GrantEvent]:
         if self._refusal is not None:
+            self.report_failure("holdings")
             raise StoreError(self._refusal)
         cached = self.cache.get(client_id)
         if cached is not None:
@@ -264,6 +266,7 @@ class RedisStore(Store):
 
     async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
         if self._refusal is not None:
+            self.report_failure("grant_states")
             raise StoreError(self._refusal)
         cached = self.cache.states(client_id)
         if cached is None:
@@ -362,13 +365,17 @@ class RedisStore(Store):
         try:
             return await call()
         except self._driver_errors as exc:
+            self.report_failure(operation)
             raise StoreError(f"{self.location}: {operation}: {exc}") from exc
 
-    def _decode(self, raw: bytes, where: str, client_id: str | None) -> GrantEvent | None:
+    def _decode(
+        self, operation: str, raw: bytes, where: str, client_id: str | None
+    ) -> GrantEvent | None:
         try:
             data = json.loads(raw)
             event = event_from_json(data)
         except ValueError as exc:  # a record that cannot be read might be a revocation
+            self.report_failure(operation)
             raise StoreError(f"{self.location} {where}: not a micafence record ({exc})") \
                 from None
         if self._seal.verified(data, where) is None:
