@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.location.client_ip import TrustedProxies
 from micafence.policy.model import Outcome, Policy, PromotionStance
-from micafence.policy.routes import route_paths
+from micafence.policy.routes import PATH_KEY_CHARS, route_paths
 from micafence.promotions.caching import HTML_TYPES, CacheSafety
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.rewriter import RewritingSend, touches
@@ -69,7 +70,8 @@ class PromotionGuard:
         self._forbidden = PromotionFilter.build(self.settings.selectors,
                                                 self.settings.incentives, ())
         self._filters: dict[tuple[str, ...], PromotionFilter] = {}
-        self._zone_paths: dict[object, bool] = {}
+        # Paths up to PATH_KEY_CHARS long only: the entry ceiling then bounds the bytes too.
+        self._zone_paths: BoundedCache[object, bool] = BoundedCache(_PATH_CACHE_LIMIT)
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -148,9 +150,8 @@ class PromotionGuard:
             found = self._zone_paths.get(path)
             if found is None:
                 found = self.cache.route_depends_on_zone(_path(scope))
-                if len(self._zone_paths) >= _PATH_CACHE_LIMIT:
-                    self._zone_paths.clear()
-                self._zone_paths[path] = found
+                if not isinstance(path, str) or len(path) <= PATH_KEY_CHARS:
+                    self._zone_paths.put(path, found)  # a long one: the route table's memo
             return found
         return any(self.cache.route_depends_on_zone(p) for p in route_paths(scope))
 
