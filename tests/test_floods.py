@@ -125,3 +125,57 @@ async def test_a_flood_of_50000_requests_grows_the_worker_by_less_than_64_mib(
         server.stop()
     assert len(statuses) == 50_000 and set(statuses) == {404}
     assert after - before < 64, f"RSS {before:.0f} -> {after:.0f} MiB in {elapsed:.1f} s"
+
+
+# -- item 4: solicitation evidence ------------------------------------------------------------
+
+def metric(text: str, name: str, outcome: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{outcome="{outcome}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} for {outcome}")
+
+
+async def test_a_marker_flood_adds_at_most_the_documented_evidence(tmp_path: Path) -> None:
+    """The issue's flood (``GET /?utm_<10 KB name>=1`` again and again from one EU visitor),
+    then the same visitor with a new marker each time, then a new visitor each time: the
+    evidence file grows by at most what the default policy's limits allow (one record per
+    visitor and marker, 20 per visitor, 1000 per worker per hour; 2 KiB a record)."""
+    from micafence.promotions.settings import EvidenceLimits
+    from micafence.promotions.solicitation import MAX_RECORD_BYTES
+
+    limits = EvidenceLimits()  # the default policy's
+    path = tmp_path / "evidence.jsonl"
+    long_name = "utm_" + "n" * 10_000
+    phases: list[Callable[[int], bytes]] = [
+        lambda i: raw_get(f"/?{long_name}=1", {"X-Forwarded-For": PROXY_TRUSTED_EU}),
+        lambda i: raw_get(f"/?utm_{i:04d}{long_name}=1", {"X-Forwarded-For": PROXY_TRUSTED_EU}),
+        lambda i: raw_get(f"/?utm_{i:04d}{long_name}=1",
+                          {"X-Forwarded-For": f"2a02:cfc0:0:{i:x}::1"}),  # a /64 each (FR)
+    ]
+    server = Uvicorn("flood_target", {"FAULT_STORE": f"file://{path}"})
+    try:
+        server.wait_ready()
+        started = time.time()
+        statuses = [await flood(server.port, flood_requests(make), 1500, 60) for make in phases]
+        ended = time.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(raw_get("/metrics", {"Connection": "close"}))
+        exposition = (await asyncio.wait_for(reader.read(), 10)).decode()
+        writer.close()
+    finally:
+        server.stop()
+    assert all(set(phase) == {200} for phase in statuses)  # every page answered (suppressed)
+    windows = int(ended // limits.window_seconds) - int(started // limits.window_seconds) + 1
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert max(len(line) for line in lines) <= MAX_RECORD_BYTES
+    assert len(lines) <= limits.per_worker * windows
+    assert path.stat().st_size <= limits.per_worker * windows * MAX_RECORD_BYTES
+    first_marker = f'"marker": "{long_name[:64]}=1"'.encode()
+    # 1,500 arrivals of one visitor with one marker: one record (a window each).
+    assert 1 <= sum(first_marker in line for line in lines) <= windows
+    name = "micafence_solicitation_evidence_total"
+    assert metric(exposition, name, "recorded") == len(lines)
+    assert metric(exposition, name, "repeat") >= 1500 - windows
+    assert metric(exposition, name, "dropped_visitor_rate") >= 1500 - limits.per_visitor * windows
+    assert metric(exposition, name, "dropped_worker_cap") >= 1500 - limits.per_worker * windows

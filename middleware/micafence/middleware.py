@@ -15,6 +15,7 @@ from micafence.live.reload import Reloader
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.model import Outcome, Policy, PromotionStance
+from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.responses import STATUS, block_body, block_headers, send_block
 from micafence.scopes.gate import ScopeGate
 from micafence.scopes.grants import Clock, utc_now
@@ -99,6 +100,9 @@ class MicafenceMiddleware:
         self.store = store if isinstance(store, Store) else open_store(store, grant_key=grant_key)
         self.scopes = ScopeGate(self.store, clock=clock)
         self.onboarding = OnboardingGate(self.store, clock=clock)
+        # What solicitation evidence this worker wrote in the current window (kept across
+        # policy reloads; the limits are the policy's: promotions.evidence).
+        self.evidence = EvidenceBudget()
         self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
         self.reloader = Reloader(
             self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
@@ -174,7 +178,7 @@ class MicafenceMiddleware:
                 if arrival is None and not decision.blocked:  # the restricted common case
                     send = promotions.page_safe(scope, send, decision)
                 elif (guarded := await promotions.restrict(
-                        scope, send, decision, self.store, arrival)) is None:
+                        scope, send, decision, self.store, arrival, self.evidence)) is None:
                     return  # answered here: an empty or 204 promotion route
                 else:
                     send = guarded
