@@ -24,7 +24,7 @@ from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 ASGIApp = Any
 
 
-def _with_pid(app: MicafenceMiddleware) -> ASGIApp:
+def _with_pid(app: ASGIApp) -> ASGIApp:
     pid = str(os.getpid()).encode()
 
     async def wrapper(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -50,6 +50,26 @@ def shared_store() -> ASGIApp:
     return _with_pid(MicafenceMiddleware(build_demo_app(), policy=DEFAULT_POLICY,
                                          geoip_db=COUNTRY_DB, store=os.environ["FAULT_STORE"],
                                          grant_key=GrantKey.from_env()))
+
+
+def flood_target() -> ASGIApp:
+    """The demo exchange on the store ``$FAULT_STORE`` (default ``memory://``), with its
+    Prometheus metrics at ``/metrics`` (served beside micafence, not through it)."""
+    from micafence.audit.metrics import Metrics
+
+    metrics = Metrics()
+    guarded = MicafenceMiddleware(build_demo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
+                                  store=os.environ.get("FAULT_STORE", "memory://"),
+                                  metrics=metrics)
+    exposition = metrics.asgi_app()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            await exposition(scope, receive, send)
+        else:
+            await guarded(scope, receive, send)
+
+    return _with_pid(app)
 
 
 class Uvicorn:

@@ -194,3 +194,95 @@ def test_client_ids_that_could_break_keys_are_unidentified(
     ))
     assert decision.client_id is None
     assert decision.reason == "eu.wind_down.unidentified"
+
+
+# -- the decision cache: keyed by what decides ----------------------------------------------------
+
+SE = "89.160.20.112"
+LONG = "a" * 12_000
+CacheRequest = tuple[str | None, str, str, list[tuple[str, str]], str]  # peer, method, target,
+#                                                                       headers, root_path
+
+
+def _scope(request: CacheRequest) -> dict[str, object]:
+    peer, method, target, headers, root_path = request
+    scope = build_scope(peer, method, target, headers)
+    scope["root_path"] = root_path
+    return scope
+
+
+CACHE_SEQUENCES = [
+    pytest.param([(SE, "GET", "/api/accounts", [], ""),
+                  (SE, "GET", "/api/accounts", [("X-HTTP-Method-Override", "POST")], ""),
+                  (SE, "GET", "/api/accounts", [("X-HTTP-Method-Override", "DELETE")], "")],
+                 id="method-override-header"),
+    pytest.param([(SE, "GET", "/api/accounts", [], ""),
+                  (SE, "GET", "/api/accounts?_method=POST", [], ""),
+                  (SE, "GET", "/api/accounts?_method=%50UT", [], ""),
+                  (SE, "GET", "/api/accounts?_method=" + "X" * 5000, [], "")],
+                 id="method-override-query"),
+    pytest.param([(SE, "POST", "/accounts", [], ""),
+                  (SE, "POST", "/accounts", [], "/api"),
+                  (SE, "POST", "/api/accounts", [], "/api")],
+                 id="root-path"),
+    pytest.param([(SE, "GET", f"/promo/{LONG}", [], ""),
+                  (SE, "GET", f"/market/{LONG}", [], ""),
+                  (SE, "GET", "/promo/" + "x/.." * 3000, [], ""),
+                  (SE, "GET", f"/{LONG}/../market", [], ""),  # the same first 12 KB, then
+                  (SE, "GET", f"/{LONG}/../promo", [], ""),   # only the end decides
+                  (SE, "GET", f"/promo/{LONG}", [], "")],
+                 id="long-paths"),
+    pytest.param([(PROXY, "GET", "/api/account/export", [("X-Forwarded-For", SE)], ""),
+                  (PROXY, "GET", "/api/account/export",
+                   [("X-Forwarded-For", SE), ("X-Client-Id", "alice")], ""),
+                  (SE, "GET", "/api/account/export", [("X-Client-Id", "alice")], ""),
+                  (PROXY, "GET", "/api/account/export",
+                   [("X-Forwarded-For", SE), ("X-Client-Id", "alice"), ("X-Client-Id", "bob")],
+                   "")],
+                 id="identity-only-from-trusted-peers"),
+    pytest.param([(PROXY, "GET", "/", [("CF-IPCountry", "CH")], ""),
+                  (PROXY, "GET", "/", [("CF-IPCountry", "SE")], ""),
+                  (PROXY, "GET", "/", [("CF-IPCountry", "SE"), ("CF-IPCountry", "CH")], ""),
+                  (SE, "GET", "/", [("CF-IPCountry", "CH")], ""),
+                  ("2a02:d000::1", "GET", "/", [("CF-IPCountry", "SE")], "")],
+                 id="edge-country-only-from-trusted-peers"),
+    pytest.param([(PROXY, "POST", "/api/accounts", [("X-Forwarded-For", f"{spoof}, {SE}")], "")
+                  for spoof in ("2a02:d000::1", "216.160.83.56", "junk", "")]
+                 + [(PROXY, "POST", "/api/accounts", [("X-Forwarded-For", f"{SE}, 10.0.0.1")], ""),
+                    (PROXY, "POST", "/api/accounts", [("X-Forwarded-For", f"{SE}, 1.2.3.4")], ""),
+                    (PROXY, "POST", "/api/accounts", [("X-Forwarded-For", "2a02:d000::1")], ""),
+                    (PROXY, "POST", "/api/accounts", [("X-Forwarded-For", "  ")], ""),
+                    (PROXY, "POST", "/api/accounts", [("X-Forwarded-For", ",")], ""),
+                    ("2a02:d000::1", "POST", "/api/accounts", [("X-Forwarded-For", SE)], "")],
+                 id="forwarded-for"),
+]
+
+
+@pytest.mark.parametrize("requests", CACHE_SEQUENCES)
+def test_cached_decisions_are_what_a_fresh_enforcer_decides(
+    requests: list[CacheRequest], policy_variant: Callable[[str, str], str]
+) -> None:
+    """Every request, decided in turn by one enforcer (twice: the second time from its cache),
+    gets exactly what an enforcer that never saw another request decides."""
+    # The edge set-up: the CDN's country header (from trusted proxies only) is the location.
+    policy = load_policy_text(policy_variant(
+        "  setup: private   #", "  setup: edge\n  edge_country_header: cf-ipcountry\n  #"),
+        "edge.yaml") if any(h[0] == "CF-IPCountry" for r in requests for h in r[3]) \
+        else load_policy(DEFAULT_POLICY)
+    geoip = GeoIPDatabase(COUNTRY_DB)
+    expected = [Enforcer(policy, geoip).decide(_scope(r)) for r in requests]
+    assert len({(d.blocked, d.reason, d.zones, d.client_id, d.client_ip)
+                for d in expected}) > 1
+    enforcer = Enforcer(policy, geoip)
+    for _ in range(2):
+        assert [enforcer.decide(_scope(r)) for r in requests] == expected
+
+
+def test_header_pairs_given_as_lists_are_decided_like_tuples(default_enforcer: Enforcer) -> None:
+    # ASGI allows a header pair to be any two-item iterable; a list is not hashable.
+    headers = [("X-Forwarded-For", SE), ("X-Client-Id", "alice")]
+    as_tuples = _scope((PROXY, "POST", "/api/accounts", headers, ""))
+    as_lists = {**as_tuples, "headers": [list(pair) for pair in as_tuples["headers"]]}
+    expected = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(COUNTRY_DB)).decide(as_tuples)
+    assert default_enforcer.decide(as_lists) == expected
+    assert default_enforcer.decide(as_lists) == expected

@@ -88,10 +88,12 @@ def test_the_middleware_and_the_grant_cli_refuse_an_open_grant_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = key_file(tmp_path, "grant.key", GRANT_SECRET, 0o640)
-    with pytest.raises(GrantKeyError, match=f"grant key file {path} can be opened"):
-        MicafenceMiddleware(echo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
-                            store=f"file://{tmp_path / 'grants.jsonl'}", grant_key=path,
-                            watch=False)
+    # The middleware does not start (its lifespan startup fails, naming the file).
+    middleware = MicafenceMiddleware(echo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
+                                     store=f"file://{tmp_path / 'grants.jsonl'}", grant_key=path,
+                                     watch=False)
+    assert isinstance(middleware.startup_error, GrantKeyError)
+    assert f"grant key file {path} can be opened" in str(middleware.startup_error)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("MICAFENCE_GRANT_KEY", raising=False)
     monkeypatch.setenv("MICAFENCE_GRANT_KEY_FILE", str(path))

@@ -93,6 +93,10 @@ async def test_metric_values_after_a_scripted_sequence(tmp_path: Path) -> None:
     assert value(samples, "micafence_audit_backlog") == 0
     assert value(samples, "micafence_audit_records_written_total") == 6
     assert value(samples, "micafence_audit_refused_total") == 0
+    evidence = "micafence_solicitation_evidence_total"  # the UK visitor's referral arrival
+    assert value(samples, evidence, outcome="recorded") == 1
+    for outcome in ("repeat", "dropped_visitor_rate", "dropped_worker_cap"):  # there, at 0
+        assert samples[(evidence, (("outcome", outcome),))] == 0
     await log.aclose()
 
 

@@ -16,6 +16,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, PolicyError, load_policy_text
+from micafence.promotions.evidence_budget import EvidenceBudget
+from micafence.promotions.settings import EvidenceLimits
 from micafence.promotions.templating import install_jinja2, promotion_allowed, promotions_allowed
 from micafence.store.base import MemoryStore, SolicitationEvidence
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND
@@ -193,10 +195,12 @@ async def test_anonymous_eu_arrival_by_referral_is_recorded_with_a_cookie() -> N
     again = await fetch(app, SE, "/r/OTHER", headers={"Cookie": f"micafence_visitor={visitor}"})
     assert "set-cookie" not in again.headers
     records = await app.store.solicitations(f"cookie:{visitor}")
+    # The second arrival, through the same route with the same (no) marker within the
+    # evidence window, is a repeat: counted, not stored again.
     assert [(r.zone, r.country, r.route_id, r.marker) for r in records] == [
         ("eu", "SE", "promotions.referral", None),
-        ("eu", "SE", "promotions.referral", None),
     ]
+    assert app.evidence.counts["repeat"] == 1
 
 
 async def test_identified_client_is_recorded_by_client_id_without_cookie() -> None:
@@ -274,6 +278,68 @@ async def test_a_slow_store_delays_the_answer_only_briefly() -> None:
     assert len(await evidence(app)) == 1
 
 
+# -- how much evidence a visitor can add ----------------------------------------------------------
+
+FR_A, FR_B = "2a02:cfc0::1", "2a02:cfc0::2:3"  # one /64 in France
+FR_OTHER_64 = "2a02:cfc0:0:1::1"
+
+
+def limited(per_visitor: int, per_worker: int) -> MicafenceMiddleware:
+    return guarded(policy_with(("per_visitor: 20   #", f"per_visitor: {per_visitor}   #"),
+                               ("per_worker: 1000  #", f"per_worker: {per_worker}  #")))
+
+
+async def test_marker_names_and_values_are_cut_short() -> None:
+    app = guarded()
+    name, value = "utm_" + "n" * 10_000, "v" * 10_000 + "%0A%00"
+    response = await fetch(app, SE, f"/markets?{name}={value}&utm_x=%01%7F")
+    assert response.status_code == 200
+    assert [r.marker for r in await evidence(app)] == [f"{name[:64]}={value[:200]}"]
+    control = guarded()
+    await fetch(control, SE, "/markets?utm_x=a%01b%7Fc%0A")
+    assert [r.marker for r in await evidence(control)] == ["utm_x=a?b?c?"]
+
+
+async def test_one_record_per_visitor_and_arrival_per_window() -> None:
+    app = guarded()
+    clock = [7200.0]
+    app.evidence = EvidenceBudget(clock=lambda: clock[0])
+    for _ in range(3):  # no cookie: the visitor is the address
+        await fetch(app, SE, "/markets?utm_source=mail")
+    first = await fetch(app, SE, "/markets?utm_source=other")
+    cookie = first.headers["set-cookie"].split(";")[0]
+    await fetch(app, SE, "/markets?utm_source=other", headers={"Cookie": cookie})
+    await fetch(app, GB_FR, "/markets?utm_source=mail")  # another visitor
+    assert [r.marker for r in await evidence(app)] == [
+        "utm_source=mail", "utm_source=other", "utm_source=mail"]
+    assert app.evidence.counts["repeat"] == 3
+    clock[0] += 3600  # the next window
+    await fetch(app, SE, "/markets?utm_source=mail")
+    assert len(await evidence(app)) == 4
+
+
+async def test_an_ipv6_visitor_is_its_64() -> None:
+    app = limited(per_visitor=2, per_worker=1000)
+    for n, peer in enumerate([FR_A, FR_B, FR_A, FR_OTHER_64]):
+        await fetch(app, peer, f"/markets?ref=r{n}")
+    # FR_A and FR_B share a /64: two records between them, the third arrival dropped.
+    assert sorted(r.marker or "" for r in await evidence(app)) == ["ref=r0", "ref=r1", "ref=r3"]
+    assert app.evidence.counts["dropped_visitor_rate"] == 1
+
+
+async def test_each_visitor_and_the_worker_have_a_cap() -> None:
+    app = limited(per_visitor=3, per_worker=8)
+    for n in range(5):  # one cookie, five different markers: three kept
+        await fetch(app, SE, f"/markets?ref=one{n}",
+                    headers={"Cookie": "micafence_visitor=" + "v" * 22})
+    for n in range(7):  # seven visitors (their own cookies): five more fit the worker cap
+        await fetch(app, SE, f"/markets?ref=many{n}",
+                    headers={"Cookie": f"micafence_visitor={n:022d}"})
+    assert len(await evidence(app)) == 8
+    assert app.evidence.counts == {"recorded": 8, "repeat": 0, "dropped_visitor_rate": 2,
+                                   "dropped_worker_cap": 2}
+
+
 # -- the template hook -------------------------------------------------------------------------
 
 TEMPLATE = (
@@ -323,6 +389,8 @@ def test_default_policy_settings() -> None:
     assert promotions.markers == ("ref", "utm_*", "aff_id")
     assert promotions.route("promotions.feed").outcome.value == "empty"
     assert promotions.route("promotions.referral").incentive is True
+    assert promotions.evidence == EvidenceLimits(window_seconds=3600, per_visitor=20,
+                                                 per_worker=1000)
 
 
 def test_without_a_section_approval_marks_follow_the_zones() -> None:
@@ -375,6 +443,24 @@ def test_without_a_section_approval_marks_follow_the_zones() -> None:
                  id="approved-for-eu"),
     pytest.param("  max_rewrite_bytes: 4194304", "  max_bytes: 4194304",
                  "promotions.max_bytes", "unknown key", id="unknown-key"),
+    pytest.param("window: PT1H   #", "window: PT30S   #", "promotions.evidence.window",
+                 "from PT1M to P7D", id="evidence-window-short"),
+    pytest.param("window: PT1H   #", "window: P8D   #", "promotions.evidence.window",
+                 "from PT1M to P7D", id="evidence-window-long"),
+    pytest.param("window: PT1H   #", "window: 1h   #", "promotions.evidence.window",
+                 "not an ISO 8601 duration", id="evidence-window-not-a-duration"),
+    pytest.param("per_visitor: 20   #", "per_visitor: 0   #", "promotions.evidence.per_visitor",
+                 "at least 1", id="evidence-per-visitor-zero"),
+    pytest.param("per_visitor: 20   #", "per_visitor: 5000   #",
+                 "promotions.evidence.per_visitor", "more than per_worker",
+                 id="evidence-per-visitor-over-worker"),
+    pytest.param("per_worker: 1000  #", "per_worker: 1000000  #",
+                 "promotions.evidence.per_worker", "at most 100000",
+                 id="evidence-per-worker-huge"),
+    pytest.param("per_worker: 1000  #", "per_worker: many  #",
+                 "promotions.evidence.per_worker", "integer", id="evidence-per-worker-text"),
+    pytest.param("per_worker: 1000  #", "per_hour: 1000  #", "promotions.evidence.per_hour",
+                 "unknown key", id="evidence-unknown-key"),
 ])
 def test_bad_promotions_section_names_key_and_line(
     old: str, new: str, key_path: str, problem: str

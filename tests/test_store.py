@@ -232,3 +232,41 @@ async def test_file_store_ticket_is_taken_once_across_handles(tmp_path: Path) ->
     assert await FileStore(path, key=KEY).take_onboarding_ticket(ticket.token_hash, NOW) is None
     # Only the hash is on disk, never the token.
     assert "mot_x" not in path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("backend", [
+    pytest.param("file"), pytest.param("redis", marks=pytest.mark.redis)])
+async def test_the_largest_evidence_record_stays_within_max_record_bytes(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The biggest record a visitor can cause (a 128-character client id, the longest marker
+    the matcher keeps, in 4-byte characters, zone and route ids of 128 characters) takes at
+    most ``MAX_RECORD_BYTES`` where it is kept."""
+    from urllib.parse import quote
+
+    import redis.asyncio as aioredis
+
+    from micafence.promotions.solicitation import MAX_RECORD_BYTES, MarkerMatcher
+
+    wide = quote("\U0001F600" * 10_000)
+    marker = MarkerMatcher(["utm_*"]).find(f"utm_{wide}={wide}&ref=x".encode())
+    assert marker is not None and len(marker) == 64 + 1 + 200
+    item = SolicitationEvidence("c" * 128, NOW, "z" * 128, "FR", "r" * 128, marker)
+    if backend == "file":
+        path = tmp_path / "evidence.jsonl"
+        store: Store = open_store(f"file://{path}")
+        await store.record_solicitation(item)
+        stored = path.stat().st_size
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = open_store(server.url, grant_key=KEY)
+        await store.record_solicitation(item)
+        client = aioredis.Redis.from_url(server.url)
+        keys = await client.keys("*solicitations*")
+        stored = sum([await client.strlen(key) if await client.type(key) == b"string"
+                      else sum(len(v) for v in await client.lrange(key, 0, -1))
+                      for key in keys])
+        await client.aclose()
+    assert await store.solicitations("c" * 128) == [item]
+    await store.close()
+    assert 1200 < stored <= MAX_RECORD_BYTES

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from micafence.caches import BoundedCache
 from micafence.decision import DEFAULT_RULE_ID, PASS_REASON, Decision
 from micafence.identity import (
     NO_IDENTITY,
@@ -46,8 +47,10 @@ from micafence.policy.model import (
 from micafence.policy.routes import (
     HTTP_METHODS,
     METHOD_OVERRIDE_HEADERS,
+    PATH_KEY_CHARS,
     RouteTable,
     may_override_method,
+    path_key,
     request_methods,
     route_paths,
 )
@@ -57,10 +60,35 @@ from micafence.promotions.guard import PromotionGuard
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
-_VISITOR_CACHE_LIMIT = 65536
 _AMBIGUOUS = b""  # a repeated signal header with different values: read as none
-_ROUTE_CACHE_LIMIT = 256  # request lines remembered per restricted visitor
+# The decision cache: one entry per visitor, and for a restricted visitor a table of its
+# decisions per request line. Every decision held counts a fixed cost (dict slot, key tuple, a
+# Decision and its own strings: 330-430 bytes measured with tracemalloc) plus the text its key
+# holds, so the byte ceiling bounds the route entries of all visitors together as well.
+VISITOR_CACHE_ENTRIES = 65536
+VISITOR_CACHE_BYTES = 24 * 1024 * 1024
+ROUTES_PER_VISITOR = 256
+# What raw signal headers resolved to (the client writes the left of X-Forwarded-For, so a
+# flood makes this memo start over often; the decision cache is keyed by what it resolved to).
+RESOLVED_CACHE_ENTRIES = 65536
+RESOLVED_CACHE_BYTES = 6 * 1024 * 1024
+_ENTRY_BYTES = 384
+_OVERRIDES = frozenset(METHOD_OVERRIDE_HEADERS)
 _X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
+
+Header = tuple[bytes, bytes]
+#: The identity signals a trusted source sent: the client id header, the residence headers.
+IdentitySignals = tuple[bytes | None, tuple[bytes, ...]]
+#: What a visitor is decided on, in full: the client address (the peer's, or the one resolved
+#: from the forwarded header), the edge country and identity signals trusted from the peer, and
+#: the identity the host supplied (``scope["user"]``, ``identify=``).
+VisitorSignals = tuple[str | None, bytes | None, IdentitySignals | None, ClientIdentity | None]
+#: A visitor as the cache keys it: the address alone when nothing else was sent (the common
+#: case: a string hashes once and for all), else the full :data:`VisitorSignals`.
+Visitor = str | None | VisitorSignals
+#: What a restricted visitor's request is matched on: its method (or every method it may be
+#: handled as, when it carries an override), its path (long ones as a digest), its root_path.
+RouteKey = tuple[object, object, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +121,13 @@ class Enforcer:
     the middleware passes the one it holds, so a reload keeps it.
     """
 
-    # Slots, not an instance dict: CPython 3.11 shares a dict's keys for at most 29 attributes,
-    # and past that every `self.x` in decide() costs ~40 ns more (measured at 30). A new
-    # attribute goes here.
+    # Slots, not a __dict__: CPython 3.11 stops sharing instance dict keys past 30 attributes,
+    # and every attribute read on the request path then costs more (~40 ns per decision,
+    # measured). Slots keep those reads fast however many attributes the class grows.
     __slots__ = (
-        "_breakglass_tag", "_country_zones", "_edge_header", "_forwarded_header", "_id_header",
-        "_identify", "_identity_sources", "_next_change", "_profiles", "_residence_header",
+        "_breakglass_tag", "_country_zones", "_edge_header", "_forwarded_header",
+        "_id_header", "_identify", "_identity_sources", "_next_change", "_profiles",
+        "_residence_header", "_resolved",
         "_restricted_zones", "_rules_by_class", "_screen", "_signal_headers", "_stances",
         "_timestamp", "_trusted", "_verdicts", "_visitors", "_zone_order", "anonymizer",
         "breakglass", "clock", "geoip", "in_force_at", "next_change", "policy", "promotions",
@@ -131,8 +160,8 @@ class Enforcer:
             time.time if clock is None else (lambda: self.clock().timestamp())
         )
         self._screen = AnonymizerScreen(policy.anonymizers, anonymizer, breakglass.shadow_rules)
-        self._identify = identify
         self._breakglass_tag = breakglass.tag
+        self._identify = identify
         self.rewrite_alarm = rewrite_alarm or ClientRewriteAlarm()
         self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
         self._forwarded_header = policy.client_ip.header.encode("latin-1")
@@ -152,11 +181,14 @@ class Enforcer:
         self._profiles: dict[tuple[str | None, str | None, str | None, tuple[str, ...]],
                              _Profile] = {}
         self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
-        self._visitors: dict[object, Decision | dict[object, Decision]] = {}
+        self._visitors: BoundedCache[Visitor, Decision | dict[RouteKey, Decision]] = (
+            BoundedCache(VISITOR_CACHE_ENTRIES, VISITOR_CACHE_BYTES))
+        self._resolved: BoundedCache[object, str | VisitorSignals] = BoundedCache(
+            RESOLVED_CACHE_ENTRIES, RESOLVED_CACHE_BYTES)
         self._activate(self.clock())
         # Every header a decision can depend on; the rest never enter cache keys.
         # X-Forwarded-For is one even when the policy reads `forwarded`: a client address
-        # uvicorn took from it is told by it (_decide).
+        # uvicorn took from it is told by it (_visitor).
         self._signal_headers = frozenset(
             name for name in (self._forwarded_header, self._id_header, self._residence_header,
                               self._edge_header, _X_FORWARDED_FOR, *METHOD_OVERRIDE_HEADERS)
@@ -179,7 +211,7 @@ class Enforcer:
             self._rules_by_class[rule.route_class] = (
                 *self._rules_by_class.get(rule.route_class, ()), rule
             )
-        for cache in (self._profiles, self._verdicts, self._visitors):
+        for cache in (self._profiles, self._verdicts, self._visitors, self._resolved):
             cache.clear()
         self.in_force_at = at
         self.next_change = next_boundary(self.policy, at)
@@ -193,15 +225,18 @@ class Enforcer:
         if change is not None and self._timestamp() >= change:
             self._activate(self.clock())
         wanted = self._signal_headers
-        signal_headers: list[tuple[bytes, bytes]] | None = None
+        signals: list[Header] | None = None
+        overrides: list[Header] | None = None
         for header in scope.get("headers") or ():
             if header[0] in wanted:
-                if signal_headers is None:
-                    signal_headers = []
-                # ASGI allows [name, value] lists; the pairs go into a cache key as tuples.
-                signal_headers.append(
-                    header if type(header) is tuple else (header[0], header[1])
-                )
+                if header[0] in _OVERRIDES:
+                    if overrides is None:
+                        overrides = []
+                    overrides.append(header)
+                else:
+                    if signals is None:
+                        signals = []
+                    signals.append(header)
         client = scope.get("client") or (None, None)
         peer = client[0] if isinstance(client[0], str) else None
         if peer is not None and client[1] == 0:  # no TCP peer has port 0: a rewritten client?
@@ -210,59 +245,97 @@ class Enforcer:
                 self.rewrite_alarm.trip(rewritten_from)
                 peer = None  # who connected is unknown: decided as an unknown address
         supplied = self._supplied_identity(scope)
-        # One cache entry per visitor (their request signals). A visitor no rule applies to
-        # gets the same decision whatever the route, so the entry is that decision: the common
-        # case costs one dictionary look-up. A restricted visitor's entry holds their decisions
-        # per request line, since those depend on the route.
-        key = (peer, tuple(signal_headers) if signal_headers else None, supplied)
-        entry = self._visitors.get(key)
-        if entry is not None and not isinstance(entry, dict):
+        # Decisions are cached per visitor, keyed only by what decides (never by header text a
+        # client writes, such as the left of X-Forwarded-For). A visitor no rule applies to gets
+        # the same decision whatever the route, so the entry is that decision: the common case
+        # costs one dictionary look-up. A restricted visitor's decisions depend on the route:
+        # they are cached per visitor and request line.
+        visitor: Visitor
+        if signals is None:
+            visitor = peer if supplied is None else (peer, None, None, supplied)
+        else:
+            # What the signal headers resolve to, memoised per header set: a bounded memo of a
+            # pure function, so a client varying its part of the text (the left of
+            # X-Forwarded-For) only churns this memo, never the decisions.
+            raw: object = (peer, tuple(signals), supplied)
+            try:
+                resolved = self._resolved.get(raw)
+            except TypeError:  # header pairs given as lists (ASGI allows it): not memoised
+                resolved, raw = None, None
+            if resolved is None:
+                resolved = self._visitor(peer, signals, supplied)
+                if raw is not None:
+                    self._resolved.put(raw, resolved, _ENTRY_BYTES + _signal_bytes(signals))
+            visitor = resolved
+        entry = self._visitors.get(visitor)
+        if type(entry) is Decision:  # one test for "held, and not a table": the cheapest
             return entry
-        query = scope.get("query_string") or b""
-        route_key = (scope.get("method"), scope.get("path"), scope.get("root_path"),
-                     query if may_override_method(query) else None)
-        if entry is not None:
-            cached = entry.get(route_key)
+        # Not a Decision: a restricted visitor's table, or nothing (mypy cannot narrow by type()).
+        routes: dict[RouteKey, Decision] | None = entry  # type: ignore[assignment]
+        path = scope.get("path")
+        query = scope.get("query_string")
+        if overrides is None and not (query and may_override_method(query)) and not (
+            path.__class__ is str and len(path) > PATH_KEY_CHARS
+        ):
+            route: RouteKey = (scope.get("method"), path, scope.get("root_path"))
+        else:
+            route = self._route_key(scope, overrides)
+        if routes is not None:
+            cached = routes.get(route)
             if cached is not None:
                 return cached
-        decision = self.promotions.settle(self._decide(scope, peer, signal_headers or (), supplied))
-        if len(self._visitors) >= _VISITOR_CACHE_LIMIT:
-            self._visitors.clear()
-            entry = None
-        if not decision.restricted:
-            self._visitors[key] = decision
-        else:
-            if entry is None:
-                entry = self._visitors[key] = {}
-            if len(entry) >= _ROUTE_CACHE_LIMIT:
-                entry.clear()
-            entry[route_key] = decision
+        decision = self.promotions.settle(self._decide(scope, visitor, overrides))
+        self._remember(visitor, routes, route, decision)
         return decision
 
-    def _decide(
-        self,
-        scope: Scope,
-        peer: str | None,
-        signal_headers: list[tuple[bytes, bytes]] | tuple[()],
-        supplied: ClientIdentity | None,
-    ) -> Decision:
-        forwarded: list[str] = []
-        unread_x_forwarded_for: list[str] = []  # the policy reads `forwarded`; uvicorn this
+    def _remember(
+        self, visitor: Visitor, entry: dict[RouteKey, Decision] | None, route: RouteKey,
+        decision: Decision,
+    ) -> None:
+        """Cache ``decision``: as the visitor's entry, or (restricted) under its request line.
+
+        A restricted visitor's entry is a table of at most ``ROUTES_PER_VISITOR`` decisions;
+        each one added counts its bytes against the visitors' byte ceiling, so route entries
+        of every visitor together stay under it."""
+        size = _ENTRY_BYTES + _visitor_bytes(visitor)
+        if not decision.restricted:
+            self._visitors.put(visitor, decision, size)
+            return
+        routes = entry if entry is not None and len(entry) < ROUTES_PER_VISITOR else {}
+        routes[route] = decision
+        size += _route_bytes(route)
+        if not self._visitors.put(visitor, routes, size) and len(routes) > 1:
+            # The table started over: this visitor's earlier decisions would go uncounted.
+            self._visitors.put(visitor, {route: decision}, size)
+
+    def _visitor(
+        self, peer: str | None, signals: list[Header], supplied: ClientIdentity | None
+    ) -> str | VisitorSignals:
+        """What decides about a request that carries signal headers: see :data:`Visitor`
+        (never ``None``: a memo cannot hold it)."""
+        forwarded: list[str] | None = None
+        unread_x_forwarded_for: list[str] | None = None  # the policy reads `forwarded`
         id_value: bytes | None = None
-        residences: list[bytes] = []
+        residences: list[bytes] | None = None
         edge_value: bytes | None = None
-        for name, value in signal_headers:
+        for name, value in signals:
             # A signal header sent twice with different values is ambiguous: frameworks differ
             # on which one they read, so it counts as no identity and no edge country.
-            if name == self._edge_header:
-                edge_value = value if edge_value is None or edge_value == value else _AMBIGUOUS
-            elif name == self._forwarded_header:
+            if name == self._forwarded_header:
+                if forwarded is None:
+                    forwarded = []
                 forwarded.append(value.decode("latin-1"))
             elif name == _X_FORWARDED_FOR:
+                if unread_x_forwarded_for is None:
+                    unread_x_forwarded_for = []
                 unread_x_forwarded_for.append(value.decode("latin-1"))
+            elif name == self._edge_header:
+                edge_value = value if edge_value is None or edge_value == value else _AMBIGUOUS
             elif name == self._id_header:
                 id_value = value if id_value is None or id_value == value else _AMBIGUOUS
             elif name == self._residence_header:
+                if residences is None:
+                    residences = []
                 residences.append(value)
         x_forwarded_for = (forwarded if self._forwarded_header == _X_FORWARDED_FOR
                            else unread_x_forwarded_for)
@@ -272,17 +345,44 @@ class Enforcer:
             # misses "[addr]:443": who connected is unknown. Not an alarm: a direct client can
             # write its own address.
             peer = None
-        if forwarded and self._trusted:
-            ip = resolve_client_ip(peer, forwarded, self._trusted, self.policy.client_ip.header)
+        address = peer
+        if forwarded is not None and self._trusted:
+            address = resolve_client_ip(peer, forwarded, self._trusted,
+                                        self.policy.client_ip.header)
+        if edge_value is not None and peer not in self._trusted:
+            edge_value = None  # the cache keys on the edge's country: only the edge's counts
+        identity = self._identity_signals(peer, forwarded, id_value, residences)
+        if address is not None and edge_value is None and identity is None and supplied is None:
+            return address
+        return (address, edge_value, identity, supplied)
+
+    def _route_key(self, scope: Scope, overrides: list[Header] | None) -> RouteKey:
+        """What decides the route of a restricted visitor's request: see :data:`RouteKey`."""
+        method: object = scope.get("method")
+        query = scope.get("query_string") or b""
+        if overrides is not None or may_override_method(query):
+            method = self.routes.named(
+                request_methods(str(method or "GET"), overrides or (), query))
+        path = scope.get("path")
+        if isinstance(path, str) and len(path) > PATH_KEY_CHARS:
+            return (method, path_key(path), scope.get("root_path"))
+        return (method, path, scope.get("root_path"))
+
+    def _decide(
+        self, scope: Scope, visitor: Visitor, overrides: Sequence[Header] | None
+    ) -> Decision:
+        if isinstance(visitor, tuple):
+            address, edge_value, identity_signals, supplied = visitor
         else:
-            ip = parse_ip(peer) if peer is not None else None
+            address, edge_value, identity_signals, supplied = visitor, None, None, None
+        ip = parse_ip(address) if address is not None else None
         located = located_address(ip) if ip is not None else None  # Teredo: its client's IPv4
         location = self.geoip.lookup(located) if located is not None else UNKNOWN_LOCATION
         if self._edge_header is not None:  # the cache keys on the edge's country: so must we
-            location = edge_location(edge_value if peer in self._trusted else None)
+            location = edge_location(edge_value)
         flags = self._screen.flags(located) if located is not None else NO_FLAGS
 
-        identity = supplied or self._header_identity(peer, forwarded, id_value, residences)
+        identity = supplied or self._header_identity(identity_signals)
         residence = identity.residence_country if self.policy.signals.residence else None
         profile = self._profile(location, residence, flags)
 
@@ -294,7 +394,7 @@ class Enforcer:
                 methods = HTTP_METHODS
             else:
                 methods = request_methods(
-                    str(scope.get("method") or "GET"), scope.get("headers") or (),
+                    str(scope.get("method") or "GET"), overrides or (),
                     scope.get("query_string") or b"",
                 )
             for path in route_paths(scope):
@@ -370,22 +470,30 @@ class Enforcer:
             )
         return None
 
-    def _header_identity(
-        self, peer: str | None, forwarded: list[str], id_value: bytes | None,
-        residences: list[bytes],
-    ) -> ClientIdentity:
-        # An identity header is only as good as what set it: the auth gateway, reached directly
-        # or through trusted proxies only. A CDN passing client headers through is not one.
+    def _identity_signals(
+        self, peer: str | None, forwarded: list[str] | None, id_value: bytes | None,
+        residences: list[bytes] | None,
+    ) -> IdentitySignals | None:
+        """The identity headers that count: only those the auth gateway sent, reached directly
+        or through trusted proxies only (a CDN passing client headers through is not one). The
+        one place that says whose identity headers are believed, so the cache key follows it."""
         if (id_value is None and not residences) or not reached_from(
-            self._identity_sources, peer, forwarded, self._trusted, self.policy.client_ip.header
+            self._identity_sources, peer, forwarded or [], self._trusted,
+            self.policy.client_ip.header,
         ):
+            return None
+        return (id_value, tuple(residences) if residences else ())
+
+    def _header_identity(self, signals: IdentitySignals | None) -> ClientIdentity:
+        if signals is None:
             return NO_IDENTITY
+        id_value, residences = signals
         return ClientIdentity(
             clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,
             self._residence(residences),
         )
 
-    def _residence(self, values: list[bytes]) -> str | None:
+    def _residence(self, values: Sequence[bytes]) -> str | None:
         """The residence country; of several, one a zone claims (any EU signal makes EU)."""
         countries = [c for c in (clean_country(v.decode("latin-1")) for v in values) if c]
         for country in countries:
@@ -450,3 +558,31 @@ class Enforcer:
                 verdict = _Verdict(Outcome.BLOCK, anonymizer_rule, None)
             self._verdicts[key] = verdict
         return verdict
+
+
+def _visitor_bytes(visitor: Visitor) -> int:
+    """The text a visitor key holds (beyond the fixed cost of an entry)."""
+    if not isinstance(visitor, tuple):
+        return len(visitor or "")
+    address, edge_value, identity_signals, _supplied = visitor
+    size = len(address or "") + len(edge_value or b"")
+    if identity_signals is not None:
+        id_value, residences = identity_signals
+        size += len(id_value or b"") + sum(len(value) for value in residences)
+    return size
+
+
+def _signal_bytes(signals: list[Header]) -> int:
+    """The header text a memo key of raw signal headers holds."""
+    return sum(len(name) + len(value) for name, value in signals)
+
+
+def _route_bytes(route: RouteKey) -> int:
+    """The text a route key holds: method(s), path (or its digest) and root_path."""
+    size = 0
+    for part in route:
+        if isinstance(part, str | bytes):
+            size += len(part)
+        elif isinstance(part, frozenset):
+            size += sum(len(method) for method in part)
+    return size

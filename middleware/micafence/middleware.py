@@ -19,6 +19,7 @@ from micafence.location.geo import GeoIPDatabase
 from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.logs import log_event
 from micafence.policy.model import Outcome, Policy, PromotionStance
+from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.responses import STATUS, block_body, block_headers, send_block
 from micafence.scopes.gate import ScopeGate
 from micafence.scopes.grants import Clock, utc_now
@@ -125,6 +126,9 @@ class MicafenceMiddleware:
         # Tripped when the server rewrites client addresses (micafence.location.rewrite_alarm):
         # held here, not by an enforcer, so readiness stays failed across reloads.
         self.rewrite_alarm = ClientRewriteAlarm()
+        # What solicitation evidence this worker wrote in the current window (kept across
+        # policy reloads; the limits are the policy's: promotions.evidence).
+        self.evidence = EvidenceBudget()
         try:
             self.store = store if isinstance(store, Store) \
                 else open_store(store, grant_key=grant_key)
@@ -237,7 +241,7 @@ class MicafenceMiddleware:
                 if arrival is None and not decision.blocked:  # the restricted common case
                     send = promotions.page_safe(scope, send, decision)
                 elif (guarded := await promotions.restrict(
-                        scope, send, decision, self.store, arrival)) is None:
+                        scope, send, decision, self.store, arrival, self.evidence)) is None:
                     return  # answered here: an empty or 204 promotion route
                 else:
                     send = guarded

@@ -17,7 +17,10 @@ Exported (all prefixed ``micafence_``): ``decisions_total{reason,zone,blocked}``
 ``policy_info{name,revision}``, ``store_errors_total{operation}`` (every store operation that
 failed: a grant check, an onboarding token or solicitation evidence while Redis is away),
 ``audit_backlog``, ``audit_records_written_total``, ``audit_aggregated_total``,
-``audit_refused_total`` and ``audit_write_errors_total``.
+``audit_refused_total``, ``audit_write_errors_total`` and ``solicitation_evidence_total{outcome}``:
+restricted arrivals through promotions, ``recorded``, a ``repeat`` (counted, not stored) or
+dropped over the ``promotions.evidence`` limits (``dropped_visitor_rate``,
+``dropped_worker_cap``; alert on these: evidence is being lost).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from micafence.background import stop_task
 from micafence.decision import Decision
+from micafence.promotions.evidence_budget import OUTCOMES as EVIDENCE_OUTCOMES
 
 if TYPE_CHECKING:
     from micafence.engine import Enforcer
@@ -92,6 +96,13 @@ class Metrics:
                 ("write_errors", "Failed audit sink writes (records kept and retried)"),
             )
         }
+        self._evidence = Counter(
+            "micafence_solicitation_evidence",
+            "Restricted arrivals through promotions: recorded, repeat (counted, not stored), "
+            "dropped_visitor_rate or dropped_worker_cap (over promotions.evidence limits)",
+            ["outcome"], registry=registry)
+        for outcome in EVIDENCE_OUTCOMES:  # every series exists from the start, at 0
+            self._evidence.labels(outcome)
         self._sample_interval = sample_interval
         self._sync_interval = sync_interval
         #: Time the next decision (0 as the sample interval: time every one).
@@ -104,6 +115,7 @@ class Metrics:
         self._decide_ns: list[int] = []
         self._lookup_ns: list[int] = []
         self._audit_seen = dict.fromkeys(_AUDIT_COUNTERS, 0)
+        self._evidence_seen = dict.fromkeys(EVIDENCE_OUTCOMES, 0)
         self._revision: tuple[str, str] | None = None
         self._middleware: MicafenceMiddleware | None = None
         self._task: asyncio.Task[None] | None = None
@@ -210,6 +222,10 @@ class Metrics:
                 self._policy.labels(*self._revision).set(0)
             self._policy.labels(*revision).set(1)
             self._revision = revision
+        for outcome, value in middleware.evidence.counts.items():
+            if value > self._evidence_seen[outcome]:
+                self._evidence.labels(outcome).inc(value - self._evidence_seen[outcome])
+                self._evidence_seen[outcome] = value
         audit = middleware.audit
         if audit is not None:
             self._backlog.set(audit.backlog)

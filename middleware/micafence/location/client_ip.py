@@ -30,6 +30,8 @@ _CACHE_LIMIT = 4096
 _ZEROS_10 = bytes(10)
 # Canonical (RFC 5952) text of a 2001:0000::/32 address starts one of these two ways.
 _TEREDO_PREFIXES = ("2001:0:", "2001::")
+# Longer hop text is parsed without the memo (an address with quotes, port and blanks is less).
+_MAX_HOP_CHARS = 96
 
 
 @lru_cache(maxsize=65536)
@@ -181,12 +183,15 @@ def resolve_client_ip(
         return None
     if not forwarded_values or direct not in trusted:
         return direct
+    if header_name != "forwarded":
+        joined = forwarded_values[0] if len(forwarded_values) == 1 else ",".join(forwarded_values)
+        return _walk_forwarded_for(direct, joined, trusted)
     chain = forwarded_chain(forwarded_values, header_name)
     if chain is None:
         return None
     client = direct
     for raw in reversed(chain):
-        hop = parse_ip(raw)
+        hop = _hop(raw)
         if hop is None:
             return None
         client = hop
@@ -237,3 +242,31 @@ def names_itself(peer: str, forwarded_values: list[str], header_name: str) -> bo
     """
     chain = forwarded_chain(forwarded_values, header_name)
     return chain is not None and any(parse_ip(raw) == peer for raw in chain)
+
+
+def _walk_forwarded_for(direct: str, joined: str, trusted: TrustedProxies) -> str | None:
+    """:func:`resolve_client_ip` over one ``X-Forwarded-For`` list, read from the right only as
+    far as the first untrusted hop: the entries left of it, which the client writes, are never
+    split or parsed, so their length and content cost nothing (beyond the length check)."""
+    if len(joined) > MAX_FORWARDED_HEADER_BYTES:
+        return None
+    client = direct
+    end = len(joined)
+    while True:
+        comma = joined.rfind(",", 0, end)
+        hop = _hop(joined[comma + 1:end])
+        if hop is None:
+            # A header of nothing but blanks is no list at all: the peer is the client.
+            return direct if comma < 0 and end == len(joined) and not joined.strip() else None
+        if hop not in trusted:
+            return hop
+        client = hop
+        if comma < 0:
+            return client  # every hop trusted: the left-most one is the closest to a client
+        end = comma
+
+
+def _hop(raw: str) -> str | None:
+    """:func:`parse_ip` of one hop; text too long to be an address skips its memo, so junk
+    never fills the memo with long keys."""
+    return parse_ip(raw) if len(raw) <= _MAX_HOP_CHARS else parse_ip.__wrapped__(raw)

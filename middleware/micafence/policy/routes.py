@@ -8,17 +8,21 @@ would treat as a route is always classed as that route; the reverse only costs a
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from micafence.caches import BoundedCache
 from micafence.policy.model import Route
 
 _SEGMENT_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
 _CACHE_LIMIT = 4096
+#: Paths longer than this are memoised under their digest, not their text (:func:`path_key`).
+PATH_KEY_CHARS = 256
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
@@ -45,6 +49,15 @@ def normalize_path(path: str) -> str:
             continue
         segments.append(segment)
     return "/" + "/".join(segments)
+
+
+def path_key(path: str) -> str | bytes:
+    """How memos of route matching hold a path: the path itself, or a long one's BLAKE2b-256
+    digest, so a flood of long paths cannot fill a memo with their text. A digest (bytes)
+    never equals a path (str), and two paths share one only by a 256-bit collision."""
+    if len(path) <= PATH_KEY_CHARS:
+        return path
+    return hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=32).digest()
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -109,11 +122,22 @@ class RouteTable:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self._routes = tuple((route, compile_pattern(route.path)) for route in routes)
-        self._cache: dict[tuple[frozenset[str], str], tuple[Route, ...]] = {}
+        self._named = frozenset(m for route, _ in self._routes for m in route.methods or ())
+        # Keys are at most PATH_KEY_CHARS long: the entry ceiling bounds the bytes too.
+        self._cache: BoundedCache[tuple[frozenset[str], str | bytes], tuple[Route, ...]] = (
+            BoundedCache(_CACHE_LIMIT)
+        )
+
+    def named(self, methods: frozenset[str]) -> frozenset[str]:
+        """The ``methods`` some route names. A method no route names (an override's junk)
+        matches nothing its absence would not, so memo keys leave it out: it cannot make keys
+        long or many."""
+        return methods if methods <= self._named else methods & self._named
 
     def match(self, methods: frozenset[str], path: str) -> tuple[Route, ...]:
         """Every route matching any of ``methods`` on ``path`` (policy order)."""
-        key = (methods, path)
+        methods = self.named(methods)
+        key = (methods, path_key(path))
         found = self._cache.get(key)
         if found is not None:
             return found
@@ -124,9 +148,7 @@ class RouteTable:
             if (route.methods is None or not route.methods.isdisjoint(methods))
             and regex.fullmatch(canonical)
         )
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = found
+        self._cache.put(key, found)
         return found
 
 

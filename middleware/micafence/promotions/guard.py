@@ -14,17 +14,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.location.client_ip import TrustedProxies
 from micafence.policy.model import Outcome, Policy, PromotionStance
-from micafence.policy.routes import route_paths
+from micafence.policy.routes import PATH_KEY_CHARS, route_paths
 from micafence.promotions.caching import HTML_TYPES, CacheSafety
+from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.rewriter import RewritingSend, touches
 from micafence.promotions.settings import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from micafence.promotions.solicitation import (
     MarkerMatcher,
     evidence,
+    evidence_visitor,
     new_visitor_id,
     record,
     set_cookie_header,
@@ -69,7 +72,8 @@ class PromotionGuard:
         self._forbidden = PromotionFilter.build(self.settings.selectors,
                                                 self.settings.incentives, ())
         self._filters: dict[tuple[str, ...], PromotionFilter] = {}
-        self._zone_paths: dict[object, bool] = {}
+        # Paths up to PATH_KEY_CHARS long only: the entry ceiling then bounds the bytes too.
+        self._zone_paths: BoundedCache[object, bool] = BoundedCache(_PATH_CACHE_LIMIT)
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -148,24 +152,24 @@ class PromotionGuard:
             found = self._zone_paths.get(path)
             if found is None:
                 found = self.cache.route_depends_on_zone(_path(scope))
-                if len(self._zone_paths) >= _PATH_CACHE_LIMIT:
-                    self._zone_paths.clear()
-                self._zone_paths[path] = found
+                if not isinstance(path, str) or len(path) <= PATH_KEY_CHARS:
+                    self._zone_paths.put(path, found)  # a long one: the route table's memo
             return found
         return any(self.cache.route_depends_on_zone(p) for p in route_paths(scope))
 
     async def restrict(
         self, scope: Scope, send: Send, decision: Decision, store: Store,
-        arrival: tuple[str | None, str | None] | None,
+        arrival: tuple[str | None, str | None] | None, budget: EvidenceBudget,
     ) -> Send | None:
         """Handle a blocked request or one from a visitor who may not see promotions, with
-        what :meth:`arrival` found (recorded here as solicitation evidence).
+        what :meth:`arrival` found (recorded here as solicitation evidence, as far as the
+        worker's ``budget`` allows).
 
         Returns the ``send`` to carry on with (the middleware then answers 451 or calls the
         app), or ``None`` when the request has been answered here.
         """
-        extra = [] if arrival is None else await self._record_arrival(scope, decision, store,
-                                                                      *arrival)
+        extra = [] if arrival is None else await self._record_arrival(
+            scope, decision, store, budget, *arrival)
         if decision.blocked:
             if decision.route_class == "promotion":
                 outcome = self.route(decision.route_id).outcome
@@ -240,23 +244,28 @@ class PromotionGuard:
         )
 
     async def _record_arrival(
-        self, scope: Scope, decision: Decision, store: Store, route_id: str | None,
-        marker: str | None,
+        self, scope: Scope, decision: Decision, store: Store, budget: EvidenceBudget,
+        route_id: str | None, marker: str | None,
     ) -> list[Header]:
-        """Record a restricted visitor's arrival through a promotion; the cookie to set, if any."""
+        """Record a restricted visitor's arrival through a promotion unless ``budget`` says it
+        is a repeat or over a limit; the cookie to set, if any."""
         extra: list[Header] = []
         subject = decision.client_id
         cookie = self.settings.visitor_cookie
+        presented = given = None
         if subject is None and cookie.enabled:
-            visitor = visitor_id(scope.get("headers") or (), cookie.name)
-            if visitor is None:
-                visitor = new_visitor_id()
-                extra.append(set_cookie_header(cookie, visitor, self._secure(scope)))
-            subject = f"cookie:{visitor}"
+            presented = visitor_id(scope.get("headers") or (), cookie.name)
+            if presented is None:
+                given = new_visitor_id()
+                extra.append(set_cookie_header(cookie, given, self._secure(scope)))
+            subject = f"cookie:{presented or given}"
         elif subject is None:
             subject = f"ip:{decision.client_ip}"
-        zone = _strictest_zone(decision, self._stances)
-        await record(store, evidence(subject, zone, decision.country, route_id, marker))
+        visitor = evidence_visitor(decision.client_id, presented, decision.client_ip)
+        alias = evidence_visitor(None, given, None) if given is not None else None
+        if budget.admit(self.settings.evidence, visitor, route_id, marker, alias):
+            zone = _strictest_zone(decision, self._stances)
+            await record(store, evidence(subject, zone, decision.country, route_id, marker))
         return extra
 
     async def _answer(

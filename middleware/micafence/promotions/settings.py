@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
+from micafence.policy.durations import duration_setting
 from micafence.policy.yamlfile import Node
 
 if TYPE_CHECKING:
@@ -92,6 +93,26 @@ class VisitorCookie:
     enabled: bool = True
 
 
+#: The most records ``per_worker`` may allow per window: the worker keeps a line per record
+#: (and per visitor) of the window in memory, so this bounds that memory too (~20 MB).
+MAX_EVIDENCE_PER_WORKER = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceLimits:
+    """What solicitation evidence one worker writes (``promotions.evidence``).
+
+    In each ``window`` (tumbling, on the wall clock): one record per visitor and arrival
+    (promotion route and marker); later ones are counted, not stored. At most ``per_visitor``
+    new records per visitor, ``per_worker`` in all; the rest are dropped and counted
+    (:mod:`micafence.promotions.evidence_budget` says what that bounds).
+    """
+
+    window_seconds: int = 3600
+    per_visitor: int = 20
+    per_worker: int = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class PromotionPolicy:
     """The validated ``promotions:`` section (defaults when the section is absent)."""
@@ -106,6 +127,7 @@ class PromotionPolicy:
     markers: tuple[str, ...] = ()
     visitor_cookie: VisitorCookie = VisitorCookie()
     routes: tuple[PromotionRoute, ...] = ()
+    evidence: EvidenceLimits = EvidenceLimits()
 
     def route(self, route_id: str | None) -> PromotionRoute:
         """The settings of a promotion route (the defaults when ops did not list it)."""
@@ -136,7 +158,7 @@ def default_approvals(zones: Iterable[Zone]) -> tuple[tuple[str, str], ...]:
 
 _KEYS = (
     "selectors", "incentives", "approved", "max_rewrite_bytes", "on_unrewritable", "markers",
-    "visitor_cookie", "routes",
+    "visitor_cookie", "routes", "evidence",
 )
 
 
@@ -174,6 +196,7 @@ def parse_promotions(
             if "visitor_cookie" in fields else VisitorCookie()
         ),
         routes=_routes(fields["routes"], zones, routes) if "routes" in fields else (),
+        evidence=_evidence(fields["evidence"]) if "evidence" in fields else EvidenceLimits(),
     )
 
 
@@ -234,6 +257,28 @@ def _visitor_cookie(node: Node) -> VisitorCookie:
         else defaults.max_age_days,
         enabled=fields["enabled"].flag() if "enabled" in fields else defaults.enabled,
     )
+
+
+def _evidence(node: Node) -> EvidenceLimits:
+    fields = node.mapping(("window", "per_visitor", "per_worker"))
+    defaults = EvidenceLimits()
+    window = defaults.window_seconds
+    if "window" in fields:
+        window = int(duration_setting(fields["window"]).total_seconds())
+        if not 60 <= window <= 7 * 86400:
+            fields["window"].fail("the window must be from PT1M to P7D")
+    per_visitor = fields["per_visitor"].integer(minimum=1) if "per_visitor" in fields \
+        else defaults.per_visitor
+    per_worker = defaults.per_worker
+    if "per_worker" in fields:
+        per_worker = fields["per_worker"].integer(minimum=1)
+        if per_worker > MAX_EVIDENCE_PER_WORKER:
+            fields["per_worker"].fail(f"at most {MAX_EVIDENCE_PER_WORKER} (the worker keeps "
+                                      "a window's records in memory)")
+    if per_visitor > per_worker:
+        (fields.get("per_visitor") or node).fail(
+            f"per_visitor ({per_visitor}) is more than per_worker ({per_worker}) allows")
+    return EvidenceLimits(window, per_visitor, per_worker)
 
 
 def _routes(

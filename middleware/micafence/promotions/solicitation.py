@@ -6,12 +6,15 @@ the visitor is anonymous, so a later claim of "I came on my own" can be checked 
 
 Recording is evidence, not a gate: a store that fails or is slow never fails or delays the
 answer beyond a short bound (the answer is a suppression anyway; blocking it gains nothing).
+Nor can it fill a disk: markers are cut short, and how many records a visitor and a worker
+write is bounded (:mod:`micafence.promotions.evidence_budget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import logging
 import re
 import secrets
@@ -27,7 +30,16 @@ logger = logging.getLogger("micafence.promotions.solicitation")
 #: How long a request waits for its evidence to be written before answering anyway.
 EVIDENCE_WAIT_SECONDS = 0.25
 _VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_MARKER_VALUE_LIMIT = 200
+#: A marker is stored as ``name=value`` with the name cut to this many characters...
+MARKER_NAME_LIMIT = 64
+#: ... and the value to this many.
+MARKER_VALUE_LIMIT = 200
+#: The most one record takes in the file store (a JSON line) or the Redis store (a list item),
+#: for policies whose zone names and route ids have at most 128 characters: a client id of up
+#: to 128, the cut marker (at most 4 bytes a character once control characters are replaced).
+MAX_RECORD_BYTES = 2048
+# C0 controls and DEL would be written as 6-byte escapes: stored as "?".
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F], "?")
 # Evidence still being written after the wait: kept referenced so it is not collected.
 _pending: set[asyncio.Task[None]] = set()
 
@@ -50,8 +62,8 @@ class MarkerMatcher:
             raw_name, _, raw_value = pair.partition(b"=")
             name = unquote_plus(raw_name.decode("latin-1")).strip().lower()
             if name in self._exact or (name and name.startswith(self._prefixes)):
-                value = unquote_plus(raw_value.decode("latin-1"))[:_MARKER_VALUE_LIMIT]
-                return f"{name}={value}"
+                value = unquote_plus(raw_value.decode("latin-1"))[:MARKER_VALUE_LIMIT]
+                return f"{name[:MARKER_NAME_LIMIT]}={value}".translate(_CONTROLS)
         return None
 
 
@@ -69,6 +81,21 @@ def visitor_id(headers: Iterable[tuple[bytes, bytes]], cookie_name: str) -> str 
         if morsel is not None and _VISITOR_ID.fullmatch(morsel.value):
             return morsel.value
     return None
+
+
+def evidence_visitor(client_id: str | None, cookie: str | None, address: str | None) -> str:
+    """Who an arrival counts against: the signed-in client, else the visitor cookie presented,
+    else the client address (an IPv6 address as its /64: one subscriber's block)."""
+    if client_id is not None:
+        return f"client:{client_id}"
+    if cookie is not None:
+        return f"cookie:{cookie}"
+    if address is not None and ":" in address:
+        try:
+            return f"net:{ipaddress.IPv6Network((address, 64), strict=False)}"
+        except ValueError:
+            pass
+    return f"ip:{address}"
 
 
 def new_visitor_id() -> str:

@@ -178,7 +178,10 @@ class RedisStore(Store):
             "marker": evidence.marker,
         }
         await self._run("record_solicitation", lambda: self._client.rpush(
-            self.keys.solicitations(evidence.subject), json.dumps(record, sort_keys=True)))
+            self.keys.solicitations(evidence.subject),
+            # As the file store writes it: a marker's characters as UTF-8, not \u escapes, so
+            # one record stays within solicitation.MAX_RECORD_BYTES.
+            json.dumps(record, sort_keys=True, ensure_ascii=False)))
 
     async def solicitations(self, subject: str) -> list[SolicitationEvidence]:
         key = self.keys.solicitations(subject)
