@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from micafence.asgi import Scope
 from micafence.caches import BoundedCache
 from micafence.decision import DEFAULT_RULE_ID, PASS_REASON, Decision
 from micafence.identity import (
     NO_IDENTITY,
     ClientIdentity,
     IdentifyFunction,
-    Scope,
     clean_client_id,
     clean_country,
     from_scope_user,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from micafence.asgi import Scope
 from micafence.location.countries import is_country_code
-
-Scope = MutableMapping[str, Any]
 
 # Ids end up in store keys and records: refuse anything that could be read two ways.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")

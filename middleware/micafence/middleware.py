@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
+from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.decision import Decision
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
     from micafence.audit.metrics import Metrics
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 
 logger = logging.getLogger("micafence")

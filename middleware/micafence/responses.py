@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
+from micafence.asgi import Send
 from micafence.decision import Decision
-
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
 
 STATUS = 451
 TITLE = "Unavailable For Legal Reasons"

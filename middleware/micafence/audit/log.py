@@ -39,9 +39,10 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from micafence.asgi import Scope
 from micafence.audit.chain import ChainWriter, format_time
 from micafence.audit.keys import AuditKey
 from micafence.audit.recovery import DeadChain
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from micafence.middleware import MicafenceMiddleware
     from micafence.scopes.grants import GrantEvent
 
-Scope = MutableMapping[str, Any]
 
 EVIDENCE = "evidence"
 BLOCK = "block"

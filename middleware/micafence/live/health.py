@@ -36,10 +36,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from micafence.asgi import Receive, Send
 from micafence.errors import MicafenceError
 from micafence.live.health_settings import Posture
 from micafence.location.dbcheck import too_old
@@ -49,9 +50,6 @@ if TYPE_CHECKING:
     from micafence.engine import Enforcer
     from micafence.middleware import MicafenceMiddleware
 
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
 
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 

@@ -17,12 +17,10 @@ store, a key) and the middleware answers with :func:`answer_unstarted` instead:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from micafence.asgi import Receive, Send
 
 _BODY = b"503 Service Unavailable: the compliance middleware did not start (see the server log)\n"
 _HEADERS = [

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
+from micafence.asgi import Message, Scope, Send
 from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.location.client_ip import TrustedProxies
@@ -36,9 +34,6 @@ from micafence.promotions.solicitation import (
 from micafence.responses import send_block
 from micafence.store.base import Store
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
 Header = tuple[bytes, bytes]
 
 # Request headers a restricted request loses: compressed, partial or "not modified" answers

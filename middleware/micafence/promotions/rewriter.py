@@ -12,9 +12,9 @@ was: the policy's ``on_unrewritable`` answer goes out instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
+from micafence.asgi import Message, Send
 from micafence.promotions.caching import CacheSafety, typed_html
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.page_codec import (
@@ -26,8 +26,6 @@ from micafence.promotions.page_codec import (
     page_charset,
 )
 
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
 Header = tuple[bytes, bytes]
 
 logger = logging.getLogger("micafence.promotions.rewriter")

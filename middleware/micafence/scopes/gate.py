@@ -20,11 +20,12 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
+from micafence.asgi import Message, Receive, Scope
 from micafence.decision import Decision
 from micafence.policy.model import Mode, Outcome, Policy
 from micafence.policy.routes import normalize_path, route_paths
@@ -39,10 +40,6 @@ from micafence.scopes.catalogue import (
 )
 from micafence.scopes.grants import Clock, Grant, GrantState, utc_now
 from micafence.store.base import Store
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
 
 logger = logging.getLogger("micafence.scopes.gate")
 

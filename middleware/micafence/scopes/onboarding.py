@@ -28,10 +28,10 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from micafence.asgi import Message, Scope, Send
 from micafence.decision import Decision
 from micafence.errors import GrantError
 from micafence.identity import clean_client_id
@@ -52,9 +52,6 @@ if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
     from micafence.store.base import Store
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
 
 PASSED = "onboarding"
 INVALID_TOKEN = "onboarding.invalid_token"
