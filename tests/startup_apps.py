@@ -60,3 +60,22 @@ def fastapi_app() -> FastAPI:
 def wrapped_app() -> MicafenceMiddleware:
     """``MicafenceMiddleware(app, ...)``: built at once, when the server loads the app."""
     return MicafenceMiddleware(Starlette(routes=_ROUTES), **_options())
+
+
+async def _http_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app without lifespan support, as Django's ASGI handler is: it raises on anything but
+    ``http`` (Django: "Django can only handle ASGI/HTTP connections, not lifespan.")."""
+    if scope["type"] != "http":
+        raise ValueError(f"can only handle ASGI/HTTP connections, not {scope['type']}")
+    await send({"type": "http.response.start", "status": 201,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"created"})
+
+
+def http_only_app() -> MicafenceMiddleware:
+    """``MicafenceMiddleware(app, ...)`` around an app that has no lifespan (Django), with the
+    decision log in ``$STARTUP_AUDIT_DIR`` (key: ``$MICAFENCE_AUDIT_KEY``)."""
+    from micafence.audit.log import directory_log
+
+    return MicafenceMiddleware(_http_only, audit=directory_log(os.environ["STARTUP_AUDIT_DIR"]),
+                               **_options())

@@ -354,3 +354,46 @@ async def sign_up_burst(base: str, server: subprocess.Popen[bytes], prefix: str,
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*visitors), 30)
     return asked, answered
+
+
+# -- a writer killed before its first flush -------------------------------------------------------
+
+_KILLED_EARLY = """
+import asyncio, sys
+from micafence.audit.log import AuditLog
+from micafence.audit.sinks import FileSink
+from tests.audit_support import KEY
+
+async def main():
+    log = AuditLog(FileSink(sys.argv[1]), key=KEY, flush_interval=60)
+    await log.start()  # what the server's lifespan startup does, before any request
+    assert log.record_event("onboarding.token_used", {"token": "answered"})
+    print(log.writer, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_a_writer_killed_before_its_first_flush_is_named_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    # The open record went out with the first batch, a flush interval (200 ms by default) after
+    # the start: a worker killed in that window (a crash loop, an OOM kill) left no file, so no
+    # successor could name it and `audit verify` passed over decisions it had answered.
+    audit = tmp_path / "audit"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_EARLY, str(audit)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        writer = child.stdout.readline().strip()
+        assert writer, child.communicate(timeout=10)[1]
+    finally:
+        child.kill()
+        child.communicate(timeout=10)
+    successor = asyncio.run(next_start(audit))
+    [recovery] = recoveries_of(audit, successor)
+    assert recovery["dead_writer"] == writer
+    loaded = load_log([str(audit)], KEY, require_closed=True)
+    assert loaded.ok, loaded.problems
+    assert {c.writer for c in loaded.chains} == {writer, successor}

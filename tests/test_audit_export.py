@@ -142,6 +142,11 @@ def remove_record_and_its_entry(out: Path) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest))
 
 
+def add_a_file(out: Path) -> None:
+    # A file the supervisor would read beside the signed ones: it is in no manifest.
+    (out / "records-2.jsonl").write_bytes(records_lines(out)[0])
+
+
 def identify(out: Path, position: int) -> str:
     entry = json.loads((out / "manifest.json").read_text())["files"]["records.jsonl"][
         "records"][position - 1]
@@ -162,6 +167,7 @@ TAMPERING = [
                  id="manifest-changed"),
     pytest.param(remove_record_and_its_entry, "manifest.json: the signature does not verify",
                  id="record-and-entry-removed"),
+    pytest.param(add_a_file, "records-2.jsonl: not in the manifest", id="file-added"),
 ]
 
 

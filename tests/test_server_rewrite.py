@@ -102,6 +102,25 @@ def test_rewritten_client_fails_closed_and_stays_not_ready(
     assert "--no-proxy-headers" in stderr
 
 
+def test_trusted_proxy_written_left_most_does_not_open_the_fence(
+    policy_file: Path, tmp_path: Path
+) -> None:
+    # uvicorn with '*' and no appending proxy in front (direct, or an L4 load balancer): the
+    # client writes "<a trusted proxy>:<port>, <a Swiss address>". uvicorn makes the proxy the
+    # client, with that port (no port-0 mark), and micafence would walk the rest of the header,
+    # written by the client, as if that proxy had sent it: a Swedish visitor signed up.
+    internal = tmp_path / "internal-proxies.yaml"
+    text = policy_file.read_text(encoding="utf-8")
+    assert "trusted_proxies: [127.0.0.0/8, ::1/128]" in text
+    internal.write_text(text.replace("trusted_proxies: [127.0.0.0/8, ::1/128]",
+                                     "trusted_proxies: [10.0.0.0/8]"), encoding="utf-8")
+    with Served(lambda port: uvicorn_command(port, "--forwarded-allow-ips", "*"),
+                internal) as server:
+        for chain in (f"10.0.0.1:5, {CH}", f"10.0.0.1:5, 10.0.0.2, {CH}"):
+            assert answer(sign_up(server.url, chain)) == (
+                451, "unknown_country.account_creation"), chain
+
+
 FIXED_SERVERS = [
     pytest.param(lambda port: uvicorn_command(port, "--no-proxy-headers"),
                  id="uvicorn-no-proxy-headers"),
@@ -142,6 +161,10 @@ def decide(enforcer: Enforcer, peer: str, port: int, chain: str | None) -> str:
     pytest.param(CH, 51234, SE, "pass", False, id="direct-visitor-with-a-forged-header"),
     pytest.param("127.0.0.1", 51234, SPOOFED, "eu.account_creation", False,
                  id="proxied-as-micafence-expects"),
+    pytest.param("127.0.0.1", 5, f"127.0.0.1:5, {CH}", "unknown_country.account_creation",
+                 False, id="trusted-proxy-written-left-most"),
+    pytest.param("127.0.0.1", 51234, f"{CH}, 127.0.0.1", "pass", False,
+                 id="two-local-proxies"),
 ])
 def test_engine_decides_a_rewritten_client_as_unknown(
     peer: str, port: int, chain: str | None, reason: str, alarm: bool

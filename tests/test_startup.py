@@ -221,3 +221,26 @@ async def test_a_middleware_that_started_reports_no_error() -> None:
     app = MicafenceMiddleware(echo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB, watch=False)
     assert app.startup_error is None
     assert type(app) is MicafenceMiddleware
+
+
+def test_an_app_without_lifespan_still_gets_its_log_closed_on_sigterm(tmp_path: Path) -> None:
+    # Django's ASGI handler raises on the lifespan scope: uvicorn took that for "lifespan
+    # unsupported", micafence's hooks never ran, and SIGTERM left the decision log unclosed
+    # (`audit verify`: "ends without a close record"), records still queued lost.
+    from micafence.audit.keys import AuditKey
+    from micafence.audit.reader import load_log
+
+    key = "test-audit-key-0123456789abcdef"
+    audit_dir = tmp_path / "audit"
+    env = environment(STARTUP_POLICY=str(DEFAULT_POLICY), STARTUP_AUDIT_DIR=str(audit_dir),
+                      MICAFENCE_AUDIT_KEY=key)
+    command = server_command("uvicorn", "http_only_app", free_port())
+    with serving(command, env) as (url, output):
+        statuses = [httpx.post(url + "/api/accounts", headers={"X-Forwarded-For": SE},
+                               timeout=5).status_code for _ in range(30)]
+    assert statuses == [451] * 30
+    assert "appears unsupported" not in output[0], output[0]
+    assert "Application shutdown complete" in output[0], output[0]
+    loaded = load_log([str(audit_dir)], AuditKey.from_text(key), require_closed=True)
+    assert loaded.ok, loaded.problems
+    assert sum(1 for r in loaded.records if r.get("route_class") == "account_creation") == 30

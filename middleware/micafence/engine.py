@@ -28,6 +28,7 @@ from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
 from micafence.location.anonymizer import NO_FLAGS, AnonymizerScreen, AnonymousIPDatabase
 from micafence.location.client_ip import (
     TrustedProxies,
+    leads_with,
     located_address,
     names_itself,
     parse_ip,
@@ -339,11 +340,13 @@ class Enforcer:
                 residences.append(value)
         x_forwarded_for = (forwarded if self._forwarded_header == _X_FORWARDED_FOR
                            else unread_x_forwarded_for)
-        if (x_forwarded_for and peer is not None and peer not in self._trusted
-                and names_itself(peer, x_forwarded_for, "x-forwarded-for")):
+        if x_forwarded_for and peer is not None and (
+                leads_with(peer, x_forwarded_for) if peer in self._trusted
+                else names_itself(peer, x_forwarded_for, "x-forwarded-for")):
             # uvicorn gives the client the port written in the entry it took, so port 0 alone
-            # misses "[addr]:443": who connected is unknown. Not an alarm: a direct client can
-            # write its own address.
+            # misses "[addr]:443" (and, with '*', a trusted proxy's address written left-most:
+            # "10.0.0.1:5, <address>"): who connected is unknown. Not an alarm: a direct client
+            # can write its own address.
             peer = None
         address = peer
         if forwarded is not None and self._trusted:

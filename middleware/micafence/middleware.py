@@ -272,9 +272,11 @@ class MicafenceMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         failed: list[Exception] = []
         answered: list[str] = []
+        received: list[str] = []  # what the app asked for: nothing, if it has no lifespan
 
         async def receive_with_hooks() -> Message:
             message = await receive()
+            received.append(str(message.get("type")))
             if message.get("type") == "lifespan.startup":
                 try:
                     for hook in self._startup_hooks:
@@ -295,13 +297,39 @@ class MicafenceMiddleware:
 
         try:
             await self.app(scope, receive_with_hooks, send_with_hooks)
-        except Exception:
+        except Exception as exc:
+            if not received:
+                # An app without lifespan support (Django raises on the scope): uvicorn would
+                # take it for "lifespan unsupported" and never run our hooks, so the decision
+                # log would not be written out and closed on SIGTERM. micafence runs its own.
+                log_event(logging.INFO, "lifespan.own",
+                          "the app does not support the ASGI lifespan; micafence runs its own "
+                          "for its background work", problem=str(exc))
+                await self._own_lifespan(receive, send_with_hooks)
+                return
             if not failed or any(kind.startswith("lifespan.startup.") for kind in answered):
                 raise
             # Say so to the server: uvicorn's default lifespan "auto" would otherwise take the
             # error for an app without lifespan support, and serve without our checks.
             await send_with_hooks({"type": "lifespan.startup.failed",
                                    "message": f"micafence: {failed[0]}"})
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        """The lifespan protocol for an app that has none: our hooks only (``send`` runs the
+        shutdown hooks on a failed startup and on shutdown)."""
+        while True:
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                try:
+                    for hook in self._startup_hooks:
+                        await hook()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": f"micafence: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message.get("type") == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 class _NotStarted(MicafenceMiddleware):

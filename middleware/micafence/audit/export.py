@@ -183,6 +183,11 @@ def verify_export(directory: Path, *, public_key: AuditPublicKey | None = None,
             check.problems.append(f"{name}: SHA-256 differs from the manifest, though every "
                                   "record matches: the file was re-written")
         check.records[name] = len(found)
+    # The export directory held only what the manifest lists: anything else was put there
+    # later, and a reader would take it for part of the signed export.
+    for path in sorted(directory.iterdir()):
+        if path.name != "manifest.json" and path.name not in manifest["files"]:
+            check.problems.append(f"{path.name}: not in the manifest: added after the export")
     return check
 
 

@@ -167,9 +167,18 @@ class AuditLog:
         middleware.on_lifespan(self.start, self.aclose)
 
     async def start(self) -> None:
-        """Start the background flusher (also started by the first record, if needed)."""
+        """Open the chain on the sink, then start the background flusher (also started by the
+        first record, if needed).
+
+        The open record (and the recovery record of any writer that died) is written here,
+        before the server takes requests: a worker killed before its first flush still leaves
+        a chain, which the next start names. A failing sink does not stop the start: the
+        flusher keeps trying, as for any batch."""
         if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            with contextlib.suppress(AuditSinkError):
+                await self.flush()
+            if self._task is None and not self._closed:
+                self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def __aenter__(self) -> AuditLog:
         await self.start()

@@ -256,6 +256,20 @@ def names_itself(peer: str, forwarded_values: list[str], header_name: str) -> bo
     return chain is not None and any(parse_ip(raw) == peer for raw in chain)
 
 
+def leads_with(peer: str, forwarded_values: list[str]) -> bool:
+    """Is ``peer`` the left-most entry of the ``X-Forwarded-For`` lines ``forwarded_values``?
+
+    A server that trusts every peer for proxy headers (uvicorn's ``--forwarded-allow-ips '*'``)
+    makes the left-most entry, which the client writes, the client address, with the entry's
+    port. Naming a trusted proxy there (``10.0.0.1:5, <any address>``) would make the request
+    look proxied through it: the entries right of it, written by the client too, would decide.
+    A real proxy names the hop that connected to it, never itself; the left-most entry equals
+    the peer otherwise only for a client on the proxy's own address (loopback, internal).
+    """
+    first = forwarded_values[0].split(",", 1)[0] if forwarded_values else ""
+    return _hop(first) == peer
+
+
 def _walk_forwarded_for(direct: str, joined: str, trusted: TrustedProxies) -> str | None:
     """:func:`resolve_client_ip` over one ``X-Forwarded-For`` list, read from the right only as
     far as the first untrusted hop: the entries left of it, which the client writes, are never
