@@ -1,7 +1,11 @@
-"""From an ASGI scope to a :class:`~micafence.decision.Decision`.
+"""From an ASGI scope to a :class:`~micafence.decision.Decision`: the pure first step of the
+request pipeline (:mod:`micafence.pipeline`), which the middleware, ``micafence explain`` and
+``micafence test`` all run, so what ops see from the command line is what the site does.
 
-The same code decides for the middleware, ``micafence explain`` and ``micafence test``, so what
-ops see from the command line is what the site does. Everything that depends only on the policy
+Signals (client address, edge country, identity) -> zones -> route class -> the rule's verdict,
+and the reason it gives (:mod:`micafence.reasons`); a promotion ops approved for an
+``approved_only`` zone passes here. What depends on the store (grants, onboarding tokens) is
+settled by the pipeline. Everything that depends only on the policy
 is computed in ``__init__``; per request there are dictionary look-ups, and route matching only
 for visitors some rule applies to.
 """
@@ -118,6 +122,7 @@ class _Verdict:
 _NO_VERDICT = _Verdict(Outcome.ALLOW, None, None)
 _NEUTRAL = RouteClass.NEUTRAL
 _PROMOTION = RouteClass.PROMOTION
+_UNRESTRICTED: tuple[_Verdict, str | None, RouteClass] = (_NO_VERDICT, None, _NEUTRAL)
 
 
 class Enforcer:
@@ -381,6 +386,7 @@ class Enforcer:
     def _decide(
         self, scope: Scope, visitor: Visitor, overrides: Sequence[Header] | None
     ) -> Decision:
+        """Signals -> zones -> route class -> verdict: what a visitor's request gets."""
         if isinstance(visitor, tuple):
             address, edge_value, identity_signals, supplied = visitor
         else:
@@ -395,27 +401,9 @@ class Enforcer:
         identity = supplied or self._header_identity(identity_signals)
         residence = identity.residence_country if self.policy.signals.residence else None
         profile = self._profile(location, residence, flags)
-
-        verdict, route_id, route_class = _NO_VERDICT, None, _NEUTRAL
-        if profile.restricted:
-            if scope.get("type") == "websocket":
-                # A handshake carries no method of its own: the app behind the path may serve
-                # it whatever its routes' methods, so every route of the path counts.
-                methods = HTTP_METHODS
-            else:
-                methods = request_methods(
-                    str(scope.get("method") or "GET"), overrides or (),
-                    scope.get("query_string") or b"",
-                )
-            for path in route_paths(scope):
-                for route in self.routes.match(methods, path):
-                    candidate = self._verdict(profile.zones, route.route_class, flags)
-                    if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
-                        verdict, route_id = candidate, route.id
-                        route_class = RouteClass(route.route_class)
-            if route_id is None:
-                verdict = self._verdict(profile.zones, _NEUTRAL, flags)
-
+        verdict, route_id, route_class = (
+            self._route(scope, overrides, profile.zones, flags) if profile.restricted
+            else _UNRESTRICTED)
         outcome, rule, zone = verdict.outcome, verdict.rule, verdict.zone
         code, kind = PASS_CODE, Reason.PASS
         if rule is not None:
@@ -459,6 +447,32 @@ class Enforcer:
             anonymizer=flags,
             breakglass=self._breakglass_tag,
         )
+
+    def _route(
+        self, scope: Scope, overrides: Sequence[Header] | None, zones: tuple[str, ...],
+        flags: tuple[str, ...],
+    ) -> tuple[_Verdict, str | None, RouteClass]:
+        """The most severe verdict of the routes the request may be handled by (a restricted
+        visitor's): with the route's id and class; the neutral class's when none matches."""
+        if scope.get("type") == "websocket":
+            # A handshake carries no method of its own: the app behind the path may serve
+            # it whatever its routes' methods, so every route of the path counts.
+            methods = HTTP_METHODS
+        else:
+            methods = request_methods(
+                str(scope.get("method") or "GET"), overrides or (),
+                scope.get("query_string") or b"",
+            )
+        verdict, route_id, route_class = _NO_VERDICT, None, _NEUTRAL
+        for path in route_paths(scope):
+            for route in self.routes.match(methods, path):
+                candidate = self._verdict(zones, route.route_class, flags)
+                if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
+                    verdict, route_id = candidate, route.id
+                    route_class = RouteClass(route.route_class)
+        if route_id is None:
+            verdict = self._verdict(zones, _NEUTRAL, flags)
+        return verdict, route_id, route_class
 
     # -- helpers -----------------------------------------------------------------------------
 
