@@ -3,10 +3,11 @@ explain`` and ``micafence test`` all run this.
 
 1. **decide** (pure, cached per visitor): :meth:`micafence.engine.Enforcer.decide` reads the
    signals, the zones, the route class and the rule's verdict, approvals of promotions included;
-2. **settle** (async): a ``require_grant`` decision against the client's grants
-   (:class:`~micafence.scopes.gate.ScopeGate`), a blocked account creation against an
-   onboarding token (:class:`~micafence.scopes.onboarding.OnboardingGate`). They say what they
-   found; the decision is rebuilt here, and nowhere else;
+2. **settle** (async, the start of :meth:`Pipeline.run`): a ``require_grant`` decision against
+   the client's grants (:class:`~micafence.scopes.gate.ScopeGate`, which may read the body and
+   hands the app a ``receive`` replaying it), a blocked account creation against an onboarding
+   token (:class:`~micafence.scopes.onboarding.OnboardingGate`, whose ``send`` binds the new
+   account). They say what they found; the decision is rebuilt here, and nowhere else;
 3. **observe**: the decision goes in ``scope["state"]["micafence"]``, to the metrics and the
    audit log (which may refuse the request: 503);
 4. **act** (:class:`Action`): pass to the app, through a wrapped ``send`` where promotions or
@@ -26,7 +27,7 @@ from micafence.answers import refuse_websocket, send_audit_unavailable, send_blo
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.caches import BoundedCache
 from micafence.decision import Decision
-from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
+from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
 from micafence.scopes.gate import ScopeGate, ScopeVerdict
@@ -61,6 +62,9 @@ class Action(Enum):
     ANSWER = "answer"  # micafence answered (micafence.answers): 451, 503, 204/[] or a refusal
 
 
+_PASS, _PASS_WRAPPED, _ANSWER = Action.PASS, Action.PASS_WRAPPED, Action.ANSWER
+
+
 class Pipeline:
     """Settles and acts on the decisions of one middleware: its app, store, grants gate,
     onboarding gate, solicitation evidence budget and observers (audit log, metrics)."""
@@ -91,10 +95,16 @@ class Pipeline:
         """Settle ``decision`` (made by ``enforcer`` for ``scope``), record it, and act on it.
 
         The final decision is ``scope["state"]["micafence"]``."""
-        if decision.outcome is _REQUIRE_GRANT or (
-                decision.blocked and decision.route_class is _ACCOUNT_CREATION):
-            decision, receive, send = await self.settle(
-                enforcer.policy, decision, scope, receive, send)
+        # Settle (inline: an awaited call per step costs on every grant check).
+        if decision.outcome is _REQUIRE_GRANT:  # the client's grants
+            verdict, receive = await self.grants.check(enforcer.policy, decision, scope, receive)
+            decision = self._granted(decision, verdict)
+        elif decision.blocked and decision.route_class is _ACCOUNT_CREATION and not self.dry:
+            # An onboarding token (a dry run never takes one: it is single-use).
+            found, send = await self.onboarding.admit(
+                enforcer.policy, decision, scope, send, self.audit)
+            if found is not None:
+                decision = _settled(decision, found.reason, found.grant_id)
         scope.setdefault("state", {})[STATE_KEY] = decision
         metrics = self.metrics
         if metrics is not None:
@@ -103,7 +113,7 @@ class Pipeline:
         if audit is not None and (decision.restricted or decision.outcome is not _ALLOW) \
                 and not audit.record(decision, scope):
             await send_audit_unavailable(scope, receive, send)  # evidence cannot be kept now
-            return Action.ANSWER
+            return _ANSWER
         given = send
         kind = scope["type"]
         if kind == "http":
@@ -117,7 +127,7 @@ class Pipeline:
                     send = promotions.page_safe(scope, send, decision)
                 elif (guarded := await promotions.restrict(
                         scope, send, decision, self.store, arrival, self.evidence)) is None:
-                    return Action.ANSWER  # an empty or 204 promotion route
+                    return _ANSWER  # an empty or 204 promotion route
                 else:
                     send = guarded
         if decision.blocked:
@@ -126,25 +136,9 @@ class Pipeline:
             else:
                 await refuse_websocket(scope, receive, send, decision,
                                        enforcer.policy.blocked_by)
-            return Action.ANSWER
+            return _ANSWER
         await self.app(scope, receive, send)
-        return Action.PASS if send is given else Action.PASS_WRAPPED
-
-    async def settle(
-        self, policy: Policy, decision: Decision, scope: Scope, receive: Receive, send: Send
-    ) -> tuple[Decision, Receive, Send]:
-        """The final decision for a ``require_grant`` one or a blocked account creation, and
-        the ``receive`` (replaying a body read for the grants) and ``send`` (binding an account
-        opened with an onboarding token) the app must use."""
-        if decision.outcome is _REQUIRE_GRANT:
-            verdict, receive = await self.grants.check(policy, decision, scope, receive)
-            return self._granted(decision, verdict), receive, send
-        if self.dry:  # a single-use token is taken by checking it: never by explain or test
-            return decision, receive, send
-        found, send = await self.onboarding.admit(policy, decision, scope, send, self.audit)
-        if found is None:
-            return decision, receive, send
-        return _settled(decision, found.reason, found.grant_id), receive, send
+        return _PASS if send is given else _PASS_WRAPPED
 
     def _granted(self, decision: Decision, verdict: ScopeVerdict) -> Decision:
         """``decision`` settled by ``verdict``: shared while both are the same objects (the
