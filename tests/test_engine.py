@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 
 from micafence import ClientIdentity, Enforcer, GeoIPDatabase, load_policy, load_policy_text
 from micafence.location.anonymizer import AnonymousIPDatabase
+from micafence.pipeline import dry_pipeline, trial
 from micafence.policy.probe import build_scope
+from micafence.store.base import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND, REGIONS_DB
 
 PROXY = "127.0.0.1"
@@ -17,7 +20,8 @@ PROXY = "127.0.0.1"
 
 def decide(enforcer: Enforcer, ip: str | None, method: str = "POST", path: str = "/api/accounts",
            headers: list[tuple[str, str]] | None = None) -> tuple[bool, str, tuple[str, ...]]:
-    decision = enforcer.without_grant(enforcer.decide(build_scope(ip, method, path, headers or [])))
+    scope = build_scope(ip, method, path, headers or [])
+    decision = asyncio.run(trial(enforcer, dry_pipeline(MemoryStore()), scope)).decision
     return decision.blocked, decision.reason, decision.zones
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
@@ -18,11 +20,14 @@ from micafence.live.breakglass import register as register_breakglass
 from micafence.live.breakglass import state_for as breakglass_state
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
+from micafence.pipeline import Action, Pipeline, Trial, dry_pipeline, trial
 from micafence.policy.casefile import load_cases, run_cases
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.probe import build_scope, parse_header_option
 from micafence.policy.schedule import parse_instant
+from micafence.store.base import open_store
 
+T = TypeVar("T")
 GEOIP_ENV = "MICAFENCE_GEOIP_DB"
 POLICY_ENV = "MICAFENCE_POLICY"
 
@@ -57,9 +62,23 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(store_url: str, run: Callable[[Pipeline], Awaitable[T]]) -> T:
+    """``run`` on a side-effect-free pipeline over the store at ``store_url`` (then closed)."""
+
+    async def main() -> T:
+        store = open_store(store_url)
+        try:
+            return await run(dry_pipeline(store))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
 def _cmd_test(args: argparse.Namespace) -> int:
     enforcer = Enforcer(load_policy(args.policy), GeoIPDatabase(_database_path(args.geoip_db)))
-    results = run_cases(enforcer, load_cases(args.cases))
+    cases = load_cases(args.cases)
+    results = _dry_run(args.store, lambda pipeline: run_cases(enforcer, pipeline, cases))
     for result in results:
         where = f"{args.cases}:{result.case.line}"
         if result.passed:
@@ -87,11 +106,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     enforcer = Enforcer(policy, database, anonymizer=anonymizer, breakglass=breakglass,
                         clock=None if at is None else lambda: at)
     headers = [parse_header_option(h) for h in args.header]
-    decision = enforcer.without_grant(
-        enforcer.decide(build_scope(args.ip, args.method, args.path, headers))
-    )
+    scope = build_scope(args.ip, args.method, args.path, headers)
+    tried: Trial = _dry_run(args.store, lambda pipeline: trial(enforcer, pipeline, scope))
+    decision = tried.decision
+    action = _ACTIONS[tried.action] if tried.status is None else f"answer {tried.status}"
     if args.json:
-        print(json.dumps({**decision.as_dict(), "database_type": database.database_type,
+        print(json.dumps({**decision.as_dict(), "action": tried.action.value,
+                          "status": tried.status, "database_type": database.database_type,
                           "policy_source": policy.source, "at": enforcer.in_force_at.isoformat(),
                           "breakglass_switches": breakglass.as_dict()["switches"]}, indent=2))
         return 0
@@ -104,6 +125,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     )
     rows = [
         ("decision", verdict),
+        ("action", action),
         ("reason", decision.reason),
         ("rule", f"{decision.rule_id} (mode {decision.mode.value})"),
         ("route", f"{decision.route_id or '-'} (class {decision.route_class})"),
@@ -123,6 +145,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     for label, value in rows:
         print(f"{label:<11}{value}")
     return 0
+
+
+_ACTIONS = {
+    Action.PASS: "pass to the app",
+    Action.PASS_WRAPPED: "pass to the app (its answer made safe: promotions, caching)",
+    Action.ANSWER: "answer",
+}
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -162,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
                       "else the bundled test database)")
     test.add_argument("-v", "--verbose", action="store_true", help="print passing cases too")
+    test.add_argument("--store", default="memory://", metavar="URL",
+                      help="grant store the cases are settled against, read only (default "
+                      "memory://: no grants)")
     test.set_defaults(func=_cmd_test)
 
     explain = commands.add_parser("explain", help="what would happen to this request, and why",
@@ -177,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
                          "else the bundled test database)")
     explain.add_argument("--json", action="store_true", help="print the decision as JSON")
+    explain.add_argument("--store", default="memory://", metavar="URL",
+                         help="grant store the request is settled against, read only (default "
+                         "memory://: no grants); a grant key from $MICAFENCE_GRANT_KEY[_FILE]")
     explain.add_argument("--at", metavar="TIME", help="ISO 8601 instant: decide as at that "
                          "time (effective dates, break-glass, and the archived revision then)")
     explain.add_argument("--revision", metavar="REV", help="decide with this archived policy "

@@ -4,49 +4,10 @@ It is put in the ASGI scope (``scope["state"]["micafence"]``) for the app's temp
 handlers, rendered in 451 bodies, printed by ``micafence explain`` and (later) written to the
 audit log. Every decision names the rule, a stable reason code and the policy revision.
 
-Reason codes (the catalogue; ``<zone>`` is a zone name from the policy such as ``eu``, ``eea``,
-``uk`` or the pseudo-zone ``unknown_country``):
-
-``pass``
-    No rule applies to this visitor and route.
-``<zone>.account_creation``
-    A new account from a restricted zone (blocked by default).
-``<zone>.promotion``
-    A promotion route (feed, referral, campaign page) for a zone that may not see it.
-``<zone>.service``
-    A service route blocked outright for the zone.
-``<zone>.no_grant``
-    A service route that needs a client-initiated grant, and the client has none.
-``<zone>.wind_down``
-    A wind-down route passed for an identified existing client.
-``<zone>.wind_down.unidentified``
-    A wind-down route refused because the client is not identified.
-``<zone>.in_scope``
-    A service route passed inside a live client-initiated grant (``grant_id`` names it).
-``<zone>.out_of_scope.service``
-    The client holds grants, but none for this service (nor one it is related to).
-``<zone>.out_of_scope.asset_type``
-    A grant for this service exists, but not for this asset or one of the same type.
-``<zone>.grant_expired``
-    A grant covered this once, but its scope term (or same-type window) has passed.
-``<zone>.scope_unreadable``
-    The service or asset cannot be read from the request (malformed, missing, too large).
-``<zone>.store_unavailable``
-    The grant store cannot be read: service routes (and onboarding tokens) fail closed.
-``<zone>.onboarding``
-    An account creation passed with a grant's single-use onboarding token (``grant_id``).
-``<zone>.onboarding.invalid_token``
-    An account creation presented an onboarding token that is unknown, used, expired or whose
-    grant is no longer in force.
-``<zone>.neutral``
-    A rule that names the neutral class (for example an incident block of all traffic).
-``anonymizer.<flag>.<class>``
-    The address is a VPN, proxy, Tor exit or hosting address (``<flag>``) and the policy's
-    ``anonymizers`` tier for the route class is ``block`` (or it is a promotion route).
-``breakglass.service``
-    Break-glass is on: all service traffic from restricted zones is blocked.
-
-A rule may set its own ``reason`` instead of the default ``<zone>.<class>``.
+Reasons and route classes are the typed vocabulary of :mod:`micafence.reasons`: ``reason`` is
+the code (``eu.no_grant``; a rule may name its own), ``kind`` the :class:`~micafence.reasons.Reason`
+it stands for, which gives the visitor's text. Decisions are built by the pipeline only
+(:mod:`micafence.engine` decides, :mod:`micafence.pipeline` settles).
 """
 
 from __future__ import annotations
@@ -54,8 +15,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from micafence.policy.model import Mode, Outcome, PromotionStance
+from micafence.reasons import Reason, RouteClass
 
-PASS_REASON = "pass"
 DEFAULT_RULE_ID = "default"
 
 
@@ -68,11 +29,12 @@ class Decision(NamedTuple):
 
     outcome: Outcome
     blocked: bool
-    reason: str
+    reason: str  # the code: eu.no_grant, or a rule's own
+    kind: Reason  # what the code stands for (the visitor's text)
     rule_id: str
     mode: Mode
     route_id: str | None
-    route_class: str
+    route_class: RouteClass
     zone: str | None  # the zone whose rule decided
     zones: tuple[str, ...]  # every zone the visitor is in, policy order
     restricted: bool  # some rule applies to one of the visitor's zones
@@ -107,7 +69,7 @@ class Decision(NamedTuple):
             "rule": self.rule_id,
             "mode": self.mode.value,
             "route": self.route_id,
-            "route_class": self.route_class,
+            "route_class": self.route_class.value,
             "zone": self.zone,
             "zones": list(self.zones),
             "restricted": self.restricted,

@@ -1,7 +1,11 @@
-"""From an ASGI scope to a :class:`~micafence.decision.Decision`.
+"""From an ASGI scope to a :class:`~micafence.decision.Decision`: the pure first step of the
+request pipeline (:mod:`micafence.pipeline`), which the middleware, ``micafence explain`` and
+``micafence test`` all run, so what ops see from the command line is what the site does.
 
-The same code decides for the middleware, ``micafence explain`` and ``micafence test``, so what
-ops see from the command line is what the site does. Everything that depends only on the policy
+Signals (client address, edge country, identity) -> zones -> route class -> the rule's verdict,
+and the reason it gives (:mod:`micafence.reasons`); a promotion ops approved for an
+``approved_only`` zone passes here. What depends on the store (grants, onboarding tokens) is
+settled by the pipeline. Everything that depends only on the policy
 is computed in ``__init__``; per request there are dictionary look-ups, and route matching only
 for visitors some rule applies to.
 """
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 from micafence.asgi import Scope
 from micafence.caches import BoundedCache
-from micafence.decision import DEFAULT_RULE_ID, PASS_REASON, Decision
+from micafence.decision import DEFAULT_RULE_ID, Decision
 from micafence.identity import (
     NO_IDENTITY,
     ClientIdentity,
@@ -58,6 +62,14 @@ from micafence.policy.routes import (
 from micafence.policy.schedule import next_boundary, rules_in_force, utc_now, zones_in_force
 from micafence.promotions.cache_policy import edge_location
 from micafence.promotions.guard import PromotionGuard
+from micafence.reasons import (
+    CLASS_REASONS,
+    PASS_CODE,
+    Reason,
+    RouteClass,
+    reason_code,
+    unidentified_code,
+)
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
@@ -109,6 +121,9 @@ class _Verdict:
 
 
 _NO_VERDICT = _Verdict(Outcome.ALLOW, None, None)
+_NEUTRAL = RouteClass.NEUTRAL
+_PROMOTION = RouteClass.PROMOTION
+_UNRESTRICTED: tuple[_Verdict, str | None, RouteClass] = (_NO_VERDICT, None, _NEUTRAL)
 
 
 class Enforcer:
@@ -285,7 +300,7 @@ class Enforcer:
             cached = routes.get(route)
             if cached is not None:
                 return cached
-        decision = self.promotions.settle(self._decide(scope, visitor, overrides))
+        decision = self._decide(scope, visitor, overrides)
         self._remember(visitor, routes, route, decision)
         return decision
 
@@ -374,6 +389,7 @@ class Enforcer:
     def _decide(
         self, scope: Scope, visitor: Visitor, overrides: Sequence[Header] | None
     ) -> Decision:
+        """Signals -> zones -> route class -> verdict: what a visitor's request gets."""
         if isinstance(visitor, tuple):
             address, edge_value, identity_signals, supplied = visitor
         else:
@@ -388,43 +404,34 @@ class Enforcer:
         identity = supplied or self._header_identity(identity_signals)
         residence = identity.residence_country if self.policy.signals.residence else None
         profile = self._profile(location, residence, flags)
-
-        verdict, route_id, route_class = _NO_VERDICT, None, "neutral"
-        if profile.restricted:
-            if scope.get("type") == "websocket":
-                # A handshake carries no method of its own: the app behind the path may serve
-                # it whatever its routes' methods, so every route of the path counts.
-                methods = HTTP_METHODS
-            else:
-                methods = request_methods(
-                    str(scope.get("method") or "GET"), overrides or (),
-                    scope.get("query_string") or b"",
-                )
-            for path in route_paths(scope):
-                for route in self.routes.match(methods, path):
-                    candidate = self._verdict(profile.zones, route.route_class, flags)
-                    if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
-                        verdict, route_id, route_class = candidate, route.id, route.route_class
-            if route_id is None:
-                verdict = self._verdict(profile.zones, "neutral", flags)
-
+        verdict, route_id, route_class = (
+            self._route(scope, overrides, profile.zones, flags) if profile.restricted
+            else _UNRESTRICTED)
         outcome, rule, zone = verdict.outcome, verdict.rule, verdict.zone
-        reason = PASS_REASON
+        code, kind = PASS_CODE, Reason.PASS
         if rule is not None:
-            reason = rule.reason or f"{zone}.{route_class}"
+            kind = CLASS_REASONS[route_class]
+            code = rule.reason or reason_code(zone, kind)
         if outcome is Outcome.ALLOW_IDENTIFIED:
             if identity.client_id is not None:
                 outcome = Outcome.ALLOW
             else:
-                outcome, reason = Outcome.BLOCK, f"{reason}.unidentified"
+                outcome, code, kind = Outcome.BLOCK, unidentified_code(code), Reason.UNIDENTIFIED
         mode = (rule.mode if rule is not None and rule.mode else None) or self.policy.mode
         stance = profile.stance
         if flags and self._screen.suppresses(flags, route_class):
             stance = PromotionStance.FORBIDDEN
+        if outcome is Outcome.BLOCK and route_class is _PROMOTION \
+                and stance is PromotionStance.APPROVED_ONLY:
+            approved_in = self.promotions.approved_in(route_id, profile.zones)
+            if approved_in is not None:  # ops approved this promotion for the visitor's zones
+                outcome, kind = Outcome.ALLOW, Reason.PROMOTION_APPROVED
+                code = reason_code(approved_in, kind)
         return Decision(
             outcome=outcome,
             blocked=outcome is Outcome.BLOCK and mode is Mode.ENFORCE,
-            reason=reason,
+            reason=code,
+            kind=kind,
             rule_id=rule.id if rule is not None else DEFAULT_RULE_ID,
             mode=mode,
             route_id=route_id,
@@ -444,15 +451,31 @@ class Enforcer:
             breakglass=self._breakglass_tag,
         )
 
-    def without_grant(self, decision: Decision) -> Decision:
-        """Settle a ``require_grant`` decision for a client that holds no grant: a block."""
-        if decision.outcome is not Outcome.REQUIRE_GRANT:
-            return decision
-        return decision._replace(
-            outcome=Outcome.BLOCK,
-            blocked=decision.mode is Mode.ENFORCE,
-            reason=f"{decision.zone}.no_grant",
-        )
+    def _route(
+        self, scope: Scope, overrides: Sequence[Header] | None, zones: tuple[str, ...],
+        flags: tuple[str, ...],
+    ) -> tuple[_Verdict, str | None, RouteClass]:
+        """The most severe verdict of the routes the request may be handled by (a restricted
+        visitor's): with the route's id and class; the neutral class's when none matches."""
+        if scope.get("type") == "websocket":
+            # A handshake carries no method of its own: the app behind the path may serve
+            # it whatever its routes' methods, so every route of the path counts.
+            methods = HTTP_METHODS
+        else:
+            methods = request_methods(
+                str(scope.get("method") or "GET"), overrides or (),
+                scope.get("query_string") or b"",
+            )
+        verdict, route_id, route_class = _NO_VERDICT, None, _NEUTRAL
+        for path in route_paths(scope):
+            for route in self.routes.match(methods, path):
+                candidate = self._verdict(zones, route.route_class, flags)
+                if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
+                    verdict, route_id = candidate, route.id
+                    route_class = RouteClass(route.route_class)
+        if route_id is None:
+            verdict = self._verdict(zones, _NEUTRAL, flags)
+        return verdict, route_id, route_class
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -7,24 +7,22 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from micafence.answers import answer_unstarted
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
-from micafence.decision import Decision
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
 from micafence.identity import IdentifyFunction
 from micafence.live.health import HealthEndpoint, LivenessEndpoint
 from micafence.live.reload import Reloader
-from micafence.live.startup import answer_unstarted, startup_message
+from micafence.live.startup import startup_message
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
 from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.logs import log_event
-from micafence.policy.model import Outcome, Policy, PromotionStance
+from micafence.pipeline import STATE_KEY, Pipeline
+from micafence.policy.model import Policy
 from micafence.promotions.evidence_budget import EvidenceBudget
-from micafence.responses import STATUS, block_body, block_headers, send_block
-from micafence.scopes.gate import ScopeGate
 from micafence.scopes.grants import Clock, utc_now
-from micafence.scopes.onboarding import OnboardingGate
 from micafence.scopes.signing import GrantKey
 from micafence.store.base import Store, open_store
 
@@ -36,15 +34,10 @@ Hook = Callable[[], Awaitable[None]]
 
 logger = logging.getLogger("micafence")
 
-# Enum members bound once: a look-up on the class costs ~90 ns on Python 3.11, per use.
-_ALLOW = Outcome.ALLOW
-_REQUIRE_GRANT = Outcome.REQUIRE_GRANT
-_PROMOTIONS_ALLOWED = PromotionStance.ALLOWED
 #: The methods the health and metrics paths answer themselves (others are decided as usual).
 _OWN_METHODS = frozenset({"GET", "HEAD"})
 
-#: Where the decision is put for the app: ``request.state.micafence`` in Starlette.
-STATE_KEY = "micafence"
+__all__ = ["STATE_KEY", "MicafenceMiddleware"]
 
 
 class MicafenceMiddleware:
@@ -122,14 +115,11 @@ class MicafenceMiddleware:
         # Tripped when the server rewrites client addresses (micafence.location.rewrite_alarm):
         # held here, not by an enforcer, so readiness stays failed across reloads.
         self.rewrite_alarm = ClientRewriteAlarm()
-        # What solicitation evidence this worker wrote in the current window (kept across
-        # policy reloads; the limits are the policy's: promotions.evidence).
-        self.evidence = EvidenceBudget()
         try:
-            self.store = store if isinstance(store, Store) \
-                else open_store(store, grant_key=grant_key)
-            self.scopes = ScopeGate(self.store, clock=clock)
-            self.onboarding = OnboardingGate(self.store, clock=clock)
+            opened = store if isinstance(store, Store) else open_store(store, grant_key=grant_key)
+            # Every request's settling and action (micafence.pipeline), with what they keep
+            # across policy reloads: the store, the solicitation evidence budget, observers.
+            self.pipeline = Pipeline(app, opened, clock=clock)
             self.enforcer: Enforcer  # set, and swapped on every reload, by the reloader
             self.reloader = Reloader(
                 self, policy=policy, geoip_db=geoip_db, anonymizer_db=anonymizer_db,
@@ -151,8 +141,8 @@ class MicafenceMiddleware:
             from micafence.audit.metrics import Metrics  # prometheus_client only when used
 
             metrics = Metrics()
-        self.audit = audit  # micafence.audit.log: records every decision but plain passes
-        self.metrics = metrics  # micafence.audit.metrics: Prometheus counters, sampled latency
+        self.pipeline.audit = audit  # micafence.audit.log: records all but plain passes
+        self.pipeline.metrics = metrics  # micafence.audit.metrics: counters, sampled latency
         for observer in (audit, metrics):
             if observer is not None:
                 observer.attach(self)
@@ -168,6 +158,27 @@ class MicafenceMiddleware:
             self._own_paths[f"{base}/ready"] = self.health_app()
         if metrics_path is not None and metrics is not None:
             self._own_paths["/" + metrics_path.strip("/")] = metrics.asgi_app()
+
+    # What the pipeline holds, as the observers and tests read (and replace) it.
+    @property
+    def store(self) -> Store:
+        return self.pipeline.store
+
+    @property
+    def audit(self) -> AuditLog | None:
+        return self.pipeline.audit
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self.pipeline.metrics
+
+    @property
+    def evidence(self) -> EvidenceBudget:
+        return self.pipeline.evidence
+
+    @evidence.setter
+    def evidence(self, budget: EvidenceBudget) -> None:
+        self.pipeline.evidence = budget
 
     def _not_started(self, error: MicafenceError) -> None:
         self.startup_error = error
@@ -209,65 +220,13 @@ class MicafenceMiddleware:
         # One enforcer for the whole request: a hot reload swaps the attribute, never the
         # policy, database or promotion settings under a request already being decided.
         enforcer = self.enforcer
-        metrics = self.metrics
+        pipeline = self.pipeline
+        metrics = pipeline.metrics
         if metrics is not None and metrics.time_next:  # one request per interval is timed
             decision = metrics.timed_decide(enforcer, scope)
         else:
             decision = enforcer.decide(scope)
-        if decision.outcome is _REQUIRE_GRANT:
-            decision, receive = await self.scopes.settle(enforcer.policy, decision, scope, receive)
-        elif decision.blocked and decision.route_class == "account_creation":
-            decision, send = await self.onboarding.admit(  # a grant's single-use token
-                enforcer.policy, decision, scope, send, self.audit
-            )
-        scope.setdefault("state", {})[STATE_KEY] = decision
-        if metrics is not None:
-            metrics.count(decision)
-        audit = self.audit
-        if audit is not None and (decision.restricted or decision.outcome is not _ALLOW) \
-                and not audit.record(decision, scope):
-            await audit.refuse(scope, receive, send)  # 503: evidence cannot be kept now
-            return
-        if kind == "http":
-            promotions = enforcer.promotions
-            if decision.promotion_stance is _PROMOTIONS_ALLOWED and not decision.blocked:
-                send = promotions.cache_safe(scope, send, decision)
-            else:
-                arrival = promotions.arrival(scope, decision)  # solicitation evidence to record
-                if arrival is None and not decision.blocked:  # the restricted common case
-                    send = promotions.page_safe(scope, send, decision)
-                elif (guarded := await promotions.restrict(
-                        scope, send, decision, self.store, arrival, self.evidence)) is None:
-                    return  # answered here: an empty or 204 promotion route
-                else:
-                    send = guarded
-        if decision.blocked:
-            if kind == "http":
-                await send_block(scope, send, decision, enforcer.policy.blocked_by)
-            else:
-                await self._refuse_websocket(scope, receive, send, decision)
-            return
-        await self.app(scope, receive, send)
-
-    async def _refuse_websocket(
-        self, scope: Scope, receive: Receive, send: Send, decision: Decision
-    ) -> None:
-        message = await receive()
-        if message.get("type") != "websocket.connect":
-            return
-        if "websocket.http.response" in (scope.get("extensions") or {}):
-            content_type, body = block_body(decision, as_json=True)
-            await send({
-                "type": "websocket.http.response.start",
-                "status": STATUS,
-                "headers": block_headers(
-                    decision, content_type, len(body), self.enforcer.policy.blocked_by
-                ),
-            })
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            # Closing before accept makes the server answer the handshake with 403.
-            await send({"type": "websocket.close", "code": 1008, "reason": decision.reason})
+        await pipeline.run(enforcer, decision, scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         failed: list[Exception] = []
@@ -339,4 +298,4 @@ class _NotStarted(MicafenceMiddleware):
     startup_error: MicafenceError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await answer_unstarted(self.startup_error, scope, receive, send)
+        await answer_unstarted(startup_message(self.startup_error), scope, receive, send)

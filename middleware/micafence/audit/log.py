@@ -59,8 +59,6 @@ if TYPE_CHECKING:
 EVIDENCE = "evidence"
 BLOCK = "block"
 TRAFFIC = "traffic"
-#: The reason of a request refused because its evidence record could not be queued.
-REFUSAL_REASON = "audit_unavailable"
 RECORD_VERSION = 1
 
 _EVENT_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
@@ -257,28 +255,6 @@ class AuditLog:
         kinds = {Grant: "grant.recorded", Revocation: "grant.revoked",
                  Approval: "grant.approved", AccountBinding: "grant.bound"}
         return self.record_event(kinds[type(event)], event_to_json(event))
-
-    async def refuse(self, scope: Scope, receive: Any, send: Any) -> None:
-        """Answer a request whose evidence could not be queued: 503 ``audit_unavailable``."""
-        if scope.get("type") == "websocket":
-            message = await receive()
-            if message.get("type") == "websocket.connect":
-                await send({"type": "websocket.close", "code": 1013, "reason": REFUSAL_REASON})
-            return
-        body = json.dumps({
-            "type": f"urn:micafence:reason:{REFUSAL_REASON}",
-            "title": "Service Unavailable", "status": 503, "reason": REFUSAL_REASON,
-            "detail": "This request cannot be recorded right now; please retry shortly.",
-        }).encode()
-        await send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-            (b"retry-after", b"1"),
-            (b"micafence-reason", REFUSAL_REASON.encode()),
-        ]})
-        await send({"type": "http.response.body",
-                    "body": b"" if scope.get("method") == "HEAD" else body})
 
     def _refuse(self) -> None:
         self.refused += 1

@@ -55,7 +55,7 @@ def seed_on_startup(
     seeds = load_grant_seeds(path, policy)
 
     async def seed() -> None:
-        recorded = await seed_grants(GrantBook(app.store, policy, app.scopes.clock), seeds)
+        recorded = await seed_grants(GrantBook(app.store, policy, app.pipeline.grants.clock), seeds)
         logger.warning("micafence demo: %d grant(s) recorded from %s (%d already active)",
                        recorded, path, len(seeds) - recorded)
 

@@ -10,7 +10,8 @@ A cases file::
 ``request`` takes ``ip`` (the direct peer; omit for no address), ``method`` (GET),
 ``path`` (may carry a query) and ``headers`` (a mapping). ``expect`` may check ``blocked``,
 ``outcome``, ``reason``, ``rule``, ``route``, ``route_class``, ``zones``, ``country`` and
-``promotions``; a case must check at least one.
+``promotions``; a case must check at least one. Each request runs through the whole pipeline
+(:func:`micafence.pipeline.trial`): decided, then settled against the store's grants.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from micafence.engine import Enforcer
+from micafence.pipeline import Pipeline, trial
 from micafence.policy.probe import build_scope
 from micafence.policy.yamlfile import Node, read_yaml
 
@@ -83,12 +85,13 @@ def _expected(key: str, node: Node) -> object:
     return node.text()
 
 
-def run_cases(enforcer: Enforcer, cases: list[Case]) -> list[CaseResult]:
-    """Decide every case's request and compare with what it expects."""
+async def run_cases(
+    enforcer: Enforcer, pipeline: Pipeline, cases: list[Case]
+) -> list[CaseResult]:
+    """Run every case's request through ``pipeline`` and compare with what it expects."""
     results: list[CaseResult] = []
     for case in cases:
-        decision = enforcer.decide(dict(case.scope, state={}))
-        decision = enforcer.without_grant(decision)
+        decision = (await trial(enforcer, pipeline, case.scope)).decision
         actual = decision.as_dict()
         seen = {
             "blocked": decision.blocked,

@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+from micafence.answers import Refusal, Refused, send_block, send_empty, send_no_content
 from micafence.asgi import Message, Scope, Send
 from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.location.client_ip import TrustedProxies
-from micafence.policy.model import Outcome, Policy, PromotionStance
+from micafence.policy.model import Policy, PromotionStance
 from micafence.policy.routes import PATH_KEY_CHARS, route_paths
 from micafence.promotions.caching import HTML_TYPES, CacheSafety
 from micafence.promotions.evidence_budget import EvidenceBudget
@@ -31,7 +32,7 @@ from micafence.promotions.solicitation import (
     set_cookie_header,
     visitor_id,
 )
-from micafence.responses import send_block
+from micafence.reasons import Reason, RouteClass, reason_code
 from micafence.store.base import Store
 
 Header = tuple[bytes, bytes]
@@ -47,10 +48,12 @@ _FILE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 # request path below would pay that several times per request.
 _ALLOWED = PromotionStance.ALLOWED
 _APPROVED_ONLY = PromotionStance.APPROVED_ONLY
-_BLOCK = Outcome.BLOCK
+_PROMOTION = RouteClass.PROMOTION
 _ROUTE_BLOCK = RouteOutcome.BLOCK
 _CACHE_LIMIT = 256
 _PATH_CACHE_LIMIT = 4096
+#: The rule a page refused as unrewritable names (``promotions.on_unrewritable``).
+UNREWRITABLE_RULE = "promotions.on_unrewritable"
 
 
 class PromotionGuard:
@@ -77,18 +80,15 @@ class PromotionGuard:
         found = self._routes.get(route_id or "")
         return found if found is not None else PromotionRoute(route_id or "")
 
-    def settle(self, decision: Decision) -> Decision:
-        """Let an ``approved_only`` visitor through a promotion route approved for every such
-        zone they are in, unless it is an incentive. Called by the engine before caching."""
-        if (decision.route_class != "promotion" or decision.outcome is not _BLOCK
-                or decision.promotion_stance is not _APPROVED_ONLY):
-            return decision
-        route = self.route(decision.route_id)
-        needed = self._approval_zones(decision.zones)
+    def approved_in(self, route_id: str | None, zones: tuple[str, ...]) -> str | None:
+        """The zone that names the approval of promotion route ``route_id`` for an
+        ``approved_only`` visitor in ``zones``: ops approved it for every such zone and it is
+        no incentive. ``None``: not approved (the route stays blocked)."""
+        route = self.route(route_id)
+        needed = self._approval_zones(zones)
         if route.incentive or not needed or not set(needed) <= route.approved_for:
-            return decision
-        return decision._replace(outcome=Outcome.ALLOW, blocked=False,
-                                 reason=f"{needed[0]}.promotion.approved")
+            return None
+        return needed[0]
 
     def page_filter(self, zones: tuple[str, ...], stance: PromotionStance) -> PromotionFilter:
         """The filter for a visitor in ``zones`` whose promotions ``stance`` is not allowed."""
@@ -166,7 +166,7 @@ class PromotionGuard:
         extra = [] if arrival is None else await self._record_arrival(
             scope, decision, store, budget, *arrival)
         if decision.blocked:
-            if decision.route_class == "promotion":
+            if decision.route_class is _PROMOTION:
                 outcome = self.route(decision.route_id).outcome
                 if outcome is not _ROUTE_BLOCK:
                     await self._answer(scope, send, decision, outcome, extra,
@@ -183,7 +183,7 @@ class PromotionGuard:
         if decision.promotion_stance is _ALLOWED:
             return None
         route_id = None
-        if decision.route_class == "promotion" and self.route(decision.route_id).evidence:
+        if decision.route_class is _PROMOTION and self.route(decision.route_id).evidence:
             route_id = decision.route_id
         marker = self._markers.find(scope.get("query_string") or b"")
         return None if route_id is None and marker is None else (route_id, marker)
@@ -222,8 +222,9 @@ class PromotionGuard:
     ) -> RewritingSend:
         async def refuse(problem: str) -> None:
             zone = _strictest_zone(decision, self._stances)
-            refused = decision._replace(reason=f"{zone}.promotion.unrewritable",
-                                        rule_id="promotions.on_unrewritable")
+            refused = Refused(reason_code(zone, Reason.PROMOTION_UNREWRITABLE),
+                              Reason.PROMOTION_UNREWRITABLE, UNREWRITABLE_RULE,
+                              decision.policy_revision)
             await self._answer(scope, send, refused, self.settings.on_unrewritable, extra, None)
 
         return RewritingSend(
@@ -267,34 +268,23 @@ class PromotionGuard:
         self,
         scope: Scope,
         send: Send,
-        decision: Decision,
+        refusal: Refusal,
         outcome: RouteOutcome,
         extra: list[Header],
         route: PromotionRoute | None,
     ) -> None:
         """Send a promotion's suppressed answer: 451, 204, or an empty result."""
         if outcome is _ROUTE_BLOCK:
-            await send_block(scope, _with_headers(send, extra), decision, self._blocked_by)
-            return
-        headers: list[Header] = [
-            (b"cache-control", b"no-store"),
-            (b"micafence-reason", decision.reason.encode("ascii", "replace")),
-        ]
-        if outcome is RouteOutcome.NO_CONTENT:
-            await send({"type": "http.response.start", "status": 204,
-                        "headers": headers + extra})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if route is not None:
-            content_type, body = route.empty_answer()
-        else:  # an unrewritable page: an empty page
-            content_type, text = EMPTY_BODIES[EmptyFormat.HTML]
-            body = text.encode("utf-8")
-        headers += [(b"content-type", content_type.encode("latin-1")),
-                    (b"content-length", str(len(body)).encode("ascii"))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers + extra})
-        await send({"type": "http.response.body",
-                    "body": b"" if scope.get("method") == "HEAD" else body})
+            await send_block(scope, send, refusal, self._blocked_by, extra)
+        elif outcome is RouteOutcome.NO_CONTENT:
+            await send_no_content(send, refusal.reason, extra)
+        else:
+            if route is not None:
+                content_type, body = route.empty_answer()
+            else:  # an unrewritable page: an empty page
+                content_type, text = EMPTY_BODIES[EmptyFormat.HTML]
+                body = text.encode("utf-8")
+            await send_empty(scope, send, refusal.reason, content_type, body, extra)
 
     def _secure(self, scope: Scope) -> bool:
         """Was the request made over HTTPS (as the trusted proxy in front tells)?"""

@@ -1,9 +1,10 @@
 """Enforcement of client-initiated scopes on service routes.
 
-The engine decides ``require_grant`` for restricted visitors on service routes; the middleware
-then awaits :meth:`ScopeGate.settle`, which reads the client's grants from the store and, only
-if there are any, the service and assets the request names (path parameter, query parameter,
-JSON body field or a ``BASE-QUOTE`` trading pair). Requests no rule restricts never get here.
+The engine decides ``require_grant`` for restricted visitors on service routes; the pipeline
+(:mod:`micafence.pipeline`) then awaits :meth:`ScopeGate.check`, which reads the client's
+grants from the store and, only if there are any, the service and assets the request names
+(path parameter, query parameter, JSON body field or a ``BASE-QUOTE`` trading pair). Requests
+no rule restricts never get here.
 
 Reading the body is bounded (``scopes.max_body_bytes``) and replayed: the app receives exactly
 the messages the server sent. A body that is too large, not JSON, ambiguous (a key given twice)
@@ -27,8 +28,9 @@ from urllib.parse import parse_qsl
 
 from micafence.asgi import Message, Receive, Scope
 from micafence.decision import Decision
-from micafence.policy.model import Mode, Outcome, Policy
+from micafence.policy.model import Policy
 from micafence.policy.routes import normalize_path, route_paths
+from micafence.reasons import Reason
 from micafence.scopes.catalogue import (
     EXCHANGE_FOR_CRYPTO,
     EXCHANGE_FOR_FUNDS,
@@ -43,13 +45,13 @@ from micafence.store.base import Store
 
 logger = logging.getLogger("micafence.scopes.gate")
 
-IN_SCOPE = "in_scope"
-NO_GRANT = "no_grant"
-OUT_OF_SCOPE_SERVICE = "out_of_scope.service"
-OUT_OF_SCOPE_ASSET_TYPE = "out_of_scope.asset_type"
-GRANT_EXPIRED = "grant_expired"
-SCOPE_UNREADABLE = "scope_unreadable"
-STORE_UNAVAILABLE = "store_unavailable"
+IN_SCOPE = Reason.IN_SCOPE
+NO_GRANT = Reason.NO_GRANT
+OUT_OF_SCOPE_SERVICE = Reason.OUT_OF_SCOPE_SERVICE
+OUT_OF_SCOPE_ASSET_TYPE = Reason.OUT_OF_SCOPE_ASSET_TYPE
+GRANT_EXPIRED = Reason.GRANT_EXPIRED
+SCOPE_UNREADABLE = Reason.SCOPE_UNREADABLE
+STORE_UNAVAILABLE = Reason.STORE_UNAVAILABLE
 _LOG_EVERY = 10.0  # seconds between tracebacks of a failing store
 _MEMO_LIMIT = 4096  # settled decisions kept (clients x scopes); forgotten all at once when full
 
@@ -65,14 +67,20 @@ class RequestedScope:
 
 
 class ScopeVerdict(NamedTuple):
-    """``reason`` is a suffix of the decision's reason (``in_scope``, ``grant_expired``, …)."""
+    """What the client's grants say of a request (``IN_SCOPE``, ``GRANT_EXPIRED``, …)."""
 
-    reason: str
+    reason: Reason
     grant_ids: tuple[str, ...] = ()
 
 
+_NO_GRANT = ScopeVerdict(NO_GRANT)
+_STORE_UNAVAILABLE = ScopeVerdict(STORE_UNAVAILABLE)
+_OUT_OF_SCOPE_SERVICE = ScopeVerdict(OUT_OF_SCOPE_SERVICE)
+_SCOPE_UNREADABLE = ScopeVerdict(SCOPE_UNREADABLE)
+
+
 class ScopeGate:
-    """Settles ``require_grant`` decisions against the store's grants and a clock."""
+    """Checks ``require_grant`` decisions against the store's grants and a clock."""
 
     def __init__(self, store: Store, *, clock: Clock = utc_now) -> None:
         self.store = store
@@ -82,17 +90,17 @@ class ScopeGate:
             time.time if clock is utc_now else (lambda: clock().timestamp())
         )
         # A client's orders repeat the same decision (the engine caches it per visitor and
-        # route) and the same requested scope: their settled decision is kept per both.
+        # route) and the same requested scope: their verdict is kept per both.
         self._memo: dict[tuple[int, RequestedScope], _Memo] = {}
 
-    async def settle(
+    async def check(
         self, policy: Policy, decision: Decision, scope: Scope, receive: Receive
-    ) -> tuple[Decision, Receive]:
-        """The final decision for a ``require_grant`` one, and the ``receive`` the app must use
-        (it replays whatever was read of the body)."""
+    ) -> tuple[ScopeVerdict, Receive]:
+        """What the client's grants say of a ``require_grant`` decision's request, and the
+        ``receive`` the app must use (it replays whatever was read of the body)."""
         client = decision.client_id
         if client is None:  # an unidentified visitor cannot hold a grant
-            return _settled(decision, NO_GRANT), receive
+            return _NO_GRANT, receive
         try:
             states = await self.store.grant_states(client)  # incl. grants bound to the account
         except Exception:  # the store failing must not take the request down: fail closed
@@ -101,26 +109,26 @@ class ScopeGate:
                 self._logged_at = time.monotonic()
                 logger.exception("micafence: grant store unavailable (service checks fail "
                                  "closed; logged at most every %g s)", _LOG_EVERY)
-            return _settled(decision, STORE_UNAVAILABLE), receive
+            return _STORE_UNAVAILABLE, receive
         for state in states:
             if state.in_force:
                 break
         else:  # none, or all revoked or pending approval: no need to read the request
-            return _settled(decision, NO_GRANT), receive
+            return _NO_GRANT, receive
         catalogue = policy.catalogue
         route = catalogue.routes.get(decision.route_id or "")
         if route is None:  # a service route that names no service: no grant can cover it
-            return _settled(decision, OUT_OF_SCOPE_SERVICE), receive
+            return _OUT_OF_SCOPE_SERVICE, receive
         requested, receive = await read_requested(route, catalogue, scope, receive)
         if requested is None:
-            return _settled(decision, SCOPE_UNREADABLE), receive
+            return _SCOPE_UNREADABLE, receive
         return self._scoped(catalogue, decision, states, requested), receive
 
     def _scoped(
         self, catalogue: Catalogue, decision: Decision, states: Sequence[GrantState],
         requested: RequestedScope,
-    ) -> Decision:
-        """:func:`evaluate`, settled; remembered while the grants are the same objects (the
+    ) -> ScopeVerdict:
+        """:func:`evaluate`, remembered while the grants are the same objects (the
         Redis store's cache hands out one tuple per client until a record changes) and the
         clock has crossed none of their bounds."""
         key = (id(decision), requested)
@@ -129,10 +137,9 @@ class ScopeGate:
         # Identity, not equality: the entry holds the objects, so their ids cannot be reused.
         if (memo is not None and memo.decision is decision and memo.states is states
                 and memo.catalogue is catalogue and memo.since <= now < memo.until):
-            return memo.settled
+            return memo.verdict
         at = self.clock()
         verdict = evaluate(catalogue, states, requested, at)
-        settled = _settled(decision, verdict.reason, verdict.grant_ids)
         bounds = [end.timestamp() for state in states if state.in_force
                   for end in (_term_end(catalogue, state.grant),
                               _window_end(catalogue, state.grant))]
@@ -140,34 +147,22 @@ class ScopeGate:
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = _Memo(
-            decision, states, catalogue, settled,
+            decision, states, catalogue, verdict,
             since=max((b for b in bounds if b <= instant), default=-math.inf),
             until=min((b for b in bounds if b > instant), default=math.inf),
         )
-        return settled
+        return verdict
 
 
 class _Memo(NamedTuple):
-    """A settled decision, and what it holds for: these objects, between two grant bounds."""
+    """A verdict, and what it holds for: these objects, between two grant bounds."""
 
     decision: Decision
     states: Sequence[GrantState]
     catalogue: Catalogue
-    settled: Decision
+    verdict: ScopeVerdict
     since: float  # the verdict is a function of which bounds lie before the clock: it holds
     until: float  # from the last bound passed to the next one
-
-
-def _settled(decision: Decision, reason: str, grant_ids: Sequence[str] = ()) -> Decision:
-    if reason == IN_SCOPE:
-        return decision._replace(
-            outcome=Outcome.ALLOW, blocked=False, reason=f"{decision.zone}.{IN_SCOPE}",
-            grant_id=",".join(grant_ids),
-        )
-    return decision._replace(
-        outcome=Outcome.BLOCK, blocked=decision.mode is Mode.ENFORCE,
-        reason=f"{decision.zone}.{reason}",
-    )
 
 
 # -- the scope test ------------------------------------------------------------------------------
@@ -201,7 +196,7 @@ def evaluate(
         live = [g for g in own if now < _term_end(catalogue, g)]
         return ScopeVerdict(IN_SCOPE, (live[0].id,)) if live else ScopeVerdict(GRANT_EXPIRED)
     covering: list[str] = []
-    failure: str | None = None
+    failure: Reason | None = None
     for asset in assets:
         found, time_barred = None, False
         for grant in candidates:

@@ -17,8 +17,8 @@ grant (``micafence grant add --onboarding`` or ``micafence grant token GRANT_ID`
   :class:`~micafence.scopes.grants.AccountBinding` record, so that account holds the grant from
   then on.
 
-The middleware calls :meth:`OnboardingGate.admit` only for blocked account-creation requests;
-nothing else ever reads the header.
+The pipeline (:mod:`micafence.pipeline`) calls :meth:`OnboardingGate.admit` only for blocked
+account-creation requests; nothing else ever reads the header.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from micafence.asgi import Message, Scope, Send
 from micafence.decision import Decision
 from micafence.errors import GrantError
 from micafence.identity import clean_client_id
 from micafence.logs import log_event
-from micafence.policy.model import Outcome, Policy
+from micafence.policy.model import Policy
+from micafence.reasons import Reason
 from micafence.scopes.grants import (
     AccountBinding,
     Clock,
@@ -53,9 +54,9 @@ if TYPE_CHECKING:
     from micafence.store.base import Store
 
 
-PASSED = "onboarding"
-INVALID_TOKEN = "onboarding.invalid_token"
-STORE_UNAVAILABLE = "store_unavailable"
+PASSED = Reason.ONBOARDING
+INVALID_TOKEN = Reason.ONBOARDING_INVALID_TOKEN
+STORE_UNAVAILABLE = Reason.STORE_UNAVAILABLE
 TOKEN_PREFIX = "mot_"
 _MAX_TOKEN = 256
 _MAX_ANSWER_BYTES = 64 * 1024  # a JSON answer naming the account is read up to this size
@@ -127,8 +128,20 @@ async def issue_token(
     return token, ticket
 
 
+class OnboardingResult(NamedTuple):
+    """What a presented onboarding token gave: ``ONBOARDING`` (with its grant), an invalid
+    token or an unavailable store."""
+
+    reason: Reason
+    grant_id: str | None = None
+
+
+_INVALID = OnboardingResult(INVALID_TOKEN)
+_UNAVAILABLE = OnboardingResult(STORE_UNAVAILABLE)
+
+
 class OnboardingGate:
-    """Settles blocked account creations that present an onboarding token."""
+    """Checks the onboarding token a blocked account creation presents."""
 
     def __init__(self, store: Store, *, clock: Clock = utc_now) -> None:
         self.store = store
@@ -137,35 +150,35 @@ class OnboardingGate:
     async def admit(
         self, policy: Policy, decision: Decision, scope: Scope, send: Send,
         audit: AuditLog | None = None,
-    ) -> tuple[Decision, Send]:
-        """The final decision for a blocked account creation, and the ``send`` to use (it
-        binds the new account to the grant when the app names it)."""
+    ) -> tuple[OnboardingResult | None, Send]:
+        """What the onboarding token of a blocked account creation gives (``None``: it
+        presents none, or it is no zone's block), and the ``send`` to use (it binds the new
+        account to the grant when the app names it)."""
         if scope.get("type") != "http" or decision.zone is None:
-            return decision, send  # anonymizer blocks stay: a token says nothing of location
+            return None, send  # anonymizer blocks stay: a token says nothing of location
         settings = policy.onboarding
         wanted = settings.header.encode("latin-1")
         raw = next((value for name, value in scope.get("headers") or () if name == wanted), None)
         if raw is None:
-            return decision, send
+            return None, send
         token = raw.decode("latin-1").strip()
         if not token or len(token) > _MAX_TOKEN:
-            return _refused(decision, INVALID_TOKEN), send
+            return _INVALID, send
         token_hash = hash_token(token)
         try:
             state = await self._take(token_hash)
         except Exception:  # the store failing must not take the request down: fail closed
             logging.getLogger("micafence.scopes.onboarding").exception(
                 "micafence: onboarding token could not be checked: grant store unavailable")
-            return _refused(decision, STORE_UNAVAILABLE), send
+            return _UNAVAILABLE, send
         if state is None:
-            return _refused(decision, INVALID_TOKEN), send
+            return _INVALID, send
         grant = state.grant
         if audit is not None:  # a full queue also refuses the decision record next (503)
             audit.record_event("onboarding.token_used", {
                 "grant_id": grant.id, "client_id": grant.client_id, "token": token_hash[:16]})
-        passed = decision._replace(outcome=Outcome.ALLOW, blocked=False,
-                                   reason=f"{decision.zone}.{PASSED}", grant_id=grant.id)
-        return passed, self._binding(send, settings, grant.id, grant.client_id)
+        return (OnboardingResult(PASSED, grant.id),
+                self._binding(send, settings, grant.id, grant.client_id))
 
     async def _take(self, token_hash: str) -> GrantState | None:
         now = self.clock()
@@ -246,10 +259,6 @@ class OnboardingGate:
                       f"micafence: account {account} opened with grant {grant_id} could not be "
                       f"bound to it: {exc}", grant_id=grant_id, client_id=client_id,
                       account_id=account)
-
-
-def _refused(decision: Decision, reason: str) -> Decision:
-    return decision._replace(reason=f"{decision.zone}.{reason}")
 
 
 def _success(message: Message) -> bool:

@@ -1,0 +1,202 @@
+"""One request, from its decision to what is done about it: the middleware, ``micafence
+explain`` and ``micafence test`` all run this.
+
+1. **decide** (pure, cached per visitor): :meth:`micafence.engine.Enforcer.decide` reads the
+   signals, the zones, the route class and the rule's verdict, approvals of promotions included;
+2. **settle** (async, the start of :meth:`Pipeline.run`): a ``require_grant`` decision against
+   the client's grants (:class:`~micafence.scopes.gate.ScopeGate`, which may read the body and
+   hands the app a ``receive`` replaying it), a blocked account creation against an onboarding
+   token (:class:`~micafence.scopes.onboarding.OnboardingGate`, whose ``send`` binds the new
+   account). They say what they found; the decision is rebuilt here, and nowhere else;
+3. **observe**: the decision goes in ``scope["state"]["micafence"]``, to the metrics and the
+   audit log (which may refuse the request: 503);
+4. **act** (:class:`Action`): pass to the app, through a wrapped ``send`` where promotions or
+   cache safety ask (:class:`~micafence.promotions.guard.PromotionGuard`), or answer here
+   (:mod:`micafence.answers`: 451, an empty promotion, a websocket refusal).
+
+A :class:`Pipeline` made with ``dry=True`` (``explain``, ``test``) has no side effects on the
+store: it records no solicitation evidence and takes no single-use onboarding token.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, NamedTuple
+
+from micafence.answers import refuse_websocket, send_audit_unavailable, send_block
+from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
+from micafence.caches import BoundedCache
+from micafence.decision import Decision
+from micafence.policy.model import Mode, Outcome, PromotionStance
+from micafence.promotions.evidence_budget import EvidenceBudget
+from micafence.reasons import Reason, RouteClass, reason_code
+from micafence.scopes.gate import ScopeGate, ScopeVerdict
+from micafence.scopes.grants import Clock, utc_now
+from micafence.scopes.onboarding import OnboardingGate
+
+if TYPE_CHECKING:
+    from micafence.audit.log import AuditLog
+    from micafence.audit.metrics import Metrics
+    from micafence.engine import Enforcer
+    from micafence.store.base import Store
+
+#: Where the decision is put for the app: ``request.state.micafence`` in Starlette.
+STATE_KEY = "micafence"
+
+# Enum members bound once: a look-up on the class costs ~90 ns on Python 3.11, per use.
+_ALLOW = Outcome.ALLOW
+_BLOCK = Outcome.BLOCK
+_REQUIRE_GRANT = Outcome.REQUIRE_GRANT
+_ENFORCE = Mode.ENFORCE
+_PROMOTIONS_ALLOWED = PromotionStance.ALLOWED
+_ACCOUNT_CREATION = RouteClass.ACCOUNT_CREATION
+#: Settled decisions kept, so a client's repeated in-scope orders share one.
+_SETTLED_ENTRIES = 4096
+
+
+class Action(Enum):
+    """What the pipeline did with a request."""
+
+    PASS = "pass"  # the app answered, through the server's own send
+    PASS_WRAPPED = "pass_wrapped"  # the app answered through a send micafence wrapped
+    ANSWER = "answer"  # micafence answered (micafence.answers): 451, 503, 204/[] or a refusal
+
+
+_PASS, _PASS_WRAPPED, _ANSWER = Action.PASS, Action.PASS_WRAPPED, Action.ANSWER
+
+
+class Pipeline:
+    """Settles and acts on the decisions of one middleware: its app, store, grants gate,
+    onboarding gate, solicitation evidence budget and observers (audit log, metrics)."""
+
+    __slots__ = ("_settled", "app", "audit", "dry", "evidence", "grants", "metrics",
+                 "onboarding", "store")
+
+    def __init__(
+        self, app: ASGIApp, store: Store, *, clock: Clock = utc_now, dry: bool = False,
+        audit: AuditLog | None = None, metrics: Metrics | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.grants = ScopeGate(store, clock=clock)
+        self.onboarding = OnboardingGate(store, clock=clock)
+        # What solicitation evidence this worker wrote in the current window (kept across
+        # policy reloads; the limits are the policy's: promotions.evidence).
+        self.evidence = EvidenceBudget()
+        self.audit = audit  # micafence.audit.log: records every decision but plain passes
+        self.metrics = metrics  # micafence.audit.metrics: Prometheus counters
+        self.dry = dry
+        self._settled: BoundedCache[tuple[int, int], tuple[Decision, ScopeVerdict, Decision]] = (
+            BoundedCache(_SETTLED_ENTRIES))
+
+    async def run(
+        self, enforcer: Enforcer, decision: Decision, scope: Scope, receive: Receive, send: Send
+    ) -> Action:
+        """Settle ``decision`` (made by ``enforcer`` for ``scope``), record it, and act on it.
+
+        The final decision is ``scope["state"]["micafence"]``."""
+        # Settle (inline: an awaited call per step costs on every grant check).
+        if decision.outcome is _REQUIRE_GRANT:  # the client's grants
+            verdict, receive = await self.grants.check(enforcer.policy, decision, scope, receive)
+            decision = self._granted(decision, verdict)
+        elif decision.blocked and decision.route_class is _ACCOUNT_CREATION and not self.dry:
+            # An onboarding token (a dry run never takes one: it is single-use).
+            found, send = await self.onboarding.admit(
+                enforcer.policy, decision, scope, send, self.audit)
+            if found is not None:
+                decision = _settled(decision, found.reason, found.grant_id)
+        scope.setdefault("state", {})[STATE_KEY] = decision
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.count(decision)
+        audit = self.audit
+        if audit is not None and (decision.restricted or decision.outcome is not _ALLOW) \
+                and not audit.record(decision, scope):
+            await send_audit_unavailable(scope, receive, send)  # evidence cannot be kept now
+            return _ANSWER
+        given = send
+        kind = scope["type"]
+        if kind == "http":
+            promotions = enforcer.promotions
+            if decision.promotion_stance is _PROMOTIONS_ALLOWED and not decision.blocked:
+                send = promotions.cache_safe(scope, send, decision)
+            else:
+                # Solicitation evidence to record (never by a dry run).
+                arrival = None if self.dry else promotions.arrival(scope, decision)
+                if arrival is None and not decision.blocked:  # the restricted common case
+                    send = promotions.page_safe(scope, send, decision)
+                elif (guarded := await promotions.restrict(
+                        scope, send, decision, self.store, arrival, self.evidence)) is None:
+                    return _ANSWER  # an empty or 204 promotion route
+                else:
+                    send = guarded
+        if decision.blocked:
+            if kind == "http":
+                await send_block(scope, send, decision, enforcer.policy.blocked_by)
+            else:
+                await refuse_websocket(scope, receive, send, decision,
+                                       enforcer.policy.blocked_by)
+            return _ANSWER
+        await self.app(scope, receive, send)
+        return _PASS if send is given else _PASS_WRAPPED
+
+    def _granted(self, decision: Decision, verdict: ScopeVerdict) -> Decision:
+        """``decision`` settled by ``verdict``: shared while both are the same objects (the
+        gate hands out one verdict per decision and requested scope while it holds)."""
+        key = (id(decision), id(verdict))
+        held = self._settled.get(key)
+        # Identity, not equality: the entry holds both objects, so their ids cannot be reused.
+        if held is not None and held[0] is decision and held[1] is verdict:
+            return held[2]
+        settled = _settled(decision, verdict.reason, ",".join(verdict.grant_ids) or None)
+        self._settled.put(key, (decision, verdict, settled))
+        return settled
+
+
+def _settled(decision: Decision, reason: Reason, grant_id: str | None) -> Decision:
+    """``decision`` as a grant or onboarding token settled it with ``reason``."""
+    code = reason_code(decision.zone, reason)
+    if reason is Reason.IN_SCOPE or reason is Reason.ONBOARDING:
+        return decision._replace(outcome=_ALLOW, blocked=False, reason=code, kind=reason,
+                                 grant_id=grant_id)
+    return decision._replace(outcome=_BLOCK, blocked=decision.mode is _ENFORCE, reason=code,
+                             kind=reason)
+
+
+# -- dry runs: explain and test ------------------------------------------------------------------
+
+
+class Trial(NamedTuple):
+    """What the pipeline did with one synthetic request (``micafence explain``, ``test``)."""
+
+    decision: Decision  # the final one, as the middleware would put it in the scope
+    action: Action
+    status: int | None  # the status micafence answered with (``None``: it passed)
+
+
+async def _unanswered(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app behind a dry run: it answers nothing (the action says it would be called)."""
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def dry_pipeline(store: Store, *, clock: Clock = utc_now) -> Pipeline:
+    """A pipeline with no app, no observers and no side effects on ``store``."""
+    return Pipeline(_unanswered, store, clock=clock, dry=True)
+
+
+async def trial(enforcer: Enforcer, pipeline: Pipeline, scope: Scope) -> Trial:
+    """Run ``scope`` (an ``http`` request without a body) through ``pipeline`` as the
+    middleware would, deciding with ``enforcer``."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {**scope, "state": {}}
+    action = await pipeline.run(enforcer, enforcer.decide(scope), scope, _no_body, send)
+    status = next((int(m["status"]) for m in sent if m.get("type") == "http.response.start"),
+                  None)
+    return Trial(scope["state"][STATE_KEY], action, status)
