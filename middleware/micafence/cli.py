@@ -12,6 +12,7 @@ from pathlib import Path
 
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
+from micafence.instants import parse_instant
 from micafence.live.archive import ARCHIVE_ENV, policy_for_explain
 from micafence.live.breakglass import DIR_ENV as BREAKGLASS_ENV
 from micafence.live.breakglass import register as register_breakglass
@@ -21,7 +22,6 @@ from micafence.location.geo import GeoIPDatabase
 from micafence.policy.casefile import load_cases, run_cases
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.probe import build_scope, parse_header_option
-from micafence.policy.schedule import parse_instant
 
 GEOIP_ENV = "MICAFENCE_GEOIP_DB"
 POLICY_ENV = "MICAFENCE_POLICY"

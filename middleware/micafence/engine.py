@@ -24,6 +24,7 @@ from micafence.identity import (
     clean_country,
     from_scope_user,
 )
+from micafence.instants import utc_now
 from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
 from micafence.location.anonymizer import NO_FLAGS, AnonymizerScreen, AnonymousIPDatabase
 from micafence.location.client_ip import (
@@ -54,7 +55,7 @@ from micafence.policy.routes import (
     request_methods,
     route_paths,
 )
-from micafence.policy.schedule import next_boundary, rules_in_force, utc_now, zones_in_force
+from micafence.policy.schedule import next_boundary, rules_in_force, zones_in_force
 from micafence.promotions.cache_policy import edge_location
 from micafence.promotions.guard import PromotionGuard
 

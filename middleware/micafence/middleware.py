@@ -12,6 +12,7 @@ from micafence.decision import Decision
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
 from micafence.identity import IdentifyFunction
+from micafence.instants import Clock, utc_now
 from micafence.live.health import HealthEndpoint, LivenessEndpoint
 from micafence.live.reload import Reloader
 from micafence.live.startup import answer_unstarted, startup_message
@@ -23,7 +24,6 @@ from micafence.policy.model import Outcome, Policy, PromotionStance
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.responses import STATUS, block_body, block_headers, send_block
 from micafence.scopes.gate import ScopeGate
-from micafence.scopes.grants import Clock, utc_now
 from micafence.scopes.onboarding import OnboardingGate
 from micafence.scopes.signing import GrantKey
 from micafence.store.base import Store, open_store

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from micafence.errors import BreakGlassError
+from micafence.instants import parse_instant, utc_now
 from micafence.live.atomicfile import write_atomically
 from micafence.policy.model import Mode, Outcome, Rule
-from micafence.policy.schedule import parse_instant, utc_now
 
 BLOCK_SERVICES = "block_services"
 SHADOW = "shadow"

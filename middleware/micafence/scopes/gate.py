@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 
 from micafence.asgi import Message, Receive, Scope
 from micafence.decision import Decision
+from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, Policy
 from micafence.policy.routes import normalize_path, route_paths
 from micafence.scopes.catalogue import (
@@ -38,7 +39,7 @@ from micafence.scopes.catalogue import (
     Source,
     is_fiat,
 )
-from micafence.scopes.grants import Clock, Grant, GrantState, utc_now
+from micafence.scopes.grants import Grant, GrantState
 from micafence.store.base import Store
 
 logger = logging.getLogger("micafence.scopes.gate")

@@ -24,27 +24,21 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from micafence.errors import GrantError
 from micafence.identity import clean_client_id, clean_country
+from micafence.instants import Clock, parse_instant, utc_now
 from micafence.policy.durations import format_duration, parse_duration
 from micafence.policy.model import Policy
 
 if TYPE_CHECKING:  # the store module imports this one for the record types
     from micafence.store.base import Store
 
-#: Where "now" comes from: an aware UTC datetime. Injected so tests control time.
-Clock = Callable[[], dt.datetime]
 _MAX_TEXT = 500
-
-
-def utc_now() -> dt.datetime:
-    """The default clock."""
-    return dt.datetime.now(dt.UTC)
 
 
 class GrantStatus(StrEnum):
@@ -304,24 +298,11 @@ def _count(value: object) -> int:
 
 
 def _instant(value: object) -> dt.datetime:
-    instant = dt.datetime.fromisoformat(_text(value))
-    if instant.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset")
+    instant = parse_instant(_text(value), allow_date=False)
     # A record from before 1970 or after 2999 is corrupt, and adding a scope term to a date
     # near the end of the calendar would overflow on the request path.
     if not _EARLIEST <= instant <= _LATEST:
         raise ValueError(f"{value!r} is outside the years 1970 to 2999")
-    return instant
-
-
-def parse_instant(text: str) -> dt.datetime:
-    """An ISO 8601 instant with a UTC offset (``2025-03-03T09:30:00Z``); ``ValueError`` else."""
-    try:
-        instant = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 date and time") from None
-    if instant.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset (add Z or +01:00)")
     return instant
 
 

@@ -35,16 +35,14 @@ from micafence.asgi import Message, Scope, Send
 from micafence.decision import Decision
 from micafence.errors import GrantError
 from micafence.identity import clean_client_id
+from micafence.instants import Clock, parse_instant, utc_now
 from micafence.logs import log_event
 from micafence.policy.model import Outcome, Policy
 from micafence.scopes.grants import (
     AccountBinding,
-    Clock,
     GrantBook,
     GrantState,
     GrantStatus,
-    parse_instant,
-    utc_now,
 )
 from micafence.store.settings import OnboardingSettings
 
