@@ -48,6 +48,7 @@ from micafence.audit.keys import AuditKey
 from micafence.audit.recovery import DeadChain
 from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
 from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
+from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.logs import log_event
 
@@ -69,6 +70,7 @@ _WRITER_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 # the disk is full or Redis is down; evidence is refused (503) until one succeeds, so a longer
 # wait would keep refusing requests for that long after the fault has cleared.
 _MAX_BACKOFF = 0.5
+_IP_CACHE_ENTRIES = 4096  # reduced addresses remembered per log
 _QueueItem = tuple[float, Decision | None, str | None, Any, bool]
 
 logger = logging.getLogger("micafence.audit.log")
@@ -151,7 +153,7 @@ class AuditLog:
         self._failing = False
         self._last_checkpoint = 0.0
         self._dead_chains: list[DeadChain] | None = None  # claimed before the first batch
-        self._ip_cache: dict[str, str] = {}
+        self._ip_cache: BoundedCache[str, str] = BoundedCache(_IP_CACHE_ENTRIES)
         # Plain counters, read by micafence.audit.metrics.
         self.written = 0
         self.refused = 0
@@ -503,9 +505,7 @@ class AuditLog:
         reduced = self._ip_cache.get(key)
         if reduced is None:
             reduced = reduce_ip(ip, settings, self.key)
-            if len(self._ip_cache) > 4096:
-                self._ip_cache.clear()
-            self._ip_cache[key] = reduced
+            self._ip_cache.put(key, reduced)
         return reduced
 
 

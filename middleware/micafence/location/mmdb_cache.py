@@ -14,6 +14,8 @@ from typing import Any, Generic, TypeVar
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
+from micafence.caches import BoundedCache
+
 T = TypeVar("T")
 _CACHE_LIMIT = 65536
 
@@ -27,8 +29,8 @@ class NetworkCache(Generic[T]):
         self._reader = reader
         self._convert = convert
         self._unknown = unknown
-        self._by_address: dict[str, T] = {}
-        self._by_network: dict[tuple[int, int, int], T] = {}
+        self._by_address: BoundedCache[str, T] = BoundedCache(_CACHE_LIMIT)
+        self._by_network: BoundedCache[tuple[int, int, int], T] = BoundedCache(_CACHE_LIMIT)
         self._prefix_lengths: tuple[tuple[int, int], ...] = ()
 
     def lookup(self, ip: str) -> T:
@@ -53,9 +55,7 @@ class NetworkCache(Generic[T]):
             return self._unknown  # not cached: a reader error is not an answer
         answer = self._convert(record)
         self._remember(ip, answer)
-        if len(self._by_network) >= _CACHE_LIMIT:
-            self._by_network.clear()
-        self._by_network[(version, length, value >> (width - length))] = answer
+        self._by_network.put((version, length, value >> (width - length)), answer)
         if (version, length) not in self._prefix_lengths:
             # Longest prefixes first: networks in the tree are disjoint, so any hit is right,
             # but long prefixes are where most traffic-dense networks sit.
@@ -65,6 +65,4 @@ class NetworkCache(Generic[T]):
         return answer
 
     def _remember(self, ip: str, answer: T) -> None:
-        if len(self._by_address) >= _CACHE_LIMIT:
-            self._by_address.clear()
-        self._by_address[ip] = answer
+        self._by_address.put(ip, answer)

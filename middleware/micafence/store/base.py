@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from micafence.caches import BoundedCache
 from micafence.errors import StoreError
 from micafence.scopes.grants import (
     AccountBinding,
@@ -155,7 +156,8 @@ class MemoryStore(Store):
         self._by_client: dict[str, list[GrantEvent]] = {}
         self._grant_ids: set[str] = set()
         self._tickets: dict[str, OnboardingTicket] = {}
-        self._folded: dict[str, tuple[GrantState, ...]] = {}  # per client, until a new record
+        # Per client, until a new record.
+        self._folded: BoundedCache[str, tuple[GrantState, ...]] = BoundedCache(_FOLDED_LIMIT)
 
     async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
         self._solicitations.setdefault(evidence.subject, []).append(evidence)
@@ -189,9 +191,7 @@ class MemoryStore(Store):
             version = len(self._events)
             states = await super().grant_states(client_id)
             if version == len(self._events):  # no record came in meanwhile (subclasses wait)
-                if len(self._folded) >= _FOLDED_LIMIT:
-                    self._folded.clear()
-                self._folded[client_id] = states
+                self._folded.put(client_id, states)
         return states
 
     async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
