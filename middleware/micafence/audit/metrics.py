@@ -159,8 +159,8 @@ class Metrics:
         elapsed = time.perf_counter_ns() - started
         if len(self._decide_ns) < _MAX_SAMPLES:
             self._decide_ns.append(elapsed)
-        reader = getattr(enforcer.geoip, "_reader", None)
-        if decision.client_ip is not None and reader is not None:
+        reader = enforcer.geoip.reader
+        if decision.client_ip is not None:
             started = time.perf_counter_ns()
             try:
                 reader.get(decision.client_ip)
