@@ -24,7 +24,8 @@ from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
 from micafence.bench.ports import free_port
 from micafence.errors import PolicyError
-from micafence.scopes.grants import AccountBinding, Approval, GrantBook, Revocation
+from micafence.records import AccountBinding, Approval, Revocation
+from micafence.scopes.grants import GrantBook
 from micafence.store.base import MemoryStore
 from tests.audit_support import (
     CH,

@@ -58,9 +58,10 @@ from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
 from micafence.policy.routes import RouteTable, normalize_path
+from micafence.records import event_from_json, event_to_json
 from micafence.scopes.catalogue import is_fiat
 from micafence.scopes.gate import read_requested
-from micafence.scopes.grants import GrantBook, event_from_json, event_to_json
+from micafence.scopes.grants import GrantBook
 from micafence.store.base import MemoryStore, open_store
 from micafence.store.file_store import FileStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY

@@ -19,7 +19,8 @@ from micafence import MicafenceMiddleware, PolicyError, load_policy_text
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.settings import EvidenceLimits
 from micafence.promotions.templating import install_jinja2, promotion_allowed, promotions_allowed
-from micafence.store.base import MemoryStore, SolicitationEvidence
+from micafence.records import SolicitationEvidence
+from micafence.store.base import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND
 
 SE = "89.160.20.112"  # eu

@@ -22,7 +22,8 @@ import redis.asyncio as aioredis
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.demo.app import build_demo_app
 from micafence.policy.model import Policy
-from micafence.scopes.grants import AccountBinding, GrantBook
+from micafence.records import AccountBinding
+from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import issue_token
 from micafence.scopes.signing import GrantKey
 from micafence.store.base import open_store

@@ -17,10 +17,17 @@ from pathlib import Path
 import pytest
 
 from micafence.errors import StoreError
-from micafence.scopes.grants import AccountBinding, Approval, Grant, Revocation
-from micafence.scopes.onboarding import OnboardingTicket, hash_token
+from micafence.records import (
+    AccountBinding,
+    Approval,
+    Grant,
+    OnboardingTicket,
+    Revocation,
+    SolicitationEvidence,
+)
+from micafence.scopes.onboarding import hash_token
 from micafence.scopes.signing import GrantKey
-from micafence.store.base import MemoryStore, SolicitationEvidence, Store, open_store
+from micafence.store.base import MemoryStore, Store, open_store
 from micafence.store.file_store import FileStore
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (a fixture)
 

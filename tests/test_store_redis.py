@@ -34,10 +34,11 @@ from micafence.cli import main
 from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
 from micafence.policy.loader import load_policy
-from micafence.scopes.grants import AccountBinding, Grant, GrantBook
-from micafence.scopes.onboarding import OnboardingTicket, hash_token
+from micafence.records import AccountBinding, Grant, OnboardingTicket, SolicitationEvidence
+from micafence.scopes.grants import GrantBook
+from micafence.scopes.onboarding import hash_token
 from micafence.scopes.signing import GrantKey, write_key_file
-from micafence.store.base import SolicitationEvidence, open_store
+from micafence.store.base import open_store
 from micafence.store.redis_store import RedisStore
 from micafence.store.settings import StoreSettings
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread

@@ -17,7 +17,8 @@ from micafence.location.geo import GeoIPDatabase, Location
 from micafence.middleware import STATE_KEY, MicafenceMiddleware
 from micafence.policy.loader import default_policy_path, load_policy, load_policy_text
 from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
-from micafence.scopes.grants import Grant, GrantBook, GrantStatus, Revocation
+from micafence.records import Grant, GrantStatus, Revocation
+from micafence.scopes.grants import GrantBook
 from micafence.store.base import Store, open_store
 
 __all__ = [

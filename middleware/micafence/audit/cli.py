@@ -28,8 +28,7 @@ from micafence.audit.export import sign_manifest, verify_export, write_csv, writ
 from micafence.audit.keys import KEY_ENV, KEY_FILE_ENV, AuditKey, AuditKeyError, AuditPublicKey
 from micafence.audit.reader import PRUNE_WRITER_PREFIX, LoadedLog, in_range, load_log
 from micafence.audit.sinks import FileSink
-from micafence.instants import instant_argument, parse_instant
-from micafence.policy.durations import parse_duration
+from micafence.instants import instant_argument, parse_duration, parse_instant
 
 
 def register(commands: Any) -> None:
@@ -319,7 +318,7 @@ def _is_grant(record: dict[str, Any]) -> bool:
 def _store_history(url: str, client: str | None) -> list[dict[str, Any]]:
     import asyncio
 
-    from micafence.scopes.grants import event_to_json
+    from micafence.records import event_to_json
     from micafence.store.base import open_store
 
     async def read() -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ from micafence.logs import log_event
 
 if TYPE_CHECKING:
     from micafence.middleware import MicafenceMiddleware
-    from micafence.scopes.grants import GrantEvent
+    from micafence.records import GrantEvent
 
 
 EVIDENCE = "evidence"
@@ -239,13 +239,7 @@ class AuditLog:
     def record_grant(self, event: GrantEvent) -> bool:
         """Record a grant-history event (:mod:`micafence.scopes.grants`) as an evidence event:
         ``grant.recorded``, ``grant.revoked``, ``grant.approved`` or ``grant.bound``."""
-        from micafence.scopes.grants import (
-            AccountBinding,
-            Approval,
-            Grant,
-            Revocation,
-            event_to_json,
-        )
+        from micafence.records import AccountBinding, Approval, Grant, Revocation, event_to_json
 
         kinds = {Grant: "grant.recorded", Revocation: "grant.revoked",
                  Approval: "grant.approved", AccountBinding: "grant.bound"}

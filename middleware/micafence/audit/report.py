@@ -151,7 +151,7 @@ def _compare(report: Exposure, limits: ReportingThresholds, now: dt.datetime) ->
 
 def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
     """Grants as recorded by ``grant.recorded`` / ``grant.revoked`` events in the log."""
-    from micafence.policy.durations import parse_duration
+    from micafence.instants import parse_duration
 
     grants: dict[str, GrantFacts] = {}
     revoked: set[str] = set()
@@ -173,7 +173,7 @@ def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
 
 def grants_from_store(url: str) -> list[GrantFacts]:
     """Grants from the grant store (the authoritative history)."""
-    from micafence.scopes.grants import fold
+    from micafence.records import fold
     from micafence.store.base import open_store
 
     async def read() -> list[GrantFacts]:

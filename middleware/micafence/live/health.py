@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 from micafence.asgi import Receive, Send
 from micafence.errors import MicafenceError
+from micafence.instants import format_duration
 from micafence.live.health_settings import Posture
 from micafence.location.dbcheck import too_old
-from micafence.policy.durations import format_duration
 
 if TYPE_CHECKING:
     from micafence.engine import Enforcer

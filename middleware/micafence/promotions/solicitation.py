@@ -23,7 +23,8 @@ from http.cookies import SimpleCookie
 from urllib.parse import unquote_plus
 
 from micafence.promotions.settings import VisitorCookie
-from micafence.store.base import SolicitationEvidence, Store
+from micafence.records import SolicitationEvidence
+from micafence.store.base import Store
 
 logger = logging.getLogger("micafence.promotions.solicitation")
 

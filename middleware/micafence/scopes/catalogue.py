@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from micafence.policy.durations import duration_setting, format_duration
+from micafence.instants import format_duration
+from micafence.policy.durations import duration_setting
 from micafence.policy.yamlfile import Node
 from micafence.store.settings import SCOPE_KEYS as STORE_SCOPE_KEYS
 

@@ -25,21 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from micafence.errors import GrantError, StoreError
-from micafence.instants import instant_argument
-from micafence.policy.durations import format_duration, parse_duration
+from micafence.instants import format_duration, instant_argument, parse_duration
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.model import Policy
-from micafence.scopes.grants import (
+from micafence.records import (
     AccountBinding,
     Approval,
     Grant,
-    GrantBook,
     GrantEvent,
     GrantState,
     GrantStatus,
     Revocation,
     event_to_json,
 )
+from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import issue_token
 from micafence.scopes.signing import KEY_FILE_ENV, write_key_file
 from micafence.store.base import Store, open_store

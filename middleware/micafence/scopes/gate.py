@@ -30,6 +30,7 @@ from micafence.decision import Decision
 from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, Policy
 from micafence.policy.routes import normalize_path, route_paths
+from micafence.records import Grant, GrantState
 from micafence.scopes.catalogue import (
     EXCHANGE_FOR_CRYPTO,
     EXCHANGE_FOR_FUNDS,
@@ -39,7 +40,6 @@ from micafence.scopes.catalogue import (
     Source,
     is_fiat,
 )
-from micafence.scopes.grants import Grant, GrantState
 from micafence.store.base import Store
 
 logger = logging.getLogger("micafence.scopes.gate")

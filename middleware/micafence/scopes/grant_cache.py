@@ -31,7 +31,7 @@ from typing import Any
 from micafence.background import stop_task
 from micafence.caches import BoundedCache
 from micafence.logs import log_event
-from micafence.scopes.grants import GrantEvent, GrantState, fold
+from micafence.records import GrantEvent, GrantState, fold
 
 POLL_INTERVAL = 0.25
 MAX_STALENESS = 0.75

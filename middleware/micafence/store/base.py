@@ -19,16 +19,17 @@ import datetime as dt
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from micafence.caches import BoundedCache
 from micafence.errors import StoreError
-from micafence.scopes.grants import (
+from micafence.records import (
     AccountBinding,
     Grant,
     GrantEvent,
     GrantState,
+    OnboardingTicket,
+    SolicitationEvidence,
     filed_under,
     fold,
     grant_id_of,
@@ -38,21 +39,7 @@ from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 _FOLDED_LIMIT = 10_000  # clients whose folded grants the memory store keeps at once
 
 if TYPE_CHECKING:
-    from micafence.scopes.onboarding import OnboardingTicket
     from micafence.scopes.signing import GrantKey
-
-
-@dataclass(frozen=True, slots=True)
-class SolicitationEvidence:
-    """An EU arrival through a promotion route or a marketing marker: evidence that the firm
-    solicited this visitor, which later counts against any claim of client initiative."""
-
-    subject: str  # a client id, or "cookie:<first-party visitor id>" when anonymous
-    at: dt.datetime
-    zone: str
-    country: str | None
-    route_id: str | None  # the promotion route, if that is how they arrived
-    marker: str | None  # the marketing marker seen, e.g. "ref=FRIEND10" or "utm_source=x"
 
 
 class Store(ABC):

@@ -42,18 +42,23 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from micafence.errors import StoreError
 from micafence.logs import log_event
-from micafence.scopes.grant_cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
-from micafence.scopes.grants import (
+from micafence.records import (
     Grant,
     GrantEvent,
     GrantState,
+    OnboardingTicket,
+    SolicitationEvidence,
     event_from_json,
     event_to_json,
+    evidence_from_json,
+    evidence_to_json,
     filed_under,
+    ticket_from_json,
+    ticket_to_json,
 )
-from micafence.scopes.onboarding import OnboardingTicket, ticket_from_json, ticket_to_json
+from micafence.scopes.grant_cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
 from micafence.scopes.signing import GrantKey, RecordSeal
-from micafence.store.base import SolicitationEvidence, Store
+from micafence.store.base import Store
 from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
 T = TypeVar("T")
@@ -172,11 +177,7 @@ class RedisStore(Store):
     # -- the Store interface -------------------------------------------------------------------
 
     async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
-        record = {
-            "event": "solicitation", "subject": evidence.subject, "at": evidence.at.isoformat(),
-            "zone": evidence.zone, "country": evidence.country, "route_id": evidence.route_id,
-            "marker": evidence.marker,
-        }
+        record = evidence_to_json(evidence)
         await self._run("record_solicitation", lambda: self._client.rpush(
             self.keys.solicitations(evidence.subject),
             # As the file store writes it: a marker's characters as UTF-8, not \u escapes, so
@@ -189,13 +190,7 @@ class RedisStore(Store):
         found = []
         for index, item in enumerate(raw):
             try:
-                data = json.loads(item)
-                found.append(SolicitationEvidence(
-                    subject=str(data["subject"]), at=dt.datetime.fromisoformat(data["at"]),
-                    zone=str(data["zone"]),
-                    country=data.get("country"), route_id=data.get("route_id"),
-                    marker=data.get("marker"),
-                ))
+                found.append(evidence_from_json(json.loads(item)))
             except (ValueError, KeyError, TypeError) as exc:
                 self.report_failure("solicitations")
                 raise StoreError(f"{self.location} {key}[{index}]: not solicitation evidence "

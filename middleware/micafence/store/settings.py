@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from micafence.policy.durations import parse_duration
+from micafence.instants import parse_duration
 from micafence.policy.yamlfile import Node
 
 SCOPE_KEYS = ("maker_checker", "redis_checks")
