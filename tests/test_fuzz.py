@@ -62,8 +62,9 @@ from micafence.records import event_from_json, event_to_json
 from micafence.scopes.catalogue import is_fiat
 from micafence.scopes.gate import read_requested
 from micafence.scopes.grants import GrantBook
-from micafence.store.base import MemoryStore, open_store
 from micafence.store.file_store import FileStore
+from micafence.store.memory import MemoryStore
+from micafence.store.opener import open_store
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 Scope = MutableMapping[str, Any]

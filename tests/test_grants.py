@@ -18,7 +18,7 @@ from micafence.records import (
     event_to_json,
 )
 from micafence.scopes.grants import GrantBook
-from micafence.store.base import MemoryStore
+from micafence.store.memory import MemoryStore
 from tests.conftest import DEFAULT_POLICY
 
 POLICY = load_policy(DEFAULT_POLICY)

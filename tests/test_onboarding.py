@@ -25,7 +25,8 @@ from micafence.policy.model import Policy
 from micafence.records import AccountBinding, OnboardingTicket
 from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import issue_token
-from micafence.store.base import MemoryStore, Store
+from micafence.store.base import Store
+from micafence.store.memory import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 SE, CH = "89.160.20.112", "2a02:d000::1"

@@ -20,7 +20,7 @@ from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.settings import EvidenceLimits
 from micafence.promotions.templating import install_jinja2, promotion_allowed, promotions_allowed
 from micafence.records import SolicitationEvidence
-from micafence.store.base import MemoryStore
+from micafence.store.memory import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND
 
 SE = "89.160.20.112"  # eu

@@ -16,7 +16,7 @@ from micafence.audit.sinks import FileSink
 from micafence.cli import main
 from micafence.records import Grant, Revocation
 from micafence.scopes.grants import GrantBook
-from micafence.store.base import open_store
+from micafence.store.opener import open_store
 from tests.audit_support import KEY, KEY_TEXT, SE, client, guarded, policy_with
 from tests.conftest import DEFAULT_POLICY
 

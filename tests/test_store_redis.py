@@ -38,7 +38,7 @@ from micafence.records import AccountBinding, Grant, OnboardingTicket, Solicitat
 from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import hash_token
 from micafence.scopes.signing import GrantKey, write_key_file
-from micafence.store.base import open_store
+from micafence.store.opener import open_store
 from micafence.store.redis_store import RedisStore
 from micafence.store.settings import StoreSettings
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
@@ -123,7 +123,7 @@ def test_redis_needs_a_key_and_a_usable_url(monkeypatch: pytest.MonkeyPatch) -> 
 async def test_unreachable_redis_raises_store_error_without_the_password(scheme: str) -> None:
     port = free_port()  # a port nobody listens on
     store = open_store(f"{scheme}://:s3cret@127.0.0.1:{port}/0", grant_key=KEY)
-    for call in (store.grant_events("alice"), store.holdings("alice"), store.ping(),
+    for call in (store.grant_events("alice"), store.holdings("alice"), store.check(),
                  store.production_problems()):
         with pytest.raises(StoreError) as caught:
             await call

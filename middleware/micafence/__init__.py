@@ -19,7 +19,8 @@ from micafence.policy.loader import default_policy_path, load_policy, load_polic
 from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
 from micafence.records import Grant, GrantStatus, Revocation
 from micafence.scopes.grants import GrantBook
-from micafence.store.base import Store, open_store
+from micafence.store.base import Store
+from micafence.store.opener import open_store
 
 __all__ = [
     "STATE_KEY",

@@ -26,7 +26,8 @@ from micafence.responses import STATUS, block_body, block_headers, send_block
 from micafence.scopes.gate import ScopeGate
 from micafence.scopes.onboarding import OnboardingGate
 from micafence.scopes.signing import GrantKey
-from micafence.store.base import Store, open_store
+from micafence.store.base import Store
+from micafence.store.opener import open_store
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog

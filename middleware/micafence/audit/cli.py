@@ -319,7 +319,7 @@ def _store_history(url: str, client: str | None) -> list[dict[str, Any]]:
     import asyncio
 
     from micafence.records import event_to_json
-    from micafence.store.base import open_store
+    from micafence.store.opener import open_store
 
     async def read() -> list[dict[str, Any]]:
         store = open_store(url)

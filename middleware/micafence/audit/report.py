@@ -174,7 +174,7 @@ def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
 def grants_from_store(url: str) -> list[GrantFacts]:
     """Grants from the grant store (the authoritative history)."""
     from micafence.records import fold
-    from micafence.store.base import open_store
+    from micafence.store.opener import open_store
 
     async def read() -> list[GrantFacts]:
         store = open_store(url)

@@ -23,8 +23,9 @@ own is ``not_ready``. The checks:
 
 - ``database_stale``: the GeoIP database is older than the policy's ``database.max_age`` (also
   logged as a warning by the reloader): geolocation goes stale as address blocks move;
-- ``store_unreachable``: the store does not answer its ``ping`` (a store without ``ping`` is "not
-  configured"): grant checks fail closed, so in-scope clients are refused meanwhile;
+- ``store_unreachable``: the store's :meth:`~micafence.store.base.Store.check` fails (the memory
+  store has nothing to check: "not configured"): grant checks fail closed, so in-scope clients
+  are refused meanwhile;
 - ``client_rewritten`` (always ``not_ready``): the server was seen rewriting the client address
   before micafence ran (:mod:`micafence.location.rewrite_alarm`): every proxied visitor is
   decided as an unknown address, and the server's settings cannot change under a running
@@ -87,7 +88,7 @@ def database_stale(seen: Observed) -> Fault | None:
 
 
 def store_unreachable(seen: Observed) -> Fault | None:
-    """The store does not answer its ``ping``."""
+    """The store's check fails."""
     if seen.store["status"] != "unreachable":
         return None
     return Fault("store_unreachable", f"store unreachable: {seen.store['detail']}",
@@ -204,17 +205,12 @@ class HealthEndpoint:
 
     async def _store_status(self) -> dict[str, str]:
         store = self.middleware.store
-        ping = getattr(store, "ping", None)
-        if not callable(ping):
-            return {"status": "not configured", "kind": type(store).__name__}
+        kind = type(store).__name__
         try:
-            answer = await asyncio.wait_for(ping(), self.store_timeout)
+            answered = await asyncio.wait_for(store.check(), self.store_timeout)
         except TimeoutError:
-            return {"status": "unreachable", "kind": type(store).__name__,
+            return {"status": "unreachable", "kind": kind,
                     "detail": f"no answer within {self.store_timeout:g} s"}
         except (MicafenceError, OSError) as exc:
-            return {"status": "unreachable", "kind": type(store).__name__, "detail": str(exc)}
-        if answer is False:
-            return {"status": "unreachable", "kind": type(store).__name__,
-                    "detail": "ping answered False"}
-        return {"status": "ok", "kind": type(store).__name__}
+            return {"status": "unreachable", "kind": kind, "detail": str(exc)}
+        return {"status": "ok" if answered else "not configured", "kind": kind}

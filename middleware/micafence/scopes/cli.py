@@ -41,7 +41,8 @@ from micafence.records import (
 from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import issue_token
 from micafence.scopes.signing import KEY_FILE_ENV, write_key_file
-from micafence.store.base import Store, open_store
+from micafence.store.base import Store
+from micafence.store.opener import open_store
 
 STORE_ENV = "MICAFENCE_STORE"
 POLICY_ENV = "MICAFENCE_POLICY"

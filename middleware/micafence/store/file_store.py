@@ -169,6 +169,14 @@ class FileStore(Store):
     async def close(self) -> None:
         return None
 
+    async def check(self) -> bool:
+        """The file reads (new lines included) and can be appended to."""
+        await self._refresh("check")
+        target = self.path if self.path.exists() else self.path.parent
+        if not os.access(target, os.W_OK):
+            raise StoreError(f"{self.path}: cannot append: permission denied")
+        return True
+
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
         if self.key is None:
             logging.getLogger("micafence.store.base").warning(

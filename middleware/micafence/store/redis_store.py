@@ -1,7 +1,8 @@
 """``redis://``, ``rediss://`` and ``redis+cluster://``: one grant store for every worker and
 instance.
 
-Built on redis-py's asyncio client (with hiredis), imported only when such a URL is opened.
+Built on redis-py's asyncio client (with hiredis), imported only when such a URL is opened
+(the ``redis`` extra: ``pip install 'micafence[redis]'``).
 Every record is signed with the grant key (:mod:`micafence.scopes.signing`), which is required here:
 a shared network store is exactly where "write access is not enough" matters.
 
@@ -41,6 +42,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from micafence.errors import StoreError
+from micafence.extras import require
 from micafence.logs import log_event
 from micafence.records import (
     Grant,
@@ -135,15 +137,14 @@ class RedisStore(Store):
                 "access to Redis is not enough to open a scope: give grant_key= (or "
                 "--grant-key-file), or set $MICAFENCE_GRANT_KEY or $MICAFENCE_GRANT_KEY_FILE "
                 "(make one with `micafence grant keygen FILE`)")
-        try:
-            import redis.asyncio as redis  # imported lazily: only Redis users pay for it
-            from redis.asyncio.cluster import RedisCluster
-            from redis.asyncio.retry import Retry  # the asyncio client's own, not redis.retry's
-            from redis.backoff import ExponentialBackoff
-            from redis.exceptions import RedisClusterException, RedisError
-        except ImportError as exc:  # pragma: no cover - redis is a dependency
-            raise StoreError("redis:// needs the redis package: pip install 'redis[hiredis]'") \
-                from exc
+        require("redis.asyncio", "redis", f"{self.location} (a Redis grant store)", StoreError)
+        # Imported here: only Redis users pay for the driver.
+        import redis.asyncio as redis
+        from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.retry import Retry  # the asyncio client's own, not redis.retry's
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import RedisClusterException, RedisError
+
         # A cluster client's own errors (no node reachable, slots not covered) are not
         # RedisErrors.
         self._driver_errors: tuple[type[BaseException], ...] = (
@@ -277,9 +278,11 @@ class RedisStore(Store):
 
     # -- operations ----------------------------------------------------------------------------
 
-    async def ping(self) -> bool:
-        """Does Redis answer (the health endpoint's store check)."""
-        return bool(await self._run("ping", lambda: self._client.ping()))
+    async def check(self) -> bool:
+        """Redis answers a ``PING`` (the readiness probe's store check)."""
+        if not await self._run("check", lambda: self._client.ping()):
+            raise StoreError(f"{self.location}: PING answered no")
+        return True
 
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
         """Run the production checks (raising in ``refuse`` mode) and start invalidation."""
