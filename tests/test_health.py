@@ -16,12 +16,12 @@ from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, PolicyError, StoreError, load_policy_text
 from micafence.audit.log import AuditLog
-from micafence.audit.metrics import Metrics
 from micafence.audit.report import build_report
 from micafence.audit.settings import DEFAULT_REPORTING
 from micafence.audit.sinks import FileSink
 from micafence.live.breakglass import throw
 from micafence.live.health_settings import HealthSettings, Posture
+from micafence.metrics import Metrics
 from micafence.store.memory import MemoryStore
 from tests.audit_support import KEY as AUDIT_KEY
 from tests.audit_support import read_records

@@ -28,11 +28,11 @@ from redis.crc import key_slot
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware
-from micafence.audit.metrics import Metrics
 from micafence.bench.ports import free_port
 from micafence.cli import main
 from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
+from micafence.metrics import Metrics
 from micafence.policy.loader import load_policy
 from micafence.records import AccountBinding, Grant, OnboardingTicket, SolicitationEvidence
 from micafence.scopes.grants import GrantBook

@@ -53,7 +53,7 @@ from micafence.decision import Decision
 from micafence.logs import log_event
 
 if TYPE_CHECKING:
-    from micafence.middleware import MicafenceMiddleware
+    from micafence.policy.model import Policy
     from micafence.records import GrantEvent
 
 
@@ -110,7 +110,7 @@ class AuditLog:
     ``redis://HOST/DB#STREAM``). ``key`` (the audit secret, :mod:`micafence.audit.keys`)
     signs checkpoints (Ed25519) and keys pseudonyms (default: :meth:`AuditKey.from_env`).
     ``settings`` are the ``audit`` policy section; when the log is given to the middleware it
-    follows the middleware's current policy instead.
+    follows the policy in force instead (:meth:`follow`).
     """
 
     def __init__(
@@ -154,7 +154,7 @@ class AuditLog:
         self._last_checkpoint = 0.0
         self._dead_chains: list[DeadChain] | None = None  # claimed before the first batch
         self._ip_cache: BoundedCache[str, str] = BoundedCache(_IP_CACHE_ENTRIES)
-        # Plain counters, read by micafence.audit.metrics.
+        # Plain counters, read by micafence.metrics.
         self.written = 0
         self.refused = 0
         self.aggregated = 0
@@ -162,11 +162,12 @@ class AuditLog:
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def attach(self, middleware: MicafenceMiddleware) -> None:
-        """Follow the middleware's current policy and run with its server's lifespan."""
-        self._current_settings = lambda: middleware.enforcer.policy.audit
-        self._revision = lambda: middleware.enforcer.policy.revision
-        middleware.on_lifespan(self.start, self.aclose)
+    def follow(self, policy: Callable[[], Policy]) -> None:
+        """Take the ``audit`` section and the revision from ``policy()``, the policy in force
+        (asked on every use: reloads swap it). The middleware calls it, and runs :meth:`start`
+        and :meth:`aclose` with the server's lifespan."""
+        self._current_settings = lambda: policy().audit
+        self._revision = lambda: policy().revision
 
     async def start(self) -> None:
         """Start the background flusher (also started by the first record, if needed)."""

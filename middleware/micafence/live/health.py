@@ -37,20 +37,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from micafence.asgi import Receive, Send
 from micafence.errors import MicafenceError
 from micafence.instants import format_duration
 from micafence.live.health_settings import Posture
+from micafence.live.reload import ReloadEvent
 from micafence.location.dbcheck import too_old
-
-if TYPE_CHECKING:
-    from micafence.engine import Enforcer
-    from micafence.middleware import MicafenceMiddleware
-
+from micafence.location.rewrite_alarm import ClientRewriteAlarm
+from micafence.observed import CurrentEnforcer, InForce
+from micafence.store.base import Store
 
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
@@ -64,14 +63,32 @@ class Fault:
     posture: Posture  # degraded (200) or not_ready (503)
 
 
+class ReloadState(Protocol):
+    """What readiness reads of the reloader: its clock and what it loaded, checked, refused."""
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def last_check(self) -> dt.datetime: ...
+
+    @property
+    def loaded_at(self) -> Mapping[str, dt.datetime]: ...
+
+    @property
+    def events(self) -> Sequence[ReloadEvent]: ...
+
+    def clock(self) -> dt.datetime: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
     """What the readiness checks look at, read once per probe (one enforcer generation)."""
 
-    middleware: MicafenceMiddleware
-    enforcer: Enforcer
+    enforcer: InForce
     now: dt.datetime
     store: dict[str, str]  # the store section of the report (status: ok | unreachable | …)
+    rewrite_problem: str | None  # the client-rewrite alarm's problem, if it tripped
 
 
 ReadinessCheck = Callable[[Observed], Fault | None]
@@ -97,7 +114,7 @@ def store_unreachable(seen: Observed) -> Fault | None:
 
 def client_rewritten(seen: Observed) -> Fault | None:
     """The server rewrote a client address before micafence ran (this process's own fault)."""
-    problem = seen.middleware.rewrite_alarm.problem
+    problem = seen.rewrite_problem
     return None if problem is None else Fault("client_rewritten", problem, Posture.NOT_READY)
 
 
@@ -136,10 +153,19 @@ class LivenessEndpoint:
 
 
 class HealthEndpoint:
-    """An ASGI app answering readiness for one :class:`~micafence.MicafenceMiddleware`."""
+    """An ASGI app answering readiness from what it is handed: the enforcer in force
+    (``current()``), the reloader's state, the store (its :meth:`~micafence.store.base.Store
+    .check`) and the client-rewrite alarm. :meth:`~micafence.MicafenceMiddleware.health_app`
+    makes one for a middleware."""
 
-    def __init__(self, middleware: MicafenceMiddleware, *, store_timeout: float = 1.0) -> None:
-        self.middleware = middleware
+    def __init__(
+        self, current: CurrentEnforcer, reloader: ReloadState, store: Store,
+        rewrite_alarm: ClientRewriteAlarm, *, store_timeout: float = 1.0,
+    ) -> None:
+        self.current = current
+        self.reloader = reloader
+        self.store = store
+        self.rewrite_alarm = rewrite_alarm
         self.store_timeout = store_timeout
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
@@ -150,10 +176,10 @@ class HealthEndpoint:
 
     async def report(self) -> dict[str, Any]:
         """The readiness report (what the endpoint sends as JSON)."""
-        reloader = self.middleware.reloader
-        enforcer = self.middleware.enforcer  # one read: the report describes one generation
+        reloader = self.reloader
+        enforcer = self.current()  # one read: the report describes one generation
         now = reloader.clock()
-        seen = Observed(self.middleware, enforcer, now, await self._store_status())
+        seen = Observed(enforcer, now, await self._store_status(), self.rewrite_alarm.problem)
         faults = [fault for check in READINESS_CHECKS if (fault := check(seen)) is not None]
         status = "ready"
         if faults:
@@ -204,7 +230,7 @@ class HealthEndpoint:
         }
 
     async def _store_status(self) -> dict[str, str]:
-        store = self.middleware.store
+        store = self.store
         kind = type(store).__name__
         try:
             answered = await asyncio.wait_for(store.check(), self.store_timeout)

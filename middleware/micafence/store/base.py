@@ -50,7 +50,7 @@ class Store(ABC):
 
     def report_failures_to(self, listener: Callable[[str], None] | None) -> None:
         """Call ``listener(operation)`` for every operation that fails from now on (``None``:
-        stop). :class:`~micafence.audit.metrics.Metrics` listens to the middleware's store."""
+        stop). :class:`~micafence.metrics.Metrics` listens to the middleware's store."""
         self._failure_listener = listener
 
     def report_failure(self, operation: str) -> None:
