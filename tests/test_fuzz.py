@@ -55,11 +55,11 @@ from micafence.errors import GrantError, PolicyError, StoreError
 from micafence.identity import ClientIdentity
 from micafence.location.client_ip import TrustedProxies, parse_ip, resolve_client_ip
 from micafence.location.geo import GeoIPDatabase
+from micafence.policy.catalogue import is_fiat
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
 from micafence.policy.routes import RouteTable, normalize_path
 from micafence.records import event_from_json, event_to_json
-from micafence.scopes.catalogue import is_fiat
 from micafence.scopes.gate import read_requested
 from micafence.scopes.grants import GrantBook
 from micafence.store.file_store import FileStore

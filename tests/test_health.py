@@ -17,11 +17,11 @@ from starlette.routing import Route
 from micafence import MicafenceMiddleware, PolicyError, StoreError, load_policy_text
 from micafence.audit.log import AuditLog
 from micafence.audit.report import build_report
-from micafence.audit.settings import DEFAULT_REPORTING
 from micafence.audit.sinks import FileSink
 from micafence.live.breakglass import throw
-from micafence.live.health_settings import HealthSettings, Posture
 from micafence.metrics import Metrics
+from micafence.policy.audit import DEFAULT_REPORTING
+from micafence.policy.health import HealthSettings, Posture
 from micafence.store.memory import MemoryStore
 from tests.audit_support import KEY as AUDIT_KEY
 from tests.audit_support import read_records

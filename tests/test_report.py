@@ -11,9 +11,9 @@ import pytest
 
 from micafence.audit.log import AuditLog
 from micafence.audit.report import DRIFT_WARNING, GrantFacts, build_report
-from micafence.audit.settings import ReportingThresholds
 from micafence.audit.sinks import FileSink
 from micafence.cli import main
+from micafence.policy.audit import ReportingThresholds
 from micafence.records import Grant, Revocation
 from micafence.scopes.grants import GrantBook
 from micafence.store.opener import open_store

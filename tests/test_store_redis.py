@@ -33,6 +33,7 @@ from micafence.cli import main
 from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
 from micafence.metrics import Metrics
+from micafence.policy.grant_store import StoreSettings
 from micafence.policy.loader import load_policy
 from micafence.records import AccountBinding, Grant, OnboardingTicket, SolicitationEvidence
 from micafence.scopes.grants import GrantBook
@@ -40,7 +41,6 @@ from micafence.scopes.onboarding import hash_token
 from micafence.scopes.signing import GrantKey, write_key_file
 from micafence.store.opener import open_store
 from micafence.store.redis_store import RedisStore
-from micafence.store.settings import StoreSettings
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 

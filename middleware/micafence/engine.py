@@ -35,6 +35,7 @@ from micafence.location.client_ip import (
     reached_from,
     resolve_client_ip,
 )
+from micafence.location.edge import edge_location
 from micafence.location.geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
 from micafence.location.rewrite_alarm import ClientRewriteAlarm, forwarded_header_in
 from micafence.policy.model import (
@@ -56,7 +57,6 @@ from micafence.policy.routes import (
     route_paths,
 )
 from micafence.policy.schedule import next_boundary, rules_in_force, zones_in_force
-from micafence.promotions.cache_policy import edge_location
 from micafence.promotions.guard import PromotionGuard
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)

@@ -46,11 +46,11 @@ from micafence.asgi import Scope
 from micafence.audit.chain import ChainWriter, format_time
 from micafence.audit.keys import AuditKey
 from micafence.audit.recovery import DeadChain
-from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
 from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
 from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.logs import log_event
+from micafence.policy.audit import DEFAULT_AUDIT, AuditSettings
 
 if TYPE_CHECKING:
     from micafence.policy.model import Policy

@@ -23,8 +23,8 @@ from typing import Any
 
 from micafence.audit.keys import AuditKey
 from micafence.audit.reader import in_range, load_log
-from micafence.audit.settings import ReportingThresholds
 from micafence.instants import instant_argument, parse_instant
+from micafence.policy.audit import ReportingThresholds
 
 DRIFT_WARNING = (
     "The EU book is drifting out of \"occasional\": the reverse-solicitation exemption "

@@ -18,7 +18,7 @@ Give the middleware ``health_path="/healthz"`` and it answers ``GET``/``HEAD``
 Each readiness check in :data:`READINESS_CHECKS` looks at one thing and returns the
 :class:`Fault` it finds, or ``None``. A fault that hits every pod alike (a shared store, a
 database shipped to all) takes the posture the policy's ``health`` section gives it
-(:mod:`micafence.live.health_settings`, ``degraded`` by default); one that is this process's
+(:mod:`micafence.policy.health`, ``degraded`` by default); one that is this process's
 own is ``not_ready``. The checks:
 
 - ``database_stale``: the GeoIP database is older than the policy's ``database.max_age`` (also
@@ -44,11 +44,11 @@ from typing import Any, Protocol
 from micafence.asgi import Receive, Send
 from micafence.errors import MicafenceError
 from micafence.instants import format_duration
-from micafence.live.health_settings import Posture
 from micafence.live.reload import ReloadEvent
 from micafence.location.dbcheck import too_old
 from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.observed import CurrentEnforcer, InForce
+from micafence.policy.health import Posture
 from micafence.store.base import Store
 
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]

@@ -28,10 +28,7 @@ from urllib.parse import parse_qsl
 from micafence.asgi import Message, Receive, Scope
 from micafence.decision import Decision
 from micafence.instants import Clock, utc_now
-from micafence.policy.model import Mode, Outcome, Policy
-from micafence.policy.routes import normalize_path, route_paths
-from micafence.records import Grant, GrantState
-from micafence.scopes.catalogue import (
+from micafence.policy.catalogue import (
     EXCHANGE_FOR_CRYPTO,
     EXCHANGE_FOR_FUNDS,
     SYMBOL,
@@ -40,6 +37,9 @@ from micafence.scopes.catalogue import (
     Source,
     is_fiat,
 )
+from micafence.policy.model import Mode, Outcome, Policy
+from micafence.policy.routes import normalize_path, route_paths
+from micafence.records import Grant, GrantState
 from micafence.store.base import Store
 
 logger = logging.getLogger("micafence.scopes.gate")

@@ -36,10 +36,10 @@ from micafence.errors import GrantError
 from micafence.identity import clean_client_id
 from micafence.instants import Clock, utc_now
 from micafence.logs import log_event
+from micafence.policy.grant_store import OnboardingSettings
 from micafence.policy.model import Outcome, Policy
 from micafence.records import AccountBinding, GrantState, GrantStatus, OnboardingTicket
 from micafence.scopes.grants import GrantBook
-from micafence.store.settings import OnboardingSettings
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog

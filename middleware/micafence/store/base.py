@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
 from micafence.records import (
     AccountBinding,
     GrantEvent,
@@ -32,7 +33,6 @@ from micafence.records import (
     fold,
     grant_id_of,
 )
-from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
 if TYPE_CHECKING:
     pass

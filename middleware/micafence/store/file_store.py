@@ -37,6 +37,7 @@ from urllib.parse import unquote
 
 from micafence.errors import StoreError
 from micafence.instants import parse_instant
+from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
 from micafence.records import (
     Grant,
     GrantEvent,
@@ -52,7 +53,6 @@ from micafence.records import (
 )
 from micafence.scopes.signing import GrantKey, RecordSeal
 from micafence.store.base import Store
-from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
 RECHECK_SECONDS = 0.5
 

@@ -44,6 +44,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from micafence.errors import StoreError
 from micafence.extras import require
 from micafence.logs import log_event
+from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
 from micafence.records import (
     Grant,
     GrantEvent,
@@ -61,7 +62,6 @@ from micafence.records import (
 from micafence.scopes.grant_cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
 from micafence.scopes.signing import GrantKey, RecordSeal
 from micafence.store.base import Store
-from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
 
 T = TypeVar("T")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from micafence.policy.cache import CacheSetup
 from micafence.policy.model import Outcome, Policy
 from micafence.policy.routes import RouteTable
-from micafence.promotions.cache_policy import CacheSetup
 
 Headers = list[tuple[bytes, bytes]]
 
