@@ -46,7 +46,7 @@ from micafence.asgi import Scope
 from micafence.audit.chain import ChainWriter, format_time
 from micafence.audit.keys import AuditKey
 from micafence.audit.recovery import DeadChain
-from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
+from micafence.audit.sinks import AuditSink, AuditSinkError, open_sink
 from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.logs import log_event
@@ -93,13 +93,6 @@ async def _settled(write: asyncio.Future[None]) -> bool:
         except Exception:  # the write's own failure: the caller reads it from ``write``
             break
     return interrupted
-
-
-def record_class(decision: Decision) -> str:
-    """``evidence`` (never dropped), ``block`` or ``traffic`` (may be aggregated)."""
-    if decision.blocked:
-        return BLOCK
-    return TRAFFIC if decision.route_class == "neutral" else EVIDENCE
 
 
 class AuditLog:
@@ -542,7 +535,3 @@ def _writer_id() -> str:
     host = _WRITER_CHARS.sub("-", socket.gethostname())[:24].strip("-") or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
-
-def directory_log(directory: str | os.PathLike[str], **options: Any) -> AuditLog:
-    """An :class:`AuditLog` writing JSON Lines files into ``directory``."""
-    return AuditLog(FileSink(directory), **options)
