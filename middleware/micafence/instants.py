@@ -10,7 +10,8 @@ Every time micafence reads (``explain --at``, ``audit export --since``, ``breakg
 A date and time without a timezone is refused: "09:00" means a different instant in every
 office, and guessing one would move a decision or an export by hours. Policy files are
 stricter still (``allow_date=False``): a zone or rule that starts "on 1 July" must say in which
-timezone that day starts. The result is always a plain ``datetime`` in UTC.
+timezone that day starts; so are records read back (micafence writes full instants, so a date
+alone there is damage). The result is always a plain ``datetime`` in UTC.
 
 Durations (:func:`parse_duration`, :func:`format_duration`) are the ISO 8601 ones policy
 settings and records use (``P30D``, ``PT24H``, ``P2W``). Years and months are refused: their

@@ -324,10 +324,9 @@ def ticket_from_json(data: Any) -> OnboardingTicket:
         fields = [data[k] for k in ("token_hash", "grant_id", "client_id", "issued_by")]
         if not all(isinstance(f, str) and f for f in fields):
             raise ValueError("onboarding ticket with an empty field")
-        return OnboardingTicket(
-            fields[0], fields[1], fields[2], parse_instant(str(data["issued_at"])),
-            parse_instant(str(data["expires_at"])), fields[3],
-        )
+        issued_at = parse_instant(str(data["issued_at"]), allow_date=False)
+        expires_at = parse_instant(str(data["expires_at"]), allow_date=False)
+        return OnboardingTicket(fields[0], fields[1], fields[2], issued_at, expires_at, fields[3])
     except KeyError as exc:
         raise ValueError(f"onboarding ticket without {exc.args[0]!r}") from None
 

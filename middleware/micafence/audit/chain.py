@@ -345,7 +345,9 @@ def judge_end(
 
 def _check_open_tail(report: ChainReport, now: dt.datetime, stale_after: dt.timedelta,
                      require_closed: bool) -> None:
-    last = parse_instant(report.last_signed_time) if report.last_signed_time else None
+    last = None
+    if report.last_signed_time:
+        last = parse_instant(report.last_signed_time, allow_date=False)
     if require_closed:
         report.problems.append(
             f"chain of {report.writer} ends at seq {report.last_seq} without a close record: "

@@ -367,7 +367,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             last_file = index == len(files) - 1
             if not records or (last_file and writer not in closed):
                 break
-            if parse_instant(str(records[-1]["time"])) >= cutoff:
+            if parse_instant(str(records[-1]["time"]), allow_date=False) >= cutoff:
                 break
             pruned.append((path, records))
     _keep_needed_recoveries(candidates, log.files)

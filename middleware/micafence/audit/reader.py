@@ -116,5 +116,5 @@ def in_range(record: dict[str, Any], since: dt.datetime | None, until: dt.dateti
     text = record.get("time")
     if not isinstance(text, str):
         return False
-    moment = parse_instant(text)
+    moment = parse_instant(text, allow_date=False)
     return (since is None or moment >= since) and (until is None or moment < until)

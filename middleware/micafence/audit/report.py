@@ -160,9 +160,10 @@ def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
         if record.get("kind") != "event" or not isinstance(data, dict):
             continue
         if record.get("event") == "grant.recorded":
-            initiated = parse_instant(str(data["initiated_at"]))
+            initiated = parse_instant(str(data["initiated_at"]), allow_date=False)
+            recorded = parse_instant(str(data["recorded_at"]), allow_date=False)
             grants[str(data["id"])] = GrantFacts(
-                str(data["id"]), parse_instant(str(data["recorded_at"])), initiated,
+                str(data["id"]), recorded, initiated,
                 initiated + parse_duration(str(data["term"])), False)
         elif record.get("event") == "grant.revoked":
             revoked.add(str(data["grant_id"]))

@@ -77,7 +77,7 @@ class PolicyArchive:
                 data = json.loads(line)
                 entries.append(ArchivedRevision(
                     str(data["revision"]), str(data["name"]), str(data["source"]),
-                    parse_instant(data["loaded_at"]),
+                    parse_instant(data["loaded_at"], allow_date=False),
                 ))
             except (ValueError, TypeError, KeyError, AttributeError):
                 raise ArchiveError(f"{path}:{number}: not an archive entry") from None

@@ -69,7 +69,7 @@ class Switch:
     def from_dict(cls, data: Any, where: str) -> Switch:
         try:
             action, rule, by, why = data["action"], data.get("rule"), data["by"], data["why"]
-            at = parse_instant(data["at"])
+            at = parse_instant(data["at"], allow_date=False)
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise BreakGlassError(f"{where}: malformed switch {data!r} ({exc})") from None
         if action not in (BLOCK_SERVICES, SHADOW) or (action == SHADOW) != isinstance(rule, str):
