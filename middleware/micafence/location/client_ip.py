@@ -107,6 +107,7 @@ class TrustedProxies:
             (net.version == 6, int(net.network_address), int(net.netmask)) for net in self.networks
         )
         self._seen: BoundedCache[str, bool] = BoundedCache(_CACHE_LIMIT)
+        self._known = self._seen.get  # the hit path: one dict look-up, no hop
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -114,7 +115,7 @@ class TrustedProxies:
     def __contains__(self, host: object) -> bool:
         if not isinstance(host, str):
             return False
-        known = self._seen.get(host)
+        known = self._known(host)
         if known is not None:
             return known
         canonical = _hop(host)
