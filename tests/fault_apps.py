@@ -55,7 +55,7 @@ def shared_store() -> ASGIApp:
 def flood_target() -> ASGIApp:
     """The demo exchange on the store ``$FAULT_STORE`` (default ``memory://``), with its
     Prometheus metrics at ``/metrics`` (served beside micafence, not through it)."""
-    from micafence.audit.metrics import Metrics
+    from micafence.metrics import Metrics
 
     metrics = Metrics()
     guarded = MicafenceMiddleware(build_demo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,

@@ -24,8 +24,9 @@ from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
 from micafence.bench.ports import free_port
 from micafence.errors import PolicyError
-from micafence.scopes.grants import AccountBinding, Approval, GrantBook, Revocation
-from micafence.store.base import MemoryStore
+from micafence.records import AccountBinding, Approval, Revocation
+from micafence.scopes.grants import GrantBook
+from micafence.store.memory import MemoryStore
 from tests.audit_support import (
     CH,
     DE6,
@@ -364,3 +365,14 @@ def _drive_load(base: str, server: subprocess.Popen[bytes]) -> dict[str, int]:
 
     asyncio.run(run())
     return acknowledged
+
+
+def test_a_redis_audit_stream_without_the_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from micafence.audit.sinks import AuditSinkError, open_sink
+
+    for module in ("redis", "redis.asyncio"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
+    with pytest.raises(AuditSinkError, match=r"pip install 'micafence\[redis\]'"):
+        open_sink("redis://127.0.0.1:6379/0#audit")

@@ -18,7 +18,7 @@ from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
 from micafence.cli import main
-from micafence.scopes.grants import Grant
+from micafence.records import Grant
 from tests.audit_support import DE6, KEY, KEY_TEXT, SE, client, guarded, policy_with
 from tests.conftest import DEFAULT_POLICY
 

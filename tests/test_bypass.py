@@ -41,7 +41,7 @@ from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
 from micafence.scopes.grants import GrantBook
-from micafence.store.base import MemoryStore
+from micafence.store.memory import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 
 Scope = MutableMapping[str, Any]

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from micafence import MicafenceMiddleware, PolicyError, load_policy_text
-from micafence.promotions.caching import merge_cache_control, merge_vary
+from micafence.promotions.cache_safety import merge_cache_control, merge_vary
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 SE = "89.160.20.112"

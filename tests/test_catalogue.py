@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from micafence import PolicyError, load_policy, load_policy_text
-from micafence.policy.durations import format_duration, parse_duration
-from micafence.scopes.catalogue import MICA_SERVICES
+from micafence.instants import format_duration, parse_duration
+from micafence.policy.catalogue import MICA_SERVICES
 from tests.conftest import DEFAULT_POLICY
 
 CATALOGUE = load_policy(DEFAULT_POLICY).catalogue

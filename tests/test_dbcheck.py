@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 from micafence import GeoIPDatabase, GeoIPDatabaseError, PolicyError, load_policy_text
+from micafence.instants import format_duration
 from micafence.location.dbcheck import check_geoip
-from micafence.policy.durations import format_duration
 from micafence.policy.model import DatabaseChecks
 from tests.conftest import COUNTRY_DB, MAXMIND
 

@@ -12,7 +12,7 @@ from micafence import ClientIdentity, Enforcer, GeoIPDatabase, load_policy, load
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.pipeline import dry_pipeline, trial
 from micafence.policy.probe import build_scope
-from micafence.store.base import MemoryStore
+from micafence.store.memory import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND, REGIONS_DB
 
 PROXY = "127.0.0.1"

@@ -141,7 +141,7 @@ async def test_a_marker_flood_adds_at_most_the_documented_evidence(tmp_path: Pat
     then the same visitor with a new marker each time, then a new visitor each time: the
     evidence file grows by at most what the default policy's limits allow (one record per
     visitor and marker, 20 per visitor, 1000 per worker per hour; 2 KiB a record)."""
-    from micafence.promotions.settings import EvidenceLimits
+    from micafence.policy.promotions import EvidenceLimits
     from micafence.promotions.solicitation import MAX_RECORD_BYTES
 
     limits = EvidenceLimits()  # the default policy's

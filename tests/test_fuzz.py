@@ -55,14 +55,16 @@ from micafence.errors import GrantError, PolicyError, StoreError
 from micafence.identity import ClientIdentity
 from micafence.location.client_ip import TrustedProxies, parse_ip, resolve_client_ip
 from micafence.location.geo import GeoIPDatabase
+from micafence.policy.catalogue import is_fiat
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
 from micafence.policy.routes import RouteTable, normalize_path
-from micafence.scopes.catalogue import is_fiat
+from micafence.records import event_from_json, event_to_json
 from micafence.scopes.gate import read_requested
-from micafence.scopes.grants import GrantBook, event_from_json, event_to_json
-from micafence.store.base import MemoryStore, open_store
+from micafence.scopes.grants import GrantBook
 from micafence.store.file_store import FileStore
+from micafence.store.memory import MemoryStore
+from micafence.store.opener import open_store
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 Scope = MutableMapping[str, Any]

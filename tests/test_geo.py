@@ -105,3 +105,11 @@ def test_build_date_is_reported(tmp_path: Path) -> None:
     database = GeoIPDatabase(copy)
     assert database.database_type == "GeoIP2-Country"
     assert database.built_at.year >= 2020
+
+
+def test_a_database_is_a_context_manager_that_releases_its_reader() -> None:
+    with GeoIPDatabase(COUNTRY_DB) as database:
+        assert database.lookup("2a02:cf40::1").country is not None
+        assert database.reader.metadata().database_type == database.database_type
+    with pytest.raises(ValueError, match="closed"):  # the memory map is released
+        database.reader.get("2a02:cf40::1")

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from micafence.errors import StoreError
+from micafence.records import Revocation
 from micafence.scopes.grant_cache import GrantCache
-from micafence.scopes.grants import Revocation
 from micafence.scopes.signing import GrantKey
 from micafence.store.redis_store import RedisStore
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)

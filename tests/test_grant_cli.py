@@ -19,7 +19,7 @@ import pytest
 from micafence.cli import bundled_test_database, main
 from micafence.demo.server import build_demo
 from micafence.errors import PolicyError
-from micafence.store.base import SolicitationEvidence
+from micafence.records import SolicitationEvidence
 from micafence.store.file_store import FileStore
 from tests.conftest import DEFAULT_POLICY, ServerThread
 

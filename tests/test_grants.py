@@ -9,15 +9,16 @@ import pytest
 
 from micafence import load_policy
 from micafence.errors import GrantError
-from micafence.scopes.grants import (
+from micafence.records import (
     Grant,
-    GrantBook,
     GrantStatus,
     Revocation,
+    SolicitationEvidence,
     event_from_json,
     event_to_json,
 )
-from micafence.store.base import MemoryStore, SolicitationEvidence
+from micafence.scopes.grants import GrantBook
+from micafence.store.memory import MemoryStore
 from tests.conftest import DEFAULT_POLICY
 
 POLICY = load_policy(DEFAULT_POLICY)

@@ -16,13 +16,13 @@ from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, PolicyError, StoreError, load_policy_text
 from micafence.audit.log import AuditLog
-from micafence.audit.metrics import Metrics
 from micafence.audit.report import build_report
-from micafence.audit.settings import DEFAULT_REPORTING
 from micafence.audit.sinks import FileSink
 from micafence.live.breakglass import throw
-from micafence.live.health_settings import HealthSettings, Posture
-from micafence.store.base import MemoryStore
+from micafence.metrics import Metrics
+from micafence.policy.audit import DEFAULT_REPORTING
+from micafence.policy.health import HealthSettings, Posture
+from micafence.store.memory import MemoryStore
 from tests.audit_support import KEY as AUDIT_KEY
 from tests.audit_support import read_records
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND, ServerThread
@@ -57,15 +57,16 @@ database:
 
 
 class PingingStore(MemoryStore):
-    """The memory store with a ``ping`` that answers or fails, as a networked store's does."""
+    """The memory store with a ``check`` that answers or fails, as a networked store's does."""
 
     def __init__(self, reachable: bool) -> None:
         super().__init__()
         self.reachable = reachable
 
-    async def ping(self) -> None:
+    async def check(self) -> bool:
         if not self.reachable:
             raise StoreError("redis://10.0.0.9:6379: connection refused")
+        return True
 
 
 def guarded_app(

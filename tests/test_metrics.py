@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from micafence import MicafenceMiddleware
 from micafence.audit.log import AuditLog
-from micafence.audit.metrics import Metrics
 from micafence.audit.sinks import FileSink
+from micafence.metrics import Metrics
 from tests.audit_support import CH, KEY, SE, US, client, policy_with
 from tests.conftest import COUNTRY_DB, echo_app
 
@@ -140,7 +140,7 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
     worker = textwrap.dedent(f"""
         import sys
         from micafence import MicafenceMiddleware
-        from micafence.audit.metrics import Metrics
+        from micafence.metrics import Metrics
         from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, echo_app
         metrics = Metrics()
         app = MicafenceMiddleware(echo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
@@ -153,7 +153,7 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
     """)
     scraper = textwrap.dedent("""
         import asyncio, httpx
-        from micafence.audit.metrics import Metrics
+        from micafence.metrics import Metrics
         async def main():
             transport = httpx.ASGITransport(app=Metrics().asgi_app())
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as http:

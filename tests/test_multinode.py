@@ -24,7 +24,7 @@ import pytest
 from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import issue_token
 from micafence.scopes.signing import GrantKey
-from micafence.store.base import open_store
+from micafence.store.opener import open_store
 from tests.fault_apps import Uvicorn
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 from tests.test_redis_instances import add_grant, policy

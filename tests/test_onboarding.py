@@ -22,9 +22,11 @@ from micafence.audit.log import AuditLog
 from micafence.demo.app import build_demo_app
 from micafence.errors import GrantError, PolicyError, StoreError
 from micafence.policy.model import Policy
-from micafence.scopes.grants import AccountBinding, GrantBook
-from micafence.scopes.onboarding import OnboardingTicket, issue_token
-from micafence.store.base import MemoryStore, Store
+from micafence.records import AccountBinding, OnboardingTicket
+from micafence.scopes.grants import GrantBook
+from micafence.scopes.onboarding import issue_token
+from micafence.store.base import Store
+from micafence.store.memory import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 SE, CH = "89.160.20.112", "2a02:d000::1"

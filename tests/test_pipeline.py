@@ -16,7 +16,7 @@ from micafence.cli import main
 from micafence.pipeline import STATE_KEY
 from micafence.policy.casefile import Case, load_cases
 from micafence.scopes.onboarding import hash_token
-from micafence.store.base import open_store
+from micafence.store.opener import open_store
 from tests.conftest import COUNTRY_DB, ServerThread
 from tests.live import decision_app
 

@@ -16,10 +16,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, PolicyError, load_policy_text
+from micafence.policy.promotions import EvidenceLimits
 from micafence.promotions.evidence_budget import EvidenceBudget
-from micafence.promotions.settings import EvidenceLimits
 from micafence.promotions.templating import install_jinja2, promotion_allowed, promotions_allowed
-from micafence.store.base import MemoryStore, SolicitationEvidence
+from micafence.records import SolicitationEvidence
+from micafence.store.memory import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND
 
 SE = "89.160.20.112"  # eu

@@ -11,11 +11,12 @@ import pytest
 
 from micafence.audit.log import AuditLog
 from micafence.audit.report import DRIFT_WARNING, GrantFacts, build_report
-from micafence.audit.settings import ReportingThresholds
 from micafence.audit.sinks import FileSink
 from micafence.cli import main
-from micafence.scopes.grants import Grant, GrantBook, Revocation
-from micafence.store.base import open_store
+from micafence.policy.audit import ReportingThresholds
+from micafence.records import Grant, Revocation
+from micafence.scopes.grants import GrantBook
+from micafence.store.opener import open_store
 from tests.audit_support import KEY, KEY_TEXT, SE, client, guarded, policy_with
 from tests.conftest import DEFAULT_POLICY
 

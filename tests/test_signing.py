@@ -24,10 +24,12 @@ from micafence.cli import main
 from micafence.demo.app import build_demo_app
 from micafence.errors import GrantError, StoreError
 from micafence.policy.model import Policy
-from micafence.scopes.grants import Grant, GrantBook, GrantStatus
+from micafence.records import Grant, GrantStatus
+from micafence.scopes.grants import GrantBook
 from micafence.scopes.signing import GrantKey, GrantKeyError, write_key_file
-from micafence.store.base import MemoryStore, Store
+from micafence.store.base import Store
 from micafence.store.file_store import FileStore
+from micafence.store.memory import MemoryStore
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 KEY = GrantKey.from_text("k" * 40)

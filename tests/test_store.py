@@ -11,17 +11,27 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from micafence.errors import StoreError
-from micafence.scopes.grants import AccountBinding, Approval, Grant, Revocation
-from micafence.scopes.onboarding import OnboardingTicket, hash_token
+from micafence.records import (
+    AccountBinding,
+    Approval,
+    Grant,
+    OnboardingTicket,
+    Revocation,
+    SolicitationEvidence,
+)
+from micafence.scopes.onboarding import hash_token
 from micafence.scopes.signing import GrantKey
-from micafence.store.base import MemoryStore, SolicitationEvidence, Store, open_store
+from micafence.store.base import Store
 from micafence.store.file_store import FileStore
+from micafence.store.memory import MemoryStore
+from micafence.store.opener import open_store
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (a fixture)
 
 NOW = dt.datetime(2025, 3, 3, 12, 0, tzinfo=dt.UTC)
@@ -270,3 +280,26 @@ async def test_the_largest_evidence_record_stays_within_max_record_bytes(
     assert await store.solicitations("c" * 128) == [item]
     await store.close()
     assert 1200 < stored <= MAX_RECORD_BYTES
+
+
+async def test_every_store_answers_its_check(store: Store) -> None:
+    """The readiness probe's question: memory has nothing outside the process to check."""
+    assert await store.check() is (not isinstance(store, MemoryStore))
+
+
+async def test_a_damaged_grant_file_fails_its_check(tmp_path: Path) -> None:
+    path = tmp_path / "grants.jsonl"
+    store = FileStore(path, recheck=0)
+    await store.append_grant_event(grant("grt_1"))
+    assert await store.check() is True
+    with path.open("ab") as handle:
+        handle.write(b"{not json\n")
+    with pytest.raises(StoreError, match=f"{path}:2: not a micafence record"):
+        await store.check()
+
+
+def test_a_redis_url_without_the_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("redis", "redis.asyncio"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
+    with pytest.raises(StoreError, match=r"pip install 'micafence\[redis\]'"):
+        open_store("redis://127.0.0.1:6379/0", grant_key=KEY)

@@ -28,18 +28,19 @@ from redis.crc import key_slot
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware
-from micafence.audit.metrics import Metrics
 from micafence.bench.ports import free_port
 from micafence.cli import main
 from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
+from micafence.metrics import Metrics
+from micafence.policy.grant_store import StoreSettings
 from micafence.policy.loader import load_policy
-from micafence.scopes.grants import AccountBinding, Grant, GrantBook
-from micafence.scopes.onboarding import OnboardingTicket, hash_token
+from micafence.records import AccountBinding, Grant, OnboardingTicket, SolicitationEvidence
+from micafence.scopes.grants import GrantBook
+from micafence.scopes.onboarding import hash_token
 from micafence.scopes.signing import GrantKey, write_key_file
-from micafence.store.base import SolicitationEvidence, open_store
+from micafence.store.opener import open_store
 from micafence.store.redis_store import RedisStore
-from micafence.store.settings import StoreSettings
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 
@@ -122,7 +123,7 @@ def test_redis_needs_a_key_and_a_usable_url(monkeypatch: pytest.MonkeyPatch) -> 
 async def test_unreachable_redis_raises_store_error_without_the_password(scheme: str) -> None:
     port = free_port()  # a port nobody listens on
     store = open_store(f"{scheme}://:s3cret@127.0.0.1:{port}/0", grant_key=KEY)
-    for call in (store.grant_events("alice"), store.holdings("alice"), store.ping(),
+    for call in (store.grant_events("alice"), store.holdings("alice"), store.check(),
                  store.production_problems()):
         with pytest.raises(StoreError) as caught:
             await call

@@ -17,8 +17,10 @@ from micafence.location.geo import GeoIPDatabase, Location
 from micafence.middleware import STATE_KEY, MicafenceMiddleware
 from micafence.policy.loader import default_policy_path, load_policy, load_policy_text
 from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
-from micafence.scopes.grants import Grant, GrantBook, GrantStatus, Revocation
-from micafence.store.base import Store, open_store
+from micafence.records import Grant, GrantStatus, Revocation
+from micafence.scopes.grants import GrantBook
+from micafence.store.base import Store
+from micafence.store.opener import open_store
 
 __all__ = [
     "STATE_KEY",

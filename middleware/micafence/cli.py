@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
+from micafence.instants import parse_instant
 from micafence.live.archive import ARCHIVE_ENV, policy_for_explain
 from micafence.live.breakglass import DIR_ENV as BREAKGLASS_ENV
 from micafence.live.breakglass import register as register_breakglass
@@ -24,8 +25,7 @@ from micafence.pipeline import Action, Pipeline, Trial, dry_pipeline, trial
 from micafence.policy.casefile import load_cases, run_cases
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.probe import build_scope, parse_header_option
-from micafence.policy.schedule import parse_instant
-from micafence.store.base import open_store
+from micafence.store.opener import open_store
 
 T = TypeVar("T")
 GEOIP_ENV = "MICAFENCE_GEOIP_DB"

@@ -28,6 +28,7 @@ from micafence.identity import (
     clean_country,
     from_scope_user,
 )
+from micafence.instants import utc_now
 from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
 from micafence.location.anonymizer import NO_FLAGS, AnonymizerScreen, AnonymousIPDatabase
 from micafence.location.client_ip import (
@@ -39,6 +40,7 @@ from micafence.location.client_ip import (
     reached_from,
     resolve_client_ip,
 )
+from micafence.location.edge import edge_location
 from micafence.location.geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
 from micafence.location.rewrite_alarm import ClientRewriteAlarm, forwarded_header_in
 from micafence.policy.model import (
@@ -59,8 +61,7 @@ from micafence.policy.routes import (
     request_methods,
     route_paths,
 )
-from micafence.policy.schedule import next_boundary, rules_in_force, utc_now, zones_in_force
-from micafence.promotions.cache_policy import edge_location
+from micafence.policy.schedule import next_boundary, rules_in_force, zones_in_force
 from micafence.promotions.guard import PromotionGuard
 from micafence.reasons import (
     CLASS_REASONS,

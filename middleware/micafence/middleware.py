@@ -12,6 +12,7 @@ from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
 from micafence.identity import IdentifyFunction
+from micafence.instants import Clock, utc_now
 from micafence.live.health import HealthEndpoint, LivenessEndpoint
 from micafence.live.reload import Reloader
 from micafence.live.startup import startup_message
@@ -22,13 +23,13 @@ from micafence.logs import log_event
 from micafence.pipeline import STATE_KEY, Pipeline
 from micafence.policy.model import Policy
 from micafence.promotions.evidence_budget import EvidenceBudget
-from micafence.scopes.grants import Clock, utc_now
 from micafence.scopes.signing import GrantKey
-from micafence.store.base import Store, open_store
+from micafence.store.base import Store
+from micafence.store.opener import open_store
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
-    from micafence.audit.metrics import Metrics
+    from micafence.metrics import Metrics
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -82,7 +83,7 @@ class MicafenceMiddleware:
 
     ``audit`` (a :class:`~micafence.audit.log.AuditLog`) records every decision other than a plain
     non-restricted pass, and refuses with 503 ``audit_unavailable`` a request whose evidence it
-    cannot queue; ``metrics`` (a :class:`~micafence.audit.metrics.Metrics`) counts decisions for
+    cannot queue; ``metrics`` (a :class:`~micafence.metrics.Metrics`) counts decisions for
     Prometheus. Both are off unless given.
     """
 
@@ -138,14 +139,18 @@ class MicafenceMiddleware:
         self.on_lifespan(lambda: self.store.start(self.enforcer.policy.grant_store),
                          self.store.stop)
         if metrics is None and metrics_path is not None:
-            from micafence.audit.metrics import Metrics  # prometheus_client only when used
+            from micafence.metrics import Metrics  # prometheus_client only when used
 
             metrics = Metrics()
         self.pipeline.audit = audit  # micafence.audit.log: records all but plain passes
-        self.pipeline.metrics = metrics  # micafence.audit.metrics: counters, sampled latency
-        for observer in (audit, metrics):
-            if observer is not None:
-                observer.attach(self)
+        self.pipeline.metrics = metrics  # micafence.metrics: Prometheus counters, sampled latency
+        if audit is not None:
+            audit.follow(lambda: self.enforcer.policy)
+            self.on_lifespan(audit.start, audit.aclose)
+        if metrics is not None:
+            metrics.watch(lambda: self.enforcer, evidence=self.evidence, audit=audit)
+            self.on_lifespan(metrics.start, metrics.stop)
+            self.store.report_failures_to(metrics.store_error)
         logger.info(
             "micafence enforcing policy %s (%s) with %s built %s",
             loaded.name, loaded.revision, database.database_type, database.built_at.isoformat(),
@@ -192,7 +197,8 @@ class MicafenceMiddleware:
     def health_app(self) -> HealthEndpoint:
         """The readiness endpoint (an ASGI app) to mount, e.g. at ``/healthz/ready``
         (``health_path=`` serves it without being decided)."""
-        return HealthEndpoint(self)
+        return HealthEndpoint(lambda: self.enforcer, self.reloader, self.store,
+                              self.rewrite_alarm)
 
     def liveness_app(self) -> LivenessEndpoint:
         """The liveness endpoint (an ASGI app) to mount, e.g. at ``/healthz/live``."""

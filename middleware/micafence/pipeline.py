@@ -27,17 +27,17 @@ from micafence.answers import refuse_websocket, send_audit_unavailable, send_blo
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.caches import BoundedCache
 from micafence.decision import Decision
+from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
 from micafence.scopes.gate import ScopeGate, ScopeVerdict
-from micafence.scopes.grants import Clock, utc_now
 from micafence.scopes.onboarding import OnboardingGate
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
-    from micafence.audit.metrics import Metrics
     from micafence.engine import Enforcer
+    from micafence.metrics import Metrics
     from micafence.store.base import Store
 
 #: Where the decision is put for the app: ``request.state.micafence`` in Starlette.
@@ -84,7 +84,7 @@ class Pipeline:
         # policy reloads; the limits are the policy's: promotions.evidence).
         self.evidence = EvidenceBudget()
         self.audit = audit  # micafence.audit.log: records every decision but plain passes
-        self.metrics = metrics  # micafence.audit.metrics: Prometheus counters
+        self.metrics = metrics  # micafence.metrics: Prometheus counters
         self.dry = dry
         self._settled: BoundedCache[tuple[int, int], tuple[Decision, ScopeVerdict, Decision]] = (
             BoundedCache(_SETTLED_ENTRIES))

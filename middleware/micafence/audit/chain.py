@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from micafence.audit.keys import AuditKey, Verifier, public_key_of
+from micafence.instants import parse_instant
 
 GENESIS = "0" * 64
 SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune", "recovery"})
@@ -344,7 +345,9 @@ def judge_end(
 
 def _check_open_tail(report: ChainReport, now: dt.datetime, stale_after: dt.timedelta,
                      require_closed: bool) -> None:
-    last = parse_time(report.last_signed_time) if report.last_signed_time else None
+    last = None
+    if report.last_signed_time:
+        last = parse_instant(report.last_signed_time, allow_date=False)
     if require_closed:
         report.problems.append(
             f"chain of {report.writer} ends at seq {report.last_seq} without a close record: "
@@ -397,8 +400,3 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(text: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value

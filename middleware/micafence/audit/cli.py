@@ -23,12 +23,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from micafence.audit.chain import ChainWriter, format_time, parse_time
+from micafence.audit.chain import ChainWriter, format_time
 from micafence.audit.export import sign_manifest, verify_export, write_csv, write_jsonl
 from micafence.audit.keys import KEY_ENV, KEY_FILE_ENV, AuditKey, AuditKeyError, AuditPublicKey
 from micafence.audit.reader import PRUNE_WRITER_PREFIX, LoadedLog, in_range, load_log
 from micafence.audit.sinks import FileSink
-from micafence.policy.durations import parse_duration
+from micafence.instants import instant_argument, parse_duration, parse_instant
 
 
 def register(commands: Any) -> None:
@@ -69,8 +69,10 @@ def register(commands: Any) -> None:
                             description="Write the records matching the filters, the grant "
                             "history and a signed manifest into --out.")
     _common(export)
-    export.add_argument("--since", type=parse_cli_time, help="from (inclusive), ISO date/time")
-    export.add_argument("--until", type=parse_cli_time, help="until (exclusive)")
+    export.add_argument("--since", type=instant_argument,
+                        help="from (inclusive): ISO 8601 time with a timezone, or a date "
+                        "(midnight UTC)")
+    export.add_argument("--until", type=instant_argument, help="until (exclusive)")
     export.add_argument("--client", help="client id (matches its pseudonym too)")
     export.add_argument("--reason", help="reason code or pattern, e.g. 'eu.*'")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
@@ -100,7 +102,7 @@ def register(commands: Any) -> None:
                            "prune record naming them.")
     prune.add_argument("directory", help="audit directory")
     prune.add_argument("--key-file", help="audit key (default $MICAFENCE_AUDIT_KEY[_FILE])")
-    prune.add_argument("--before", type=parse_cli_time, help="cut-off time")
+    prune.add_argument("--before", type=instant_argument, help="cut-off time")
     prune.add_argument("--policy", help="take the cut-off from this policy's audit.retention")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     prune.set_defaults(func=_cmd_prune)
@@ -116,15 +118,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "(ISO 8601 duration, default PT5M)")
     parser.add_argument("--require-closed", action="store_true",
                         help="every chain must end with a close record (workers stopped)")
-
-
-def parse_cli_time(text: str) -> dt.datetime:
-    """``2025-03-01`` (midnight UTC) or an ISO 8601 instant (UTC when no offset is given)."""
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _load(args: argparse.Namespace) -> tuple[AuditKey, LoadedLog]:
@@ -325,8 +318,8 @@ def _is_grant(record: dict[str, Any]) -> bool:
 def _store_history(url: str, client: str | None) -> list[dict[str, Any]]:
     import asyncio
 
-    from micafence.scopes.grants import event_to_json
-    from micafence.store.base import open_store
+    from micafence.records import event_to_json
+    from micafence.store.opener import open_store
 
     async def read() -> list[dict[str, Any]]:
         store = open_store(url)
@@ -374,7 +367,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             last_file = index == len(files) - 1
             if not records or (last_file and writer not in closed):
                 break
-            if parse_time(str(records[-1]["time"])) >= cutoff:
+            if parse_instant(str(records[-1]["time"]), allow_date=False) >= cutoff:
                 break
             pruned.append((path, records))
     _keep_needed_recoveries(candidates, log.files)

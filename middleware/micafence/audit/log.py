@@ -46,14 +46,15 @@ from micafence.asgi import Scope
 from micafence.audit.chain import ChainWriter, format_time
 from micafence.audit.keys import AuditKey
 from micafence.audit.recovery import DeadChain
-from micafence.audit.settings import DEFAULT_AUDIT, AuditSettings
-from micafence.audit.sinks import AuditSink, AuditSinkError, FileSink, open_sink
+from micafence.audit.sinks import AuditSink, AuditSinkError, open_sink
+from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.logs import log_event
+from micafence.policy.audit import DEFAULT_AUDIT, AuditSettings
 
 if TYPE_CHECKING:
-    from micafence.middleware import MicafenceMiddleware
-    from micafence.scopes.grants import GrantEvent
+    from micafence.policy.model import Policy
+    from micafence.records import GrantEvent
 
 
 EVIDENCE = "evidence"
@@ -67,6 +68,7 @@ _WRITER_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 # the disk is full or Redis is down; evidence is refused (503) until one succeeds, so a longer
 # wait would keep refusing requests for that long after the fault has cleared.
 _MAX_BACKOFF = 0.5
+_IP_CACHE_ENTRIES = 4096  # reduced addresses remembered per log
 _QueueItem = tuple[float, Decision | None, str | None, Any, bool]
 
 logger = logging.getLogger("micafence.audit.log")
@@ -91,13 +93,6 @@ async def _settled(write: asyncio.Future[None]) -> bool:
     return interrupted
 
 
-def record_class(decision: Decision) -> str:
-    """``evidence`` (never dropped), ``block`` or ``traffic`` (may be aggregated)."""
-    if decision.blocked:
-        return BLOCK
-    return TRAFFIC if decision.route_class == "neutral" else EVIDENCE
-
-
 class AuditLog:
     """A bounded queue of decisions and events, flushed to a sink by a background task.
 
@@ -106,7 +101,7 @@ class AuditLog:
     ``redis://HOST/DB#STREAM``). ``key`` (the audit secret, :mod:`micafence.audit.keys`)
     signs checkpoints (Ed25519) and keys pseudonyms (default: :meth:`AuditKey.from_env`).
     ``settings`` are the ``audit`` policy section; when the log is given to the middleware it
-    follows the middleware's current policy instead.
+    follows the policy in force instead (:meth:`follow`).
     """
 
     def __init__(
@@ -149,8 +144,8 @@ class AuditLog:
         self._failing = False
         self._last_checkpoint = 0.0
         self._dead_chains: list[DeadChain] | None = None  # claimed before the first batch
-        self._ip_cache: dict[str, str] = {}
-        # Plain counters, read by micafence.audit.metrics.
+        self._ip_cache: BoundedCache[str, str] = BoundedCache(_IP_CACHE_ENTRIES)
+        # Plain counters, read by micafence.metrics.
         self.written = 0
         self.refused = 0
         self.aggregated = 0
@@ -158,11 +153,12 @@ class AuditLog:
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def attach(self, middleware: MicafenceMiddleware) -> None:
-        """Follow the middleware's current policy and run with its server's lifespan."""
-        self._current_settings = lambda: middleware.enforcer.policy.audit
-        self._revision = lambda: middleware.enforcer.policy.revision
-        middleware.on_lifespan(self.start, self.aclose)
+    def follow(self, policy: Callable[[], Policy]) -> None:
+        """Take the ``audit`` section and the revision from ``policy()``, the policy in force
+        (asked on every use: reloads swap it). The middleware calls it, and runs :meth:`start`
+        and :meth:`aclose` with the server's lifespan."""
+        self._current_settings = lambda: policy().audit
+        self._revision = lambda: policy().revision
 
     async def start(self) -> None:
         """Open the chain on the sink, then start the background flusher (also started by the
@@ -244,13 +240,7 @@ class AuditLog:
     def record_grant(self, event: GrantEvent) -> bool:
         """Record a grant-history event (:mod:`micafence.scopes.grants`) as an evidence event:
         ``grant.recorded``, ``grant.revoked``, ``grant.approved`` or ``grant.bound``."""
-        from micafence.scopes.grants import (
-            AccountBinding,
-            Approval,
-            Grant,
-            Revocation,
-            event_to_json,
-        )
+        from micafence.records import AccountBinding, Approval, Grant, Revocation, event_to_json
 
         kinds = {Grant: "grant.recorded", Revocation: "grant.revoked",
                  Approval: "grant.approved", AccountBinding: "grant.bound"}
@@ -488,9 +478,7 @@ class AuditLog:
         reduced = self._ip_cache.get(key)
         if reduced is None:
             reduced = reduce_ip(ip, settings, self.key)
-            if len(self._ip_cache) > 4096:
-                self._ip_cache.clear()
-            self._ip_cache[key] = reduced
+            self._ip_cache.put(key, reduced)
         return reduced
 
 
@@ -532,7 +520,3 @@ def _writer_id() -> str:
     host = _WRITER_CHARS.sub("-", socket.gethostname())[:24].strip("-") or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
-
-def directory_log(directory: str | os.PathLike[str], **options: Any) -> AuditLog:
-    """An :class:`AuditLog` writing JSON Lines files into ``directory``."""
-    return AuditLog(FileSink(directory), **options)

@@ -20,12 +20,12 @@ from micafence.audit.chain import (
     Anchor,
     ChainReport,
     judge_end,
-    parse_time,
     scan_chain,
     verify_chain,
 )
 from micafence.audit.keys import Verifier
 from micafence.audit.sinks import AuditSinkError, file_chains, file_lines, stream_chains
+from micafence.instants import parse_instant
 
 PRUNE_WRITER_PREFIX = "prune-"
 
@@ -116,5 +116,5 @@ def in_range(record: dict[str, Any], since: dt.datetime | None, until: dt.dateti
     text = record.get("time")
     if not isinstance(text, str):
         return False
-    moment = parse_time(text)
+    moment = parse_instant(text, allow_date=False)
     return (since is None or moment >= since) and (until is None or moment < until)

@@ -21,11 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from micafence.audit.chain import parse_time
-from micafence.audit.cli import parse_cli_time
 from micafence.audit.keys import AuditKey
 from micafence.audit.reader import in_range, load_log
-from micafence.audit.settings import ReportingThresholds
+from micafence.instants import instant_argument, parse_instant
+from micafence.policy.audit import ReportingThresholds
 
 DRIFT_WARNING = (
     "The EU book is drifting out of \"occasional\": the reverse-solicitation exemption "
@@ -152,7 +151,7 @@ def _compare(report: Exposure, limits: ReportingThresholds, now: dt.datetime) ->
 
 def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
     """Grants as recorded by ``grant.recorded`` / ``grant.revoked`` events in the log."""
-    from micafence.policy.durations import parse_duration
+    from micafence.instants import parse_duration
 
     grants: dict[str, GrantFacts] = {}
     revoked: set[str] = set()
@@ -161,9 +160,10 @@ def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
         if record.get("kind") != "event" or not isinstance(data, dict):
             continue
         if record.get("event") == "grant.recorded":
-            initiated = parse_time(str(data["initiated_at"]))
+            initiated = parse_instant(str(data["initiated_at"]), allow_date=False)
+            recorded = parse_instant(str(data["recorded_at"]), allow_date=False)
             grants[str(data["id"])] = GrantFacts(
-                str(data["id"]), parse_time(str(data["recorded_at"])), initiated,
+                str(data["id"]), recorded, initiated,
                 initiated + parse_duration(str(data["term"])), False)
         elif record.get("event") == "grant.revoked":
             revoked.add(str(data["grant_id"]))
@@ -174,8 +174,8 @@ def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
 
 def grants_from_store(url: str) -> list[GrantFacts]:
     """Grants from the grant store (the authoritative history)."""
-    from micafence.scopes.grants import fold
-    from micafence.store.base import open_store
+    from micafence.records import fold
+    from micafence.store.opener import open_store
 
     async def read() -> list[GrantFacts]:
         store = open_store(url)
@@ -297,7 +297,7 @@ def register(commands: Any) -> None:
                                  "`reporting` thresholds.")
     parser.add_argument("targets", nargs="+", metavar="PATH",
                         help="audit directory, file or redis://HOST/DB#STREAM")
-    parser.add_argument("--since", type=parse_cli_time, help="from (ISO date or time)")
+    parser.add_argument("--since", type=instant_argument, help="from (ISO date or time)")
     parser.add_argument("--store", help="grant store URL (default: grants from the audit log)")
     parser.add_argument("--policy", help="policy with the thresholds (default $MICAFENCE_POLICY "
                         "or the packaged default)")

@@ -31,6 +31,7 @@ from typing import Any
 
 from micafence.audit.recovery import DeadChain, WriterLock, claim_dead_chains, release_claims
 from micafence.errors import MicafenceError
+from micafence.extras import require
 
 FILE_PATTERN = re.compile(r"audit\.(?P<writer>[A-Za-z0-9_-]+)\.(?P<index>\d{6})\.jsonl")
 DEFAULT_STREAM = "micafence:audit"
@@ -163,9 +164,11 @@ class RedisStreamSink(AuditSink):
     """Every record as one entry (field ``record``) of a Redis Stream, never trimmed."""
 
     def __init__(self, url: str, stream: str = DEFAULT_STREAM) -> None:
-        import redis.asyncio as redis  # imported lazily: only Redis users pay for it
-
         self.location = f"{url}#{stream}"
+        require("redis.asyncio", "redis", f"{self.location} (a Redis audit stream)",
+                AuditSinkError)
+        import redis.asyncio as redis  # imported here: only Redis users pay for it
+
         self.stream = stream
         self._client: Any = redis.Redis.from_url(url)
 
@@ -229,6 +232,7 @@ def file_lines(files: Sequence[Path]) -> Iterator[tuple[str, bytes]]:
 
 async def stream_chains(url: str) -> dict[str, list[tuple[str, bytes]]]:
     """Every record of a Redis audit stream, by writer, as ``(url#stream@id, line)``."""
+    require("redis.asyncio", "redis", f"{url} (a Redis audit stream)", AuditSinkError)
     import redis.asyncio as redis
     from redis.exceptions import RedisError
 

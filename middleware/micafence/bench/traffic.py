@@ -68,11 +68,6 @@ def skewed_visits(addresses: Sequence[str], count: int, seed: int = 11) -> list[
     return rng.choices(ranked, weights=weights, k=count)
 
 
-def random_ipv6(rng: random.Random) -> str:
-    """A fresh global-looking IPv6 address: every one misses every cache."""
-    return str(ipaddress.IPv6Address((0x2A00 << 112) | rng.getrandbits(112)))
-
-
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """One kind of request in the traffic mix."""

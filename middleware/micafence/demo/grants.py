@@ -24,11 +24,12 @@ import os
 from dataclasses import dataclass
 
 from micafence.errors import GrantError, PolicyError
+from micafence.instants import parse_duration, parse_instant
 from micafence.middleware import MicafenceMiddleware
-from micafence.policy.durations import parse_duration
 from micafence.policy.model import Policy
 from micafence.policy.yamlfile import Node, read_yaml
-from micafence.scopes.grants import GrantBook, GrantStatus, parse_instant
+from micafence.records import GrantStatus
+from micafence.scopes.grants import GrantBook
 
 logger = logging.getLogger("micafence.demo")
 

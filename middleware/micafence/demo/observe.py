@@ -8,8 +8,8 @@ from pathlib import Path
 
 from micafence.audit.keys import KEY_ENV, KEY_FILE_ENV, AuditKey
 from micafence.audit.log import AuditLog
-from micafence.audit.metrics import Metrics
 from micafence.audit.sinks import FileSink
+from micafence.metrics import Metrics
 
 
 def demo_key(audit_dir: Path) -> AuditKey:

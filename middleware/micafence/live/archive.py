@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from micafence.errors import ArchiveError, MicafenceError
+from micafence.instants import parse_instant
 from micafence.live.atomicfile import write_atomically
 from micafence.policy.loader import load_policy, policy_revision
 from micafence.policy.model import Policy
-from micafence.policy.schedule import parse_instant
 
 INDEX_FILE = "revisions.jsonl"
 ARCHIVE_ENV = "MICAFENCE_ARCHIVE_DIR"
@@ -77,7 +77,7 @@ class PolicyArchive:
                 data = json.loads(line)
                 entries.append(ArchivedRevision(
                     str(data["revision"]), str(data["name"]), str(data["source"]),
-                    parse_instant(data["loaded_at"]),
+                    parse_instant(data["loaded_at"], allow_date=False),
                 ))
             except (ValueError, TypeError, KeyError, AttributeError):
                 raise ArchiveError(f"{path}:{number}: not an archive entry") from None

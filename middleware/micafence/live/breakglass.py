@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from micafence.errors import BreakGlassError
+from micafence.instants import parse_instant, utc_now
 from micafence.live.atomicfile import write_atomically
 from micafence.policy.model import Mode, Outcome, Rule
-from micafence.policy.schedule import parse_instant, utc_now
 
 BLOCK_SERVICES = "block_services"
 SHADOW = "shadow"
@@ -69,7 +69,7 @@ class Switch:
     def from_dict(cls, data: Any, where: str) -> Switch:
         try:
             action, rule, by, why = data["action"], data.get("rule"), data["by"], data["why"]
-            at = parse_instant(data["at"])
+            at = parse_instant(data["at"], allow_date=False)
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise BreakGlassError(f"{where}: malformed switch {data!r} ({exc})") from None
         if action not in (BLOCK_SERVICES, SHADOW) or (action == SHADOW) != isinstance(rule, str):

@@ -18,13 +18,14 @@ Give the middleware ``health_path="/healthz"`` and it answers ``GET``/``HEAD``
 Each readiness check in :data:`READINESS_CHECKS` looks at one thing and returns the
 :class:`Fault` it finds, or ``None``. A fault that hits every pod alike (a shared store, a
 database shipped to all) takes the posture the policy's ``health`` section gives it
-(:mod:`micafence.live.health_settings`, ``degraded`` by default); one that is this process's
+(:mod:`micafence.policy.health`, ``degraded`` by default); one that is this process's
 own is ``not_ready``. The checks:
 
 - ``database_stale``: the GeoIP database is older than the policy's ``database.max_age`` (also
   logged as a warning by the reloader): geolocation goes stale as address blocks move;
-- ``store_unreachable``: the store does not answer its ``ping`` (a store without ``ping`` is "not
-  configured"): grant checks fail closed, so in-scope clients are refused meanwhile;
+- ``store_unreachable``: the store's :meth:`~micafence.store.base.Store.check` fails (the memory
+  store has nothing to check: "not configured"): grant checks fail closed, so in-scope clients
+  are refused meanwhile;
 - ``client_rewritten`` (always ``not_ready``): the server was seen rewriting the client address
   before micafence ran (:mod:`micafence.location.rewrite_alarm`): every proxied visitor is
   decided as an unknown address, and the server's settings cannot change under a running
@@ -36,20 +37,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from micafence.asgi import Receive, Send
 from micafence.errors import MicafenceError
-from micafence.live.health_settings import Posture
+from micafence.instants import format_duration
+from micafence.live.reload import ReloadEvent
 from micafence.location.dbcheck import too_old
-from micafence.policy.durations import format_duration
-
-if TYPE_CHECKING:
-    from micafence.engine import Enforcer
-    from micafence.middleware import MicafenceMiddleware
-
+from micafence.location.rewrite_alarm import ClientRewriteAlarm
+from micafence.observed import CurrentEnforcer, InForce
+from micafence.policy.health import Posture
+from micafence.store.base import Store
 
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
@@ -63,14 +63,32 @@ class Fault:
     posture: Posture  # degraded (200) or not_ready (503)
 
 
+class ReloadState(Protocol):
+    """What readiness reads of the reloader: its clock and what it loaded, checked, refused."""
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def last_check(self) -> dt.datetime: ...
+
+    @property
+    def loaded_at(self) -> Mapping[str, dt.datetime]: ...
+
+    @property
+    def events(self) -> Sequence[ReloadEvent]: ...
+
+    def clock(self) -> dt.datetime: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
     """What the readiness checks look at, read once per probe (one enforcer generation)."""
 
-    middleware: MicafenceMiddleware
-    enforcer: Enforcer
+    enforcer: InForce
     now: dt.datetime
     store: dict[str, str]  # the store section of the report (status: ok | unreachable | …)
+    rewrite_problem: str | None  # the client-rewrite alarm's problem, if it tripped
 
 
 ReadinessCheck = Callable[[Observed], Fault | None]
@@ -87,7 +105,7 @@ def database_stale(seen: Observed) -> Fault | None:
 
 
 def store_unreachable(seen: Observed) -> Fault | None:
-    """The store does not answer its ``ping``."""
+    """The store's check fails."""
     if seen.store["status"] != "unreachable":
         return None
     return Fault("store_unreachable", f"store unreachable: {seen.store['detail']}",
@@ -96,7 +114,7 @@ def store_unreachable(seen: Observed) -> Fault | None:
 
 def client_rewritten(seen: Observed) -> Fault | None:
     """The server rewrote a client address before micafence ran (this process's own fault)."""
-    problem = seen.middleware.rewrite_alarm.problem
+    problem = seen.rewrite_problem
     return None if problem is None else Fault("client_rewritten", problem, Posture.NOT_READY)
 
 
@@ -135,10 +153,19 @@ class LivenessEndpoint:
 
 
 class HealthEndpoint:
-    """An ASGI app answering readiness for one :class:`~micafence.MicafenceMiddleware`."""
+    """An ASGI app answering readiness from what it is handed: the enforcer in force
+    (``current()``), the reloader's state, the store (its :meth:`~micafence.store.base.Store
+    .check`) and the client-rewrite alarm. :meth:`~micafence.MicafenceMiddleware.health_app`
+    makes one for a middleware."""
 
-    def __init__(self, middleware: MicafenceMiddleware, *, store_timeout: float = 1.0) -> None:
-        self.middleware = middleware
+    def __init__(
+        self, current: CurrentEnforcer, reloader: ReloadState, store: Store,
+        rewrite_alarm: ClientRewriteAlarm, *, store_timeout: float = 1.0,
+    ) -> None:
+        self.current = current
+        self.reloader = reloader
+        self.store = store
+        self.rewrite_alarm = rewrite_alarm
         self.store_timeout = store_timeout
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
@@ -149,10 +176,10 @@ class HealthEndpoint:
 
     async def report(self) -> dict[str, Any]:
         """The readiness report (what the endpoint sends as JSON)."""
-        reloader = self.middleware.reloader
-        enforcer = self.middleware.enforcer  # one read: the report describes one generation
+        reloader = self.reloader
+        enforcer = self.current()  # one read: the report describes one generation
         now = reloader.clock()
-        seen = Observed(self.middleware, enforcer, now, await self._store_status())
+        seen = Observed(enforcer, now, await self._store_status(), self.rewrite_alarm.problem)
         faults = [fault for check in READINESS_CHECKS if (fault := check(seen)) is not None]
         status = "ready"
         if faults:
@@ -203,18 +230,13 @@ class HealthEndpoint:
         }
 
     async def _store_status(self) -> dict[str, str]:
-        store = self.middleware.store
-        ping = getattr(store, "ping", None)
-        if not callable(ping):
-            return {"status": "not configured", "kind": type(store).__name__}
+        store = self.store
+        kind = type(store).__name__
         try:
-            answer = await asyncio.wait_for(ping(), self.store_timeout)
+            answered = await asyncio.wait_for(store.check(), self.store_timeout)
         except TimeoutError:
-            return {"status": "unreachable", "kind": type(store).__name__,
+            return {"status": "unreachable", "kind": kind,
                     "detail": f"no answer within {self.store_timeout:g} s"}
         except (MicafenceError, OSError) as exc:
-            return {"status": "unreachable", "kind": type(store).__name__, "detail": str(exc)}
-        if answer is False:
-            return {"status": "unreachable", "kind": type(store).__name__,
-                    "detail": "ping answered False"}
-        return {"status": "ok", "kind": type(store).__name__}
+            return {"status": "unreachable", "kind": kind, "detail": str(exc)}
+        return {"status": "ok" if answered else "not configured", "kind": kind}

@@ -39,6 +39,7 @@ from micafence.background import stop_task
 from micafence.engine import Enforcer
 from micafence.errors import GeoIPDatabaseError, MicafenceError
 from micafence.identity import IdentifyFunction
+from micafence.instants import utc_now
 from micafence.live.archive import PolicyArchive
 from micafence.live.breakglass import NO_BREAKGLASS, STATE_FILE, BreakGlass, read_state
 from micafence.location.anonymizer import AnonymousIPDatabase
@@ -47,7 +48,6 @@ from micafence.location.geo import GeoIPDatabase
 from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.policy.loader import read_policy
 from micafence.policy.model import Policy
-from micafence.policy.schedule import utc_now
 
 logger = logging.getLogger("micafence")
 

@@ -13,17 +13,11 @@ opened once, memory-mapped, and its answers are cached per address and per netwo
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import maxminddb
-from maxminddb.errors import InvalidDatabaseError
-
-from micafence.errors import GeoIPDatabaseError
-from micafence.location.mmdb_cache import NetworkCache
+from micafence.location.mmdb import MaxMindFile
 from micafence.policy.model import (
     ROUTE_CLASSES,
     AnonymizerRule,
@@ -63,7 +57,6 @@ DEFAULT_TIERS: Mapping[str, Mapping[str, AnonymizerTier]] = {
     "hosting": {"default": _T.SUPPRESS_PROMOTIONS, "account_creation": _T.BLOCK},
 }
 
-_generations = itertools.count(1)
 _STRENGTH = {_T.RECORD_ONLY: 0, _T.SUPPRESS_PROMOTIONS: 1, _T.BLOCK: 2}
 
 
@@ -105,42 +98,19 @@ def parse_anonymizers(node: Node) -> tuple[AnonymizerRule, ...]:
 # -- the database --------------------------------------------------------------------------------
 
 
-class AnonymousIPDatabase:
+class AnonymousIPDatabase(MaxMindFile[tuple[str, ...]]):
     """MaxMind's GeoIP2 Anonymous-IP database, opened once (memory-mapped) and cached.
 
-    :meth:`lookup` returns the flags of an address as a tuple in :data:`FLAGS` order. MaxMind
-    answers an empty map ``{}`` (not ``None``) for many unlisted addresses: both mean no flag.
+    ``lookup(ip)`` returns the flags of a canonical address string as a tuple in :data:`FLAGS`
+    order, none on any reader error. MaxMind answers an empty map ``{}`` (not ``None``) for
+    many unlisted addresses: both mean no flag.
     """
 
+    kinds = ("Anonymous-IP",)
+    wrong_kind = "is not an Anonymous-IP database"
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
-            raise GeoIPDatabaseError(self.path, "no such file")
-        try:
-            self.reader = maxminddb.open_database(self.path, maxminddb.MODE_MMAP_EXT)
-            meta = self.reader.metadata()
-        except (InvalidDatabaseError, ValueError, OSError) as exc:
-            raise GeoIPDatabaseError(self.path, f"not a valid MaxMind database ({exc})") from exc
-        self.database_type: str = meta.database_type
-        if "Anonymous-IP" not in self.database_type:
-            self.reader.close()
-            raise GeoIPDatabaseError(
-                self.path,
-                f"database type {self.database_type!r} is not an Anonymous-IP database",
-            )
-        self.build_epoch: int = int(meta.build_epoch)
-        self.generation = next(_generations)
-        #: The flags of a canonical address string; none on any reader error.
-        self.lookup = NetworkCache(self.reader, flags_of, NO_FLAGS).lookup
-
-    @property
-    def built_at(self) -> dt.datetime:
-        """The database's build time (UTC)."""
-        return dt.datetime.fromtimestamp(self.build_epoch, tz=dt.UTC)
-
-    def close(self) -> None:
-        """Release the memory map. Only call once no request can still use this instance."""
-        self.reader.close()
+        super().__init__(path, flags_of, NO_FLAGS)
 
 
 def flags_of(record: Any) -> tuple[str, ...]:

@@ -24,6 +24,8 @@ import socket
 from collections.abc import Iterable
 from functools import lru_cache
 
+from micafence.caches import BoundedCache
+
 # Longer headers are refused outright: a real chain is a handful of hops.
 MAX_FORWARDED_HEADER_BYTES = 8192
 _CACHE_LIMIT = 4096
@@ -104,7 +106,8 @@ class TrustedProxies:
         self._masks = tuple(
             (net.version == 6, int(net.network_address), int(net.netmask)) for net in self.networks
         )
-        self._seen: dict[str, bool] = {}
+        self._seen: BoundedCache[str, bool] = BoundedCache(_CACHE_LIMIT)
+        self._known = self._seen.get  # the hit path: one dict look-up, no hop
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -112,7 +115,7 @@ class TrustedProxies:
     def __contains__(self, host: object) -> bool:
         if not isinstance(host, str):
             return False
-        known = self._seen.get(host)
+        known = self._known(host)
         if known is not None:
             return known
         canonical = _hop(host)
@@ -123,9 +126,7 @@ class TrustedProxies:
                 socket.AF_INET6 if v6 else socket.AF_INET, canonical))
             result = any(is_v6 == v6 and value & mask == network
                          for is_v6, network, mask in self._masks)
-        if len(self._seen) >= _CACHE_LIMIT:
-            self._seen.clear()
-        self._seen[host] = result
+        self._seen.put(host, result)
         return result
 
 

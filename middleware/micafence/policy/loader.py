@@ -13,11 +13,14 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from micafence.audit.settings import parse_audit, parse_reporting
-from micafence.live.health_settings import parse_health
 from micafence.location.anonymizer import default_anonymizer_rules, parse_anonymizers
 from micafence.location.countries import is_country_code
 from micafence.location.dbcheck import parse_database_checks
+from micafence.policy.audit import parse_audit, parse_reporting
+from micafence.policy.cache import DEFAULT_CACHE, parse_cache
+from micafence.policy.catalogue import ROUTE_SCOPE_KEYS, parse_catalogue
+from micafence.policy.grant_store import parse_onboarding, parse_store_settings
+from micafence.policy.health import parse_health
 from micafence.policy.model import (
     ROUTE_CLASSES,
     UNKNOWN_COUNTRY_ZONE,
@@ -33,13 +36,10 @@ from micafence.policy.model import (
     Signals,
     Zone,
 )
+from micafence.policy.promotions import parse_promotions
 from micafence.policy.routes import HTTP_METHODS, compile_pattern
 from micafence.policy.schedule import WINDOW_KEYS, parse_window
 from micafence.policy.yamlfile import Node, parse_yaml, read_yaml
-from micafence.promotions.cache_policy import DEFAULT_CACHE, parse_cache
-from micafence.promotions.settings import parse_promotions
-from micafence.scopes.catalogue import ROUTE_SCOPE_KEYS, parse_catalogue
-from micafence.store.settings import parse_onboarding, parse_store_settings
 
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -50,12 +50,12 @@ _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _TOP_KEYS = (
     "policy", "name", "mode", "blocked_by", "client_ip", "signals", "client_identity",
     "zones", "routes", "rules",
-    "services", "assets", "scopes",  # micafence.scopes.catalogue
+    "services", "assets", "scopes",  # micafence.policy.catalogue
     "anonymizers", "database",  # micafence.location.anonymizer, micafence.location.dbcheck
-    "promotions", "cache",  # micafence.promotions.settings, micafence.promotions.cache_policy
-    "audit", "reporting",  # micafence.audit.settings
-    "onboarding",  # micafence.store.settings
-    "health",  # micafence.live.health_settings
+    "promotions", "cache",  # micafence.policy.promotions, micafence.policy.cache
+    "audit", "reporting",  # micafence.policy.audit
+    "onboarding",  # micafence.policy.grant_store
+    "health",  # micafence.policy.health
 )
 
 
@@ -115,7 +115,10 @@ def _build(root: Node, raw: bytes, source: str) -> Policy:
             if "anonymizers" in top else default_anonymizer_rules()
         ),
         database=parse_database_checks(top["database"]) if "database" in top else DatabaseChecks(),
-        promotions=parse_promotions(top.get("promotions"), zones, routes),
+        promotions=parse_promotions(
+            top.get("promotions"), {zone.name: zone.promotions for zone in zones},
+            {route.id: route.route_class for route in routes},
+        ),
         cache=parse_cache(top["cache"], top.get("client_ip")) if "cache" in top else DEFAULT_CACHE,
         audit=parse_audit(top),
         reporting=parse_reporting(top),

@@ -10,22 +10,22 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
-from micafence.audit.settings import (
+from micafence.policy.audit import (
     DEFAULT_AUDIT,
     DEFAULT_REPORTING,
     AuditSettings,
     ReportingThresholds,
 )
-from micafence.live.health_settings import DEFAULT_HEALTH, HealthSettings
-from micafence.promotions.cache_policy import DEFAULT_CACHE, CachePolicy
-from micafence.promotions.settings import DEFAULT_PROMOTIONS, PromotionPolicy
-from micafence.scopes.catalogue import EMPTY_CATALOGUE, Catalogue
-from micafence.store.settings import (
+from micafence.policy.cache import DEFAULT_CACHE, CachePolicy
+from micafence.policy.catalogue import EMPTY_CATALOGUE, Catalogue
+from micafence.policy.grant_store import (
     DEFAULT_ONBOARDING,
     DEFAULT_STORE_SETTINGS,
     OnboardingSettings,
     StoreSettings,
 )
+from micafence.policy.health import DEFAULT_HEALTH, HealthSettings
+from micafence.policy.promotions import DEFAULT_PROMOTIONS, PromotionPolicy
 
 UNKNOWN_COUNTRY_ZONE = "unknown_country"
 
@@ -179,18 +179,18 @@ class Policy:
     blocked_by: str | None = None  # RFC 7725 ``Link: rel="blocked-by"`` target
     anonymizers: tuple[AnonymizerRule, ...] = ()
     database: DatabaseChecks = DatabaseChecks()
-    # services, assets, scope bounds and service routes (micafence.scopes.catalogue)
+    # services, assets, scope bounds and service routes (micafence.policy.catalogue)
     catalogue: Catalogue = EMPTY_CATALOGUE
-    # what a promotion is and how it is suppressed (micafence.promotions.settings)
+    # what a promotion is and how it is suppressed (micafence.policy.promotions)
     promotions: PromotionPolicy = DEFAULT_PROMOTIONS
-    cache: CachePolicy = DEFAULT_CACHE  # cache safety set-up (micafence.promotions.cache_policy)
-    # retention and privacy of the decision log; report thresholds (micafence.audit.settings)
+    cache: CachePolicy = DEFAULT_CACHE  # cache safety set-up (micafence.policy.cache)
+    # retention and privacy of the decision log; report thresholds (micafence.policy.audit)
     audit: AuditSettings = DEFAULT_AUDIT
     reporting: ReportingThresholds = DEFAULT_REPORTING
-    # maker-checker, Redis production checks, onboarding tokens (micafence.store.settings)
+    # maker-checker, Redis production checks, onboarding tokens (micafence.policy.grant_store)
     grant_store: StoreSettings = DEFAULT_STORE_SETTINGS
     onboarding: OnboardingSettings = DEFAULT_ONBOARDING
-    # what readiness reports for faults every pod shares (micafence.live.health_settings)
+    # what readiness reports for faults every pod shares (micafence.policy.health)
     health: HealthSettings = DEFAULT_HEALTH
 
     def zone(self, name: str) -> Zone | None:

@@ -15,40 +15,18 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable
 
+from micafence.instants import as_utc, parse_instant
 from micafence.policy.model import Policy, Rule, Zone
 from micafence.policy.yamlfile import Node
 
 WINDOW_KEYS = ("effective_from", "effective_until")
 
-def utc_now() -> dt.datetime:
-    """The default clock."""
-    return dt.datetime.now(dt.UTC)
-
-
-def parse_instant(text: str) -> dt.datetime:
-    """An ISO 8601 instant with a timezone (``2026-07-01T00:00:00+02:00``, ``…Z``), in UTC.
-
-    Raises ``ValueError`` for a date without a time or a time without a timezone: a rule that
-    starts "on 1 July" must say in which timezone that day starts.
-    """
-    try:
-        value = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 date and time") from None
-    return _aware(value, text)
-
-
-def _aware(value: dt.datetime, shown: object) -> dt.datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{shown!s} has no timezone (write e.g. 2026-07-01T00:00:00+02:00 or ...Z)"
-        )
-    # A plain datetime in UTC: YAML loaders hand out datetime subclasses with extra state.
-    return dt.datetime.fromtimestamp(value.timestamp(), dt.UTC)
-
-
 def parse_window(fields: dict[str, Node]) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """``effective_from`` / ``effective_until`` from a zone's or rule's validated keys."""
+    """``effective_from`` / ``effective_until`` from a zone's or rule's validated keys.
+
+    Stricter than a command line: a date alone is refused (a rule starting "on 1 July" says in
+    which timezone that day starts), so ``allow_date=False``.
+    """
     ends: list[dt.datetime | None] = []
     for key in WINDOW_KEYS:
         node = fields.get(key)
@@ -58,12 +36,12 @@ def parse_window(fields: dict[str, Node]) -> tuple[dt.datetime | None, dt.dateti
         value = node.value
         try:
             if isinstance(value, dt.datetime):  # YAML resolved an unquoted timestamp
-                ends.append(_aware(value, value.isoformat()))
+                ends.append(as_utc(value, value.isoformat()))
             elif isinstance(value, dt.date):
                 raise ValueError(f"{value} is a date: give a time and timezone too "
                                  "(e.g. 2026-07-01T00:00:00+02:00)")
             else:
-                ends.append(parse_instant(node.text()))
+                ends.append(parse_instant(node.text(), allow_date=False))
         except ValueError as exc:
             node.fail(str(exc))
     start, end = ends

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from micafence.promotions.settings import EvidenceLimits
+from micafence.policy.promotions import EvidenceLimits
 
 #: Every outcome :meth:`EvidenceBudget.admit` counts, in the metric's ``outcome`` label.
 OUTCOMES = ("recorded", "repeat", "dropped_visitor_rate", "dropped_worker_cap")

@@ -17,12 +17,12 @@ from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.location.client_ip import TrustedProxies
 from micafence.policy.model import Policy, PromotionStance
+from micafence.policy.promotions import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from micafence.policy.routes import PATH_KEY_CHARS, route_paths
-from micafence.promotions.caching import HTML_TYPES, CacheSafety
+from micafence.promotions.cache_safety import HTML_TYPES, CacheSafety
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.rewriter import RewritingSend, touches
-from micafence.promotions.settings import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from micafence.promotions.solicitation import (
     MarkerMatcher,
     evidence,
@@ -115,7 +115,7 @@ class PromotionGuard:
         """``send`` for a visitor who may see promotions: zone-dependent GETs made private.
 
         This runs for most traffic, so it stays small: no wrapper but for GET and HEAD, and
-        the content-type test inlined from :func:`~micafence.promotions.caching.is_html`.
+        the content-type test inlined from :func:`~micafence.promotions.cache_safety.is_html`.
         """
         method = scope.get("method")
         if method != "GET" and method != "HEAD":

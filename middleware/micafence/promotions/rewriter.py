@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from micafence.asgi import Message, Send
-from micafence.promotions.caching import CacheSafety, typed_html
+from micafence.promotions.cache_safety import CacheSafety, typed_html
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.page_codec import (
     Unrewritable,

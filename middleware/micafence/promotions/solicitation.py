@@ -22,8 +22,9 @@ from collections.abc import Iterable, Sequence
 from http.cookies import SimpleCookie
 from urllib.parse import unquote_plus
 
-from micafence.promotions.settings import VisitorCookie
-from micafence.store.base import SolicitationEvidence, Store
+from micafence.policy.promotions import VisitorCookie
+from micafence.records import SolicitationEvidence
+from micafence.store.base import Store
 
 logger = logging.getLogger("micafence.promotions.solicitation")
 

@@ -25,24 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from micafence.errors import GrantError, StoreError
-from micafence.policy.durations import format_duration, parse_duration
+from micafence.instants import format_duration, instant_argument, parse_duration
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.model import Policy
-from micafence.scopes.grants import (
+from micafence.records import (
     AccountBinding,
     Approval,
     Grant,
-    GrantBook,
     GrantEvent,
     GrantState,
     GrantStatus,
     Revocation,
     event_to_json,
 )
-from micafence.scopes.grants import parse_instant as _parse_instant
+from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import issue_token
 from micafence.scopes.signing import KEY_FILE_ENV, write_key_file
-from micafence.store.base import Store, open_store
+from micafence.store.base import Store
+from micafence.store.opener import open_store
 
 STORE_ENV = "MICAFENCE_STORE"
 POLICY_ENV = "MICAFENCE_POLICY"
@@ -64,7 +64,7 @@ def register(commands: Any) -> None:
     add.add_argument("--client", required=True, help="the client id, as the app identifies it")
     add.add_argument("--service", required=True, help="a service key from the policy")
     add.add_argument("--asset", required=True, help="an asset symbol from the policy")
-    add.add_argument("--initiated-at", required=True, type=_instant, metavar="ISO8601",
+    add.add_argument("--initiated-at", required=True, type=instant_argument, metavar="ISO8601",
                      help="when the client approached the firm, with a UTC offset")
     add.add_argument("--channel", required=True, help="how it did (email, phone, web form, …)")
     add.add_argument("--evidence", required=True, help="reference to the evidence kept")
@@ -181,13 +181,6 @@ def _officer(claimed: str | None, option: str) -> str:
         raise GrantError(f"{option} {claimed} does not match your configured identity "
                          f"{officer!r} (${OFFICER_ENV} or {_officer_file()})")
     return officer
-
-
-def _instant(text: str) -> dt.datetime:
-    try:
-        return _parse_instant(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _duration(text: str) -> dt.timedelta:

@@ -28,10 +28,8 @@ from urllib.parse import parse_qsl
 
 from micafence.asgi import Message, Receive, Scope
 from micafence.decision import Decision
-from micafence.policy.model import Policy
-from micafence.policy.routes import normalize_path, route_paths
-from micafence.reasons import Reason
-from micafence.scopes.catalogue import (
+from micafence.instants import Clock, utc_now
+from micafence.policy.catalogue import (
     EXCHANGE_FOR_CRYPTO,
     EXCHANGE_FOR_FUNDS,
     SYMBOL,
@@ -40,7 +38,10 @@ from micafence.scopes.catalogue import (
     Source,
     is_fiat,
 )
-from micafence.scopes.grants import Clock, Grant, GrantState, utc_now
+from micafence.policy.model import Policy
+from micafence.policy.routes import normalize_path, route_paths
+from micafence.reasons import Reason
+from micafence.records import Grant, GrantState
 from micafence.store.base import Store
 
 logger = logging.getLogger("micafence.scopes.gate")

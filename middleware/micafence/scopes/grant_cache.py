@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from micafence.background import stop_task
+from micafence.caches import BoundedCache
 from micafence.logs import log_event
-from micafence.scopes.grants import GrantEvent, GrantState, fold
+from micafence.records import GrantEvent, GrantState, fold
 
 POLL_INTERVAL = 0.25
 MAX_STALENESS = 0.75
@@ -53,7 +54,8 @@ class GrantCache:
         self.max_staleness = max_staleness
         self._clock = clock
         # Client id -> (its records, folded into grants once, for the service checks).
-        self._entries: dict[str, tuple[tuple[GrantEvent, ...], tuple[GrantState, ...]]] = {}
+        self._entries: BoundedCache[str, tuple[tuple[GrantEvent, ...], tuple[GrantState, ...]]] = (
+            BoundedCache(_LIMIT))
         self._generation = 0
         self._version: int | None = None
         self._verified_at = float("-inf")
@@ -91,9 +93,7 @@ class GrantCache:
         """Keep what was loaded, unless the cache was flushed while it was being loaded."""
         if generation != self._generation or not self._subscribed:
             return
-        if len(self._entries) >= _LIMIT:
-            self._entries.clear()
-        self._entries[client_id] = (events, tuple(fold(events)))
+        self._entries.put(client_id, (events, tuple(fold(events))))
 
     def flush(self) -> None:
         self._entries.clear()

@@ -28,26 +28,19 @@ import hashlib
 import json
 import logging
 import secrets
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from micafence.asgi import Message, Scope, Send
 from micafence.decision import Decision
 from micafence.errors import GrantError
 from micafence.identity import clean_client_id
+from micafence.instants import Clock, utc_now
 from micafence.logs import log_event
+from micafence.policy.grant_store import OnboardingSettings
 from micafence.policy.model import Policy
 from micafence.reasons import Reason
-from micafence.scopes.grants import (
-    AccountBinding,
-    Clock,
-    GrantBook,
-    GrantState,
-    GrantStatus,
-    parse_instant,
-    utc_now,
-)
-from micafence.store.settings import OnboardingSettings
+from micafence.records import AccountBinding, GrantState, GrantStatus, OnboardingTicket
+from micafence.scopes.grants import GrantBook
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -62,45 +55,8 @@ _MAX_TOKEN = 256
 _MAX_ANSWER_BYTES = 64 * 1024  # a JSON answer naming the account is read up to this size
 
 
-@dataclass(frozen=True, slots=True)
-class OnboardingTicket:
-    """What the store keeps of an onboarding token: its hash, never the token."""
-
-    token_hash: str  # SHA-256 hex of the token
-    grant_id: str
-    client_id: str
-    issued_at: dt.datetime
-    expires_at: dt.datetime
-    issued_by: str
-
-
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def ticket_to_json(ticket: OnboardingTicket) -> dict[str, Any]:
-    return {
-        "event": "onboarding_ticket", "token_hash": ticket.token_hash,
-        "grant_id": ticket.grant_id, "client_id": ticket.client_id,
-        "issued_at": ticket.issued_at.isoformat(), "expires_at": ticket.expires_at.isoformat(),
-        "issued_by": ticket.issued_by,
-    }
-
-
-def ticket_from_json(data: Any) -> OnboardingTicket:
-    """The inverse of :func:`ticket_to_json`; ``ValueError`` for anything else."""
-    try:
-        if not isinstance(data, dict) or data["event"] != "onboarding_ticket":
-            raise ValueError("not an onboarding ticket")
-        fields = [data[k] for k in ("token_hash", "grant_id", "client_id", "issued_by")]
-        if not all(isinstance(f, str) and f for f in fields):
-            raise ValueError("onboarding ticket with an empty field")
-        return OnboardingTicket(
-            fields[0], fields[1], fields[2], parse_instant(str(data["issued_at"])),
-            parse_instant(str(data["expires_at"])), fields[3],
-        )
-    except KeyError as exc:
-        raise ValueError(f"onboarding ticket without {exc.args[0]!r}") from None
 
 
 async def issue_token(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from micafence.caches import BoundedCache
 from micafence.errors import StoreError
 from micafence.keyfiles import read_key_file
 from micafence.logs import log_event
@@ -151,7 +152,7 @@ class RecordSeal:
     def __init__(self, key: GrantKey | None, location: str) -> None:
         self.key = key
         self.location = location
-        self._rejected: set[bytes] = set()
+        self._rejected: BoundedCache[bytes, bool] = BoundedCache(_REJECTED_LIMIT)
 
     def sign(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The record to write: signed when there is a key."""
@@ -170,11 +171,9 @@ class RecordSeal:
     def reject(self, record: Mapping[str, Any], where: str, problem: str) -> None:
         """Log a record that is ignored (once per distinct record)."""
         digest = hashlib.sha256(canonical(record)).digest()
-        if digest in self._rejected:
+        if self._rejected.get(digest):
             return
-        if len(self._rejected) >= _REJECTED_LIMIT:
-            self._rejected.clear()
-        self._rejected.add(digest)
+        self._rejected.put(digest, True)
         log_event(
             logging.ERROR, "grant.record_rejected",
             f"micafence: ignoring a grant record at {where}: {problem}",

@@ -1,7 +1,8 @@
-"""The store: where grants, onboarding tickets and solicitation evidence live, chosen by URL.
+"""The store interface: where grants, onboarding tickets and solicitation evidence live.
 
-A small async interface (:class:`Store`) with one backend per URL scheme: ``memory://`` (the
-embedded default, one process) here; ``file://PATH`` (an append-only JSON Lines file shared by
+A small async interface (:class:`Store`) with one backend per URL scheme, chosen by
+:func:`~micafence.store.opener.open_store`: ``memory://`` (the embedded default, one process,
+:mod:`micafence.store.memory`); ``file://PATH`` (an append-only JSON Lines file shared by
 the processes of one host, :mod:`micafence.store.file_store`); ``redis://`` and ``rediss://`` (one
 Redis shared by every worker and instance, :mod:`micafence.store.redis_store`). Grant history is
 append-only: a revocation is a new record, and ``grant_version`` counts the records so caches
@@ -9,49 +10,32 @@ can tell when to refresh. ``file://`` and ``redis://`` sign what they write with
 (:mod:`micafence.scopes.signing`). Backends wrap their driver's errors in
 :class:`~micafence.errors.StoreError`, and name each operation that fails to the listener
 given to :meth:`Store.report_failures_to` (the middleware's metrics count them:
-``micafence_store_errors_total{operation}``). One shared test suite (``tests/test_store.py``)
+``micafence_store_errors_total{operation}``). :meth:`Store.check` is what the readiness probe
+asks. One shared test suite (``tests/test_store.py``)
 runs the same assertions on every backend.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from micafence.errors import StoreError
-from micafence.scopes.grants import (
+from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
+from micafence.records import (
     AccountBinding,
-    Grant,
     GrantEvent,
     GrantState,
+    OnboardingTicket,
+    SolicitationEvidence,
     filed_under,
     fold,
     grant_id_of,
 )
-from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
-
-_FOLDED_LIMIT = 10_000  # clients whose folded grants the memory store keeps at once
 
 if TYPE_CHECKING:
-    from micafence.scopes.onboarding import OnboardingTicket
-    from micafence.scopes.signing import GrantKey
-
-
-@dataclass(frozen=True, slots=True)
-class SolicitationEvidence:
-    """An EU arrival through a promotion route or a marketing marker: evidence that the firm
-    solicited this visitor, which later counts against any claim of client initiative."""
-
-    subject: str  # a client id, or "cookie:<first-party visitor id>" when anonymous
-    at: dt.datetime
-    zone: str
-    country: str | None
-    route_id: str | None  # the promotion route, if that is how they arrived
-    marker: str | None  # the marketing marker seen, e.g. "ref=FRIEND10" or "utm_source=x"
+    pass
 
 
 class Store(ABC):
@@ -66,7 +50,7 @@ class Store(ABC):
 
     def report_failures_to(self, listener: Callable[[str], None] | None) -> None:
         """Call ``listener(operation)`` for every operation that fails from now on (``None``:
-        stop). :class:`~micafence.audit.metrics.Metrics` listens to the middleware's store."""
+        stop). :class:`~micafence.metrics.Metrics` listens to the middleware's store."""
         self._failure_listener = listener
 
     def report_failure(self, operation: str) -> None:
@@ -113,6 +97,16 @@ class Store(ABC):
     async def close(self) -> None:
         """Release connections."""
 
+    @abstractmethod
+    async def check(self) -> bool:
+        """Can the store serve now? The readiness probe's store check.
+
+        Raises :class:`~micafence.errors.StoreError` saying what is wrong when the store cannot
+        be reached or read; answers ``True`` when it answered, ``False`` when there is nothing
+        outside this process to check (the memory store). A failure is reported like any
+        other operation's (operation ``check``).
+        """
+
     async def holdings(self, client_id: str) -> list[GrantEvent]:
         """The records of every grant ``client_id`` holds: its own, and those bound to it as
         the account opened with the grant's onboarding token (its holder's records of that
@@ -144,93 +138,3 @@ class Store(ABC):
     async def stop(self) -> None:
         """Stop what :meth:`start` started."""
         return None
-
-
-class MemoryStore(Store):
-    """Everything in this process's memory: for the demo, tests and single-process apps."""
-
-    def __init__(self) -> None:
-        self._solicitations: dict[str, list[SolicitationEvidence]] = {}
-        self._events: list[GrantEvent] = []
-        self._by_client: dict[str, list[GrantEvent]] = {}
-        self._grant_ids: set[str] = set()
-        self._tickets: dict[str, OnboardingTicket] = {}
-        self._folded: dict[str, tuple[GrantState, ...]] = {}  # per client, until a new record
-
-    async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
-        self._solicitations.setdefault(evidence.subject, []).append(evidence)
-
-    async def solicitations(self, subject: str) -> list[SolicitationEvidence]:
-        return list(self._solicitations.get(subject, ()))
-
-    async def append_grant_event(self, event: GrantEvent) -> int:
-        if isinstance(event, Grant):
-            if event.id in self._grant_ids:
-                raise StoreError(f"grant {event.id} is already recorded")
-            self._grant_ids.add(event.id)
-        self._events.append(event)
-        for client in filed_under(event):
-            self._by_client.setdefault(client, []).append(event)
-        self._folded.clear()  # a binding changes its account's holdings too: forget them all
-        return len(self._events)
-
-    async def grant_events(self, client_id: str | None = None) -> list[GrantEvent]:
-        if client_id is None:
-            return list(self._events)
-        return list(self._by_client.get(client_id, ()))
-
-    async def grant_version(self) -> int:
-        return len(self._events)
-
-    async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
-        # One tuple per client until a record changes (see Store.grant_states).
-        states = self._folded.get(client_id)
-        if states is None:
-            version = len(self._events)
-            states = await super().grant_states(client_id)
-            if version == len(self._events):  # no record came in meanwhile (subclasses wait)
-                if len(self._folded) >= _FOLDED_LIMIT:
-                    self._folded.clear()
-                self._folded[client_id] = states
-        return states
-
-    async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
-        self._tickets[ticket.token_hash] = ticket
-
-    async def take_onboarding_ticket(
-        self, token_hash: str, now: dt.datetime
-    ) -> OnboardingTicket | None:
-        ticket = self._tickets.pop(token_hash, None)  # no await in between: atomic
-        return ticket if ticket is not None and now < ticket.expires_at else None
-
-    async def close(self) -> None:
-        return None
-
-
-def open_store(
-    url: str, *, grant_key: GrantKey | str | os.PathLike[str] | None = None
-) -> Store:
-    """The store for a URL: ``memory://``, ``file://PATH``, ``redis://…``, ``rediss://…``, or
-    ``redis+cluster://HOST:PORT`` (``rediss+cluster://``) for any node of a Redis Cluster.
-
-    ``grant_key`` signs and verifies grant records (``file://`` and ``redis://``): a
-    :class:`~micafence.scopes.signing.GrantKey`, the path of a key file, or ``None`` for
-    ``$MICAFENCE_GRANT_KEY`` / ``$MICAFENCE_GRANT_KEY_FILE``. ``redis://`` refuses to open
-    without one; ``memory://`` keeps objects in this process and has nothing to sign.
-    """
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme == "memory":
-        return MemoryStore()
-    from micafence.scopes.signing import resolve_key
-
-    if scheme == "file":
-        from micafence.store.file_store import FileStore
-
-        return FileStore(rest, key=resolve_key(grant_key))
-    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        from micafence.store.redis_store import RedisStore
-
-        return RedisStore(url, key=resolve_key(grant_key), cluster=scheme.endswith("+cluster"))
-    raise StoreError(f"unsupported store URL {url!r} (supported: memory://, file://PATH, "
-                     "redis://HOST[:PORT]/DB, rediss://…, redis+cluster://HOST:PORT)")

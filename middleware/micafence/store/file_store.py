@@ -36,11 +36,23 @@ from typing import Any
 from urllib.parse import unquote
 
 from micafence.errors import StoreError
-from micafence.scopes.grants import Grant, GrantEvent, event_from_json, event_to_json, filed_under
-from micafence.scopes.onboarding import OnboardingTicket, ticket_from_json, ticket_to_json
+from micafence.instants import parse_instant
+from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
+from micafence.records import (
+    Grant,
+    GrantEvent,
+    OnboardingTicket,
+    SolicitationEvidence,
+    event_from_json,
+    event_to_json,
+    evidence_from_json,
+    evidence_to_json,
+    filed_under,
+    ticket_from_json,
+    ticket_to_json,
+)
 from micafence.scopes.signing import GrantKey, RecordSeal
-from micafence.store.base import SolicitationEvidence, Store
-from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
+from micafence.store.base import Store
 
 RECHECK_SECONDS = 0.5
 
@@ -156,6 +168,14 @@ class FileStore(Store):
 
     async def close(self) -> None:
         return None
+
+    async def check(self) -> bool:
+        """The file reads (new lines included) and can be appended to."""
+        await self._refresh("check")
+        target = self.path if self.path.exists() else self.path.parent
+        if not os.access(target, os.W_OK):
+            raise StoreError(f"{self.path}: cannot append: permission denied")
+        return True
 
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
         if self.key is None:
@@ -295,11 +315,7 @@ class FileStore(Store):
     def _line(self, record: Record) -> bytes:
         data: dict[str, Any]
         if isinstance(record, SolicitationEvidence):
-            data = {
-                "event": "solicitation", "subject": record.subject, "at": record.at.isoformat(),
-                "zone": record.zone, "country": record.country, "route_id": record.route_id,
-                "marker": record.marker,
-            }
+            data = evidence_to_json(record)
         elif isinstance(record, _TicketUsed):
             data = {"event": "onboarding_used", "token_hash": record.token_hash,
                     "used_at": record.used_at.isoformat()}
@@ -315,14 +331,10 @@ class FileStore(Store):
             data = json.loads(raw)
             kind = data.get("event") if isinstance(data, dict) else None
             if kind == "solicitation":
-                return SolicitationEvidence(
-                    subject=str(data["subject"]), at=dt.datetime.fromisoformat(data["at"]),
-                    zone=str(data["zone"]), country=data.get("country"),
-                    route_id=data.get("route_id"), marker=data.get("marker"),
-                )
+                return evidence_from_json(data)
             if kind == "onboarding_used":
                 return _TicketUsed(str(data["token_hash"]),
-                                   dt.datetime.fromisoformat(data["used_at"]))
+                                   parse_instant(str(data["used_at"]), allow_date=False))
             record = ticket_from_json(data) if kind == "onboarding_ticket" \
                 else event_from_json(data)
         except (ValueError, KeyError, TypeError) as exc:

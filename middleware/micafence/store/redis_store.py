@@ -1,7 +1,8 @@
 """``redis://``, ``rediss://`` and ``redis+cluster://``: one grant store for every worker and
 instance.
 
-Built on redis-py's asyncio client (with hiredis), imported only when such a URL is opened.
+Built on redis-py's asyncio client (with hiredis), imported only when such a URL is opened
+(the ``redis`` extra: ``pip install 'micafence[redis]'``).
 Every record is signed with the grant key (:mod:`micafence.scopes.signing`), which is required here:
 a shared network store is exactly where "write access is not enough" matters.
 
@@ -41,20 +42,26 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from micafence.errors import StoreError
+from micafence.extras import require
 from micafence.logs import log_event
-from micafence.scopes.grant_cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
-from micafence.scopes.grants import (
+from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
+from micafence.records import (
     Grant,
     GrantEvent,
     GrantState,
+    OnboardingTicket,
+    SolicitationEvidence,
     event_from_json,
     event_to_json,
+    evidence_from_json,
+    evidence_to_json,
     filed_under,
+    ticket_from_json,
+    ticket_to_json,
 )
-from micafence.scopes.onboarding import OnboardingTicket, ticket_from_json, ticket_to_json
+from micafence.scopes.grant_cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
 from micafence.scopes.signing import GrantKey, RecordSeal
-from micafence.store.base import SolicitationEvidence, Store
-from micafence.store.settings import DEFAULT_STORE_SETTINGS, StoreSettings
+from micafence.store.base import Store
 
 T = TypeVar("T")
 
@@ -130,15 +137,14 @@ class RedisStore(Store):
                 "access to Redis is not enough to open a scope: give grant_key= (or "
                 "--grant-key-file), or set $MICAFENCE_GRANT_KEY or $MICAFENCE_GRANT_KEY_FILE "
                 "(make one with `micafence grant keygen FILE`)")
-        try:
-            import redis.asyncio as redis  # imported lazily: only Redis users pay for it
-            from redis.asyncio.cluster import RedisCluster
-            from redis.asyncio.retry import Retry  # the asyncio client's own, not redis.retry's
-            from redis.backoff import ExponentialBackoff
-            from redis.exceptions import RedisClusterException, RedisError
-        except ImportError as exc:  # pragma: no cover - redis is a dependency
-            raise StoreError("redis:// needs the redis package: pip install 'redis[hiredis]'") \
-                from exc
+        require("redis.asyncio", "redis", f"{self.location} (a Redis grant store)", StoreError)
+        # Imported here: only Redis users pay for the driver.
+        import redis.asyncio as redis
+        from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.retry import Retry  # the asyncio client's own, not redis.retry's
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import RedisClusterException, RedisError
+
         # A cluster client's own errors (no node reachable, slots not covered) are not
         # RedisErrors.
         self._driver_errors: tuple[type[BaseException], ...] = (
@@ -172,11 +178,7 @@ class RedisStore(Store):
     # -- the Store interface -------------------------------------------------------------------
 
     async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
-        record = {
-            "event": "solicitation", "subject": evidence.subject, "at": evidence.at.isoformat(),
-            "zone": evidence.zone, "country": evidence.country, "route_id": evidence.route_id,
-            "marker": evidence.marker,
-        }
+        record = evidence_to_json(evidence)
         await self._run("record_solicitation", lambda: self._client.rpush(
             self.keys.solicitations(evidence.subject),
             # As the file store writes it: a marker's characters as UTF-8, not \u escapes, so
@@ -189,13 +191,7 @@ class RedisStore(Store):
         found = []
         for index, item in enumerate(raw):
             try:
-                data = json.loads(item)
-                found.append(SolicitationEvidence(
-                    subject=str(data["subject"]), at=dt.datetime.fromisoformat(data["at"]),
-                    zone=str(data["zone"]),
-                    country=data.get("country"), route_id=data.get("route_id"),
-                    marker=data.get("marker"),
-                ))
+                found.append(evidence_from_json(json.loads(item)))
             except (ValueError, KeyError, TypeError) as exc:
                 self.report_failure("solicitations")
                 raise StoreError(f"{self.location} {key}[{index}]: not solicitation evidence "
@@ -282,9 +278,11 @@ class RedisStore(Store):
 
     # -- operations ----------------------------------------------------------------------------
 
-    async def ping(self) -> bool:
-        """Does Redis answer (the health endpoint's store check)."""
-        return bool(await self._run("ping", lambda: self._client.ping()))
+    async def check(self) -> bool:
+        """Redis answers a ``PING`` (the readiness probe's store check)."""
+        if not await self._run("check", lambda: self._client.ping()):
+            raise StoreError(f"{self.location}: PING answered no")
+        return True
 
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
         """Run the production checks (raising in ``refuse`` mode) and start invalidation."""

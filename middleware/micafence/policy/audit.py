@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from micafence.policy.durations import parse_duration
+from micafence.instants import parse_duration
 from micafence.policy.yamlfile import Node
 
 #: How ``audit.ip_truncation`` can reduce an address: keep a prefix, or a keyed hash.

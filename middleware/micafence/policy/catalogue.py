@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from micafence.policy.durations import duration_setting, format_duration
+from micafence.instants import format_duration
+from micafence.policy.durations import duration_setting
+from micafence.policy.grant_store import SCOPE_KEYS as STORE_SCOPE_KEYS
 from micafence.policy.yamlfile import Node
-from micafence.store.settings import SCOPE_KEYS as STORE_SCOPE_KEYS
 
 #: The ten services of MiCA Art. 3(1)(16): stable key → (letter, title). Law, not policy.
 MICA_SERVICES: dict[str, tuple[str, str]] = {
@@ -194,7 +195,7 @@ def parse_catalogue(top: Mapping[str, Node]) -> Catalogue:
     if "scopes" in top:
         fields = top["scopes"].mapping(
             ("term", "same_type_window", "related_services", "max_body_bytes",
-             *STORE_SCOPE_KEYS)  # maker_checker, redis_checks: micafence.store.settings
+             *STORE_SCOPE_KEYS)  # maker_checker, redis_checks: micafence.policy.grant_store
         )
         if "term" in fields:
             term = duration_setting(fields["term"])

@@ -29,18 +29,15 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from micafence.background import stop_task
 from micafence.decision import Decision
+from micafence.observed import AuditCounters, CurrentEnforcer, Deciding, EvidenceCounts
 from micafence.promotions.evidence_budget import OUTCOMES as EVIDENCE_OUTCOMES
-
-if TYPE_CHECKING:
-    from micafence.engine import Enforcer
-    from micafence.middleware import MicafenceMiddleware
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1)
@@ -117,17 +114,24 @@ class Metrics:
         self._audit_seen = dict.fromkeys(_AUDIT_COUNTERS, 0)
         self._evidence_seen = dict.fromkeys(EVIDENCE_OUTCOMES, 0)
         self._revision: tuple[str, str] | None = None
-        self._middleware: MicafenceMiddleware | None = None
+        self._current: CurrentEnforcer | None = None
+        self._evidence_counts: EvidenceCounts | None = None
+        self._audit_counters: AuditCounters | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- wiring ------------------------------------------------------------------------------
 
-    def attach(self, middleware: MicafenceMiddleware) -> None:
-        """Read policy, database and audit state from ``middleware``; sync with its lifespan;
-        count its store's failed operations."""
-        self._middleware = middleware
-        middleware.on_lifespan(self.start, self.stop)
-        middleware.store.report_failures_to(self.store_error)
+    def watch(
+        self, current: CurrentEnforcer, *, evidence: EvidenceCounts | None = None,
+        audit: AuditCounters | None = None,
+    ) -> None:
+        """Export the policy and database of ``current()`` (asked on every sync), the evidence
+        and audit counters. The middleware calls it, starts and stops :meth:`start` /
+        :meth:`stop` with the server's lifespan and reports its store's failed operations to
+        :meth:`store_error`."""
+        self._current = current
+        self._evidence_counts = evidence
+        self._audit_counters = audit
 
     async def start(self) -> None:
         if self._task is None:
@@ -151,7 +155,7 @@ class Metrics:
 
     # -- the request path (plain ints only) ---------------------------------------------------
 
-    def timed_decide(self, enforcer: Enforcer, scope: MutableMapping[str, Any]) -> Decision:
+    def timed_decide(self, enforcer: Deciding, scope: MutableMapping[str, Any]) -> Decision:
         """``enforcer.decide(scope)``, timed; plus one uncached lookup of the address."""
         self.time_next = self._sample_interval == 0
         started = time.perf_counter_ns()
@@ -159,8 +163,8 @@ class Metrics:
         elapsed = time.perf_counter_ns() - started
         if len(self._decide_ns) < _MAX_SAMPLES:
             self._decide_ns.append(elapsed)
-        reader = getattr(enforcer.geoip, "_reader", None)
-        if decision.client_ip is not None and reader is not None:
+        reader = enforcer.geoip.reader
+        if decision.client_ip is not None:
             started = time.perf_counter_ns()
             try:
                 reader.get(decision.client_ip)
@@ -210,10 +214,10 @@ class Metrics:
         samples, self._lookup_ns = self._lookup_ns, []
         for value in samples:
             self._lookup_latency.observe(value / 1e9)
-        middleware = self._middleware
-        if middleware is None:
+        current = self._current
+        if current is None:
             return
-        enforcer = middleware.enforcer
+        enforcer = current()
         self._db_build.set(enforcer.geoip.build_epoch)
         self._db_age.set(max(0.0, time.time() - enforcer.geoip.build_epoch))
         revision = (enforcer.policy.name, enforcer.policy.revision)
@@ -222,11 +226,12 @@ class Metrics:
                 self._policy.labels(*self._revision).set(0)
             self._policy.labels(*revision).set(1)
             self._revision = revision
-        for outcome, value in middleware.evidence.counts.items():
+        evidence = self._evidence_counts
+        for outcome, value in evidence.counts.items() if evidence is not None else ():
             if value > self._evidence_seen[outcome]:
                 self._evidence.labels(outcome).inc(value - self._evidence_seen[outcome])
                 self._evidence_seen[outcome] = value
-        audit = middleware.audit
+        audit = self._audit_counters
         if audit is not None:
             self._backlog.set(audit.backlog)
             for name in _AUDIT_COUNTERS:

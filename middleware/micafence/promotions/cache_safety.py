@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from micafence.policy.cache import CacheSetup
 from micafence.policy.model import Outcome, Policy
 from micafence.policy.routes import RouteTable
-from micafence.promotions.cache_policy import CacheSetup
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -100,11 +100,6 @@ def typed_html(headers: Iterable[tuple[bytes, bytes]]) -> bool | None:
     return None
 
 
-def is_html(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Does the response say it is HTML (``text/html`` or XHTML)?"""
-    return typed_html(headers) is True
-
-
 class CacheSafety:
     """Which responses depend on the zone, and the headers that keep them out of shared caches.
 
@@ -137,10 +132,6 @@ class CacheSafety:
     def route_depends_on_zone(self, path: str) -> bool:
         """Is ``path`` (for GET) a route whose answer some rule makes zone-dependent?"""
         return self.every_route or bool(self._routes.match(_GET, path))
-
-    def depends_on_zone(self, headers: Iterable[tuple[bytes, bytes]], path: str) -> bool:
-        """Does a response with ``headers`` on ``path`` depend on the visitor's zone?"""
-        return is_html(headers) or self.route_depends_on_zone(path)
 
     def mark(self, headers: Iterable[tuple[bytes, bytes]], personal: bool = False) -> Headers:
         """``headers`` made private (set-up ``edge``: only for a ``personal`` answer, one whose

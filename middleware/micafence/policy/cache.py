@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from micafence.location.countries import is_country_code
-from micafence.location.geo import UNKNOWN_LOCATION, Location
 from micafence.policy.yamlfile import Node
 
 _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -61,11 +59,3 @@ def parse_cache(node: Node, client_ip: Node | None) -> CachePolicy:
             node.fail("'setup: edge' needs client_ip.trusted_proxies (the CDN's networks): "
                       "the country header is only believed from them")
     return CachePolicy(setup, header)
-
-
-def edge_location(value: bytes | None) -> Location:
-    """The location an edge country header gives (``XX``, ``T1`` or junk: unknown)."""
-    if value is None:
-        return UNKNOWN_LOCATION
-    code = value.decode("latin-1").strip().upper()
-    return Location(country=code) if is_country_code(code) else UNKNOWN_LOCATION

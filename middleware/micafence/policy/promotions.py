@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
 from micafence.policy.durations import duration_setting
 from micafence.policy.yamlfile import Node
-
-if TYPE_CHECKING:
-    from micafence.policy.model import Route, Zone
 
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _MARKER = re.compile(r"[A-Za-z0-9_.\-\[\]]+\*?")
@@ -147,12 +143,13 @@ class PromotionPolicy:
 DEFAULT_PROMOTIONS = PromotionPolicy()
 
 
-def default_approvals(zones: Iterable[Zone]) -> tuple[tuple[str, str], ...]:
-    """``[data-promo-approved~="<zone>"]`` for every ``approved_only`` zone."""
+def default_approvals(stances: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``[data-promo-approved~="<zone>"]`` for every ``approved_only`` zone (``stances``: zone
+    name -> its ``promotions`` stance, in declaration order)."""
     return tuple(
-        (zone.name, f'[{APPROVAL_ATTRIBUTE}~="{zone.name}"]')
-        for zone in zones
-        if zone.promotions == _APPROVED_ONLY
+        (zone, f'[{APPROVAL_ATTRIBUTE}~="{zone}"]')
+        for zone, stance in stances.items()
+        if stance == _APPROVED_ONLY
     )
 
 
@@ -163,10 +160,12 @@ _KEYS = (
 
 
 def parse_promotions(
-    node: Node | None, zones: Sequence[Zone], routes: Sequence[Route]
+    node: Node | None, stances: Mapping[str, str], route_classes: Mapping[str, str]
 ) -> PromotionPolicy:
-    """Validate the ``promotions:`` section against the policy's zones and routes."""
-    approvals = default_approvals(zones)
+    """Validate the ``promotions:`` section against the policy's zones (``stances``: zone name
+    -> its ``promotions`` stance, in declaration order) and routes (``route_classes``: route id
+    -> its class)."""
+    approvals = default_approvals(stances)
     if node is None:
         return PromotionPolicy(approved=approvals)
     fields = node.mapping(_KEYS)
@@ -177,7 +176,7 @@ def parse_promotions(
         if "incentives" in fields else defaults.incentives
     )
     if "approved" in fields:
-        approvals = _approved(fields["approved"], zones)
+        approvals = _approved(fields["approved"], stances)
     on_unrewritable = defaults.on_unrewritable
     if "on_unrewritable" in fields:
         on_unrewritable = RouteOutcome(fields["on_unrewritable"].choice(list(RouteOutcome)))
@@ -195,7 +194,7 @@ def parse_promotions(
             _visitor_cookie(fields["visitor_cookie"])
             if "visitor_cookie" in fields else VisitorCookie()
         ),
-        routes=_routes(fields["routes"], zones, routes) if "routes" in fields else (),
+        routes=_routes(fields["routes"], stances, route_classes) if "routes" in fields else (),
         evidence=_evidence(fields["evidence"]) if "evidence" in fields else EvidenceLimits(),
     )
 
@@ -221,8 +220,7 @@ def _selectors(node: Node, allow_empty: bool = False) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _approved(node: Node, zones: Sequence[Zone]) -> tuple[tuple[str, str], ...]:
-    stances = {zone.name: zone.promotions for zone in zones}
+def _approved(node: Node, stances: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     approvals: list[tuple[str, str]] = []
     for name, item in node.dict_items():
         if name not in stances:
@@ -282,10 +280,8 @@ def _evidence(node: Node) -> EvidenceLimits:
 
 
 def _routes(
-    node: Node, zones: Sequence[Zone], routes: Sequence[Route]
+    node: Node, stances: Mapping[str, str], classes: Mapping[str, str]
 ) -> tuple[PromotionRoute, ...]:
-    classes = {route.id: route.route_class for route in routes}
-    stances = {zone.name: zone.promotions for zone in zones}
     found: list[PromotionRoute] = []
     for route_id, item in node.dict_items():
         if route_id not in classes:

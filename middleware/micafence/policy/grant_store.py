@@ -10,7 +10,7 @@ Policy keys read here (validated with their file, key path and line)::
       token_ttl: PT30M                 # how long a token stays usable (ISO 8601 duration)
       account_id: {header: x-account-id}   # or {json: account_id}: the new account's id
 
-``scopes`` is shared with :mod:`micafence.scopes.catalogue`, which accepts :data:`SCOPE_KEYS` too.
+``scopes`` is shared with :mod:`micafence.policy.catalogue`, which accepts :data:`SCOPE_KEYS` too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from micafence.policy.durations import parse_duration
+from micafence.instants import parse_duration
 from micafence.policy.yamlfile import Node
 
 SCOPE_KEYS = ("maker_checker", "redis_checks")
