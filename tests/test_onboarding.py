@@ -19,12 +19,12 @@ import pytest
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.audit.log import AuditLog
-from micafence.demo.app import build_demo_app
 from micafence.errors import GrantError, PolicyError, StoreError
 from micafence.policy.model import Policy
 from micafence.scopes.grants import AccountBinding, GrantBook
 from micafence.scopes.onboarding import OnboardingTicket, issue_token
 from micafence.store.base import MemoryStore, Store
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 SE, CH = "89.160.20.112", "2a02:d000::1"

@@ -29,9 +29,7 @@ from starlette.routing import Route
 
 from micafence import MicafenceMiddleware
 from micafence.audit.metrics import Metrics
-from micafence.bench.ports import free_port
 from micafence.cli import main
-from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
 from micafence.policy.loader import load_policy
 from micafence.scopes.grants import AccountBinding, Grant, GrantBook
@@ -40,6 +38,8 @@ from micafence.scopes.signing import GrantKey, write_key_file
 from micafence.store.base import SolicitationEvidence, open_store
 from micafence.store.redis_store import RedisStore
 from micafence.store.settings import StoreSettings
+from micafence_tools.bench.ports import free_port
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 

@@ -30,7 +30,7 @@ from micafence.policy.model import Policy
 from micafence.policy.yamlfile import Node, read_yaml
 from micafence.scopes.grants import GrantBook, GrantStatus, parse_instant
 
-logger = logging.getLogger("micafence.demo")
+logger = logging.getLogger("micafence.demo")  # under micafence's log handlers
 
 _KEYS = ("client", "service", "asset", "initiated_at", "channel", "evidence", "verified_by")
 
