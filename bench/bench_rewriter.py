@@ -29,12 +29,12 @@ from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser
 
-from micafence.bench.pages import SIZES, page
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.model import PromotionStance
 from micafence.promotions.filter import PromotionFilter, forget_pages
 from micafence.promotions.guard import PromotionGuard
 from micafence.promotions.rewriter import RewritingSend
+from micafence_tools.bench.pages import SIZES, page
 
 
 def stdlib_scan(text: str) -> None:

@@ -4,7 +4,7 @@ Run by ``micafence bench --locust`` (headless, bounded in users and time), or by
 
     locust -f bench/locustfile.py --headless -u 16 -r 16 -t 30s --host http://127.0.0.1:8000
 
-The mix and its weights are ``micafence.bench.traffic.MIX`` (documented in the README), so the
+The mix and its weights are ``micafence_tools.bench.traffic.MIX`` (documented in the README), so the
 wrk throughput runs and this latency run load the same traffic. On a 2-core machine a single
 locust process competes with the server for CPU: use this for the latency distribution of the
 mix, and ``wrk`` (in ``micafence bench``) for throughput.
@@ -17,11 +17,11 @@ import random
 from locust import task
 from locust.contrib.fasthttp import FastHttpUser
 
-from micafence.bench.apps import database_path, policy_path
-from micafence.bench.traffic import MIX, skewed_visits, visitor_pools
 from micafence.engine import Enforcer
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
+from micafence_tools.bench.apps import database_path, policy_path
+from micafence_tools.bench.traffic import MIX, skewed_visits, visitor_pools
 
 _ENFORCER = Enforcer(load_policy(policy_path()), GeoIPDatabase(database_path()))
 _POOLS = visitor_pools(_ENFORCER)

@@ -13,7 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from micafence import MicafenceMiddleware, default_policy_path, load_policy_text
-from micafence.bench.ports import free_port
+from micafence_tools.bench.ports import free_port
 
 DATA = Path(__file__).parent / "data"
 MAXMIND = DATA / "maxmind"

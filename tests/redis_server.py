@@ -4,7 +4,7 @@
 
     async def test_something(redis_url: str) -> None: ...
 
-The server (:class:`micafence.bench.redis_server.RedisServer`) listens on a free port on
+The server (:class:`micafence_tools.bench.redis_server.RedisServer`) listens on a free port on
 127.0.0.1, keeps nothing on disk and is killed at teardown. Tests using it fail, never skip,
 when ``redis-server`` is not installed (``bash tests/run`` installs it).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from micafence.bench.redis_server import RedisServer
+from micafence_tools.bench.redis_server import RedisServer
 
 __all__ = ["RedisServer", "redis_server", "redis_url"]
 

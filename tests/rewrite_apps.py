@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from micafence import MicafenceMiddleware
-from micafence.bench.ports import free_port
-from micafence.demo.app import build_demo_app
+from micafence_tools.bench.ports import free_port
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,11 +22,11 @@ from micafence.audit.chain import AuditKey
 from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
-from micafence.bench.ports import free_port
 from micafence.errors import PolicyError
 from micafence.records import AccountBinding, Approval, Revocation
 from micafence.scopes.grants import GrantBook
 from micafence.store.memory import MemoryStore
+from micafence_tools.bench.ports import free_port
 from tests.audit_support import (
     CH,
     DE6,
@@ -120,7 +120,7 @@ async def test_in_scope_pass_names_its_grant(tmp_path: Path) -> None:
     grant = await GrantBook(store, policy, lambda: start + dt.timedelta(minutes=5)).add(
         client_id="alice", service="exchange_for_funds", asset="BTC", initiated_at=start,
         channel="email", evidence="ticket CS-1", verified_by="compliance")
-    from micafence.demo.app import build_demo_app
+    from micafence_tools.demo.app import build_demo_app
 
     log = AuditLog(FileSink(tmp_path), key=KEY)
     app = guarded(log, policy, app=build_demo_app(), store=store)

@@ -28,7 +28,7 @@ import pytest
 from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
-from micafence.bench.ports import free_port
+from micafence_tools.bench.ports import free_port
 from tests.audit_support import KEY, KEY_TEXT
 
 ROOT = Path(__file__).parent.parent

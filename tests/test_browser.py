@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware
-from micafence.demo.server import build_demo
+from micafence_tools.demo.server import build_demo
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]

@@ -2,7 +2,7 @@
 
 Each case is one test (parametrized tables; every row counts) asserting what the visitor gets:
 HTTP 451 with the expected ``Micafence-Reason``, or the promotion absent from the page. The app
-is the demo exchange (``micafence.demo.app``) behind :class:`MicafenceMiddleware` with the
+is the demo exchange (``micafence_tools.demo.app``) behind :class:`MicafenceMiddleware` with the
 default policy and MaxMind's Country test database. A Swedish address is the EU visitor; a
 Swiss one the visitor no rule applies to. ``alice`` holds one grant: exchange for funds, BTC.
 
@@ -35,13 +35,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from micafence import MicafenceMiddleware, load_policy_text
-from micafence.demo.app import build_demo_app
 from micafence.identity import ClientIdentity
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
 from micafence.scopes.grants import GrantBook
 from micafence.store.memory import MemoryStore
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 
 Scope = MutableMapping[str, Any]

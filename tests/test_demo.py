@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from micafence.bench.ports import free_port
+from micafence_tools.bench.ports import free_port
 
 pytestmark = pytest.mark.server
 

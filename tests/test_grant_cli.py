@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from micafence.cli import bundled_test_database, main
-from micafence.demo.server import build_demo
 from micafence.errors import PolicyError
 from micafence.records import SolicitationEvidence
 from micafence.store.file_store import FileStore
+from micafence_tools.demo.server import build_demo
 from tests.conftest import DEFAULT_POLICY, ServerThread
 
 REPO = Path(__file__).resolve().parents[1]

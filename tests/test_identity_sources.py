@@ -19,13 +19,13 @@ import pytest
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.cli import main
-from micafence.demo.app import build_demo_app
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.model import Policy
 from micafence.scopes.grants import GrantBook
 from micafence.store.base import Store
 from micafence.store.file_store import FileStore
 from micafence.store.memory import MemoryStore
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 SE = "89.160.20.112"  # the EU visitor

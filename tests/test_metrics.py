@@ -173,8 +173,8 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
 
 @pytest.mark.server
 def test_demo_serves_metrics(tmp_path: Path) -> None:
-    from micafence.demo.server import build_demo
     from micafence.policy.loader import default_policy_path
+    from micafence_tools.demo.server import build_demo
     from tests.conftest import ServerThread
 
     app = build_demo(default_policy_path(), COUNTRY_DB)

@@ -19,7 +19,6 @@ import pytest
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.audit.log import AuditLog
-from micafence.demo.app import build_demo_app
 from micafence.errors import GrantError, PolicyError, StoreError
 from micafence.policy.model import Policy
 from micafence.records import AccountBinding, OnboardingTicket
@@ -27,6 +26,7 @@ from micafence.scopes.grants import GrantBook
 from micafence.scopes.onboarding import issue_token
 from micafence.store.base import Store
 from micafence.store.memory import MemoryStore
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 SE, CH = "89.160.20.112", "2a02:d000::1"

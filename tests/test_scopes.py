@@ -20,13 +20,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, load_policy_text
-from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
 from micafence.scopes.grants import GrantBook
 from micafence.store.base import Store
 from micafence.store.memory import MemoryStore
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread, echo_app
 
 SE, CH, PROXY = "89.160.20.112", "2a02:d000::1", "127.0.0.1"

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from micafence import Enforcer, GeoIPDatabase, MicafenceMiddleware, load_policy
-from micafence.demo.app import build_demo_app
 from micafence.policy.probe import build_scope
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 from tests.rewrite_apps import Served, gunicorn_command, uvicorn_command
 

@@ -21,7 +21,6 @@ import pytest
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.cli import main
-from micafence.demo.app import build_demo_app
 from micafence.errors import GrantError, StoreError
 from micafence.policy.model import Policy
 from micafence.records import Grant, GrantStatus
@@ -30,6 +29,7 @@ from micafence.scopes.signing import GrantKey, GrantKeyError, write_key_file
 from micafence.store.base import Store
 from micafence.store.file_store import FileStore
 from micafence.store.memory import MemoryStore
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
 
 KEY = GrantKey.from_text("k" * 40)

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from micafence import MicafenceMiddleware, PolicyError, StoreError
-from micafence.bench.ports import free_port
 from micafence.errors import GeoIPDatabaseError
+from micafence_tools.bench.ports import free_port
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND, echo_app
 
 pytestmark = pytest.mark.server

@@ -28,9 +28,7 @@ from redis.crc import key_slot
 from starlette.routing import Route
 
 from micafence import MicafenceMiddleware
-from micafence.bench.ports import free_port
 from micafence.cli import main
-from micafence.demo.app import build_demo_app
 from micafence.errors import StoreError
 from micafence.metrics import Metrics
 from micafence.policy.grant_store import StoreSettings
@@ -41,6 +39,8 @@ from micafence.scopes.onboarding import hash_token
 from micafence.scopes.signing import GrantKey, write_key_file
 from micafence.store.opener import open_store
 from micafence.store.redis_store import RedisStore
+from micafence_tools.bench.ports import free_port
+from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 

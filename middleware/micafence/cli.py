@@ -1,4 +1,11 @@
-"""The ``micafence`` command: check and test policies, explain decisions, run the demo."""
+"""The ``micafence`` command: check and test policies, explain decisions.
+
+Other distributions add commands through the ``micafence.subcommands`` entry-point group
+(:data:`SUBCOMMANDS`): ``micafence demo`` and ``micafence bench`` come from micafence-tools, in
+this repository's ``tools/`` directory. They are loaded only when the command asked for is not
+one of the core's, so ``micafence check`` imports nothing outside the core package and its
+required dependencies.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +38,12 @@ from micafence.store.opener import open_store
 T = TypeVar("T")
 GEOIP_ENV = "MICAFENCE_GEOIP_DB"
 POLICY_ENV = "MICAFENCE_POLICY"
+SUBCOMMANDS = "micafence.subcommands"
+"""Entry-point group: the name is the command, the object a function given the subparsers
+action (``argparse``'s ``add_subparsers()`` result) that adds that command."""
+
+# Commands of micafence-tools, named when it is not installed.
+_TOOL_COMMANDS = frozenset({"demo", "bench"})
 
 
 def bundled_test_database() -> Path:
@@ -154,26 +168,14 @@ _ACTIONS = {
 }
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from micafence.demo.server import run_demo
-
-    run_demo(
-        host=args.host,
-        port=args.port,
-        policy=_policy_path(args.policy),
-        geoip_db=Path(args.geoip_db) if args.geoip_db else bundled_test_database(),
-        store=args.store,
-        grants=args.grants,
-        audit_dir=None if args.no_audit else args.audit_dir,
-    )
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command`` is the command about to run (``None``: unknown, as for
+    ``--help``). Commands of other distributions are added only when it is not a core command:
+    the one named ``command`` if installed, else all of them."""
     parser = argparse.ArgumentParser(
         prog="micafence",
         description="MiCA reverse-solicitation fence for ASGI apps: check and test policies, "
-        "explain decisions, run the demo exchange.",
+        "explain decisions (with micafence-tools: run the demo exchange and the benchmark).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -224,26 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"break-glass directory (default: ${BREAKGLASS_ENV})")
     explain.set_defaults(func=_cmd_explain)
 
-    demo = commands.add_parser("demo", help="serve the demo exchange behind micafence",
-                               description="Serve a small demo exchange behind micafence under "
-                               "uvicorn, on the bundled MaxMind test database by default.")
-    demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    demo.add_argument("--policy", help="policy file (default: the packaged default policy)")
-    demo.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
-    demo.add_argument("--store", default="memory://", help="grant store URL (default memory://)")
-    demo.add_argument("--grants", metavar="FILE",
-                      help="record the grants in this seeds file at start-up (see README)")
-    demo.add_argument("--audit-dir", default="micafence-demo-audit",
-                      help="decision log directory (default ./micafence-demo-audit; its key "
-                      "is DIR.key unless $MICAFENCE_AUDIT_KEY[_FILE] is set)")
-    demo.add_argument("--no-audit", action="store_true", help="keep no decision log")
-    demo.set_defaults(func=_cmd_demo)
-
-    from micafence.bench.runner import register as register_bench
     from micafence.scopes.cli import register as register_grant
 
-    register_bench(commands)
     register_breakglass(commands)
     register_grant(commands)
     from micafence.audit.cli import register as register_audit
@@ -251,12 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_audit(commands)
     register_report(commands)
+    if command not in commands.choices:
+        _add_subcommands(commands, command)
     return parser
 
 
+def _add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+                     command: str | None) -> None:
+    installed = [e for e in entry_points(group=SUBCOMMANDS) if e.name not in commands.choices]
+    wanted = [e for e in installed if e.name == command] or installed
+    if command in _TOOL_COMMANDS and not any(e.name == command for e in wanted):
+        raise MicafenceError(
+            f"`micafence {command}` comes with micafence-tools, in this repository's tools/ "
+            "directory: pip install -e ./tools (with the core: pip install -e . -e ./tools)"
+        )
+    for entry in wanted:
+        entry.load()(commands)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in words if not word.startswith("-")), None)
     try:
+        args = build_parser(command).parse_args(words)
         code: int = args.func(args)
     except MicafenceError as exc:
         print(f"micafence: {exc}", file=sys.stderr)

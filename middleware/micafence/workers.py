@@ -9,14 +9,21 @@ micafence sees the request, and micafence then fails closed and reports not read
     gunicorn -k micafence.workers.UvicornWorker app:app
 
 micafence reads the forwarded header itself, from ``client_ip.trusted_proxies`` only. Needs
-``pip install gunicorn uvicorn-worker`` (or the ``gunicorn`` extra of micafence).
+the ``gunicorn`` extra (``pip install 'micafence[gunicorn]'``: gunicorn and uvicorn-worker, which
+brings uvicorn); nothing else in micafence imports this module or uvicorn.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from uvicorn_worker import UvicornWorker as _UvicornWorker
+try:
+    from uvicorn_worker import UvicornWorker as _UvicornWorker
+except ModuleNotFoundError as exc:  # gunicorn shows this when loading the worker class
+    raise ModuleNotFoundError(
+        f"micafence.workers.UvicornWorker needs {exc.name}: pip install 'micafence[gunicorn]'",
+        name=exc.name,
+    ) from exc
 
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker has no type hints

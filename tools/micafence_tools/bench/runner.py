@@ -16,16 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from micafence.bench import apps, grants, pages
-from micafence.bench.http import Row, paired_throughput, rotating_v6_script, rows_script, servers
-from micafence.bench.inprocess import ClassResult, Request, measure
-from micafence.bench.traffic import MIX, answering, skewed_visits, visitor_pools
 from micafence.engine import Enforcer
 from micafence.errors import MicafenceError
 from micafence.location.geo import GeoIPDatabase
 from micafence.middleware import MicafenceMiddleware
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Outcome
+from micafence_tools.bench import apps, grants, pages
+from micafence_tools.bench.http import (
+    Row,
+    paired_throughput,
+    rotating_v6_script,
+    rows_script,
+    servers,
+)
+from micafence_tools.bench.inprocess import ClassResult, Request, measure
+from micafence_tools.bench.traffic import MIX, answering, skewed_visits, visitor_pools
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,25 +319,3 @@ def main(args: Any) -> int:
             return 1
         print(f"\nNo regression against {args.check}.")
     return 0
-
-
-def register(commands: Any) -> None:
-    """Add ``micafence bench`` to the CLI."""
-    bench = commands.add_parser(
-        "bench", help="measure what micafence costs (in-process and over HTTP)",
-        description="Benchmark micafence against the bare app and the naive alternative "
-        "(BaseHTTPMiddleware + geoip2) in the same run; print p50/p99 µs, requests/s and ratios.",
-    )
-    bench.add_argument("--quick", action="store_true",
-                       help="in-process only, small samples (a smoke test, seconds)")
-    bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    bench.add_argument("--check", metavar="BASELINE",
-                       help="exit 1 if a ratio regresses beyond the baseline's tolerance")
-    bench.add_argument("--policy", help="policy file (default: the packaged default policy)")
-    bench.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
-    bench.add_argument("--locust", action="store_true",
-                       help="also run the locust mix for its latency distribution")
-    bench.add_argument("--locustfile", default="bench/locustfile.py", help="locustfile path")
-    bench.add_argument("--results-dir", default="bench/results",
-                       help="where locust's CSV and HTML reports go")
-    bench.set_defaults(func=main)

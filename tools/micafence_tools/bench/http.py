@@ -21,14 +21,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from micafence.bench.ports import free_port
 from micafence.errors import MicafenceError
+from micafence_tools.bench.ports import free_port
 
 _FACTORIES = {
-    "bare": "micafence.bench.apps:bare_app",
-    "micafence": "micafence.bench.apps:micafence_app",
-    "naive": "micafence.bench.apps:naive_app",
-    "passthrough": "micafence.bench.apps:passthrough_app",
+    "bare": "micafence_tools.bench.apps:bare_app",
+    "micafence": "micafence_tools.bench.apps:micafence_app",
+    "naive": "micafence_tools.bench.apps:naive_app",
+    "passthrough": "micafence_tools.bench.apps:passthrough_app",
 }
 
 # Requests are (method, path, body, forwarded-for) rows; wrk cycles through them.

@@ -13,9 +13,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from micafence.demo.app import build_demo_app
 from micafence.middleware import MicafenceMiddleware
 from micafence.policy.loader import default_policy_path
+from micafence_tools.demo.app import build_demo_app
 
 POLICY_ENV = "MICAFENCE_BENCH_POLICY"
 DATABASE_ENV = "MICAFENCE_BENCH_DB"

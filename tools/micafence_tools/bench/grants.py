@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from micafence.bench.apps import database_path, policy_path
-from micafence.bench.inprocess import Request
-from micafence.bench.redis_server import RedisServer
-from micafence.demo.app import build_demo_app
 from micafence.middleware import MicafenceMiddleware
 from micafence.scopes.grants import GrantBook
 from micafence.scopes.signing import GrantKey
+from micafence_tools.bench.apps import database_path, policy_path
+from micafence_tools.bench.inprocess import Request
+from micafence_tools.bench.redis_server import RedisServer
+from micafence_tools.demo.app import build_demo_app
 
 IN_SCOPE = '{"pair": "BTC-EUR", "side": "buy", "amount": "0.1"}'
 OUT_OF_SCOPE = '{"pair": "ETH-EUR", "side": "buy", "amount": "0.1"}'  # granted BTC, not ETH

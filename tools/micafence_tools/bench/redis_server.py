@@ -13,8 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from micafence.bench.ports import free_port
 from micafence.errors import MicafenceError
+from micafence_tools.bench.ports import free_port
 
 
 def _ping(port: int) -> bool:

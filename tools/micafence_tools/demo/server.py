@@ -6,11 +6,11 @@ import os
 
 import uvicorn
 
-from micafence.demo.app import build_demo_app
-from micafence.demo.grants import seed_on_startup
-from micafence.demo.observe import demo_observers
 from micafence.middleware import MicafenceMiddleware
 from micafence.scopes.signing import GrantKey, key_file_for_demo
+from micafence_tools.demo.app import build_demo_app
+from micafence_tools.demo.grants import seed_on_startup
+from micafence_tools.demo.observe import demo_observers
 
 DEMO_GRANT_KEY = "micafence-demo-grants.key"
 

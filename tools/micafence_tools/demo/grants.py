@@ -31,7 +31,7 @@ from micafence.policy.yamlfile import Node, read_yaml
 from micafence.records import GrantStatus
 from micafence.scopes.grants import GrantBook
 
-logger = logging.getLogger("micafence.demo")
+logger = logging.getLogger("micafence.demo")  # under micafence's log handlers
 
 _KEYS = ("client", "service", "asset", "initiated_at", "channel", "evidence", "verified_by")
 
