@@ -16,7 +16,7 @@ from typing import Any
 from micafence import MicafenceMiddleware
 from micafence.audit.log import AuditLog
 from micafence.audit.sinks import FileSink
-from micafence.scopes.signing import GrantKey
+from micafence.grants.signing import GrantKey
 from micafence_tools.bench.ports import free_port
 from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY

@@ -23,8 +23,8 @@ from micafence.audit.log import AuditLog
 from micafence.audit.reader import load_log
 from micafence.audit.sinks import FileSink
 from micafence.errors import PolicyError
+from micafence.grants.book import GrantBook
 from micafence.records import AccountBinding, Approval, Revocation
-from micafence.scopes.grants import GrantBook
 from micafence.store.memory import MemoryStore
 from micafence_tools.bench.ports import free_port
 from tests.audit_support import (

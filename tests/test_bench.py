@@ -55,7 +55,7 @@ def test_check_fails_on_a_regression(tmp_path: Path) -> None:
 
 def test_http_benchmark_loads_every_server_under_wrk() -> None:
     # The HTTP half, one short round: real uvicorn servers on 127.0.0.1, loaded by wrk.
-    from micafence.engine import Enforcer
+    from micafence.decide import Enforcer
     from micafence.location.geo import GeoIPDatabase
     from micafence.policy.loader import load_policy
     from micafence_tools.bench.apps import database_path, policy_path

@@ -35,11 +35,11 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from micafence import MicafenceMiddleware, load_policy_text
+from micafence.grants.book import GrantBook
 from micafence.identity import ClientIdentity
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
-from micafence.scopes.grants import GrantBook
 from micafence.store.memory import MemoryStore
 from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread

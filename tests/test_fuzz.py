@@ -50,8 +50,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from micafence import MicafenceMiddleware, load_policy_text
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.errors import GrantError, PolicyError, StoreError
+from micafence.grants.book import GrantBook
+from micafence.grants.gate import read_requested
 from micafence.identity import ClientIdentity
 from micafence.location.client_ip import TrustedProxies, parse_ip, resolve_client_ip
 from micafence.location.geo import GeoIPDatabase
@@ -60,8 +62,6 @@ from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
 from micafence.policy.routes import RouteTable, normalize_path
 from micafence.records import event_from_json, event_to_json
-from micafence.scopes.gate import read_requested
-from micafence.scopes.grants import GrantBook
 from micafence.store.file_store import FileStore
 from micafence.store.memory import MemoryStore
 from micafence.store.opener import open_store
@@ -840,7 +840,9 @@ def test_property_no_request_raises_out_of_the_middleware_or_opens_an_account(
     decision = scope.get("state", {}).get("micafence")
     if peer == SE or peer.endswith(SE):
         # Nothing a client sends moves an untrusted EU peer out of the EU.
-        assert decision is not None and decision.zones == ("eu",) and decision.client_id is None
+        # (A peer naming itself in X-Forwarded-For may be a server's rewrite: the unknown
+        # country counts too, never instead.)
+        assert decision is not None and "eu" in decision.zones and decision.client_id is None
     if inner.accounts:
         assert decision is not None and RESTRICTED.isdisjoint(decision.zones), decision
     if decision is not None and decision.restricted and kind == "http":

@@ -18,9 +18,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from micafence.errors import StoreError
+from micafence.grants.cache import GrantCache
+from micafence.grants.signing import GrantKey
 from micafence.records import Revocation
-from micafence.scopes.grant_cache import GrantCache
-from micafence.scopes.signing import GrantKey
 from micafence.store.redis_store import RedisStore
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 

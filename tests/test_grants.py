@@ -9,6 +9,7 @@ import pytest
 
 from micafence import load_policy
 from micafence.errors import GrantError
+from micafence.grants.book import GrantBook
 from micafence.records import (
     Grant,
     GrantStatus,
@@ -17,7 +18,6 @@ from micafence.records import (
     event_from_json,
     event_to_json,
 )
-from micafence.scopes.grants import GrantBook
 from micafence.store.memory import MemoryStore
 from tests.conftest import DEFAULT_POLICY
 

@@ -19,9 +19,9 @@ import pytest
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.cli import main
+from micafence.grants.book import GrantBook
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.model import Policy
-from micafence.scopes.grants import GrantBook
 from micafence.store.base import Store
 from micafence.store.file_store import FileStore
 from micafence.store.memory import MemoryStore

@@ -12,7 +12,7 @@ from micafence import MicafenceMiddleware
 from micafence.audit.keys import AuditKey, AuditKeyError
 from micafence.audit.log import AuditLog
 from micafence.cli import main
-from micafence.scopes.signing import GrantKey, GrantKeyError
+from micafence.grants.signing import GrantKey, GrantKeyError
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, echo_app
 
 AUDIT_SECRET = "0123456789abcdef" * 4

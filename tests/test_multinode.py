@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from micafence.scopes.grants import GrantBook
-from micafence.scopes.onboarding import issue_token
-from micafence.scopes.signing import GrantKey
+from micafence.grants.book import GrantBook
+from micafence.grants.onboarding import issue_token
+from micafence.grants.signing import GrantKey
 from micafence.store.opener import open_store
 from tests.fault_apps import Uvicorn
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)

@@ -20,10 +20,10 @@ import pytest
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.audit.log import AuditLog
 from micafence.errors import GrantError, PolicyError, StoreError
+from micafence.grants.book import GrantBook
+from micafence.grants.onboarding import issue_token
 from micafence.policy.model import Policy
 from micafence.records import AccountBinding, OnboardingTicket
-from micafence.scopes.grants import GrantBook
-from micafence.scopes.onboarding import issue_token
 from micafence.store.base import Store
 from micafence.store.memory import MemoryStore
 from micafence_tools.demo.app import build_demo_app

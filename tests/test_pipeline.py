@@ -13,9 +13,9 @@ import pytest
 from micafence import MicafenceMiddleware
 from micafence.asgi import Receive, Scope, Send
 from micafence.cli import main
+from micafence.grants.onboarding import hash_token
 from micafence.pipeline import STATE_KEY
 from micafence.policy.casefile import Case, load_cases
-from micafence.scopes.onboarding import hash_token
 from micafence.store.opener import open_store
 from tests.conftest import COUNTRY_DB, ServerThread
 from tests.live import decision_app

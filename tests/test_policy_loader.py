@@ -360,7 +360,7 @@ def test_disabled_zone_is_still_validated_as_a_mapping() -> None:
 
 
 def test_disabled_zone_rules_never_apply() -> None:
-    from micafence.engine import Enforcer
+    from micafence.decide import Enforcer
     from micafence.location.geo import GeoIPDatabase
     from micafence.policy.probe import build_scope
 

@@ -20,11 +20,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from micafence import MicafenceMiddleware, load_policy_text
+from micafence.grants.book import GrantBook
+from micafence.grants.onboarding import issue_token
+from micafence.grants.signing import GrantKey
 from micafence.policy.model import Policy
 from micafence.records import AccountBinding
-from micafence.scopes.grants import GrantBook
-from micafence.scopes.onboarding import issue_token
-from micafence.scopes.signing import GrantKey
 from micafence.store.opener import open_store
 from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread

@@ -13,9 +13,9 @@ from micafence.audit.log import AuditLog
 from micafence.audit.report import DRIFT_WARNING, GrantFacts, build_report
 from micafence.audit.sinks import FileSink
 from micafence.cli import main
+from micafence.grants.book import GrantBook
 from micafence.policy.audit import ReportingThresholds
 from micafence.records import Grant, Revocation
-from micafence.scopes.grants import GrantBook
 from micafence.store.opener import open_store
 from tests.audit_support import KEY, KEY_TEXT, SE, client, guarded, policy_with
 from tests.conftest import DEFAULT_POLICY

@@ -21,9 +21,9 @@ from starlette.routing import Route
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.errors import StoreError
+from micafence.grants.book import GrantBook
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Policy
-from micafence.scopes.grants import GrantBook
 from micafence.store.base import Store
 from micafence.store.memory import MemoryStore
 from micafence_tools.demo.app import build_demo_app

@@ -175,6 +175,31 @@ def test_engine_decides_a_rewritten_client_as_unknown(
     assert enforcer.rewrite_alarm.tripped is alarm
 
 
+@pytest.mark.parametrize("unknown_country_restricted", [True, False])
+def test_a_direct_client_naming_itself_keeps_its_own_zones(
+    unknown_country_restricted: bool, tmp_path: Path
+) -> None:
+    # A Swedish client connecting directly and writing its own address in X-Forwarded-For looks
+    # like a client address a server took from that header. Both readings count: its address's
+    # zones and the unknown country's, so a policy lenient with unknown countries lets nothing
+    # of the EU's rules go.
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
+    if not unknown_country_restricted:
+        assert "zones: [eu, eea, unknown_country]" in text
+        text = text.replace("zones: [eu, eea, unknown_country]", "zones: [eu, eea]")
+        text = text.replace("zones: [eu, eea, uk, unknown_country]", "zones: [eu, eea, uk]")
+    path = tmp_path / "policy.yaml"
+    path.write_text(text, encoding="utf-8")
+    enforcer = Enforcer(load_policy(path), GeoIPDatabase(COUNTRY_DB))
+    for chain in (SE, f"{SE}:443", f"{CH}, {SE}"):
+        scope = build_scope(SE, "POST", "/api/accounts", [("X-Forwarded-For", chain)])
+        scope["client"] = (SE, 51234)
+        decision = enforcer.decide(scope)
+        assert decision.zones == ("eu", "unknown_country"), chain
+        assert decision.reason == "eu.account_creation", chain
+        assert decision.blocked
+
+
 def test_forwarded_header_of_rfc_7239_counts_too() -> None:
     # hypercorn's ProxyFixMiddleware (modern mode) rewrites from `Forwarded`, also with port 0.
     enforcer = Enforcer(load_policy(DEFAULT_POLICY), GeoIPDatabase(COUNTRY_DB))

@@ -22,10 +22,10 @@ import pytest
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.cli import main
 from micafence.errors import GrantError, StoreError
+from micafence.grants.book import GrantBook
+from micafence.grants.signing import GrantKey, GrantKeyError, write_key_file
 from micafence.policy.model import Policy
 from micafence.records import Grant, GrantStatus
-from micafence.scopes.grants import GrantBook
-from micafence.scopes.signing import GrantKey, GrantKeyError, write_key_file
 from micafence.store.base import Store
 from micafence.store.file_store import FileStore
 from micafence.store.memory import MemoryStore

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from micafence.errors import StoreError
+from micafence.grants.onboarding import hash_token
+from micafence.grants.signing import GrantKey
 from micafence.records import (
     AccountBinding,
     Approval,
@@ -26,8 +28,6 @@ from micafence.records import (
     Revocation,
     SolicitationEvidence,
 )
-from micafence.scopes.onboarding import hash_token
-from micafence.scopes.signing import GrantKey
 from micafence.store.base import Store
 from micafence.store.file_store import FileStore
 from micafence.store.memory import MemoryStore

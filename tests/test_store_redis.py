@@ -30,13 +30,13 @@ from starlette.routing import Route
 from micafence import MicafenceMiddleware
 from micafence.cli import main
 from micafence.errors import StoreError
+from micafence.grants.book import GrantBook
+from micafence.grants.onboarding import hash_token
+from micafence.grants.signing import GrantKey, write_key_file
 from micafence.metrics import Metrics
 from micafence.policy.grant_store import StoreSettings
 from micafence.policy.loader import load_policy
 from micafence.records import AccountBinding, Grant, OnboardingTicket, SolicitationEvidence
-from micafence.scopes.grants import GrantBook
-from micafence.scopes.onboarding import hash_token
-from micafence.scopes.signing import GrantKey, write_key_file
 from micafence.store.opener import open_store
 from micafence.store.redis_store import RedisStore
 from micafence_tools.bench.ports import free_port

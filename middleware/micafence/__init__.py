@@ -6,9 +6,10 @@ database; read the decision for a request from ``scope["state"]["micafence"]``.
 
 from __future__ import annotations
 
+from micafence.decide import Enforcer
 from micafence.decision import Decision
-from micafence.engine import Enforcer
 from micafence.errors import GeoIPDatabaseError, GrantError, MicafenceError, PolicyError, StoreError
+from micafence.grants.book import GrantBook
 from micafence.identity import ClientIdentity
 from micafence.live.breakglass import BreakGlass
 from micafence.live.health import HealthEndpoint
@@ -18,7 +19,6 @@ from micafence.middleware import STATE_KEY, MicafenceMiddleware
 from micafence.policy.loader import default_policy_path, load_policy, load_policy_text
 from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
 from micafence.records import Grant, GrantStatus, Revocation
-from micafence.scopes.grants import GrantBook
 from micafence.store.base import Store
 from micafence.store.opener import open_store
 

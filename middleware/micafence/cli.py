@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.errors import MicafenceError
 from micafence.instants import parse_instant
 from micafence.live.archive import ARCHIVE_ENV, policy_for_explain
@@ -226,7 +226,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          help=f"break-glass directory (default: ${BREAKGLASS_ENV})")
     explain.set_defaults(func=_cmd_explain)
 
-    from micafence.scopes.cli import register as register_grant
+    from micafence.grants.cli import register as register_grant
 
     register_breakglass(commands)
     register_grant(commands)

@@ -7,7 +7,7 @@ audit log. Every decision names the rule, a stable reason code and the policy re
 Reasons and route classes are the typed vocabulary of :mod:`micafence.reasons`: ``reason`` is
 the code (``eu.no_grant``; a rule may name its own), ``kind`` the :class:`~micafence.reasons.Reason`
 it stands for, which gives the visitor's text. Decisions are built by the pipeline only
-(:mod:`micafence.engine` decides, :mod:`micafence.pipeline` settles).
+(:mod:`micafence.decide` decides, :mod:`micafence.pipeline` settles).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from micafence.answers import answer_unstarted
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.errors import MicafenceError
+from micafence.grants.signing import GrantKey
 from micafence.identity import IdentifyFunction
 from micafence.instants import Clock, utc_now
 from micafence.live.health import HealthEndpoint, LivenessEndpoint
@@ -23,7 +24,6 @@ from micafence.logs import log_event
 from micafence.pipeline import STATE_KEY, Pipeline
 from micafence.policy.model import Policy
 from micafence.promotions.evidence_budget import EvidenceBudget
-from micafence.scopes.signing import GrantKey
 from micafence.store.base import Store
 from micafence.store.opener import open_store
 
@@ -52,10 +52,10 @@ class MicafenceMiddleware:
     ``identify`` is the Python identity source used when the policy says
     ``client_identity.source: callable``. ``store`` is a store URL (``memory://``, the
     default; ``file://PATH``, ``redis://…``) or an open :class:`~micafence.store.base.Store`;
-    ``grant_key`` (a :class:`~micafence.scopes.signing.GrantKey` or a key file path; default
+    ``grant_key`` (a :class:`~micafence.grants.signing.GrantKey` or a key file path; default
     ``$MICAFENCE_GRANT_KEY[_FILE]``) signs and verifies its grant records. A blocked account
     creation that presents a grant's onboarding token is settled by
-    :class:`~micafence.scopes.onboarding.OnboardingGate`. ``clock`` (a callable returning an
+    :class:`~micafence.grants.onboarding.OnboardingGate`. ``clock`` (a callable returning an
     aware UTC datetime) is what grant time bounds are checked against; tests pass their own.
 
     Live operations (:mod:`micafence.live.reload`): while the server's lifespan runs, the policy

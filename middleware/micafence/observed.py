@@ -4,7 +4,7 @@ Observers are handed what they read, never the middleware object: a function ans
 enforcer in force now (the middleware swaps it on every reload, so an observer asks again each
 time rather than keeping one), the store, the counters. These Protocols name exactly what they
 read, so an observer depends on the policy model and the databases, not on the engine or the
-middleware; :class:`~micafence.engine.Enforcer` satisfies them as it is.
+middleware; :class:`~micafence.decide.Enforcer` satisfies them as it is.
 """
 
 from __future__ import annotations

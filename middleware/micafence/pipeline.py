@@ -1,12 +1,12 @@
 """One request, from its decision to what is done about it: the middleware, ``micafence
 explain`` and ``micafence test`` all run this.
 
-1. **decide** (pure, cached per visitor): :meth:`micafence.engine.Enforcer.decide` reads the
+1. **decide** (pure, cached per visitor): :meth:`micafence.decide.Enforcer.decide` reads the
    signals, the zones, the route class and the rule's verdict, approvals of promotions included;
 2. **settle** (async, the start of :meth:`Pipeline.run`): a ``require_grant`` decision against
-   the client's grants (:class:`~micafence.scopes.gate.ScopeGate`, which may read the body and
+   the client's grants (:class:`~micafence.grants.gate.ScopeGate`, which may read the body and
    hands the app a ``receive`` replaying it), a blocked account creation against an onboarding
-   token (:class:`~micafence.scopes.onboarding.OnboardingGate`, whose ``send`` binds the new
+   token (:class:`~micafence.grants.onboarding.OnboardingGate`, whose ``send`` binds the new
    account). They say what they found; the decision is rebuilt here, and nowhere else;
 3. **observe**: the decision goes in ``scope["state"]["micafence"]``, to the metrics and the
    audit log (which may refuse the request: 503);
@@ -27,16 +27,16 @@ from micafence.answers import refuse_websocket, send_audit_unavailable, send_blo
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.caches import BoundedCache
 from micafence.decision import Decision
+from micafence.grants.gate import ScopeGate, ScopeVerdict
+from micafence.grants.onboarding import OnboardingGate
 from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
-from micafence.scopes.gate import ScopeGate, ScopeVerdict
-from micafence.scopes.onboarding import OnboardingGate
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
-    from micafence.engine import Enforcer
+    from micafence.decide import Enforcer
     from micafence.metrics import Metrics
     from micafence.store.base import Store
 

@@ -238,7 +238,7 @@ class AuditLog:
         return True
 
     def record_grant(self, event: GrantEvent) -> bool:
-        """Record a grant-history event (:mod:`micafence.scopes.grants`) as an evidence event:
+        """Record a grant-history event (:mod:`micafence.grants.book`) as an evidence event:
         ``grant.recorded``, ``grant.revoked``, ``grant.approved`` or ``grant.bound``."""
         from micafence.records import AccountBinding, Approval, Grant, Revocation, event_to_json
 

@@ -5,7 +5,7 @@ each ``interval`` seconds, in a worker thread so the event loop never waits on t
 whose inode, modification time or size changed is validated in that thread — a policy fully,
 a database by its metadata, type, build date and sample lookups
 (:mod:`micafence.location.dbcheck`) —
-and then a new :class:`~micafence.engine.Enforcer` is built and put in ``middleware.enforcer``
+and then a new :class:`~micafence.decide.Enforcer` is built and put in ``middleware.enforcer``
 in one assignment. A request reads the enforcer once, so it is decided wholly by the old one or
 wholly by the new one; caches belong to the enforcer and its databases, so no answer from the
 old generation survives. The old database reader is never closed under a request: it is
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from micafence.background import stop_task
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.errors import GeoIPDatabaseError, MicafenceError
 from micafence.identity import IdentifyFunction
 from micafence.instants import utc_now

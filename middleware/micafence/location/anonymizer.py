@@ -126,7 +126,7 @@ def flags_of(record: Any) -> tuple[str, ...]:
 class AnonymizerScreen:
     """What the policy's tiers make of a set of flags, for the engine.
 
-    Built with the :class:`~micafence.engine.Enforcer`; every answer is a dictionary look-up
+    Built with the :class:`~micafence.decide.Enforcer`; every answer is a dictionary look-up
     after the first time a flag combination is seen. ``shadowed`` names anonymizer rule ids
     (``anonymizer.<flag>``) that break-glass put into shadow.
     """

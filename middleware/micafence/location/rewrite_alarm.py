@@ -9,7 +9,7 @@ micafence then never learns who connected, so ``client_ip.trusted_proxies`` cann
 anything. Such a client is marked with port 0 (uvicorn, and hypercorn's ``ProxyFixMiddleware``),
 which no TCP peer has: port 0 with a forwarded header present is the server's doing.
 
-:class:`~micafence.engine.Enforcer` decides those requests as if the address were unknown
+:class:`~micafence.decide.Enforcer` decides those requests as if the address were unknown
 (``unknown_country``: closed for account creation and services) and trips the
 :class:`ClientRewriteAlarm` the middleware holds: one error log naming the fix, and a failed
 readiness check until the process is restarted, since the server's configuration cannot change

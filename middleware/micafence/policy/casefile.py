@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.pipeline import Pipeline, trial
 from micafence.policy.probe import build_scope
 from micafence.policy.yamlfile import Node, read_yaml

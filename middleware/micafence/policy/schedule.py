@@ -5,7 +5,7 @@ interval ``[effective_from, effective_until)``: exactly at ``effective_from`` it
 at ``effective_until`` it no longer does, so two entries where one ends when the next begins
 never overlap and never leave a gap. Both ends are ISO 8601 instants with a timezone.
 
-:class:`~micafence.engine.Enforcer` builds its tables from :func:`in_force` and rebuilds them
+:class:`~micafence.decide.Enforcer` builds its tables from :func:`in_force` and rebuilds them
 when the clock passes :func:`next_boundary`, so decisions use the rules in force at request time.
 """
 

@@ -7,7 +7,7 @@ the processes of one host, :mod:`micafence.store.file_store`); ``redis://`` and 
 Redis shared by every worker and instance, :mod:`micafence.store.redis_store`). Grant history is
 append-only: a revocation is a new record, and ``grant_version`` counts the records so caches
 can tell when to refresh. ``file://`` and ``redis://`` sign what they write with the grant key
-(:mod:`micafence.scopes.signing`). Backends wrap their driver's errors in
+(:mod:`micafence.grants.signing`). Backends wrap their driver's errors in
 :class:`~micafence.errors.StoreError`, and name each operation that fails to the listener
 given to :meth:`Store.report_failures_to` (the middleware's metrics count them:
 ``micafence_store_errors_total{operation}``). :meth:`Store.check` is what the readiness probe
@@ -122,11 +122,11 @@ class Store(ABC):
 
     async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
         """:meth:`holdings` folded into grants, each with its revocation, approval and accounts
-        (:func:`~micafence.scopes.grants.fold`): what a service check tests.
+        (:func:`~micafence.grants.book.fold`): what a service check tests.
 
         A store that can should hand out the same tuple until one of the client's records
         changes (the memory store and the Redis store's cache do): the service check remembers
-        its verdicts per tuple (:class:`~micafence.scopes.gate.ScopeGate`). This default folds
+        its verdicts per tuple (:class:`~micafence.grants.gate.ScopeGate`). This default folds
         on every call, which is correct but never lets a verdict be reused."""
         return tuple(fold(await self.holdings(client_id)))
 

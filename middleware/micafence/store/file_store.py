@@ -11,7 +11,7 @@ touch the file at all.
 
 A line that is not a micafence record makes every read raise :class:`StoreError` naming the
 file and line: a record that cannot be read might be a revocation, so the middleware fails
-closed rather than guess. With a grant key (:mod:`micafence.scopes.signing`) every grant record and
+closed rather than guess. With a grant key (:mod:`micafence.grants.signing`) every grant record and
 onboarding ticket is written signed, and one that does not verify (unsigned, altered, another
 key) is ignored and logged: writing to the file is then not enough to open a scope.
 
@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from micafence.errors import StoreError
+from micafence.grants.signing import GrantKey, RecordSeal
 from micafence.instants import parse_instant
 from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
 from micafence.records import (
@@ -51,7 +52,6 @@ from micafence.records import (
     ticket_from_json,
     ticket_to_json,
 )
-from micafence.scopes.signing import GrantKey, RecordSeal
 from micafence.store.base import Store
 
 RECHECK_SECONDS = 0.5

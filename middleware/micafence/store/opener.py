@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from micafence.errors import StoreError
-from micafence.scopes.signing import GrantKey, resolve_key
+from micafence.grants.signing import GrantKey, resolve_key
 from micafence.store.base import Store
 from micafence.store.memory import MemoryStore
 
@@ -21,7 +21,7 @@ def open_store(
     ``redis+cluster://HOST:PORT`` (``rediss+cluster://``) for any node of a Redis Cluster.
 
     ``grant_key`` signs and verifies grant records (``file://`` and ``redis://``): a
-    :class:`~micafence.scopes.signing.GrantKey`, the path of a key file, or ``None`` for
+    :class:`~micafence.grants.signing.GrantKey`, the path of a key file, or ``None`` for
     ``$MICAFENCE_GRANT_KEY`` / ``$MICAFENCE_GRANT_KEY_FILE``. ``redis://`` refuses to open
     without one; ``memory://`` keeps objects in this process and has nothing to sign.
     """

@@ -3,7 +3,7 @@ instance.
 
 Built on redis-py's asyncio client (with hiredis), imported only when such a URL is opened
 (the ``redis`` extra: ``pip install 'micafence[redis]'``).
-Every record is signed with the grant key (:mod:`micafence.scopes.signing`), which is required here:
+Every record is signed with the grant key (:mod:`micafence.grants.signing`), which is required here:
 a shared network store is exactly where "write access is not enough" matters.
 
 Key layout (``micafence`` is the prefix; ``{…}`` are Redis Cluster hash tags, so a client's
@@ -28,7 +28,7 @@ is ``{micafence}:…`` instead: one hash slot, so one primary holds micafence's 
 gives failover, not sharding, which grant records do not need). Pub/sub is cluster-wide.
 
 Reads for service checks (:meth:`RedisStore.holdings`) come from a local cache kept honest by
-:mod:`micafence.scopes.grant_cache`. Every driver error is raised as
+:mod:`micafence.grants.cache`. Every driver error is raised as
 :class:`~micafence.errors.StoreError`, so grant checks fail closed while Redis is away.
 """
 
@@ -43,6 +43,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from micafence.errors import StoreError
 from micafence.extras import require
+from micafence.grants.cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
+from micafence.grants.signing import GrantKey, RecordSeal
 from micafence.logs import log_event
 from micafence.policy.grant_store import DEFAULT_STORE_SETTINGS, StoreSettings
 from micafence.records import (
@@ -59,8 +61,6 @@ from micafence.records import (
     ticket_from_json,
     ticket_to_json,
 )
-from micafence.scopes.grant_cache import MAX_STALENESS, POLL_INTERVAL, CacheInvalidator, GrantCache
-from micafence.scopes.signing import GrantKey, RecordSeal
 from micafence.store.base import Store
 
 T = TypeVar("T")

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from micafence.grants.book import GrantBook
+from micafence.grants.signing import GrantKey
 from micafence.middleware import MicafenceMiddleware
-from micafence.scopes.grants import GrantBook
-from micafence.scopes.signing import GrantKey
 from micafence_tools.bench.apps import database_path, policy_path
 from micafence_tools.bench.inprocess import Request
 from micafence_tools.bench.redis_server import RedisServer

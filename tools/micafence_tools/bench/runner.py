@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.errors import MicafenceError
 from micafence.location.geo import GeoIPDatabase
 from micafence.middleware import MicafenceMiddleware

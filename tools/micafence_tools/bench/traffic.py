@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import maxminddb
 
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.policy.model import Outcome
 from micafence.policy.probe import build_scope
 

@@ -11,7 +11,7 @@ A seeds file::
         evidence: "demo ticket CS-1001"
         verified_by: demo-compliance
 
-Seeds go through :class:`~micafence.scopes.grants.GrantBook` like any grant. A seed that an active
+Seeds go through :class:`~micafence.grants.book.GrantBook` like any grant. A seed that an active
 grant already matches (same client, service, asset and evidence) is skipped, so restarting the
 demo on a ``file://`` store does not pile up duplicates.
 """
@@ -24,12 +24,12 @@ import os
 from dataclasses import dataclass
 
 from micafence.errors import GrantError, PolicyError
+from micafence.grants.book import GrantBook
 from micafence.instants import parse_duration, parse_instant
 from micafence.middleware import MicafenceMiddleware
 from micafence.policy.model import Policy
 from micafence.policy.yamlfile import Node, read_yaml
 from micafence.records import GrantStatus
-from micafence.scopes.grants import GrantBook
 
 logger = logging.getLogger("micafence.demo")  # under micafence's log handlers
 

@@ -6,8 +6,8 @@ import os
 
 import uvicorn
 
+from micafence.grants.signing import GrantKey, key_file_for_demo
 from micafence.middleware import MicafenceMiddleware
-from micafence.scopes.signing import GrantKey, key_file_for_demo
 from micafence_tools.demo.app import build_demo_app
 from micafence_tools.demo.grants import seed_on_startup
 from micafence_tools.demo.observe import demo_observers

@@ -44,7 +44,7 @@ from micafence.reasons import Reason
 from micafence.records import Grant, GrantState
 from micafence.store.base import Store
 
-logger = logging.getLogger("micafence.scopes.gate")
+logger = logging.getLogger("micafence.grants.gate")
 
 IN_SCOPE = Reason.IN_SCOPE
 NO_GRANT = Reason.NO_GRANT

@@ -95,8 +95,10 @@ Header = tuple[bytes, bytes]
 IdentitySignals = tuple[bytes | None, tuple[bytes, ...]]
 #: What a visitor is decided on, in full: the client address (the peer's, or the one resolved
 #: from the forwarded header), the edge country and identity signals trusted from the peer, and
-#: the identity the host supplied (``scope["user"]``, ``identify=``).
-VisitorSignals = tuple[str | None, bytes | None, IdentitySignals | None, ClientIdentity | None]
+#: the identity the host supplied (``scope["user"]``, ``identify=``), and whether the address
+#: is in doubt (it may have been taken from a header the client wrote: the unknown country too).
+VisitorSignals = tuple[
+    str | None, bytes | None, IdentitySignals | None, ClientIdentity | None, bool]
 #: A visitor as the cache keys it: the address alone when nothing else was sent (the common
 #: case: a string hashes once and for all), else the full :data:`VisitorSignals`.
 Visitor = str | None | VisitorSignals
@@ -195,8 +197,9 @@ class Enforcer:
         self.promotions = PromotionGuard(policy)  # promotion suppression and cache safety
         edge = policy.cache.edge_country_header  # set-up "edge": the CDN's country is the location
         self._edge_header = edge.encode("latin-1") if edge else None
-        self._profiles: dict[tuple[str | None, str | None, str | None, tuple[str, ...]],
-                             _Profile] = {}
+        self._profiles: BoundedCache[
+            tuple[str | None, str | None, str | None, tuple[str, ...], bool], _Profile
+        ] = BoundedCache(_CACHE_LIMIT)
         self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
         self._visitors: BoundedCache[Visitor, Decision | dict[RouteKey, Decision]] = (
             BoundedCache(VISITOR_CACHE_ENTRIES, VISITOR_CACHE_BYTES))
@@ -269,7 +272,7 @@ class Enforcer:
         # they are cached per visitor and request line.
         visitor: Visitor
         if signals is None:
-            visitor = peer if supplied is None else (peer, None, None, supplied)
+            visitor = peer if supplied is None else (peer, None, None, supplied, False)
         else:
             # What the signal headers resolve to, memoised per header set: a bounded memo of a
             # pure function, so a client varying its part of the text (the left of
@@ -356,14 +359,20 @@ class Enforcer:
                 residences.append(value)
         x_forwarded_for = (forwarded if self._forwarded_header == _X_FORWARDED_FOR
                            else unread_x_forwarded_for)
-        if x_forwarded_for and peer is not None and (
-                leads_with(peer, x_forwarded_for) if peer in self._trusted
-                else names_itself(peer, x_forwarded_for, "x-forwarded-for")):
-            # uvicorn gives the client the port written in the entry it took, so port 0 alone
-            # misses "[addr]:443" (and, with '*', a trusted proxy's address written left-most:
-            # "10.0.0.1:5, <address>"): who connected is unknown. Not an alarm: a direct client
-            # can write its own address.
-            peer = None
+        doubtful = False
+        if x_forwarded_for and peer is not None:
+            if peer in self._trusted:
+                if leads_with(peer, x_forwarded_for):
+                    # With '*', uvicorn takes the left-most entry, which the client writes, with
+                    # its port: a trusted proxy written there ("10.0.0.1:5, <address>") would let
+                    # the client's own entries decide. Who connected is unknown.
+                    peer = None
+            elif names_itself(peer, x_forwarded_for, "x-forwarded-for"):
+                # Either a direct client wrote its own address (the peer is real), or a server
+                # took the peer from this header (uvicorn keeps the entry's port, so the port-0
+                # mark misses "[addr]:443"). Both readings count: the address's zones, and the
+                # unknown country's. Not an alarm: a direct client can write its own address.
+                doubtful = True
         address = peer
         if forwarded is not None and self._trusted:
             address = resolve_client_ip(peer, forwarded, self._trusted,
@@ -371,9 +380,10 @@ class Enforcer:
         if edge_value is not None and peer not in self._trusted:
             edge_value = None  # the cache keys on the edge's country: only the edge's counts
         identity = self._identity_signals(peer, forwarded, id_value, residences)
-        if address is not None and edge_value is None and identity is None and supplied is None:
+        if (address is not None and edge_value is None and identity is None and supplied is None
+                and not doubtful):
             return address
-        return (address, edge_value, identity, supplied)
+        return (address, edge_value, identity, supplied, doubtful)
 
     def _route_key(self, scope: Scope, overrides: list[Header] | None) -> RouteKey:
         """What decides the route of a restricted visitor's request: see :data:`RouteKey`."""
@@ -392,9 +402,10 @@ class Enforcer:
     ) -> Decision:
         """Signals -> zones -> route class -> verdict: what a visitor's request gets."""
         if isinstance(visitor, tuple):
-            address, edge_value, identity_signals, supplied = visitor
+            address, edge_value, identity_signals, supplied, doubtful = visitor
         else:
-            address, edge_value, identity_signals, supplied = visitor, None, None, None
+            address, edge_value, identity_signals, supplied, doubtful = (
+                visitor, None, None, None, False)
         ip = parse_ip(address) if address is not None else None
         located = located_address(ip) if ip is not None else None  # Teredo: its client's IPv4
         location = self.geoip.lookup(located) if located is not None else UNKNOWN_LOCATION
@@ -404,7 +415,7 @@ class Enforcer:
 
         identity = supplied or self._header_identity(identity_signals)
         residence = identity.residence_country if self.policy.signals.residence else None
-        profile = self._profile(location, residence, flags)
+        profile = self._profile(location, residence, flags, doubtful)
         verdict, route_id, route_class = (
             self._route(scope, overrides, profile.zones, flags) if profile.restricted
             else _UNRESTRICTED)
@@ -529,9 +540,10 @@ class Enforcer:
         return countries[0] if countries else None
 
     def _profile(
-        self, location: Location, residence: str | None, flags: tuple[str, ...]
+        self, location: Location, residence: str | None, flags: tuple[str, ...],
+        doubtful: bool = False,
     ) -> _Profile:
-        key = (location.country, location.registered_country, residence, flags)
+        key = (location.country, location.registered_country, residence, flags, doubtful)
         profile = self._profiles.get(key)
         if profile is not None:
             return profile
@@ -544,7 +556,7 @@ class Enforcer:
         if signals.registered_country and location.registered_country:
             ip_known = True
             names.update(self._country_zones.get(location.registered_country, ()))
-        if not ip_known:
+        if not ip_known or doubtful:
             names.add(UNKNOWN_COUNTRY_ZONE)
         if residence:
             names.update(self._country_zones.get(residence, ()))
@@ -558,9 +570,7 @@ class Enforcer:
             bool(flags) and self._screen.restricts(flags)
         )
         profile = _Profile(zones, restricted, stance)
-        if len(self._profiles) >= _CACHE_LIMIT:
-            self._profiles.clear()
-        self._profiles[key] = profile
+        self._profiles.put(key, profile)
         return profile
 
     def _verdict(
@@ -591,7 +601,7 @@ def _visitor_bytes(visitor: Visitor) -> int:
     """The text a visitor key holds (beyond the fixed cost of an entry)."""
     if not isinstance(visitor, tuple):
         return len(visitor or "")
-    address, edge_value, identity_signals, _supplied = visitor
+    address, edge_value, identity_signals, _supplied, _doubtful = visitor
     size = len(address or "") + len(edge_value or b"")
     if identity_signals is not None:
         id_value, residences = identity_signals

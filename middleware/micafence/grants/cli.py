@@ -1,7 +1,7 @@
 """``micafence grant``: record, approve, revoke and read client-initiated grants.
 
 Every subcommand works on the store named by ``--store`` (or ``$MICAFENCE_STORE``) through
-:class:`~micafence.scopes.grants.GrantBook`, so the CLI and the Python API refuse the same things.
+:class:`~micafence.grants.book.GrantBook`, so the CLI and the Python API refuse the same things.
 ``add`` prints the new grant's id (and, with ``--onboarding``, the single-use token, once);
 ``--json`` prints records as JSON instead. Records are signed with the grant key
 (``--grant-key-file``, else ``$MICAFENCE_GRANT_KEY[_FILE]``).
@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from micafence.errors import GrantError, StoreError
+from micafence.grants.book import GrantBook
+from micafence.grants.onboarding import issue_token
+from micafence.grants.signing import KEY_FILE_ENV, write_key_file
 from micafence.instants import format_duration, instant_argument, parse_duration
 from micafence.policy.loader import default_policy_path, load_policy
 from micafence.policy.model import Policy
@@ -38,9 +41,6 @@ from micafence.records import (
     Revocation,
     event_to_json,
 )
-from micafence.scopes.grants import GrantBook
-from micafence.scopes.onboarding import issue_token
-from micafence.scopes.signing import KEY_FILE_ENV, write_key_file
 from micafence.store.base import Store
 from micafence.store.opener import open_store
 

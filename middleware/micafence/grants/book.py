@@ -9,7 +9,7 @@ rule 11), nothing is ever edited or deleted, and a grant's status (pending, acti
 revoked) is derived from the records and the clock. Under maker-checker
 (``scopes.maker_checker``) a grant is recorded ``approval_required`` and is pending until an
 approval by a second, different officer; an account binding records the account opened with
-the grant's onboarding token (:mod:`micafence.scopes.onboarding`).
+the grant's onboarding token (:mod:`micafence.grants.onboarding`).
 
 :class:`GrantBook` is the Python API ops tools use (``micafence grant`` is built on it)::
 

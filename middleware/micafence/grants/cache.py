@@ -77,7 +77,7 @@ class GrantCache:
         return None if entry is None else entry[0]
 
     def states(self, client_id: str) -> tuple[GrantState, ...] | None:
-        """The client's records folded into grants (:func:`~micafence.scopes.grants.fold`), or
+        """The client's records folded into grants (:func:`~micafence.grants.book.fold`), or
         ``None`` as for :meth:`get`."""
         entry = self._entry(client_id)
         return None if entry is None else entry[1]

@@ -14,7 +14,7 @@ grant (``micafence grant add --onboarding`` or ``micafence grant token GRANT_ID`
   ``<zone>.store_unavailable``;
 - the new account's id, read from the app's 2xx answer (``onboarding.account_id``: a response
   header or a top-level JSON field), is bound to the grant with an
-  :class:`~micafence.scopes.grants.AccountBinding` record, so that account holds the grant from
+  :class:`~micafence.grants.book.AccountBinding` record, so that account holds the grant from
   then on.
 
 The pipeline (:mod:`micafence.pipeline`) calls :meth:`OnboardingGate.admit` only for blocked
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from micafence.asgi import Message, Scope, Send
 from micafence.decision import Decision
 from micafence.errors import GrantError
+from micafence.grants.book import GrantBook
 from micafence.identity import clean_client_id
 from micafence.instants import Clock, utc_now
 from micafence.logs import log_event
@@ -40,7 +41,6 @@ from micafence.policy.grant_store import OnboardingSettings
 from micafence.policy.model import Policy
 from micafence.reasons import Reason
 from micafence.records import AccountBinding, GrantState, GrantStatus, OnboardingTicket
-from micafence.scopes.grants import GrantBook
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -124,7 +124,7 @@ class OnboardingGate:
         try:
             state = await self._take(token_hash)
         except Exception:  # the store failing must not take the request down: fail closed
-            logging.getLogger("micafence.scopes.onboarding").exception(
+            logging.getLogger("micafence.grants.onboarding").exception(
                 "micafence: onboarding token could not be checked: grant store unavailable")
             return _UNAVAILABLE, send
         if state is None:

@@ -1,1 +1,0 @@
-"""Client-initiated scopes: catalogues, grants, enforcement, onboarding, grant CLI."""
