@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from micafence.asgi import Message, Receive, Scope
+from micafence.caches import BoundedCache
 from micafence.decision import Decision
 from micafence.instants import Clock, utc_now
 from micafence.policy.catalogue import (
@@ -92,7 +93,7 @@ class ScopeGate:
         )
         # A client's orders repeat the same decision (the engine caches it per visitor and
         # route) and the same requested scope: their verdict is kept per both.
-        self._memo: dict[tuple[int, RequestedScope], _Memo] = {}
+        self._memo: BoundedCache[tuple[int, RequestedScope], _Memo] = BoundedCache(_MEMO_LIMIT)
 
     async def check(
         self, policy: Policy, decision: Decision, scope: Scope, receive: Receive
@@ -145,13 +146,11 @@ class ScopeGate:
                   for end in (_term_end(catalogue, state.grant),
                               _window_end(catalogue, state.grant))]
         instant = at.timestamp()
-        if len(self._memo) >= _MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[key] = _Memo(
+        self._memo.put(key, _Memo(
             decision, states, catalogue, verdict,
             since=max((b for b in bounds if b <= instant), default=-math.inf),
             until=min((b for b in bounds if b > instant), default=math.inf),
-        )
+        ))
         return verdict
 
 

@@ -69,7 +69,7 @@ class PromotionGuard:
         self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
         self._forbidden = PromotionFilter.build(self.settings.selectors,
                                                 self.settings.incentives, ())
-        self._filters: dict[tuple[str, ...], PromotionFilter] = {}
+        self._filters: BoundedCache[tuple[str, ...], PromotionFilter] = BoundedCache(_CACHE_LIMIT)
         # Paths up to PATH_KEY_CHARS long only: the entry ceiling then bounds the bytes too.
         self._zone_paths: BoundedCache[object, bool] = BoundedCache(_PATH_CACHE_LIMIT)
 
@@ -101,9 +101,7 @@ class PromotionGuard:
             if approvals and all(approvals):
                 found = PromotionFilter.build(self.settings.selectors, self.settings.incentives,
                                               [a for a in approvals if a])
-            if len(self._filters) >= _CACHE_LIMIT:
-                self._filters.clear()
-            self._filters[zones] = found
+            self._filters.put(zones, found)
         return found
 
     def _approval_zones(self, zones: tuple[str, ...]) -> list[str]:
@@ -115,7 +113,7 @@ class PromotionGuard:
         """``send`` for a visitor who may see promotions: zone-dependent GETs made private.
 
         This runs for most traffic, so it stays small: no wrapper but for GET and HEAD, and
-        the content-type test inlined from :func:`~micafence.promotions.cache_safety.is_html`.
+        the content-type test inlined from :func:`~micafence.promotions.cache_safety.typed_html`.
         """
         method = scope.get("method")
         if method != "GET" and method != "HEAD":
