@@ -1,6 +1,6 @@
 """The core wheel holds the middleware and needs only what the middleware needs.
 
-The demo and the benchmark are micafence-tools (``tools/``), a distribution of its own that adds
+The demo and the benchmark are micafence-tools (``bench/``), a distribution of its own that adds
 ``micafence demo`` and ``micafence bench`` through the ``micafence.subcommands`` entry-point
 group. Both wheels are built here from a copy of the sources (pip, no build isolation, no
 index), their contents and metadata read, and the core wheel installed in a virtual environment
@@ -67,7 +67,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copy(REPO / "pyproject.toml", core)
     shutil.copy(REPO / "README.md", core)
     _copy_sources(REPO / "middleware", core / "middleware")
-    tools = _copy_sources(REPO / "tools", root / "micafence_tools")
+    tools = _copy_sources(REPO / "bench", root / "micafence_tools")
     return {"core": _build_wheel(core, root / "out"), "tools": _build_wheel(tools, root / "out")}
 
 
@@ -267,7 +267,7 @@ def test_core_alone_names_what_to_install_for_demo_bench_and_gunicorn(core_alone
         run = _run(core_alone, "micafence", command)
         assert run.returncode == 1
         assert f"`micafence {command}` comes with micafence-tools" in run.stderr
-        assert "pip install -e ./tools" in run.stderr
+        assert "pip install -e ./bench" in run.stderr
     worker = _run(core_alone, "python", "-c", "import micafence.workers")
     assert worker.returncode == 1
     assert "pip install 'micafence[gunicorn]'" in worker.stderr

@@ -2,7 +2,7 @@
 
 Other distributions add commands through the ``micafence.subcommands`` entry-point group
 (:data:`SUBCOMMANDS`): ``micafence demo`` and ``micafence bench`` come from micafence-tools, in
-this repository's ``tools/`` directory. They are loaded only when the command asked for is not
+this repository's ``bench/`` directory. They are loaded only when the command asked for is not
 one of the core's, so ``micafence check`` imports nothing outside the core package and its
 required dependencies.
 """
@@ -246,8 +246,8 @@ def _add_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     wanted = [e for e in installed if e.name == command] or installed
     if command in _TOOL_COMMANDS and not any(e.name == command for e in wanted):
         raise MicafenceError(
-            f"`micafence {command}` comes with micafence-tools, in this repository's tools/ "
-            "directory: pip install -e ./tools (with the core: pip install -e . -e ./tools)"
+            f"`micafence {command}` comes with micafence-tools, in this repository's bench/ "
+            "directory: pip install -e ./bench (with the core: pip install -e . -e ./bench)"
         )
     for entry in wanted:
         entry.load()(commands)

@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     missing = [name for name in needed if find_spec(name) is None]
     if missing:
         raise MicafenceError(
-            f"micafence bench needs {', '.join(missing)}: pip install -e './tools[bench]'"
+            f"micafence bench needs {', '.join(missing)}: pip install -e './bench[bench]'"
         )
     from micafence_tools.bench.runner import main
 
