@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PACKAGE = REPO / "middleware" / "micafence"
 #: Where decisions are built: the pure decide step and the pipeline that settles them.
-DECISION_BUILDERS = {"engine.py", "pipeline.py"}
+DECISION_BUILDERS = {"decide.py", "pipeline.py"}
 #: Where micafence's own answers are sent: answers.py, and the probe endpoints' own answers.
 ANSWERERS = {"answers.py", "live/health.py"}
 _TOOLS = ("bench/", "demo/")  # floor 8: they leave the core package (issue 16 item 5)
@@ -57,7 +57,7 @@ def test_reason_codes() -> None:
 
 
 def test_decisions_are_built_only_in_the_pipeline() -> None:
-    """No module but engine.py and pipeline.py calls Decision(...) or ._replace(...) on one."""
+    """No module but decide.py and pipeline.py calls Decision(...) or ._replace(...) on one."""
     offenders = []
     for name, tree in _modules():
         if name in DECISION_BUILDERS:
@@ -148,5 +148,5 @@ async def test_451_text_comes_from_the_reason(make_app: object) -> None:
 def test_no_module_outside_the_tools_is_missed() -> None:
     """The scans above read the package (a sanity check that they see its modules)."""
     names = {name for name, _ in _modules()}
-    assert {"engine.py", "pipeline.py", "answers.py", "reasons.py", "middleware.py"} <= names
+    assert {"decide.py", "pipeline.py", "answers.py", "reasons.py", "middleware.py"} <= names
     assert Path(PACKAGE / "reasons.py").is_file()
