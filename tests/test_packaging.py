@@ -166,7 +166,8 @@ def test_core_wheel_requires_only_what_the_middleware_needs(wheels: dict[str, Pa
     assert _extra(metadata, "gunicorn") == {"gunicorn", "uvicorn-worker"}
     for name in ("starlette", "uvicorn", "redis"):  # never without an extra
         assert name not in _unconditional(metadata)
-    assert set(metadata.get_all("Provides-Extra") or []) == {"redis", "gunicorn", "test"}
+    assert _extra(metadata, "docs") == {"mkdocs", "mkdocs-material"}
+    assert set(metadata.get_all("Provides-Extra") or []) == {"redis", "gunicorn", "docs", "test"}
     entry_points = _read(wheels["core"], ".dist-info/entry_points.txt")
     assert "micafence = micafence.cli:main" in entry_points
     assert "micafence.subcommands" not in entry_points
