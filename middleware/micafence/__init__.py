@@ -6,6 +6,7 @@ database; read the decision for a request from ``scope["state"]["micafence"]``.
 
 from __future__ import annotations
 
+from micafence.audit.log import AuditLog
 from micafence.decide import Enforcer
 from micafence.decision import Decision
 from micafence.errors import GeoIPDatabaseError, GrantError, MicafenceError, PolicyError, StoreError
@@ -15,6 +16,7 @@ from micafence.live.breakglass import BreakGlass
 from micafence.live.health import HealthEndpoint
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase, Location
+from micafence.metrics import Metrics
 from micafence.middleware import STATE_KEY, MicafenceMiddleware
 from micafence.policy.loader import default_policy_path, load_policy, load_policy_text
 from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
@@ -25,6 +27,7 @@ from micafence.store.opener import open_store
 __all__ = [
     "STATE_KEY",
     "AnonymousIPDatabase",
+    "AuditLog",
     "BreakGlass",
     "ClientIdentity",
     "Decision",
@@ -37,6 +40,7 @@ __all__ = [
     "GrantStatus",
     "HealthEndpoint",
     "Location",
+    "Metrics",
     "MicafenceError",
     "MicafenceMiddleware",
     "Mode",
