@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 POLICY_PAGE = DOCS / "policy.md"
-DEFAULT_POLICY = ROOT / "middleware" / "micafence" / "policies" / "default.yaml"
+DEFAULT_POLICY = ROOT / "middleware" / "micafence" / "data" / "default-policy.yaml"
 
 
 def test_mkdocs_build_strict_has_no_warning(tmp_path: Path) -> None:

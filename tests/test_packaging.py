@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_POLICY = REPO / "middleware" / "micafence" / "policies" / "default.yaml"
+DEFAULT_POLICY = REPO / "middleware" / "micafence" / "data" / "default-policy.yaml"
 
 # What the middleware needs, by name: the MaxMind reader, the policy YAML, metrics, the promotion
 # rewriter's HTML parser, the compressions it decodes, the signatures of exports and grants.
@@ -145,7 +145,7 @@ def test_core_wheel_holds_the_middleware_and_neither_demo_nor_benchmark(
     for wanted in ("micafence/__init__.py", "micafence/middleware.py", "micafence/cli.py",
                    "micafence/workers.py", "micafence/py.typed",
                    "micafence/data/GeoLite2-Country-Test.mmdb",
-                   "micafence/policies/default.yaml"):
+                   "micafence/data/default-policy.yaml"):
         assert wanted in names
     assert not [n for n in names if n.startswith(("micafence/bench/", "micafence/demo/"))]
     # No module imports the tools, Starlette or uvicorn, even lazily; Redis is imported only

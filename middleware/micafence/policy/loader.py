@@ -60,8 +60,8 @@ _TOP_KEYS = (
 
 
 def default_policy_path() -> Path:
-    """The default policy shipped in the package (``policies/default.yaml`` in the repo)."""
-    return Path(str(resources.files("micafence") / "policies" / "default.yaml"))
+    """The default policy shipped in the package (``data/default-policy.yaml``; ``policies/default.yaml`` in the repo links to it)."""
+    return Path(str(resources.files("micafence") / "data" / "default-policy.yaml"))
 
 
 def load_policy(path: str | Path) -> Policy:
