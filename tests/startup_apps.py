@@ -75,7 +75,7 @@ async def _http_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def http_only_app() -> MicafenceMiddleware:
     """``MicafenceMiddleware(app, ...)`` around an app that has no lifespan (Django), with the
     decision log in ``$STARTUP_AUDIT_DIR`` (key: ``$MICAFENCE_AUDIT_KEY``)."""
-    from micafence.audit.log import directory_log
+    from micafence import AuditLog
 
-    return MicafenceMiddleware(_http_only, audit=directory_log(os.environ["STARTUP_AUDIT_DIR"]),
+    return MicafenceMiddleware(_http_only, audit=AuditLog(os.environ["STARTUP_AUDIT_DIR"]),
                                **_options())
