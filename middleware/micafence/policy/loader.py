@@ -60,7 +60,8 @@ _TOP_KEYS = (
 
 
 def default_policy_path() -> Path:
-    """The default policy shipped in the package (``data/default-policy.yaml``; ``policies/default.yaml`` in the repo links to it)."""
+    """The default policy shipped in the package: ``data/default-policy.yaml``
+    (``policies/default.yaml`` in the repository links to it)."""
     return Path(str(resources.files("micafence") / "data" / "default-policy.yaml"))
 
 
