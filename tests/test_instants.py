@@ -66,3 +66,9 @@ def test_audit_export_refuses_a_time_without_timezone(capsys: pytest.CaptureFixt
               "--since", "2026-07-01T09:00:00"])
     assert caught.value.code == 2
     assert "has no timezone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_an_instant_out_of_range_in_utc_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_instant(text)

@@ -65,7 +65,10 @@ def as_utc(value: dt.datetime, shown: object) -> dt.datetime:
             "instant in every office (write e.g. 2026-07-01T00:00:00+02:00 or ...Z)"
         )
     # A plain datetime in UTC: YAML loaders hand out datetime subclasses with extra state.
-    utc = value.astimezone(dt.UTC)
+    try:
+        utc = value.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before the first instant Python holds
+        raise ValueError(f"{shown!s} is out of range once in UTC") from None
     return dt.datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second,
                        utc.microsecond, tzinfo=dt.UTC)
 
