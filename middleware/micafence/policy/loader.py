@@ -1,8 +1,9 @@
 """Load and strictly validate policy files (YAML) into :class:`~micafence.policy.model.Policy`.
 
 Every problem raises :class:`~micafence.errors.PolicyError` naming the file, the key path and
-the line (:func:`check_policy` collects them all instead). Nothing is guessed: an unknown key, a bad CIDR, an unknown country code, a pattern
-that does not compile or a rule naming a zone that does not exist all stop the load.
+the line (:func:`check_policy` collects them all instead). Nothing is guessed: an unknown key,
+a bad CIDR, an unknown country code, a pattern that does not compile or a rule naming a zone
+that does not exist all stop the load.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class Problems:
         self.found: list[PolicyError] = []
 
     def attempt(self, parse: Callable[[], T], fallback: T) -> T:
-        """``parse()``; when collecting, a :class:`PolicyError` is kept and ``fallback`` returned."""
+        """``parse()``; if collecting, a :class:`PolicyError` is kept and ``fallback`` returned."""
         if not self.collect:
             return parse()
         try:

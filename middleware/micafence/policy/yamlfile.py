@@ -58,7 +58,8 @@ class Node:
                 entries[key] = self._child(self.value[key], path, line)
         for key in required:
             if key not in entries:
-                report(PolicyError(self.file, self.path, self.line, f"missing required key {key!r}"))
+                missing = f"missing required key {key!r}"
+                report(PolicyError(self.file, self.path, self.line, missing))
         return entries
 
     def dict_items(self) -> Iterator[tuple[str, Node]]:
