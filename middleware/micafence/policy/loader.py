@@ -130,11 +130,13 @@ def _build(root: Node, raw: bytes, source: str, problems: Problems) -> Policy | 
             return None  # another schema's file: checking its keys would report nonsense
     signals = section("signals", _signals, Signals())
     failed = len(problems.found)
-    zones = section("zones", partial(_zones, problems=problems), ())
+    no_zones: tuple[Zone, ...] = ()
+    zones = section("zones", partial(_zones, problems=problems), no_zones)
     zones_failed = len(problems.found) > failed
     known_zones = {z.name for z in zones} | {UNKNOWN_COUNTRY_ZONE}
     failed = len(problems.found)
-    routes = section("routes", partial(_routes, problems=problems), ())
+    no_routes: tuple[Route, ...] = ()
+    routes = section("routes", partial(_routes, problems=problems), no_routes)
     routes_failed = len(problems.found) > failed
     declared = section("zones", _zone_names, None)
     rules: tuple[Rule, ...] = ()
