@@ -105,7 +105,8 @@ def write_junit(path: str, suite: str, results: Sequence[CaseResult],
                 errors: Sequence[PolicyError] = ()) -> None:
     """A JUnit XML report: one ``testcase`` per case (a ``failure`` with the expected and the
     actual decision when it failed), and one ``error`` testcase per file error (when the policy
-    or the cases could not be loaded, so CI shows why nothing ran)."""
+    or the cases could not be loaded, so CI shows why nothing ran). Missing directories of
+    ``path`` are made."""
     failures = sum(not r.passed for r in results)
     seconds = sum(r.seconds for r in results)
     root = ET.Element("testsuites", name="micafence test", tests=str(len(results) + len(errors)),
@@ -135,6 +136,7 @@ def write_junit(path: str, suite: str, results: Sequence[CaseResult],
         ])
     ET.indent(root)
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         ET.ElementTree(root).write(Path(path), encoding="utf-8", xml_declaration=True)
     except OSError as exc:
         raise MicafenceError(f"cannot write the JUnit report {path}: "
