@@ -57,4 +57,4 @@ __all__ = [
     "open_store",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)

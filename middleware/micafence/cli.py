@@ -20,8 +20,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
+from micafence import __version__
+from micafence.ci import FORMATS, Checked, check_report, write_junit
 from micafence.decide import Enforcer
-from micafence.errors import MicafenceError
+from micafence.errors import MicafenceError, PolicyError
 from micafence.instants import parse_instant
 from micafence.live.archive import ARCHIVE_ENV, policy_for_explain
 from micafence.live.breakglass import DIR_ENV as BREAKGLASS_ENV
@@ -30,8 +32,8 @@ from micafence.live.breakglass import state_for as breakglass_state
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
 from micafence.pipeline import Action, Pipeline, Trial, dry_pipeline, trial
-from micafence.policy.casefile import load_cases, run_cases
-from micafence.policy.loader import default_policy_path, load_policy
+from micafence.policy.casefile import CaseFile, check_cases, run_cases
+from micafence.policy.loader import check_policy, default_policy_path
 from micafence.policy.probe import build_scope, parse_header_option
 from micafence.store.opener import open_store
 
@@ -68,12 +70,9 @@ def _database_path(given: str | None) -> Path:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    policy = load_policy(args.policy)
-    zones = ", ".join(f"{z.name} ({len(z.countries)})" for z in policy.zones if z.countries)
-    print(f"{args.policy}: OK — policy {policy.name!r} revision {policy.revision}")
-    print(f"  zones: {zones}; {len(policy.routes)} routes; {len(policy.rules)} rules; "
-          f"mode {policy.mode.value}")
-    return 0
+    checked = [Checked(file, *check_policy(file)) for file in args.policies]
+    sys.stdout.write(check_report(checked, args.format))
+    return 1 if any(item.errors for item in checked) else 0
 
 
 def _dry_run(store_url: str, run: Callable[[Pipeline], Awaitable[T]]) -> T:
@@ -90,9 +89,28 @@ def _dry_run(store_url: str, run: Callable[[Pipeline], Awaitable[T]]) -> T:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    enforcer = Enforcer(load_policy(args.policy), GeoIPDatabase(_database_path(args.geoip_db)))
-    cases = load_cases(args.cases)
+    policy, errors = check_policy(args.policy)
+    case_file, case_errors = check_cases(args.cases)
+    errors += case_errors
+    database: GeoIPDatabase | None = None
+    if case_file is not None:
+        try:
+            database = _test_database(args.geoip_db, case_file)
+        except PolicyError as exc:
+            errors.append(exc)
+    if errors or policy is None or case_file is None or database is None:
+        for error in errors:
+            print(error, file=sys.stderr)
+        if args.junit_xml:
+            write_junit(args.junit_xml, args.cases, [], errors)
+        print(f"{len(errors)} error{'s' if len(errors) != 1 else ''}: no case run",
+              file=sys.stderr)
+        return 1
+    enforcer = Enforcer(policy, database)
+    cases = case_file.cases
     results = _dry_run(args.store, lambda pipeline: run_cases(enforcer, pipeline, cases))
+    print(f"policy {policy.name} {policy.revision}; database {database.database_type} built "
+          f"{database.built_at:%Y-%m-%d} ({database.path})")
     for result in results:
         where = f"{args.cases}:{result.case.line}"
         if result.passed:
@@ -104,7 +122,25 @@ def _cmd_test(args: argparse.Namespace) -> int:
             print(f"     {failure}")
     passed = sum(r.passed for r in results)
     print(f"{passed} passed, {len(results) - passed} failed")
+    if args.junit_xml:
+        write_junit(args.junit_xml, args.cases, results)
     return 0 if passed == len(results) else 1
+
+
+def _test_database(given: str | None, case_file: CaseFile) -> GeoIPDatabase:
+    """``--geoip-db``, else the database the cases file names (``geoip_db:``), else
+    ``$MICAFENCE_GEOIP_DB``, else the bundled test database (with a notice)."""
+    if given or case_file.geoip_db is None:
+        if not given and not os.environ.get(GEOIP_ENV):
+            print(f"micafence: {case_file.path} names no database (geoip_db:), and there is no "
+                  f"--geoip-db or ${GEOIP_ENV}", file=sys.stderr)
+        return GeoIPDatabase(_database_path(given))
+    named = case_file.geoip_db
+    if not named.is_file():
+        raise PolicyError(case_file.path, "geoip_db", case_file.geoip_db_line,
+                          f"the database these cases are written for, {named}, is not a file "
+                          "(give it with --geoip-db)")
+    return GeoIPDatabase(named)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -177,21 +213,31 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="MiCA reverse-solicitation fence for ASGI apps: check and test policies, "
         "explain decisions (with micafence-tools: run the demo exchange and the benchmark).",
     )
+    parser.add_argument("--version", action="version", version=f"micafence {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = commands.add_parser("check", help="validate a policy file",
-                                description="Validate a policy file; on error print the file, "
-                                "key path and line and exit 1.")
-    check.add_argument("policy", help="policy YAML file")
+    check = commands.add_parser(
+        "check", help="validate policy files",
+        description="Validate policy files and report every error found, one line each: "
+        "FILE:LINE: KEY.PATH: PROBLEM. Exit 0 when every file is valid, 1 when any has an "
+        "error (or cannot be read), 2 on a usage error.",
+    )
+    check.add_argument("policies", nargs="+", metavar="POLICY", help="policy YAML file(s)")
+    check.add_argument("--format", choices=FORMATS, default="text",
+                       help="text (default), json (one document on stdout), or github "
+                       "(GitHub Actions ::error annotations on the file and line)")
     check.set_defaults(func=_cmd_check)
 
     test = commands.add_parser("test", help="check a policy against expected decisions",
                                description="Decide every request in CASES and compare with its "
-                               "expectations. Exit 1 if any case fails.")
+                               "expectations. Exit 0 when every case passes, 1 when a case "
+                               "fails or a file has an error, 2 on a usage error.")
     test.add_argument("policy", help="policy YAML file")
     test.add_argument("cases", help="cases YAML file (see micafence.policy.casefile)")
-    test.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
-                      "else the bundled test database)")
+    test.add_argument("--geoip-db", help="MaxMind database (default: the cases file's "
+                      f"geoip_db, else ${GEOIP_ENV}, else the bundled test database)")
+    test.add_argument("--junit-xml", metavar="PATH", help="also write a JUnit XML report "
+                      "(one testcase per case; a failure gives the expected and actual decision)")
     test.add_argument("-v", "--verbose", action="store_true", help="print passing cases too")
     test.add_argument("--store", default="memory://", metavar="URL",
                       help="grant store the cases are settled against, read only (default "

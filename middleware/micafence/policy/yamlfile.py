@@ -16,6 +16,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from micafence.errors import PolicyError
+from micafence.policy.problems import Problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,25 +34,32 @@ class Node:
     def _child(self, value: Any, path: str, line: int | None) -> Node:
         return Node(value, self.file, path, line if line is not None else self.line)
 
-    def mapping(self, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, Node]:
-        """The entries of a mapping, refusing unknown keys and reporting missing ones."""
+    def mapping(
+        self, allowed: Collection[str], required: Collection[str] = (),
+        problems: Problems | None = None,
+    ) -> dict[str, Node]:
+        """The entries of a mapping, refusing unknown keys and reporting missing ones. With a
+        collecting ``problems`` every unknown and missing key is reported, the rest returned."""
         if not isinstance(self.value, dict):
             self.fail(f"expected a mapping, got {_kind(self.value)}")
+        report = problems.add if problems is not None else _raise
         entries: dict[str, Node] = {}
         for key in self.value:
             line = _key_line(self.value, key)
             path = f"{self.path}.{key}" if self.path else str(key)
             if not isinstance(key, str):
-                raise PolicyError(self.file, path, line, "keys must be strings")
-            if key not in allowed:
-                raise PolicyError(
+                report(PolicyError(self.file, path, line, "keys must be strings"))
+            elif key not in allowed:
+                report(PolicyError(
                     self.file, path, line,
                     f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})",
-                )
-            entries[key] = self._child(self.value[key], path, line)
+                ))
+            else:
+                entries[key] = self._child(self.value[key], path, line)
         for key in required:
             if key not in entries:
-                self.fail(f"missing required key {key!r}")
+                missing = f"missing required key {key!r}"
+                report(PolicyError(self.file, self.path, self.line, missing))
         return entries
 
     def dict_items(self) -> Iterator[tuple[str, Node]]:
@@ -100,6 +108,10 @@ class Node:
         if minimum is not None and self.value < minimum:
             self.fail(f"must be at least {minimum}")
         return int(self.value)
+
+
+def _raise(error: PolicyError) -> None:
+    raise error
 
 
 def _key_line(mapping: Any, key: Any) -> int | None:

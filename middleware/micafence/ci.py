@@ -1,0 +1,143 @@
+"""What ``micafence check`` and ``micafence test`` write for CI: text, JSON, GitHub annotations
+and JUnit XML.
+
+Text lines are ``file:line: key.path: problem`` with nothing before them, so any ``file:line:``
+matcher (an editor, a GitHub problem matcher, ``grep``) finds them. GitHub annotations are
+workflow commands (``::error file=F,line=L,title=T::message``) with the escaping GitHub
+documents for their properties and message.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from micafence.errors import MicafenceError, PolicyError
+from micafence.policy.casefile import CaseResult
+from micafence.policy.model import Policy
+
+FORMATS = ("text", "json", "github")
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One file given to ``micafence check``: its policy, or its errors."""
+
+    file: str
+    policy: Policy | None
+    errors: list[PolicyError]
+
+
+def check_report(checked: Sequence[Checked], form: str) -> str:
+    """The report of ``micafence check`` in ``form`` (one of :data:`FORMATS`)."""
+    if form == "json":
+        return json.dumps(_check_json(checked), indent=2) + "\n"
+    lines: list[str] = []
+    for item in checked:
+        if item.policy is not None:
+            lines.extend(_ok_lines(item.file, item.policy))
+        for error in item.errors:
+            lines.append(github_error(error) if form == "github" else str(error))
+    lines.append(check_summary(checked))
+    return "\n".join(lines) + "\n"
+
+
+def check_summary(checked: Sequence[Checked]) -> str:
+    errors = sum(len(item.errors) for item in checked)
+    files = len(checked)
+    checked_text = f"{files} file{'s' if files != 1 else ''} checked"
+    if not errors:
+        return f"no errors ({checked_text})"
+    failed = sum(bool(item.errors) for item in checked)
+    return (f"{errors} error{'s' if errors != 1 else ''} in {failed} "
+            f"file{'s' if failed != 1 else ''} ({checked_text})")
+
+
+def _ok_lines(file: str, policy: Policy) -> list[str]:
+    zones = ", ".join(f"{z.name} ({len(z.countries)})" for z in policy.zones if z.countries)
+    return [
+        f"{file}: OK — policy {policy.name!r} revision {policy.revision}",
+        f"  zones: {zones}; {len(policy.routes)} routes; {len(policy.rules)} rules; "
+        f"mode {policy.mode.value}",
+    ]
+
+
+def _check_json(checked: Sequence[Checked]) -> dict[str, object]:
+    files: list[dict[str, object]] = []
+    for item in checked:
+        entry: dict[str, object] = {"file": item.file, "ok": not item.errors,
+                                    "errors": [error_json(e) for e in item.errors]}
+        if item.policy is not None:
+            entry["policy"] = {"name": item.policy.name, "revision": item.policy.revision,
+                               "mode": item.policy.mode.value}
+        files.append(entry)
+    count = sum(len(item.errors) for item in checked)
+    return {"ok": count == 0, "error_count": count, "files": files}
+
+
+def error_json(error: PolicyError) -> dict[str, object]:
+    return {"file": error.file, "line": error.line, "key_path": error.key_path or None,
+            "problem": error.problem, "message": str(error)}
+
+
+def github_error(error: PolicyError) -> str:
+    """``error`` as a GitHub Actions ``::error`` annotation on its file and line."""
+    properties = [f"file={_property(error.file)}"]
+    if error.line is not None:
+        properties.append(f"line={error.line}")
+    title = f"micafence: {error.key_path}" if error.key_path else "micafence"
+    properties.append(f"title={_property(title)}")
+    return f"::error {','.join(properties)}::{_data(error.problem)}"
+
+
+def _data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _property(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def write_junit(path: str, suite: str, results: Sequence[CaseResult],
+                errors: Sequence[PolicyError] = ()) -> None:
+    """A JUnit XML report: one ``testcase`` per case (a ``failure`` with the expected and the
+    actual decision when it failed), and one ``error`` testcase per file error (when the policy
+    or the cases could not be loaded, so CI shows why nothing ran). Missing directories of
+    ``path`` are made."""
+    failures = sum(not r.passed for r in results)
+    seconds = sum(r.seconds for r in results)
+    root = ET.Element("testsuites", name="micafence test", tests=str(len(results) + len(errors)),
+                      failures=str(failures), errors=str(len(errors)), time=f"{seconds:.6f}")
+    element = ET.SubElement(root, "testsuite", name=suite,
+                            tests=str(len(results) + len(errors)), failures=str(failures),
+                            errors=str(len(errors)), skipped="0", time=f"{seconds:.6f}")
+    for error in errors:
+        case = ET.SubElement(element, "testcase", name=f"load {error.file}", classname=suite,
+                             file=error.file, time="0")
+        if error.line is not None:
+            case.set("line", str(error.line))
+        ET.SubElement(case, "error", message=str(error), type="PolicyError").text = str(error)
+    for result in results:
+        case = ET.SubElement(element, "testcase", name=result.case.name, classname=suite,
+                             file=suite, time=f"{result.seconds:.6f}")
+        if result.case.line is not None:
+            case.set("line", str(result.case.line))
+        if result.passed:
+            continue
+        failure = ET.SubElement(case, "failure", message="; ".join(result.failures),
+                                type="DecisionMismatch")
+        failure.text = "\n".join([
+            f"expected: {json.dumps(result.case.expect, sort_keys=True)}",
+            f"actual:   {json.dumps(result.actual, sort_keys=True)}",
+            f"decision: {json.dumps(result.decision, sort_keys=True, default=str)}",
+        ])
+    ET.indent(root)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ET.ElementTree(root).write(Path(path), encoding="utf-8", xml_declaration=True)
+    except OSError as exc:
+        raise MicafenceError(f"cannot write the JUnit report {path}: "
+                             f"{exc.strerror or exc}") from exc
