@@ -164,3 +164,39 @@ def test_http_benchmark_loads_every_server_under_wrk() -> None:
         metrics["http.neutral.floor_ratio"] - metrics["http.neutral.throughput_ratio"], abs=1e-3)
     assert "http.mix.floor_ratio" not in metrics
     assert "http.mix.gap_to_floor" not in metrics
+
+
+def test_the_baseline_check_knows_which_way_is_worse(tmp_path: Path) -> None:
+    from micafence.errors import MicafenceError
+    from micafence_tools.bench.runner import check_baseline
+
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({
+        "tolerance": 0.1,
+        "tolerances": {"inprocess.in_scope_grant.overhead": 0.4},
+        "metrics": {"inprocess.neutral_unrestricted.overhead": 0.3,
+                    "inprocess.in_scope_grant.overhead": 1.7,
+                    "http.mix.throughput_ratio": 0.9, "http.neutral.gap_to_floor": 0.05},
+    }))
+    within = {"inprocess.neutral_unrestricted.overhead": 0.39,
+              "inprocess.in_scope_grant.overhead": 2.09,  # within its own 0.4
+              "http.mix.throughput_ratio": 0.81, "http.neutral.gap_to_floor": 0.0}
+    assert check_baseline(within, path) == []
+    worse = {"inprocess.neutral_unrestricted.overhead": 0.41,
+             "inprocess.in_scope_grant.overhead": 2.11,
+             "http.mix.throughput_ratio": 0.79, "http.neutral.gap_to_floor": 0.16}
+    failures = check_baseline(worse, path)
+    assert [failure.split(":")[0] for failure in failures] == list(worse)
+    # Better in every direction is never a regression.
+    better = {"inprocess.neutral_unrestricted.overhead": -0.5,
+              "inprocess.in_scope_grant.overhead": 0.1,
+              "http.mix.throughput_ratio": 1.5, "http.neutral.gap_to_floor": -0.2}
+    assert check_baseline(better, path) == []
+    # An old-method baseline (cost ratios) or a broken file: a clear error, not a verdict.
+    path.write_text(json.dumps({"tolerance": 0.35,
+                                "metrics": {"inprocess.signup_block.cost_ratio": 0.3}}))
+    with pytest.raises(MicafenceError, match="cannot tell which way is worse"):
+        check_baseline({"inprocess.signup_block.cost_ratio": 0.3}, path)
+    path.write_text("{not json")
+    with pytest.raises(MicafenceError, match="cannot read the baseline"):
+        check_baseline({}, path)
