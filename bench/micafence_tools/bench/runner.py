@@ -377,8 +377,9 @@ def main(args: Any) -> int:
     print(render(inprocess, http, metrics, budget))
     if "locust" in report:
         print(f"\nLocust mix latency (ms, micafence): {report['locust']}")
-    print("\nLimits: in-process figures are CPU time of one Python process; HTTP throughput is "
-          f"bounded by the single uvicorn worker sharing {os.cpu_count()} cores with wrk. "
+    print("\nLimits: in-process figures are the wall-clock time of calls in one Python process "
+          "(other work on the same cores inflates them); HTTP throughput is bounded by the "
+          f"single uvicorn worker sharing {os.cpu_count()} cores with wrk. "
           "Load average at the start: " + " ".join(f"{x:.2f}" for x in report["machine"]
                                                   ["load_average"]) + ".")
     if args.json:
