@@ -17,7 +17,7 @@ import random
 from locust import task
 from locust.contrib.fasthttp import FastHttpUser
 
-from micafence.engine import Enforcer
+from micafence.decide import Enforcer
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
 from micafence_tools.bench.apps import database_path, policy_path

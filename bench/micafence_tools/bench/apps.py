@@ -1,9 +1,15 @@
-"""The three apps every benchmark compares: bare, behind micafence, and the naive alternative.
+"""The apps every benchmark compares, and the middlewares put in front of them.
 
-The naive alternative is what a team would write without micafence: Starlette's
-``BaseHTTPMiddleware`` calling ``geoip2``'s ``Reader.country()`` on every request. It is the
-only place in the package allowed to use ``BaseHTTPMiddleware`` — as the thing to beat.
-Factories read their files from the environment so ``uvicorn --factory`` can start them.
+In-process, every figure is taken against a **trivial** Starlette app (each route answers
+``PlainTextResponse("ok")``): the bare route's own time in the same run is the unit every
+overhead is a fraction of. Over HTTP the servers run the demo exchange.
+
+In front of an app: micafence; the **floor**, a pure-ASGI middleware that only passes ``send``
+on (the least any middleware touching responses can cost); and the **naive peer**, what a team
+would write without micafence: Starlette's ``BaseHTTPMiddleware`` calling ``geoip2``'s
+``Reader.country()`` on every request. This is the only place in the package allowed to use
+``BaseHTTPMiddleware``, as the thing to beat. The HTTP factories (no arguments) read their files
+from the environment so ``uvicorn --factory`` can start them.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import os
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from micafence.middleware import MicafenceMiddleware
 from micafence.policy.loader import default_policy_path
@@ -38,22 +47,30 @@ def database_path() -> str:
     return os.environ.get(DATABASE_ENV) or str(bundled_test_database())
 
 
-def bare_app() -> Starlette:
-    """The demo exchange with nothing in front."""
-    return build_demo_app()
+def trivial_app() -> Starlette:
+    """The in-process unit: a neutral route, the sign-up and the order route, each answering
+    ``PlainTextResponse("ok")`` without reading the request."""
+
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[
+        Route("/healthz", ok, methods=["GET"]),
+        Route("/api/accounts", ok, methods=["POST"]),
+        Route("/api/orders", ok, methods=["POST"]),
+    ])
 
 
-def micafence_app() -> MicafenceMiddleware:
-    """The demo exchange behind micafence."""
-    return MicafenceMiddleware(build_demo_app(), policy=policy_path(), geoip_db=database_path())
+def guarded(app: Any, **options: Any) -> MicafenceMiddleware:
+    """``app`` behind micafence, on the benchmark's policy and database."""
+    return MicafenceMiddleware(app, policy=policy_path(), geoip_db=database_path(), **options)
 
 
-def naive_app() -> Any:
-    """The demo exchange behind a ``BaseHTTPMiddleware`` doing a geoip2 lookup per request."""
+def naive(app: Any) -> Any:
+    """``app`` behind a ``BaseHTTPMiddleware`` doing a geoip2 lookup per request."""
     import geoip2.database
     import geoip2.errors
     from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-    from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
 
     reader = geoip2.database.Reader(database_path())
@@ -70,16 +87,13 @@ def naive_app() -> Any:
                 return JSONResponse({"error": "unavailable"}, status_code=451)
             return await call_next(request)
 
-    app = build_demo_app()
-    app.add_middleware(NaiveGeoBlock)
-    return app
+    return NaiveGeoBlock(app)
 
 
-def passthrough_app() -> Any:
-    """The demo exchange behind the thinnest middleware that touches responses: a pure-ASGI
-    wrapper of ``send`` doing nothing else. Its throughput ratio is the floor any such
-    middleware (micafence's cache-safety wrapper among them) can reach on this machine."""
-    inner = build_demo_app()
+def floor(inner: Any) -> Any:
+    """``inner`` behind the thinnest middleware that touches responses: a pure-ASGI wrapper of
+    ``send`` doing nothing else. What it costs is the floor any such middleware (micafence's
+    cache-safety wrapper among them) can reach on this machine."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -93,3 +107,24 @@ def passthrough_app() -> Any:
 
     return app
 
+
+# The HTTP servers' factories (uvicorn --factory): the demo exchange, bare or behind each.
+
+def bare_app() -> Starlette:
+    """The demo exchange with nothing in front."""
+    return build_demo_app()
+
+
+def micafence_app() -> MicafenceMiddleware:
+    """The demo exchange behind micafence."""
+    return guarded(build_demo_app())
+
+
+def naive_app() -> Any:
+    """The demo exchange behind the naive peer."""
+    return naive(build_demo_app())
+
+
+def floor_app() -> Any:
+    """The demo exchange behind the send-only floor."""
+    return floor(build_demo_app())

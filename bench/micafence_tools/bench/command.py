@@ -18,14 +18,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add ``micafence bench`` to the CLI."""
     bench = commands.add_parser(
         "bench", help="measure what micafence costs (in-process and over HTTP)",
-        description="Benchmark micafence against the bare app and the naive alternative "
-        "(BaseHTTPMiddleware + geoip2) in the same run; print p50/p99 µs, requests/s and ratios.",
+        description="Benchmark micafence against a trivial route, bare and behind a send-only "
+        "floor and the naive alternative (BaseHTTPMiddleware + geoip2), in the same run; print "
+        "µs, overheads as fractions of the bare route, requests/s, and the budget's PASS/FAIL "
+        "lines.",
     )
     bench.add_argument("--quick", action="store_true",
                        help="in-process only, small samples (a smoke test, seconds)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--check", metavar="BASELINE",
-                       help="exit 1 if a ratio regresses beyond the baseline's tolerance")
+                       help="exit 1 if a budget line fails or a figure regresses beyond the "
+                       "baseline's tolerance")
+    bench.add_argument("--budget", metavar="METRIC=LIMIT", action="append",
+                       help="replace one budget line's limit (repeatable; the output names "
+                       "the release budget beside it)")
     bench.add_argument("--policy", help="policy file (default: the packaged default policy)")
     bench.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
     bench.add_argument("--locust", action="store_true",

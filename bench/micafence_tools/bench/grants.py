@@ -1,7 +1,7 @@
 """The grant check as a served EU client meets it: the Redis store with its local cache.
 
 :func:`granted_app` starts a private ``redis-server`` on 127.0.0.1, records one grant per client
-(spot exchange of BTC against funds, initiated an hour ago) and yields the demo exchange behind
+(spot exchange of BTC against funds, initiated an hour ago) and yields the given app behind
 micafence on that store, its cache invalidation running. Requests name the client in
 ``X-Client-Id`` and the visitor in ``X-Forwarded-For``, from a trusted proxy (127.0.0.1), as
 the default policy expects.
@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from micafence.grants.book import GrantBook
 from micafence.grants.signing import GrantKey
@@ -23,7 +24,6 @@ from micafence.middleware import MicafenceMiddleware
 from micafence_tools.bench.apps import database_path, policy_path
 from micafence_tools.bench.inprocess import Request
 from micafence_tools.bench.redis_server import RedisServer
-from micafence_tools.demo.app import build_demo_app
 
 IN_SCOPE = '{"pair": "BTC-EUR", "side": "buy", "amount": "0.1"}'
 OUT_OF_SCOPE = '{"pair": "ETH-EUR", "side": "buy", "amount": "0.1"}'  # granted BTC, not ETH
@@ -44,7 +44,8 @@ def orders(visits: Sequence[str], clients: Sequence[str], body: str) -> list[Req
 
 
 @asynccontextmanager
-async def granted_app(clients: Sequence[str]) -> AsyncIterator[MicafenceMiddleware]:
+async def granted_app(clients: Sequence[str], inner: Any) -> AsyncIterator[MicafenceMiddleware]:
+    """``inner`` behind micafence on a private Redis store holding a grant for each client."""
     with tempfile.TemporaryDirectory(prefix="micafence-bench-") as folder:
         server = RedisServer(Path(folder))
         app: MicafenceMiddleware | None = None
@@ -52,7 +53,7 @@ async def granted_app(clients: Sequence[str]) -> AsyncIterator[MicafenceMiddlewa
         level = store_log.level
         try:
             app = MicafenceMiddleware(
-                build_demo_app(), policy=policy_path(), geoip_db=database_path(),
+                inner, policy=policy_path(), geoip_db=database_path(),
                 store=server.url, grant_key=GrantKey.from_text(secrets.token_hex(32)),
                 watch=False,
             )

@@ -1,8 +1,9 @@
 """HTTP benchmark: real uvicorn servers on 127.0.0.1, loaded by ``wrk`` in paired runs.
 
 Throughput on a 2-core machine drifts by ±10% between separate runs, so the bare app and
-micafence (and the naive peer) run side by side as three servers and take turns in short
-``wrk`` runs; each figure is the median over rounds and ratios are taken within a round.
+micafence (and the naive peer and the send-only floor) run side by side as servers and take
+turns in short ``wrk`` runs; each figure is the median over rounds and ratios are taken
+within a round.
 ``wrk`` rotates ``X-Forwarded-For`` through a Lua script so every server sees many visitors.
 """
 
@@ -28,7 +29,7 @@ _FACTORIES = {
     "bare": "micafence_tools.bench.apps:bare_app",
     "micafence": "micafence_tools.bench.apps:micafence_app",
     "naive": "micafence_tools.bench.apps:naive_app",
-    "passthrough": "micafence_tools.bench.apps:passthrough_app",
+    "floor": "micafence_tools.bench.apps:floor_app",
 }
 
 # Requests are (method, path, body, forwarded-for) rows; wrk cycles through them.
@@ -70,7 +71,8 @@ class Throughput:
     rps: dict[str, float]  # median requests/s per app
     ratio_to_bare: float  # median over rounds of micafence / bare
     ratio_to_naive: float | None
-    passthrough_ratio: float | None  # a do-nothing send wrapper / bare: the noise floor
+    floor_ratio: float | None  # the send-only floor / bare: what any such middleware scores
+    gap_to_floor: float | None  # median over rounds of (floor - micafence) / bare
 
 
 def _lua_string(text: str) -> str:
@@ -170,5 +172,8 @@ def paired_throughput(
         {name: statistics.median(values) for name, values in runs.items()},
         paired("micafence", "bare"),
         paired("micafence", "naive") if "naive" in runs else None,
-        paired("passthrough", "bare") if "passthrough" in runs else None,
+        paired("floor", "bare") if "floor" in runs else None,
+        statistics.median((f - m) / b for f, m, b in zip(
+            runs["floor"], runs["micafence"], runs["bare"], strict=True))
+        if "floor" in runs else None,
     )

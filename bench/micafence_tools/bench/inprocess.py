@@ -1,7 +1,9 @@
 """In-process benchmark: call the ASGI apps directly and time each request.
 
-Each traffic class is a list of requests; the bare app, micafence and the naive peer take turns
-in short blocks over the same requests, so drift on a shared machine hits all three alike.
+Each traffic class is a list of requests; the bare app and each middleware in front of it (the
+send-only floor, micafence, the naive peer) take turns in rounds of short blocks over the same
+requests, so drift on a shared machine hits them all alike. Every figure is a median, and every
+overhead a fraction of the bare app's own time in the same run.
 """
 
 from __future__ import annotations
@@ -32,26 +34,38 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    p50_us: float
-    p99_us: float
+    p50_us: float  # the median over rounds of each round's median
+    p99_us: float  # over every sample
     count: int
 
 
 @dataclass(frozen=True, slots=True)
 class ClassResult:
+    """One traffic class timed on the bare app and on each middleware in front of it."""
+
     name: str
-    bare: Timing
-    micafence: Timing
-    naive: Timing | None
+    timings: dict[str, Timing]  # "bare", "floor", "micafence" and, where it applies, "naive"
     statuses: dict[str, frozenset[int]]  # every status each app answered in the class
 
     @property
-    def overhead_us(self) -> float:
-        return self.micafence.p50_us - self.bare.p50_us
+    def bare(self) -> Timing:
+        return self.timings["bare"]
 
     @property
-    def ratio_to_bare(self) -> float:
-        return self.micafence.p50_us / self.bare.p50_us
+    def micafence(self) -> Timing:
+        return self.timings["micafence"]
+
+    @property
+    def naive(self) -> Timing | None:
+        return self.timings.get("naive")
+
+    def overhead_us(self, app: str = "micafence") -> float:
+        """What ``app`` adds to the bare route, in µs (medians)."""
+        return self.timings[app].p50_us - self.bare.p50_us
+
+    def overhead(self, app: str = "micafence") -> float:
+        """What ``app`` adds, as a fraction of the bare route's own time: (app - bare) / bare."""
+        return self.overhead_us(app) / self.bare.p50_us
 
 
 def _scope(request: Request) -> dict[str, Any]:
@@ -96,37 +110,31 @@ async def _time_block(
         out.append(clock() - start)
 
 
-def _timing(samples: list[int]) -> Timing:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return Timing(statistics.median(ordered) / 1000, p99 / 1000, len(ordered))
+def _timing(rounds: list[list[int]]) -> Timing:
+    every = sorted(sample for samples in rounds for sample in samples)
+    p99 = every[min(len(every) - 1, int(len(every) * 0.99))]
+    p50 = statistics.median(statistics.median(samples) for samples in rounds)
+    return Timing(p50 / 1000, p99 / 1000, len(every))
 
 
-async def measure(
-    name: str,
-    requests: Sequence[Request],
-    bare: ASGIApp,
-    micafence: ASGIApp,
-    naive: ASGIApp | None,
-) -> ClassResult:
-    """Time one traffic class on the three apps, interleaved in blocks, caches warm."""
-    apps: dict[str, ASGIApp] = {"bare": bare, "micafence": micafence}
-    if naive is not None:
-        apps["naive"] = naive
+async def measure(name: str, requests: Sequence[Request], apps: dict[str, ASGIApp]) -> ClassResult:
+    """Time one traffic class on ``apps`` (``"bare"`` first), caches warm, in paired rounds.
+
+    Each round times every app on the same block of requests, the apps' order rotating from
+    round to round, so drift on a shared machine and the order itself hit all apps alike.
+    """
     statuses: dict[str, frozenset[int]] = {}
     for label, app in apps.items():  # warm caches, as a server's are after its first minutes
         statuses[label] = frozenset([await _call(app, request)
                                      for request in dict.fromkeys(requests)])
-    samples: dict[str, list[int]] = {label: [] for label in apps}
+    labels = list(apps)
+    rounds: dict[str, list[list[int]]] = {label: [] for label in labels}
     prepared = [(request, _scope(request)) for request in requests]
-    for start in range(0, len(prepared), _BLOCK):
+    for number, start in enumerate(range(0, len(prepared), _BLOCK)):
         block = prepared[start:start + _BLOCK]
-        for label, app in apps.items():
-            await _time_block(app, block, samples[label])
-    return ClassResult(
-        name,
-        _timing(samples["bare"]),
-        _timing(samples["micafence"]),
-        _timing(samples["naive"]) if "naive" in samples else None,
-        statuses,
-    )
+        turn = number % len(labels)
+        for label in labels[turn:] + labels[:turn]:
+            samples: list[int] = []
+            await _time_block(apps[label], block, samples)
+            rounds[label].append(samples)
+    return ClassResult(name, {label: _timing(rounds[label]) for label in labels}, statuses)
