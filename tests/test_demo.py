@@ -104,3 +104,18 @@ def test_promotion_feed_is_empty_for_eu_and_served_to_others(demo_url: str) -> N
     assert eu.headers["micafence-reason"] == "eu.promotion"
     assert swiss.status_code == 200
     assert [p["id"] for p in swiss.json()] == ["p1", "p2"]
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-5", "eighty"])
+def test_a_port_out_of_range_is_a_usage_error_not_another_port(port: str) -> None:
+    # Under uvloop, --port 99999 used to listen on 34463 (99999 mod 65536) while the banner
+    # said 99999; without uvloop it was an OverflowError traceback.
+    result = subprocess.run(
+        [MICAFENCE, "demo", "--port", port, "--no-audit"],
+        capture_output=True, text=True, timeout=10,
+    )
+    assert result.returncode == 2
+    assert "--port" in result.stderr
+    assert "1 to 65535" in result.stderr or "eighty" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Uvicorn running" not in result.stdout + result.stderr

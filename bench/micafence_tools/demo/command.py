@@ -18,7 +18,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                description="Serve a small demo exchange behind micafence under "
                                "uvicorn, on the bundled MaxMind test database by default.")
     demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    demo.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     demo.add_argument("--policy", help=f"policy file (default: ${POLICY_ENV}, else the "
                       "packaged default policy)")
     demo.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
@@ -30,6 +30,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                       "is DIR.key unless $MICAFENCE_AUDIT_KEY[_FILE] is set)")
     demo.add_argument("--no-audit", action="store_true", help="keep no decision log")
     demo.set_defaults(func=_run)
+
+
+def _port(text: str) -> int:
+    """A TCP port, 1 to 65535: under uvloop a larger number is taken modulo 65536 (99999 would
+    listen on 34463 while the banner says 99999), without it an OverflowError."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1 to 65535)")
+    return port
 
 
 def _run(args: argparse.Namespace) -> int:
