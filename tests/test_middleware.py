@@ -48,6 +48,24 @@ async def test_browser_gets_451_html_page(make_app: Callable[..., Any]) -> None:
     assert "eu.account_creation" in response.text
 
 
+@pytest.mark.parametrize(("accept", "problem_json"), [
+    ("application/json", True),
+    ("text/html, application/problem+json;q=0.5", True),
+    ("text/html, application/json;q=0", False),  # q=0: the client refuses JSON
+    ("text/html, application/json; q=0.000", False),
+    ("text/html, application/json;q=zero", True),  # a malformed q refuses nothing
+    ("text/html", False),
+])
+async def test_the_451_body_follows_accept_and_its_refusals(
+    make_app: Callable[..., Any], accept: str, problem_json: bool
+) -> None:
+    async with client_for(make_app()) as client:
+        response = await client.post("/api/accounts", json={}, headers={"Accept": accept})
+    assert response.status_code == 451
+    kind = response.headers["content-type"]
+    assert (kind == "application/problem+json") is problem_json, kind
+
+
 async def test_head_gets_451_without_body(make_app: Callable[..., Any]) -> None:
     async with client_for(make_app()) as client:
         response = await client.head("/signup")

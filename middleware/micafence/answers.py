@@ -57,9 +57,26 @@ def detail(refusal: Refusal) -> str:
 
 
 def wants_json(headers: Any) -> bool:
+    """Does the first ``Accept`` header name a JSON type it does not refuse (``q=0``)?"""
     for name, value in headers or ():
         if name == b"accept":
-            return b"json" in value.lower()
+            value = value.lower()
+            if b"json" not in value:  # the common case: a browser's or no JSON at all
+                return False
+            return any(b"json" in kind and not _refused(params)
+                       for kind, _, params in (r.partition(b";") for r in value.split(b",")))
+    return False
+
+
+def _refused(params: bytes) -> bool:
+    """Is a media range's ``q`` zero (``;q=0``, ``q=0.000``)?"""
+    for param in params.split(b";"):
+        key, _, number = param.partition(b"=")
+        if key.strip() == b"q":
+            try:
+                return float(number.strip()) == 0
+            except ValueError:
+                return False
     return False
 
 
