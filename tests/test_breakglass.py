@@ -202,7 +202,7 @@ def test_explain_shows_the_switches_then_and_now(
               "--method", "POST", "--path", "/api/orders", "--breakglass-dir", str(folder)]
     assert main(common) == 0
     out = capsys.readouterr().out
-    assert "BLOCK (451)" in out
+    assert "answer 451" in out
     assert "breakglass block_services (by alice at 2026-11-01T12:00:00Z: INC-9)" in out
     assert main([*common, "--at", "2026-11-01T11:59:59Z", "--json"]) == 0
     before = json.loads(capsys.readouterr().out)

@@ -166,7 +166,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                           "policy_source": policy.source, "at": enforcer.in_force_at.isoformat(),
                           "breakglass_switches": breakglass.as_dict()["switches"]}, indent=2))
         return 0
-    verdict = "BLOCK (451)" if decision.blocked else (
+    verdict = "BLOCK" if decision.blocked else (
         f"PASS (shadow: would {decision.outcome.value})" if decision.would_block else "PASS"
     )
     signals = (
