@@ -31,11 +31,11 @@ def _modules() -> list[tuple[str, ast.Module]]:
     return found
 
 
-def test_readme_reason_table_is_the_enum() -> None:
-    """The README's reason table is exactly what micafence.reasons.reason_table() generates."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert reason_table() in readme, (
-        "README's reason table differs from micafence.reasons: paste reason_table()")
+def test_the_manual_reason_table_is_the_enum() -> None:
+    """The manual's reason table is exactly what micafence.reasons.reason_table() generates."""
+    page = (REPO / "docs" / "reasons.md").read_text(encoding="utf-8")
+    assert reason_table() in page, (
+        "docs/reasons.md's reason table differs from micafence.reasons: paste reason_table()")
 
 
 def test_route_classes_are_the_policy_classes() -> None:

@@ -2,8 +2,9 @@
 
 Like :class:`http.HTTPStatus` carries a phrase and a description, a :class:`Reason` carries the
 code suffix it writes after the deciding zone (``eu.no_grant``), the sentence shown to the
-visitor in a 451 answer and the meaning ops read in the README's reason table (generated from
-here: :func:`reason_table`). Codes are made by :func:`reason_code` and nowhere else.
+visitor in a 451 answer and the meaning ops read in the manual's reason table
+(``docs/reasons.md``, generated from here: :func:`reason_table`). Codes are made by
+:func:`reason_code` and nowhere else.
 
 A rule may name its own code (``reason:`` in the policy; the anonymizer screen and break-glass
 write ``anonymizer.<flag>.<class>`` and ``breakglass.service``): the decision's :class:`Reason`
@@ -47,7 +48,7 @@ class Reason(Enum):
         member.suffix = suffix
         member.zoned = zoned  # the code is "<zone>.<suffix>"; else the suffix alone
         member.text = text  # what the visitor reads in a 451 answer; names no country
-        member.meaning = meaning  # what ops read in the README's reason table
+        member.meaning = meaning  # what ops read in the manual's reason table (docs/reasons.md)
         return member
 
     @property
@@ -138,7 +139,7 @@ def unidentified_code(rule_code: str) -> str:
 
 
 def reason_table() -> str:
-    """The README's reason table (Markdown), in the order of :class:`Reason`."""
+    """The manual's reason table (docs/reasons.md) (Markdown), in the order of :class:`Reason`."""
     rows = ["| reason | meaning |", "|---|---|"]
     rows += [f"| `{reason.pattern}` | {reason.meaning} |" for reason in Reason
              if reason is not Reason.AUDIT_UNAVAILABLE]
