@@ -13,8 +13,8 @@ import pytest
 from micafence import MicafenceMiddleware
 from micafence.asgi import Receive, Scope, Send
 from micafence.cli import main
+from micafence.decision import STATE_KEY
 from micafence.grants.onboarding import hash_token
-from micafence.pipeline import STATE_KEY
 from micafence.policy.casefile import Case, load_cases
 from micafence.store.opener import open_store
 from tests.conftest import COUNTRY_DB, ServerThread

@@ -17,6 +17,9 @@ from typing import NamedTuple
 from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.reasons import Reason, RouteClass
 
+#: Where the decision is put for the app: ``scope["state"]["micafence"]``, which Starlette shows
+#: as ``request.state.micafence``.
+STATE_KEY = "micafence"
 DEFAULT_RULE_ID = "default"
 
 

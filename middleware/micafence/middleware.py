@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from micafence.answers import answer_unstarted
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.decide import Enforcer
+from micafence.decision import STATE_KEY
 from micafence.errors import MicafenceError
 from micafence.grants.signing import GrantKey
 from micafence.identity import IdentifyFunction
@@ -21,7 +22,7 @@ from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
 from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.logs import log_event
-from micafence.pipeline import STATE_KEY, Pipeline
+from micafence.pipeline import Pipeline
 from micafence.policy.model import Policy
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.store.base import Store

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from micafence.answers import refuse_websocket, send_audit_unavailable, send_block
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.caches import BoundedCache
-from micafence.decision import Decision
+from micafence.decision import STATE_KEY, Decision
 from micafence.grants.gate import ScopeGate, ScopeVerdict
 from micafence.grants.onboarding import OnboardingGate
 from micafence.instants import Clock, utc_now
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     from micafence.metrics import Metrics
     from micafence.store.base import Store
 
-#: Where the decision is put for the app: ``request.state.micafence`` in Starlette.
-STATE_KEY = "micafence"
 
 # Enum members bound once: a look-up on the class costs ~90 ns on Python 3.11, per use.
 _ALLOW = Outcome.ALLOW

@@ -19,14 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from micafence.decision import Decision
+from micafence.decision import STATE_KEY, Decision
 from micafence.policy.model import PromotionStance
 
 if TYPE_CHECKING:
     from jinja2 import Environment
     from jinja2.runtime import Context
 
-STATE_KEY = "micafence"  # as in micafence.middleware (not imported: this module stays light)
 
 
 def decision_of(request: Any) -> Decision | None:
