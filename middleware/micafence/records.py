@@ -6,6 +6,9 @@ share these types without importing one another. Nothing here does I/O.
 - the grant history (:class:`Grant`, :class:`Revocation`, :class:`Approval`,
   :class:`AccountBinding`: a :data:`GrantEvent` each), folded into :class:`GrantState` by
   :func:`fold`; append-only (RULES.md rule 11);
+- the client registry's records in the same history (:class:`Residence`: where a client is
+  established; :class:`ArrivalLink`: a solicited arrival linked to the client), folded into
+  :class:`Standing` by :func:`standing_of`;
 - :class:`OnboardingTicket`: what a store keeps of an onboarding token (its hash, never the
   token);
 - :class:`SolicitationEvidence`: an arrival that counts as the firm soliciting a visitor.
@@ -20,7 +23,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from micafence.instants import format_duration, parse_duration, parse_instant
 
@@ -95,12 +98,43 @@ class AccountBinding:
     bound_at: dt.datetime
 
 
-GrantEvent = Grant | Revocation | Approval | AccountBinding
+@dataclass(frozen=True, slots=True)
+class Residence:
+    """The client registry: where a client is established, as an officer, the host app (at
+    sign-up or KYC) or a grant recorded it. The latest record of a client is the registry's
+    word; earlier ones stay in the history."""
+
+    client_id: str
+    country: str  # ISO 3166-1 alpha-2
+    evidence: str  # the KYC file, document or grant that shows it
+    recorded_by: str  # an officer, or "app:<what>" for the host app's Python API
+    recorded_at: dt.datetime
+    source: str = "officer"  # officer | app | grant | onboarding
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalLink:
+    """A solicited arrival linked to a client: the first time the arrival's first-party cookie
+    came with this client's identity (a sign-in or a sign-up). From then on the solicitation
+    evidence recorded under the cookie counts against the client."""
+
+    client_id: str
+    subject: str  # the evidence subject: "cookie:<visitor id>"
+    solicited_at: dt.datetime  # the earliest evidence recorded for that subject
+    linked_at: dt.datetime
+    marker: str | None = None  # the route or marker that arrival came through
+
+
+GrantEvent = Grant | Revocation | Approval | AccountBinding | Residence | ArrivalLink
 
 
 def grant_id_of(event: GrantEvent) -> str:
-    """The grant a record is about."""
-    return event.id if isinstance(event, Grant) else event.grant_id
+    """The grant a record is about ("" for the registry's records, which are about no grant)."""
+    if isinstance(event, Grant):
+        return event.id
+    if isinstance(event, Residence | ArrivalLink):
+        return ""
+    return event.grant_id
 
 
 def filed_under(event: GrantEvent) -> tuple[str, ...]:
@@ -173,13 +207,51 @@ def fold(events: Iterable[GrantEvent]) -> list[GrantState]:
             revoked.setdefault(event.grant_id, event)
         elif isinstance(event, Approval):
             approved.setdefault(event.grant_id, event)
-        else:
+        elif isinstance(event, AccountBinding):
             accounts.setdefault(event.grant_id, {}).setdefault(event.account_id, event)
     return [
         GrantState(grant, revoked.get(grant.id), approved.get(grant.id),
                    tuple(accounts.get(grant.id, {}).values()))
         for grant in grants.values()
     ]
+
+
+class Standing(NamedTuple):
+    """Where a client's history says it is established: the client-registry signals a request
+    made with its identity carries (:meth:`micafence.decide.Enforcer.decide`)."""
+
+    registry: str | None = None  # the country of the client's latest Residence record
+    grants: tuple[str, ...] = ()  # the countries named by the unrevoked grants it holds
+    legacy: bool = False  # it holds an unrevoked grant recorded before grants named a country
+
+    def __bool__(self) -> bool:
+        return self.registry is not None or bool(self.grants) or self.legacy
+
+
+NO_STANDING = Standing()
+
+
+def standing_of(events: Iterable[GrantEvent]) -> Standing:
+    """A client's :class:`Standing`, from its holdings (its records, and the grants bound to it
+    as the account opened with their onboarding token). Expired grants count (the client was
+    established there when it approached the firm); revoked ones do not."""
+    events = tuple(events)
+    registry: Residence | None = None
+    countries: dict[str, None] = {}
+    legacy = False
+    for state in fold(events):
+        if state.revocation is None:
+            if state.grant.country is None:
+                legacy = True
+            else:
+                countries[state.grant.country] = None
+    for event in events:
+        if isinstance(event, Residence) and (
+                registry is None or event.recorded_at >= registry.recorded_at):
+            registry = event
+    if registry is None and not countries and not legacy:
+        return NO_STANDING
+    return Standing(registry.country if registry else None, tuple(sorted(countries)), legacy)
 
 
 # -- records as JSON (file store, export, --json) ------------------------------------------------
@@ -197,6 +269,18 @@ def event_to_json(event: GrantEvent) -> dict[str, Any]:
         return {
             "event": "approval", "grant_id": event.grant_id, "client_id": event.client_id,
             "approved_at": event.approved_at.isoformat(), "approved_by": event.approved_by,
+        }
+    if isinstance(event, Residence):
+        return {
+            "event": "residence", "client_id": event.client_id, "country": event.country,
+            "evidence": event.evidence, "recorded_by": event.recorded_by,
+            "recorded_at": event.recorded_at.isoformat(), "source": event.source,
+        }
+    if isinstance(event, ArrivalLink):
+        return {
+            "event": "arrival_link", "client_id": event.client_id, "subject": event.subject,
+            "solicited_at": event.solicited_at.isoformat(),
+            "linked_at": event.linked_at.isoformat(), "marker": event.marker,
         }
     if isinstance(event, AccountBinding):
         return {
@@ -245,6 +329,18 @@ def event_from_json(data: Any) -> GrantEvent:
                 _text(data["grant_id"]), _text(data["client_id"]), _text(data["account_id"]),
                 _instant(data["bound_at"]),
             )
+        if data["event"] == "residence":
+            return Residence(
+                _text(data["client_id"]), _country(data["country"]), _text(data["evidence"]),
+                _text(data["recorded_by"]), _instant(data["recorded_at"]),
+                _text(data.get("source") or "officer"),
+            )
+        if data["event"] == "arrival_link":
+            return ArrivalLink(
+                _text(data["client_id"]), _text(data["subject"]),
+                _instant(data["solicited_at"]), _instant(data["linked_at"]),
+                _optional_text(data.get("marker")),
+            )
         if data["event"] != "grant":
             raise ValueError(f"unknown record kind {data['event']!r}")
         return Grant(
@@ -275,6 +371,13 @@ def _text(value: object) -> str:
 
 def _optional_text(value: object) -> str | None:
     return None if value is None else _text(value)
+
+
+def _country(value: object) -> str:
+    text = _text(value)
+    if len(text) != 2 or not text.isascii() or not text.isupper() or not text.isalpha():
+        raise ValueError(f"expected a country code such as FR, got {value!r}")
+    return text
 
 
 def _count(value: object) -> int:

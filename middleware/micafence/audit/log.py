@@ -240,10 +240,19 @@ class AuditLog:
     def record_grant(self, event: GrantEvent) -> bool:
         """Record a grant-history event (:mod:`micafence.grants.book`) as an evidence event:
         ``grant.recorded``, ``grant.revoked``, ``grant.approved`` or ``grant.bound``."""
-        from micafence.records import AccountBinding, Approval, Grant, Revocation, event_to_json
+        from micafence.records import (
+            AccountBinding,
+            Approval,
+            ArrivalLink,
+            Grant,
+            Residence,
+            Revocation,
+            event_to_json,
+        )
 
         kinds = {Grant: "grant.recorded", Revocation: "grant.revoked",
-                 Approval: "grant.approved", AccountBinding: "grant.bound"}
+                 Approval: "grant.approved", AccountBinding: "grant.bound",
+                 Residence: "client.residence", ArrivalLink: "client.arrival_linked"}
         return self.record_event(kinds[type(event)], event_to_json(event))
 
     def _refuse(self) -> None:

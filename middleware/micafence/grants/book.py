@@ -38,6 +38,7 @@ from micafence.records import (
     GrantStatus,
     Revocation,
     fold,
+    grant_id_of,
 )
 from micafence.store.base import Store
 
@@ -198,7 +199,7 @@ class GrantBook:
         events = await self.store.grant_events(client_id)
         if grant_id is None:
             return events
-        found = [e for e in events if (e.id if isinstance(e, Grant) else e.grant_id) == grant_id]
+        found = [e for e in events if grant_id_of(e) == grant_id]
         if not found:
             raise GrantError(f"no grant {grant_id!r}")
         return found

@@ -34,11 +34,12 @@ from micafence.policy.model import Policy
 from micafence.records import (
     AccountBinding,
     Approval,
+    ArrivalLink,
     Grant,
     GrantEvent,
     GrantState,
     GrantStatus,
-    Revocation,
+    Residence,
     event_to_json,
 )
 from micafence.store.base import Store
@@ -364,6 +365,12 @@ def _describe(event: GrantEvent) -> str:
     if isinstance(event, AccountBinding):
         return (f"{event.bound_at.isoformat()}  account {event.grant_id}  {event.client_id}: "
                 f"account {event.account_id} opened with the onboarding token")
-    assert isinstance(event, Revocation)
+    if isinstance(event, Residence):
+        return (f"{event.recorded_at.isoformat()}  resides {event.client_id} in {event.country}, "
+                f"evidence {event.evidence!r}, recorded by {event.recorded_by} ({event.source})")
+    if isinstance(event, ArrivalLink):
+        return (f"{event.linked_at.isoformat()}  linked  {event.client_id}: arrival "
+                f"{event.subject} solicited {event.solicited_at.isoformat()}"
+                + (f" via {event.marker}" if event.marker else ""))
     return (f"{event.revoked_at.isoformat()}  revoke  {event.grant_id}  {event.client_id}, "
             f"by {event.revoked_by}: {event.reason}")
