@@ -3,6 +3,11 @@ explain`` and ``micafence test`` all run this.
 
 1. **decide** (pure, cached per visitor): :meth:`micafence.decide.Enforcer.decide` reads the
    signals, the zones, the route class and the rule's verdict, approvals of promotions included;
+   then **know the client**: what the client registry says of an identified client
+   (:class:`~micafence.clients.registry.ClientRegistry`, a local look-up while fresh) and the
+   residence a sign-up declares (:mod:`micafence.clients.declarations`, which may read the
+   body); when either says anything, the request is decided again with them (zones only add
+   up);
 2. **settle** (async, the start of :meth:`Pipeline.run`): a ``require_grant`` decision against
    the client's grants (:class:`~micafence.grants.gate.ScopeGate`, which may read the body and
    hands the app a ``receive`` replaying it), a blocked account creation against an onboarding
@@ -26,6 +31,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from micafence.answers import refuse_websocket, send_audit_unavailable, send_block
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.caches import BoundedCache
+from micafence.clients.declarations import read_declaration
+from micafence.clients.registry import ClientRegistry
 from micafence.decision import STATE_KEY, Decision
 from micafence.grants.gate import ScopeGate, ScopeVerdict
 from micafence.grants.onboarding import OnboardingGate
@@ -33,6 +40,7 @@ from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
+from micafence.records import NO_STANDING
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -67,7 +75,7 @@ class Pipeline:
     """Settles and acts on the decisions of one middleware: its app, store, grants gate,
     onboarding gate, solicitation evidence budget and observers (audit log, metrics)."""
 
-    __slots__ = ("_settled", "app", "audit", "dry", "evidence", "grants", "metrics",
+    __slots__ = ("_settled", "app", "audit", "clients", "dry", "evidence", "grants", "metrics",
                  "onboarding", "store")
 
     def __init__(
@@ -76,6 +84,7 @@ class Pipeline:
     ) -> None:
         self.app = app
         self.store = store
+        self.clients = ClientRegistry(store, clock=clock)  # where clients are established
         self.grants = ScopeGate(store, clock=clock)
         self.onboarding = OnboardingGate(store, clock=clock)
         # What solicitation evidence this worker wrote in the current window (kept across
@@ -93,6 +102,18 @@ class Pipeline:
         """Settle ``decision`` (made by ``enforcer`` for ``scope``), record it, and act on it.
 
         The final decision is ``scope["state"]["micafence"]``."""
+        # Know the client: its standing in the registry, the residence its sign-up declares.
+        client_id = decision.client_id
+        standing = NO_STANDING
+        if client_id is not None:
+            known = self.clients.cached(client_id)  # a fresh local entry: no await
+            standing = known if known is not None else await self.clients.standing(client_id)
+        declared = None
+        if not decision.blocked and (source := enforcer.declaration(scope)) is not None:
+            declared, receive = await read_declaration(
+                source, scope, receive, enforcer.policy.catalogue.max_body_bytes)
+        if standing or declared is not None:
+            decision = enforcer.decide(scope, standing, declared)
         # Settle (inline: an awaited call per step costs on every grant check).
         if decision.outcome is _REQUIRE_GRANT:  # the client's grants
             verdict, receive = await self.grants.check(enforcer.policy, decision, scope, receive)

@@ -71,6 +71,7 @@ _SERVICE_KEY = re.compile(r"[a-z][a-z0-9_]*")
 SYMBOL = re.compile(r"[A-Z0-9]{1,16}")
 _NETWORK = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _SOURCES = ("path", "query", "body")
+DECLARATION_SOURCES = ("body", "form", "query")  # where a sign-up may declare a residence
 #: The keys a policy route may carry for this module.
 ROUTE_SCOPE_KEYS = ("service", "pair", "asset")
 
@@ -329,9 +330,14 @@ def _route_scopes(node: Node, services: Mapping[str, Service]) -> dict[str, Rout
     return scopes
 
 
-def _source(node: Node, path: str) -> Source:
+def declaration_source(node: Node, path: str) -> Source:
+    """An account-creation route's ``residence:`` (:mod:`micafence.clients.declarations`)."""
+    return _source(node, path, DECLARATION_SOURCES)
+
+
+def _source(node: Node, path: str, sources: tuple[str, ...] = _SOURCES) -> Source:
     fields = node.mapping(("from", "name"), required=("from", "name"))
-    where = fields["from"].choice(_SOURCES)
+    where = fields["from"].choice(sources)
     name = fields["name"].text()
     if where == "path" and "{" + name.lower() + "}" not in path.lower():
         fields["name"].fail(f"the route path {path!r} has no {{{name}}} parameter")
