@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from micafence.answers import answer_unstarted
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
+from micafence.clients.registry import ClientRegistry
 from micafence.decide import Enforcer
 from micafence.decision import STATE_KEY
 from micafence.errors import MicafenceError
@@ -169,6 +170,14 @@ class MicafenceMiddleware:
     @property
     def store(self) -> Store:
         return self.pipeline.store
+
+    @property
+    def clients(self) -> ClientRegistry:
+        """The client registry on this middleware's store: the host app records where a client
+        is established at sign-up or KYC time, e.g.
+        ``await fence.clients.record_residence("c-1", "FR", evidence="kyc/881", by="app:kyc")``.
+        """
+        return self.pipeline.clients
 
     @property
     def audit(self) -> AuditLog | None:
