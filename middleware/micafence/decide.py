@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from micafence.asgi import Scope
 from micafence.caches import BoundedCache
+from micafence.clients.declarations import UNREADABLE
 from micafence.decision import DEFAULT_RULE_ID, Decision
 from micafence.identity import (
     NO_IDENTITY,
@@ -636,8 +637,9 @@ class Enforcer:
             put("grant:unnamed", self._grant_zones)
         if standing.unknown:
             put("registry:unavailable", unknown)
-        if declared is not None:
-            put(f"declared:{declared}", country_zones(declared, unknown))
+        if declared is not None:  # a country, or "unreadable": the unknown country's
+            put(f"declared:{declared}",
+                unknown if declared == UNREADABLE else country_zones(declared, ()))
         zones = tuple(sorted(names, key=self._zone_order.__getitem__))
         stance = max(
             (self._stances[name] for name in zones),
