@@ -92,7 +92,8 @@ RESOLVED_CACHE_ENTRIES = 65536
 RESOLVED_CACHE_BYTES = 6 * 1024 * 1024
 _ENTRY_BYTES = 384
 _OVERRIDES = frozenset(METHOD_OVERRIDE_HEADERS)
-_X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
+_X_FORWARDED_FOR = b"x-forwarded-for"
+_DECLARING_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a sign-up that may declare a residence  # the header uvicorn takes a client address from
 
 Header = tuple[bytes, bytes]
 #: The identity signals a trusted source sent: the client id header, the residence headers.
@@ -321,7 +322,7 @@ class Enforcer:
                 if raw is not None:
                     self._resolved.put(raw, resolved, _ENTRY_BYTES + _signal_bytes(signals))
             visitor = resolved
-        if standing or declared is not None:
+        if standing is not NO_STANDING or declared is not None:
             visitor = KnownVisitor(visitor, standing, declared)
         entry = self._visitors.get(visitor)
         if type(entry) is Decision:  # one test for "held, and not a table": the cheapest
@@ -505,13 +506,14 @@ class Enforcer:
 
     def declaration(self, scope: Scope) -> Source | None:
         """Where this request declares a residence: the ``residence:`` of the account-creation
-        route it matches (:mod:`micafence.clients.declarations`), for every visitor."""
+        route it matches (:mod:`micafence.clients.declarations`), for every visitor. Only a
+        request that may carry a body (``POST``, ``PUT``, ``PATCH``) declares anything."""
         declaring = self._declaring
-        if declaring is None or scope.get("type") != "http":
+        if declaring is None or scope.get("method") not in _DECLARING_METHODS \
+                or scope.get("type") != "http":
             return None
         table, sources = declaring
-        methods = request_methods(str(scope.get("method") or "GET"), (),
-                                  scope.get("query_string") or b"")
+        methods = request_methods(str(scope.get("method")), (), scope.get("query_string") or b"")
         for path in route_paths(scope):
             for route in table.match(methods, path):
                 return sources[route.id]

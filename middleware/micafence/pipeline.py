@@ -112,7 +112,7 @@ class Pipeline:
         if not decision.blocked and (source := enforcer.declaration(scope)) is not None:
             declared, receive = await read_declaration(
                 source, scope, receive, enforcer.policy.catalogue.max_body_bytes)
-        if standing or declared is not None:
+        if standing is not NO_STANDING or declared is not None:  # standing_of's empty one
             decision = enforcer.decide(scope, standing, declared)
         # Settle (inline: an awaited call per step costs on every grant check).
         if decision.outcome is _REQUIRE_GRANT:  # the client's grants

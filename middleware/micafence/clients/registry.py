@@ -54,15 +54,15 @@ class ClientRegistry:
         self.store = store
         self.clock = clock
         self._monotonic = monotonic
-        # Client id -> (standing, monotonic time it was read). Kept past freshness: an outage
-        # falls back to it.
+        # Client id -> (standing, monotonic time it is fresh until). Kept past freshness: an
+        # outage falls back to it.
         self._known: BoundedCache[str, tuple[Standing, float]] = BoundedCache(_ENTRIES)
         self._logged_at = -_LOG_EVERY
 
     def cached(self, client_id: str) -> Standing | None:
         """The client's standing if read less than :data:`FRESH_SECONDS` ago, else ``None``."""
         entry = self._known.get(client_id)
-        if entry is not None and self._monotonic() - entry[1] < FRESH_SECONDS:
+        if entry is not None and self._monotonic() < entry[1]:
             return entry[0]
         return None
 
@@ -79,7 +79,7 @@ class ClientRegistry:
                                  " logged at most every %g s)", _LOG_EVERY)
             entry = self._known.get(client_id)
             return entry[0] if entry is not None else UNKNOWN_STANDING
-        self._known.put(client_id, (standing, self._monotonic()))
+        self._known.put(client_id, (standing, self._monotonic() + FRESH_SECONDS))
         return standing
 
     # -- writing and reading the records (CLI, host app) --------------------------------------
@@ -102,7 +102,7 @@ class ClientRegistry:
         record = Residence(clean_id, clean, _text("evidence", evidence), _text("by", by),
                            self.clock(), source)
         await self.store.append_grant_event(record)
-        self._known.put(clean_id, (await self.standing(clean_id), self._monotonic()))
+        await self.standing(clean_id)  # this worker sees it at once
         return record
 
     async def history(self, client_id: str) -> builtins.list[GrantEvent]:
