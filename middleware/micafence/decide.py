@@ -92,8 +92,8 @@ RESOLVED_CACHE_ENTRIES = 65536
 RESOLVED_CACHE_BYTES = 6 * 1024 * 1024
 _ENTRY_BYTES = 384
 _OVERRIDES = frozenset(METHOD_OVERRIDE_HEADERS)
-_X_FORWARDED_FOR = b"x-forwarded-for"
-_DECLARING_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a sign-up that may declare a residence  # the header uvicorn takes a client address from
+_X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
+_DECLARING_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a sign-up that may declare a residence
 
 Header = tuple[bytes, bytes]
 #: The identity signals a trusted source sent: the client id header, the residence headers.
