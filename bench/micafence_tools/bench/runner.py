@@ -102,7 +102,7 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
     classes = {
         "neutral_unrestricted": _requests(unrestricted, "GET", "/healthz"),
         # The same visitors through the proxy, anonymous and then signed in (no standing).
-        "neutral_anonymous_proxied": [Request(grants.PROXY, "GET", "/healthz", b"", headers)
+        "neutral_proxied": [Request(grants.PROXY, "GET", "/healthz", b"", headers)
                                       for headers in proxied],
         "neutral_identified": [
             Request(grants.PROXY, "GET", "/healthz", b"", (*headers, ("x-client-id", client)))
@@ -231,7 +231,7 @@ def metrics_of(inprocess: list[ClassResult], http: list[Any]) -> dict[str, float
                 result.naive.p50_us / result.micafence.p50_us, 3)
     by_name = {result.name: result for result in inprocess}
     identified, anonymous = by_name.get("neutral_identified"), by_name.get(
-        "neutral_anonymous_proxied")
+        "neutral_proxied")
     if identified is not None and anonymous is not None:  # what knowing the client costs
         metrics["inprocess.identified_extra"] = round(
             (identified.micafence.p50_us - anonymous.micafence.p50_us) / anonymous.bare.p50_us, 4)
