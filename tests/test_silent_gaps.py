@@ -356,3 +356,29 @@ def test_the_demo_without_a_log_says_so_and_screens_with_a_database(tmp_path: Pa
     assert ready["anonymizer_screening"] == "on"
     assert AUDIT_WARNING in output.text and ANONYMIZER_WARNING not in output.text, output.text
     assert not (tmp_path / "micafence-demo-audit").exists()
+
+
+# -- the docs' production examples ---------------------------------------------------------------
+
+
+def python_blocks(page: str, section: str) -> list[str]:
+    """The Python code blocks of one ``## section`` of a docs page (or of its introduction,
+    under the ``# title``)."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    start = 0 if text.startswith(f"# {section}\n") else text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    part = text[start:end if end >= 0 else None]
+    return [block.split("```", 1)[0] for block in part.split("```python")[1:]]
+
+
+@pytest.mark.parametrize(("page", "section", "count"), [
+    ("deployment.md", "Mounting", 3), ("operations.md", "Live operations", 1),
+])
+def test_the_docs_production_examples_keep_a_decision_log_and_screen_anonymizers(
+    page: str, section: str, count: int,
+) -> None:
+    blocks = [b for b in python_blocks(page, section) if "MicafenceMiddleware" in b]
+    assert len(blocks) == count
+    for block in blocks:
+        assert 'audit=AuditLog("/var/log/micafence/audit")' in block, block
+        assert "anonymizer_db=" in block and 'store="redis://' in block, block
