@@ -66,7 +66,7 @@ def add_grant(client: str = "alice") -> Callable[[GrantBook], Any]:
         grant = await book.add(
             client_id=client, service="exchange_for_funds", asset="BTC",
             initiated_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), channel="email",
-            evidence="ticket CS-1001", verified_by="a.lind")
+            evidence="ticket CS-1001", verified_by="a.lind", country="FR")
         return grant.id
 
     return add

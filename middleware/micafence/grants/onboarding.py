@@ -217,7 +217,7 @@ class OnboardingGate:
                           f"micafence: arrival {subject} could not be linked to client "
                           f"{grant.client_id}: {exc}", client_id=grant.client_id,
                           subject=subject)
-        log_event(logging.WARNING, "onboarding.solicited",
+        log_event(logging.WARNING, "onboarding.solicited_refused",
                   f"micafence: onboarding token of grant {grant.id} came with arrival {subject}, "
                   "solicited within the look-back window: refused",
                   grant_id=grant.id, client_id=grant.client_id, subject=subject)
