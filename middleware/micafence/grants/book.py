@@ -98,7 +98,8 @@ class GrantBook:
         **Renewals.** A grant for the same client and service whose initiative is later than
         an earlier grant's, recorded while that one runs or within ``scopes.renewal_window``
         after it ends (expiry or revocation), renews it (``renewal_of``): it must name an
-        evidence reference no earlier grant of the client used.
+        evidence reference no grant of an earlier approach of the client used (grants of one
+        approach, such as two assets asked for in one email, share their evidence).
         """
         if self.policy is None:
             raise GrantError("adding a grant needs the policy whose catalogue applies")
@@ -186,8 +187,9 @@ class GrantBook:
         if previous is None:
             return None
         reference = _reference(evidence)
-        for state in earlier:
-            if state.grant.client_id == client and _reference(state.grant.evidence) == reference:
+        for state in earlier:  # grants of another approach (the same one may share evidence)
+            if (state.grant.client_id == client and state.grant.initiated_at != initiated_at
+                    and _reference(state.grant.evidence) == reference):
                 raise GrantError(
                     f"this grant renews {previous.grant.id} ({client}'s {service} grant, which "
                     f"ended or ends {_end(previous).isoformat()}; a grant recorded while the "
