@@ -9,8 +9,9 @@ A client renewed month after month is one continuing relationship, not a string 
 grants: a grant is chained to the one it renews (its ``renewal_of``; for a grant without one,
 such as those recorded before renewals were flagged, the client's previous grant for the same
 service when the new one's initiative is later and it was recorded while that one ran or
-within ``scopes.renewal_window`` after it ended). A chain with an active grant whose first grant began
-more than ``reporting.long_running_grant`` ago is long-running, whatever each grant's term.
+within ``scopes.renewal_window`` after it ended). A chain with an active grant whose first
+grant began more than ``reporting.long_running_grant`` ago is long-running, whatever each
+grant's term.
 
 Any threshold crossed prints a warning that the book is drifting out of the
 reverse-solicitation exemption. ``--html`` writes a self-contained page with an inline SVG
