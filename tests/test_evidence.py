@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from micafence import MicafenceMiddleware, PolicyError, load_policy_text
+from micafence.audit.log import AuditLog
 from micafence.audit.report import GrantFacts, build_report, grants_from_log, renewal_chains
 from micafence.errors import GrantError, StoreError
 from micafence.grants.arrivals import arrival_cookie, solicitations_of
@@ -91,11 +92,12 @@ def evidence(subject: str, at: dt.datetime, route: str | None = "referral") -> S
 class Exchange:
     """The demo exchange behind micafence, with a grant book on the same store."""
 
-    def __init__(self, store: Store | None = None, policy: Policy = POLICY) -> None:
+    def __init__(self, store: Store | None = None, policy: Policy = POLICY,
+                 audit: AuditLog | None = None) -> None:
         self.store = store or MemoryStore()
         self.clock = Clock()
         self.app = MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=COUNTRY_DB,
-                                       store=self.store, clock=self.clock)
+                                       store=self.store, clock=self.clock, audit=audit)
         self.book = GrantBook(self.store, policy, self.clock)
 
     async def request(self, method: str, path: str, ip: str = SE, body: Any = None,
@@ -356,6 +358,24 @@ async def test_a_token_with_a_solicited_cookie_gets_451_and_links_the_arrival() 
     await exchange.book.approve(override.id, approved_by="b.ops")
     token, _ = await issue_token(exchange.book, override.id, issued_by="b.ops", ttl=HOUR)
     assert await exchange.sign_up(token, cookie) == (201, "acc_1")
+
+
+async def test_the_decision_log_records_the_solicited_sign_up(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, key="audit-key-" + "0" * 30)
+    exchange = Exchange(audit=log)
+    cookie = await exchange.referral_arrival()
+    grant = await exchange.book.add(**grant_fields())
+    token, _ = await issue_token(exchange.book, grant.id, issued_by="a.lind", ttl=HOUR)
+    assert await exchange.sign_up(token, cookie) == (451, "eu.onboarding.solicited")
+    await log.aclose()
+    records = [json.loads(line) for path in sorted(tmp_path.glob("audit.*.jsonl"))
+               for line in path.read_text(encoding="utf-8").splitlines()]
+    refused = [r["data"] for r in records if r.get("event") == "solicitation.onboarding_refused"]
+    assert [(r["grant_id"], r["client_id"], r["subject"]) for r in refused] == [
+        (grant.id, "carol", "cookie:" + cookie)]
+    blocked = [r for r in records if r.get("reason") == "eu.onboarding.solicited"]
+    assert [(r["route_class"], r["blocked"]) for r in blocked] == [("account_creation", True)]
+    assert not [r for r in records if r.get("event") == "onboarding.token_used"]
 
 
 async def test_a_token_without_a_solicited_cookie_opens_the_account() -> None:

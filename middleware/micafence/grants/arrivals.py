@@ -164,17 +164,35 @@ class ArrivalLinker:
         self.clock = clock
         # (subject, client) -> when to look again (_NEVER once linked, or being linked).
         self._seen: BoundedCache[tuple[str, str], dt.datetime] = BoundedCache(LINKER_ENTRIES)
+        # A Cookie header's bytes -> the arrival subject in it ("" for none).
+        self._subjects: BoundedCache[bytes, str] = BoundedCache(LINKER_ENTRIES, 4 << 20)
+        self._cookie: object = None  # the policy's visitor cookie settings, and its name:
+        self._name: bytes | None = None  # None when the cookie is off
 
     def seen(self, policy: Policy, client_id: str, scope: Scope) -> Awaitable[None] | None:
         """What to await for a request identified as ``client_id``: ``None`` (the common
         case) when it has no arrival cookie or this process handled the pair already."""
         cookie = policy.promotions.visitor_cookie
-        if not cookie.enabled:
+        if cookie is not self._cookie:  # a policy (re)load
+            self._cookie = cookie
+            self._name = cookie.name.encode("latin-1") if cookie.enabled else None
+        name = self._name
+        if name is None:
             return None
-        visitor = arrival_cookie(scope.get("headers") or (), cookie.name.encode("latin-1"))
-        if visitor is None:
+        headers = scope.get("headers") or ()
+        for header, value in headers:  # inlined: most identified requests carry no such cookie
+            if header == b"cookie" and name in value:
+                break
+        else:
             return None
-        key = (COOKIE_SUBJECT + visitor, client_id)
+        subject = self._subjects.get(value)  # a client's Cookie header is mostly the same
+        if subject is None:
+            visitor = arrival_cookie(headers, name)
+            subject = "" if visitor is None else COOKIE_SUBJECT + visitor
+            self._subjects.put(value, subject, len(value) + 100)
+        if not subject:
+            return None
+        key = (subject, client_id)
         again = self._seen.get(key)
         if again is not None and (again is _NEVER or self.clock() < again):
             return None
