@@ -19,7 +19,8 @@ from micafence_tools.bench.runner import BUDGET, check_budget
 
 MICAFENCE = str(Path(sys.executable).with_name("micafence"))
 IN_PROCESS_LINES = ("inprocess.neutral_unrestricted.overhead",
-                    "inprocess.neutral_restricted.overhead", "inprocess.in_scope_grant.overhead")
+                    "inprocess.neutral_restricted.overhead", "inprocess.in_scope_grant.overhead",
+                    "inprocess.identified_extra")
 # Limits no run can miss (an overhead of a thousand bare routes), for the lines not under test.
 LENIENT = [arg for metric in IN_PROCESS_LINES for arg in ("--budget", f"{metric}=1000")]
 
@@ -47,7 +48,8 @@ def test_quick_benchmark_times_every_class_against_the_bare_trivial_route(
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(out.read_text())
     metrics = report["metrics"]
-    for name in ("neutral_unrestricted", "neutral_restricted", "signup_block",
+    for name in ("neutral_unrestricted", "neutral_proxied", "neutral_identified",
+                 "neutral_restricted", "signup_block",
                  "out_of_scope_block", "in_scope_grant", "out_of_scope_grant",
                  "page_10KB", "page_100KB", "page_1MB"):
         prefix = f"inprocess.{name}"
@@ -60,7 +62,8 @@ def test_quick_benchmark_times_every_class_against_the_bare_trivial_route(
         assert metrics[f"{prefix}.overhead"] == metrics[f"{prefix}.micafence_overhead"]
         assert name in run.stdout
     # The naive peer is timed on the classes a geo-blocking middleware alone can answer.
-    for name in ("neutral_unrestricted", "neutral_restricted", "signup_block",
+    for name in ("neutral_unrestricted", "neutral_proxied", "neutral_identified",
+                 "neutral_restricted", "signup_block",
                  "out_of_scope_block"):
         assert metrics[f"inprocess.{name}.naive_us"] > 0
     assert "inprocess.in_scope_grant.naive_us" not in metrics
@@ -68,13 +71,14 @@ def test_quick_benchmark_times_every_class_against_the_bare_trivial_route(
     assert metrics["inprocess.out_of_scope_block.overhead"] < 0
     assert 'PlainTextResponse("ok")' in run.stdout
     assert "machine's speed" not in run.stdout  # no figure scaled to another machine
-    # Seven budget lines: the three in-process ones judged (here on lenient limits, named as
+    # Eight budget lines: the four in-process ones judged (here on lenient limits, named as
     # such beside the release budget), the HTTP ones not measured by --quick.
     lines = budget_lines(run.stdout)
-    assert len(lines) == len(BUDGET) == 7
+    assert len(lines) == len(BUDGET) == 8
     release = {"overhead, non-restricted visitor, neutral route": "<= 0.19",
                "overhead, restricted visitor, neutral route": "<= 0.25",
-               "overhead, in-scope grant check": "<= 0.6"}
+               "overhead, in-scope grant check": "<= 0.6",
+               "identified non-restricted client vs anonymous": "<= 0.03"}
     for what, limit in release.items():
         [line] = [line for line in lines if what in line]
         assert line.lstrip().startswith("PASS")
@@ -127,6 +131,7 @@ def test_the_release_budget_lines_and_their_verdicts() -> None:
         "inprocess.neutral_unrestricted.overhead": ("<=", 0.19),
         "inprocess.neutral_restricted.overhead": ("<=", 0.25),
         "inprocess.in_scope_grant.overhead": ("<=", 0.60),
+        "inprocess.identified_extra": ("<=", 0.03),
         "http.neutral.gap_to_floor": ("<=", 0.03),
         "http.mix.throughput_ratio": (">=", 0.90),
         "http.rotating_v6.throughput_ratio": (">=", 0.70),

@@ -562,7 +562,7 @@ def test_micafence_inside_a_mounted_sub_app_under_uvicorn() -> None:
 
 @pytest.mark.server
 def test_sub_app_mounted_behind_micafence_with_the_policy_naming_the_mount() -> None:
-    policy = variant(("path: /api/accounts}", "path: /v2/api/accounts}"))
+    policy = variant(("path: /api/accounts,", "path: /v2/api/accounts,"))
     site = Starlette(routes=[Mount("/v2", app=build_demo_app())])
     guarded = MicafenceMiddleware(site, policy=policy, geoip_db=GEOIP, watch=False)
     with ServerThread(guarded) as running:

@@ -335,17 +335,21 @@ class BrokenStore(MemoryStore):
         raise StoreError("connection refused")
 
 
-async def test_store_failure_fails_closed_and_other_traffic_never_touches_it() -> None:
+async def test_store_failure_fails_closed_and_anonymous_traffic_never_touches_it() -> None:
     store = BrokenStore()
     app = guard(policy_of(), store, Clock(T0))
-    swiss = await send(app, order("BTC-EUR"), ip=CH)
-    home = await send(app, ("GET", "/", None))
+    home = await send(app, ("GET", "/", None), client=None)
+    swiss = await send(app, order("BTC-EUR"), ip=CH, client=None)
     unidentified = await send(app, order("BTC-EUR"), client=None)
-    assert (swiss.status_code, home.status_code) == (201, 200)
+    assert (home.status_code, swiss.status_code) == (200, 201)
     assert outcome(unidentified) == (451, "eu.no_grant")
     assert store.reads == 0
     assert outcome(await send(app, order("BTC-EUR"))) == (451, "eu.store_unavailable")
-    assert store.reads == 1
+    assert store.reads == 2  # the client registry's look-up, then the grant check
+    # An identified client the registry never read cannot be placed: the unknown country's
+    # rules apply (RULES.md: when micafence cannot tell), even on a Swiss address.
+    swiss_client = await send(app, order("BTC-EUR"), ip=CH)
+    assert outcome(swiss_client) == (451, "unknown_country.store_unavailable")
 
 
 # -- reading the request: path, query, malformed and oversized bodies ----------------------------

@@ -7,6 +7,7 @@ database; read the decision for a request from ``scope["state"]["micafence"]``.
 from __future__ import annotations
 
 from micafence.audit.log import AuditLog
+from micafence.clients.registry import ClientRegistry
 from micafence.decide import Enforcer
 from micafence.decision import Decision
 from micafence.errors import GeoIPDatabaseError, GrantError, MicafenceError, PolicyError, StoreError
@@ -20,7 +21,7 @@ from micafence.metrics import Metrics
 from micafence.middleware import STATE_KEY, MicafenceMiddleware
 from micafence.policy.loader import default_policy_path, load_policy, load_policy_text
 from micafence.policy.model import Mode, Outcome, Policy, PromotionStance
-from micafence.records import Grant, GrantStatus, Revocation
+from micafence.records import Grant, GrantStatus, Residence, Revocation, Standing
 from micafence.store.base import Store
 from micafence.store.opener import open_store
 
@@ -30,6 +31,7 @@ __all__ = [
     "AuditLog",
     "BreakGlass",
     "ClientIdentity",
+    "ClientRegistry",
     "Decision",
     "Enforcer",
     "GeoIPDatabase",
@@ -48,7 +50,9 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PromotionStance",
+    "Residence",
     "Revocation",
+    "Standing",
     "Store",
     "StoreError",
     "default_policy_path",

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -24,6 +25,7 @@ from micafence import __version__
 from micafence.ci import FORMATS, Checked, check_report, write_junit
 from micafence.decide import Enforcer
 from micafence.errors import MicafenceError, PolicyError
+from micafence.identity import ClientIdentity, clean_client_id, clean_country
 from micafence.instants import parse_instant
 from micafence.live.archive import ARCHIVE_ENV, policy_for_explain
 from micafence.live.breakglass import DIR_ENV as BREAKGLASS_ENV
@@ -153,8 +155,16 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     database = GeoIPDatabase(_database_path(args.geoip_db))
     anonymizer = AnonymousIPDatabase(args.anonymizer_db) if args.anonymizer_db else None
     breakglass = breakglass_state(args.breakglass_dir or os.environ.get(BREAKGLASS_ENV), at)
+    identify = None
+    if args.client is not None:  # decide with this identity, whatever the policy's source
+        identity = ClientIdentity(clean_client_id(args.client), clean_country(args.residence))
+        if identity.client_id is None:
+            raise MicafenceError(f"--client {args.client!r} is not a client id")
+        policy = replace(policy, client_identity=replace(policy.client_identity,
+                                                         source="callable"))
+        identify = lambda scope: identity  # noqa: E731
     enforcer = Enforcer(policy, database, anonymizer=anonymizer, breakglass=breakglass,
-                        clock=None if at is None else lambda: at)
+                        identify=identify, clock=None if at is None else lambda: at)
     headers = [parse_header_option(h) for h in args.header]
     scope = build_scope(args.ip, args.method, args.path, headers)
     tried: Trial = _dry_run(args.store, lambda pipeline: trial(enforcer, pipeline, scope))
@@ -181,6 +191,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         ("route", f"{decision.route_id or '-'} (class {decision.route_class})"),
         ("client", f"{decision.client_ip or 'unknown'}: {signals}"),
         ("zones", ", ".join(decision.zones) or "none"),
+        ("signals", ", ".join(decision.signals) or "none put it in a zone"),
         ("promotions", decision.promotion_stance.value),
         ("client id", decision.client_id or "-"),
         ("policy", f"{policy.name} {policy.revision} ({policy.source})"),
@@ -256,6 +267,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          "else the packaged default policy)")
     explain.add_argument("--geoip-db", help=f"MaxMind database (default: ${GEOIP_ENV}, "
                          "else the bundled test database)")
+    explain.add_argument("--client", metavar="ID", help="decide as if the request carried this "
+                         "client identity (its registry standing is read from --store)")
+    explain.add_argument("--residence", metavar="CC", help="with --client: the residence its "
+                         "identity carries (KYC)")
     explain.add_argument("--json", action="store_true", help="print the decision as JSON")
     explain.add_argument("--store", default="memory://", metavar="URL",
                          help="grant store the request is settled against, read only (default "
@@ -276,6 +291,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     register_breakglass(commands)
     register_grant(commands)
+    from micafence.clients.cli import register as register_client
+
+    register_client(commands)
     from micafence.audit.cli import register as register_audit
     from micafence.audit.report import register as register_report
 

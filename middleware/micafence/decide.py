@@ -16,9 +16,11 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from micafence.asgi import Scope
 from micafence.caches import BoundedCache
+from micafence.clients.declarations import UNREADABLE
 from micafence.decision import DEFAULT_RULE_ID, Decision
 from micafence.identity import (
     NO_IDENTITY,
@@ -43,6 +45,7 @@ from micafence.location.client_ip import (
 from micafence.location.edge import edge_location
 from micafence.location.geo import UNKNOWN_LOCATION, GeoIPDatabase, Location
 from micafence.location.rewrite_alarm import ClientRewriteAlarm, forwarded_header_in
+from micafence.policy.catalogue import Source
 from micafence.policy.model import (
     UNKNOWN_COUNTRY_ZONE,
     Mode,
@@ -71,6 +74,7 @@ from micafence.reasons import (
     reason_code,
     unidentified_code,
 )
+from micafence.records import NO_STANDING, Standing
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
@@ -89,6 +93,7 @@ RESOLVED_CACHE_BYTES = 6 * 1024 * 1024
 _ENTRY_BYTES = 384
 _OVERRIDES = frozenset(METHOD_OVERRIDE_HEADERS)
 _X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
+_DECLARING_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a sign-up that may declare a residence
 
 Header = tuple[bytes, bytes]
 #: The identity signals a trusted source sent: the client id header, the residence headers.
@@ -102,6 +107,19 @@ VisitorSignals = tuple[
 #: A visitor as the cache keys it: the address alone when nothing else was sent (the common
 #: case: a string hashes once and for all), else the full :data:`VisitorSignals`.
 Visitor = str | None | VisitorSignals
+
+
+class KnownVisitor(NamedTuple):
+    """A visitor with what the pipeline found beyond its headers: the identified client's
+    standing in the registry, the residence its sign-up declares. A cache key of its own."""
+
+    visitor: Visitor
+    standing: Standing
+    declared: str | None
+
+
+#: What the decision cache is keyed by.
+VisitorKey = Visitor | KnownVisitor
 #: What a restricted visitor's request is matched on: its method (or every method it may be
 #: handled as, when it carries an override), its path (long ones as a digest), its root_path.
 RouteKey = tuple[object, object, object]
@@ -114,6 +132,7 @@ class _Profile:
     zones: tuple[str, ...]
     restricted: bool
     stance: PromotionStance
+    signals: tuple[str, ...]  # the signals that put the visitor in its zones (Decision.signals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +163,8 @@ class Enforcer:
     # and every attribute read on the request path then costs more (~40 ns per decision,
     # measured). Slots keep those reads fast however many attributes the class grows.
     __slots__ = (
-        "_breakglass_tag", "_country_zones", "_edge_header", "_forwarded_header",
-        "_id_header", "_identify", "_identity_sources", "_next_change", "_profiles",
+        "_breakglass_tag", "_country_zones", "_declaring", "_edge_header", "_forwarded_header",
+        "_grant_zones", "_id_header", "_identify", "_identity_sources", "_next_change", "_profiles",
         "_residence_header", "_resolved",
         "_restricted_zones", "_rules_by_class", "_screen", "_signal_headers", "_stances",
         "_timestamp", "_trusted", "_verdicts", "_visitors", "_zone_order", "anonymizer",
@@ -194,14 +213,19 @@ class Enforcer:
             else None
         )
         self.routes = RouteTable(policy.routes)
+        # Account-creation routes that read a declared residence: matched for every visitor.
+        declaring = tuple(route for route in policy.routes if route.residence is not None)
+        self._declaring = (RouteTable(declaring), {r.id: r.residence for r in declaring}) \
+            if declaring else None
         self.promotions = PromotionGuard(policy)  # promotion suppression and cache safety
         edge = policy.cache.edge_country_header  # set-up "edge": the CDN's country is the location
         self._edge_header = edge.encode("latin-1") if edge else None
         self._profiles: BoundedCache[
-            tuple[str | None, str | None, str | None, tuple[str, ...], bool], _Profile
+            tuple[str | None, str | None, str | None, tuple[str, ...], bool, Standing,
+                  str | None], _Profile
         ] = BoundedCache(_CACHE_LIMIT)
         self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
-        self._visitors: BoundedCache[Visitor, Decision | dict[RouteKey, Decision]] = (
+        self._visitors: BoundedCache[VisitorKey, Decision | dict[RouteKey, Decision]] = (
             BoundedCache(VISITOR_CACHE_ENTRIES, VISITOR_CACHE_BYTES))
         self._resolved: BoundedCache[object, str | VisitorSignals] = BoundedCache(
             RESOLVED_CACHE_ENTRIES, RESOLVED_CACHE_BYTES)
@@ -226,6 +250,11 @@ class Enforcer:
         self._zone_order = {zone.name: index for index, zone in enumerate(zones)}
         self._stances = {zone.name: zone.promotions for zone in zones}
         self._restricted_zones = frozenset(z for rule in rules for z in rule.zones)
+        # Where a grant recorded without a country puts its holder: every zone whose services
+        # need a grant.
+        self._grant_zones = tuple(sorted(
+            {z for rule in rules if rule.outcome is Outcome.REQUIRE_GRANT for z in rule.zones
+             if z in self._zone_order}, key=self._zone_order.__getitem__))
         self._rules_by_class: dict[str, tuple[Rule, ...]] = {}
         for rule in rules:
             self._rules_by_class[rule.route_class] = (
@@ -239,8 +268,14 @@ class Enforcer:
 
     # -- per request -------------------------------------------------------------------------
 
-    def decide(self, scope: Scope) -> Decision:
-        """Decide one ``http`` or ``websocket`` scope. Never raises for request content."""
+    def decide(
+        self, scope: Scope, standing: Standing = NO_STANDING, declared: str | None = None
+    ) -> Decision:
+        """Decide one ``http`` or ``websocket`` scope. Never raises for request content.
+
+        ``standing`` is what the client registry says of the identified client, ``declared``
+        the residence its sign-up declares (a country, or ``"unreadable"``): the pipeline finds
+        both (:mod:`micafence.pipeline`) and decides again with them when they say anything."""
         change = self._next_change
         if change is not None and self._timestamp() >= change:
             self._activate(self.clock())
@@ -270,7 +305,7 @@ class Enforcer:
         # the same decision whatever the route, so the entry is that decision: the common case
         # costs one dictionary look-up. A restricted visitor's decisions depend on the route:
         # they are cached per visitor and request line.
-        visitor: Visitor
+        visitor: VisitorKey
         if signals is None:
             visitor = peer if supplied is None else (peer, None, None, supplied, False)
         else:
@@ -287,6 +322,8 @@ class Enforcer:
                 if raw is not None:
                     self._resolved.put(raw, resolved, _ENTRY_BYTES + _signal_bytes(signals))
             visitor = resolved
+        if standing is not NO_STANDING or declared is not None:
+            visitor = KnownVisitor(visitor, standing, declared)
         entry = self._visitors.get(visitor)
         if type(entry) is Decision:  # one test for "held, and not a table": the cheapest
             return entry
@@ -309,7 +346,7 @@ class Enforcer:
         return decision
 
     def _remember(
-        self, visitor: Visitor, entry: dict[RouteKey, Decision] | None, route: RouteKey,
+        self, visitor: VisitorKey, entry: dict[RouteKey, Decision] | None, route: RouteKey,
         decision: Decision,
     ) -> None:
         """Cache ``decision``: as the visitor's entry, or (restricted) under its request line.
@@ -398,9 +435,12 @@ class Enforcer:
         return (method, path, scope.get("root_path"))
 
     def _decide(
-        self, scope: Scope, visitor: Visitor, overrides: Sequence[Header] | None
+        self, scope: Scope, visitor: VisitorKey, overrides: Sequence[Header] | None
     ) -> Decision:
         """Signals -> zones -> route class -> verdict: what a visitor's request gets."""
+        standing, declared = NO_STANDING, None
+        if isinstance(visitor, KnownVisitor):
+            visitor, standing, declared = visitor
         if isinstance(visitor, tuple):
             address, edge_value, identity_signals, supplied, doubtful = visitor
         else:
@@ -415,7 +455,7 @@ class Enforcer:
 
         identity = supplied or self._header_identity(identity_signals)
         residence = identity.residence_country if self.policy.signals.residence else None
-        profile = self._profile(location, residence, flags, doubtful)
+        profile = self._profile(location, residence, flags, doubtful, standing, declared)
         verdict, route_id, route_class = (
             self._route(scope, overrides, profile.zones, flags) if profile.restricted
             else _UNRESTRICTED)
@@ -461,7 +501,23 @@ class Enforcer:
             database_build=self.geoip.build_epoch,
             anonymizer=flags,
             breakglass=self._breakglass_tag,
+            signals=profile.signals,
         )
+
+    def declaration(self, scope: Scope) -> Source | None:
+        """Where this request declares a residence: the ``residence:`` of the account-creation
+        route it matches (:mod:`micafence.clients.declarations`), for every visitor. Only a
+        request that may carry a body (``POST``, ``PUT``, ``PATCH``) declares anything."""
+        declaring = self._declaring
+        if declaring is None or scope.get("method") not in _DECLARING_METHODS \
+                or scope.get("type") != "http":
+            return None
+        table, sources = declaring
+        methods = request_methods(str(scope.get("method")), (), scope.get("query_string") or b"")
+        for path in route_paths(scope):
+            for route in table.match(methods, path):
+                return sources[route.id]
+        return None
 
     def _route(
         self, scope: Scope, overrides: Sequence[Header] | None, zones: tuple[str, ...],
@@ -541,25 +597,51 @@ class Enforcer:
 
     def _profile(
         self, location: Location, residence: str | None, flags: tuple[str, ...],
-        doubtful: bool = False,
+        doubtful: bool = False, standing: Standing = NO_STANDING, declared: str | None = None,
     ) -> _Profile:
-        key = (location.country, location.registered_country, residence, flags, doubtful)
+        key = (location.country, location.registered_country, residence, flags, doubtful,
+               standing, declared)
         profile = self._profiles.get(key)
         if profile is not None:
             return profile
-        signals = self.policy.signals
+        counted = self.policy.signals
         names: set[str] = set()
+        signals: list[str] = []
+        unknown = (UNKNOWN_COUNTRY_ZONE,)
+
+        def put(signal: str, zones: Sequence[str]) -> None:
+            if zones:
+                names.update(zones)
+                signals.append(signal)
+
+        country_zones = self._country_zones.get
         ip_known = False
-        if signals.country and location.country:
+        if counted.country and location.country:
             ip_known = True
-            names.update(self._country_zones.get(location.country, ()))
-        if signals.registered_country and location.registered_country:
+            put(f"country:{location.country}", country_zones(location.country, ()))
+        if counted.registered_country and location.registered_country:
             ip_known = True
-            names.update(self._country_zones.get(location.registered_country, ()))
-        if not ip_known or doubtful:
-            names.add(UNKNOWN_COUNTRY_ZONE)
+            put(f"registered_country:{location.registered_country}",
+                country_zones(location.registered_country, ()))
+        if not ip_known:
+            put("location:unknown", unknown)
+        if doubtful:
+            put("address:doubtful", unknown)
         if residence:
-            names.update(self._country_zones.get(residence, ()))
+            put(f"residence:{residence}", country_zones(residence, ()))
+        # The client registry and the grants the client holds (whatever its address), then
+        # what its sign-up declares: zones only add up, so no signal lifts another's.
+        if standing.registry:
+            put(f"registry:{standing.registry}", country_zones(standing.registry, ()))
+        for country in standing.grants:
+            put(f"grant:{country}", country_zones(country, ()))
+        if standing.legacy:
+            put("grant:unnamed", self._grant_zones)
+        if standing.unknown:
+            put("registry:unavailable", unknown)
+        if declared is not None:  # a country, or "unreadable": the unknown country's
+            put(f"declared:{declared}",
+                unknown if declared == UNREADABLE else country_zones(declared, ()))
         zones = tuple(sorted(names, key=self._zone_order.__getitem__))
         stance = max(
             (self._stances[name] for name in zones),
@@ -569,7 +651,7 @@ class Enforcer:
         restricted = not self._restricted_zones.isdisjoint(zones) or (
             bool(flags) and self._screen.restricts(flags)
         )
-        profile = _Profile(zones, restricted, stance)
+        profile = _Profile(zones, restricted, stance, tuple(signals))
         self._profiles.put(key, profile)
         return profile
 
@@ -597,8 +679,10 @@ class Enforcer:
         return verdict
 
 
-def _visitor_bytes(visitor: Visitor) -> int:
+def _visitor_bytes(visitor: VisitorKey) -> int:
     """The text a visitor key holds (beyond the fixed cost of an entry)."""
+    if isinstance(visitor, KnownVisitor):
+        visitor = visitor.visitor
     if not isinstance(visitor, tuple):
         return len(visitor or "")
     address, edge_value, identity_signals, _supplied, _doubtful = visitor

@@ -52,6 +52,11 @@ class Decision(NamedTuple):
     anonymizer: tuple[str, ...] = ()  # anonymizer flags of the address (vpn, tor_exit, ...)
     breakglass: str | None = None  # the break-glass switches on (``block_services,...``)
     grant_id: str | None = None  # the grant(s) that put the request in scope, comma-separated
+    #: The signals that put the visitor in its zones, each ``name:value`` (``country:SE``,
+    #: ``registered_country:SE``, ``residence:FR``, ``registry:FR``, ``grant:FR``,
+    #: ``grant:unnamed``, ``declared:FR``, ``location:unknown``, ``address:doubtful``,
+    #: ``registry:unavailable``): the signals of the zones, not every signal seen.
+    signals: tuple[str, ...] = ()
 
     @property
     def promotions_allowed(self) -> bool:
@@ -87,4 +92,5 @@ class Decision(NamedTuple):
             "anonymizer": list(self.anonymizer),
             "breakglass": self.breakglass,
             "grant_id": self.grant_id,
+            "signals": list(self.signals),
         }

@@ -3,6 +3,11 @@ explain`` and ``micafence test`` all run this.
 
 1. **decide** (pure, cached per visitor): :meth:`micafence.decide.Enforcer.decide` reads the
    signals, the zones, the route class and the rule's verdict, approvals of promotions included;
+   then **know the client**: what the client registry says of an identified client
+   (:class:`~micafence.clients.registry.ClientRegistry`, a local look-up while fresh) and the
+   residence a sign-up declares (:mod:`micafence.clients.declarations`, which may read the
+   body); when either says anything, the request is decided again with them (zones only add
+   up);
 2. **settle** (async, the start of :meth:`Pipeline.run`): a ``require_grant`` decision against
    the client's grants (:class:`~micafence.grants.gate.ScopeGate`, which may read the body and
    hands the app a ``receive`` replaying it), a blocked account creation against an onboarding
@@ -27,6 +32,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from micafence.answers import refuse_websocket, send_audit_unavailable, send_block
 from micafence.asgi import ASGIApp, Message, Receive, Scope, Send
 from micafence.caches import BoundedCache
+from micafence.clients.declarations import read_declaration
+from micafence.clients.registry import ClientRegistry
 from micafence.decision import STATE_KEY, Decision
 from micafence.grants.arrivals import ArrivalLinker
 from micafence.grants.gate import ScopeGate, ScopeVerdict
@@ -35,6 +42,7 @@ from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
+from micafence.records import NO_STANDING
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -69,7 +77,7 @@ class Pipeline:
     """Settles and acts on the decisions of one middleware: its app, store, grants gate,
     onboarding gate, solicitation evidence budget and observers (audit log, metrics)."""
 
-    __slots__ = ("_settled", "app", "arrivals", "audit", "dry", "evidence", "grants",
+    __slots__ = ("_settled", "app", "arrivals", "audit", "clients", "dry", "evidence", "grants",
                  "metrics", "onboarding", "store")
 
     def __init__(
@@ -78,6 +86,7 @@ class Pipeline:
     ) -> None:
         self.app = app
         self.store = store
+        self.clients = ClientRegistry(store, clock=clock)  # where clients are established
         self.grants = ScopeGate(store, clock=clock)
         self.onboarding = OnboardingGate(store, clock=clock)
         self.arrivals = ArrivalLinker(store, clock=clock)  # arrival cookies meet identities
@@ -96,6 +105,18 @@ class Pipeline:
         """Settle ``decision`` (made by ``enforcer`` for ``scope``), record it, and act on it.
 
         The final decision is ``scope["state"]["micafence"]``."""
+        # Know the client: its standing in the registry, the residence its sign-up declares.
+        client_id = decision.client_id
+        standing = NO_STANDING
+        if client_id is not None:
+            known = self.clients.cached(client_id)  # a fresh local entry: no await
+            standing = known if known is not None else await self.clients.standing(client_id)
+        declared = None
+        if not decision.blocked and (source := enforcer.declaration(scope)) is not None:
+            declared, receive = await read_declaration(
+                source, scope, receive, enforcer.policy.catalogue.max_body_bytes)
+        if standing is not NO_STANDING or declared is not None:  # standing_of's empty one
+            decision = enforcer.decide(scope, standing, declared)
         # Settle (inline: an awaited call per step costs on every grant check).
         if decision.outcome is _REQUIRE_GRANT:  # the client's grants
             verdict, receive = await self.grants.check(enforcer.policy, decision, scope, receive)
@@ -106,8 +127,8 @@ class Pipeline:
                 enforcer.policy, decision, scope, send, self.audit)
             if found is not None:
                 decision = _settled(decision, found.reason, found.grant_id)
-        if decision.client_id is not None and not self.dry and (
-                linking := self.arrivals.seen(enforcer.policy, decision.client_id, scope)):
+        if client_id is not None and not self.dry and (
+                linking := self.arrivals.seen(enforcer.policy, client_id, scope)):
             await linking  # a new (arrival cookie, client) pair: micafence.grants.arrivals
         scope.setdefault("state", {})[STATE_KEY] = decision
         metrics = self.metrics

@@ -225,12 +225,17 @@ class Standing(NamedTuple):
     registry: str | None = None  # the country of the client's latest Residence record
     grants: tuple[str, ...] = ()  # the countries named by the unrevoked grants it holds
     legacy: bool = False  # it holds an unrevoked grant recorded before grants named a country
+    unknown: bool = False  # the store could not be read, and nothing of the client was known
 
     def __bool__(self) -> bool:
-        return self.registry is not None or bool(self.grants) or self.legacy
+        """Does the registry say anything (an empty standing adds no zone)."""
+        return self.registry is not None or bool(self.grants) or self.legacy or self.unknown
 
 
 NO_STANDING = Standing()
+#: What the registry says of a client it cannot read and has never read: where it is
+#: established cannot be told, so it counts as the unknown country (the failure posture).
+UNKNOWN_STANDING = Standing(unknown=True)
 
 
 def standing_of(events: Iterable[GrantEvent]) -> Standing:

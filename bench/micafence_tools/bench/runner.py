@@ -57,6 +57,9 @@ BUDGET = (
     Line("inprocess.in_scope_grant.overhead", "<=", 0.60,
          "in-process overhead, in-scope grant check, Redis store, cache warm (order route)",
          "of the bare route"),
+    Line("inprocess.identified_extra", "<=", 0.03,
+         "in-process, identified non-restricted client vs anonymous visitor through the same "
+         "proxy, neutral route (the registry look-up: a local cache hit)", "of the bare route"),
     Line("http.neutral.gap_to_floor", "<=", 0.03,
          "HTTP neutral traffic, below the send-only floor in the same rounds", "of bare"),
     Line("http.mix.throughput_ratio", ">=", 0.90, "HTTP throughput, the release mix", "of bare"),
@@ -93,15 +96,23 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
         answering(enforcer, pools.restricted, "POST", "/api/accounts", Outcome.BLOCK), count)
     ordering = skewed_visits(
         answering(enforcer, pools.restricted, "POST", "/api/orders", Outcome.REQUIRE_GRANT), count)
+    proxied = [(("x-forwarded-for", ip),) for ip in unrestricted]  # through the trusted proxy
+    clients = grants.client_ids(200)
+    identities = skewed_visits(clients, count, seed=3)
     classes = {
         "neutral_unrestricted": _requests(unrestricted, "GET", "/healthz"),
+        # The same visitors through the proxy, anonymous and then signed in (no standing).
+        "neutral_proxied": [Request(grants.PROXY, "GET", "/healthz", b"", headers)
+                                      for headers in proxied],
+        "neutral_identified": [
+            Request(grants.PROXY, "GET", "/healthz", b"", (*headers, ("x-client-id", client)))
+            for headers, client in zip(proxied, identities, strict=True)],
         "neutral_restricted": _requests(restricted, "GET", "/healthz"),
         "signup_block": _requests(signing_up, "POST", "/api/accounts", '{"email": "a@b.eu"}'),
         "out_of_scope_block": _requests(  # no client id, so no grant: blocked
             ordering, "POST", "/api/orders", '{"pair": "BTC-EUR", "side": "buy", "amount": "1"}'
         ),
     }
-    clients = grants.client_ids(200)
     granted = skewed_visits(clients, count, seed=5)
     grant_classes = {
         "in_scope_grant": grants.orders(ordering, granted, grants.IN_SCOPE),
@@ -218,6 +229,12 @@ def metrics_of(inprocess: list[ClassResult], http: list[Any]) -> dict[str, float
         if result.naive is not None:
             metrics[f"{prefix}.times_faster_than_naive"] = round(
                 result.naive.p50_us / result.micafence.p50_us, 3)
+    by_name = {result.name: result for result in inprocess}
+    identified, anonymous = by_name.get("neutral_identified"), by_name.get(
+        "neutral_proxied")
+    if identified is not None and anonymous is not None:  # what knowing the client costs
+        metrics["inprocess.identified_extra"] = round(
+            (identified.micafence.p50_us - anonymous.micafence.p50_us) / anonymous.bare.p50_us, 4)
     for run in http:
         metrics[f"http.{run.scenario}.throughput_ratio"] = round(run.ratio_to_bare, 4)
         for name, rps in run.rps.items():

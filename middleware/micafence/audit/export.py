@@ -35,9 +35,11 @@ CSV_COLUMNS = (
     "time", "id", "kind", "class", "event", "reason", "rule", "mode", "outcome", "blocked",
     "zone", "zones", "country", "registered_country", "residence_country", "anonymizer",
     "client_ip", "client_id", "transport", "method", "route", "route_class", "grant_id",
-    "promotions", "policy_revision", "database_build", "breakglass", "data", "counts",
+    "promotions", "signals", "policy_revision", "database_build", "breakglass", "data", "counts",
     "writer", "seq", "hash",
 )
+#: The columns of exports written before the ``signals`` column (record version 1): they verify.
+_EARLIER_COLUMNS = (tuple(c for c in CSV_COLUMNS if c != "signals"),)
 _SIGNATURE = "signature"
 
 
@@ -232,11 +234,11 @@ def _read_found(path: Path, name: str, check: ExportCheck) -> list[_Found]:
         with open(path, encoding="utf-8", newline="") as handle:
             rows = list(csv.reader(handle))
         header = tuple(rows[0]) if rows else ()
-        if header != CSV_COLUMNS:
+        if header != CSV_COLUMNS and header not in _EARLIER_COLUMNS:
             check.problems.append(f"{name}: the header row was changed")
             return []
         for position, row in enumerate(rows[1:], 1):
-            cells = dict(zip(CSV_COLUMNS, row, strict=False))
+            cells = dict(zip(header, row, strict=False))
             found.append(_Found(position, _key(cells.get("writer"), cells.get("seq")),
                                 cells.get("hash"), _row_digest(row)))
         return found

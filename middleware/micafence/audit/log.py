@@ -60,7 +60,9 @@ if TYPE_CHECKING:
 EVIDENCE = "evidence"
 BLOCK = "block"
 TRAFFIC = "traffic"
-RECORD_VERSION = 1
+#: 2: decision records name the signals that put the visitor in its zones (``signals``);
+#: version 1 records have none and still verify and export.
+RECORD_VERSION = 2
 
 _EVENT_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _WRITER_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
@@ -478,6 +480,7 @@ class AuditLog:
             "route": decision.route_id, "route_class": decision.route_class,
             "grant_id": getattr(decision, "grant_id", None),
             "promotions": decision.promotion_stance.value,
+            "signals": list(decision.signals),
         }
 
     def _reduce_ip(self, ip: str | None, settings: AuditSettings) -> str | None:

@@ -344,7 +344,7 @@ async def _history(book: GrantBook, args: argparse.Namespace) -> int:
         print(json.dumps([event_to_json(e) for e in events], indent=2))
         return 0
     for event in events:
-        print(_describe(event))
+        print(describe_event(event))
     return 0
 
 
@@ -366,7 +366,8 @@ def _short(instant: dt.datetime) -> str:
     return instant.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
-def _describe(event: GrantEvent) -> str:
+def describe_event(event: GrantEvent) -> str:
+    """One line of ``grant history`` / ``client show``."""
     if isinstance(event, Grant):
         return (f"{event.recorded_at.isoformat()}  grant   {event.id}  {event.client_id} "
                 f"{event.service} {event.asset}, initiated {event.initiated_at.isoformat()} via "

@@ -23,7 +23,7 @@ from micafence.location.countries import is_country_code
 from micafence.location.dbcheck import parse_database_checks
 from micafence.policy.audit import parse_audit, parse_reporting
 from micafence.policy.cache import DEFAULT_CACHE, parse_cache
-from micafence.policy.catalogue import ROUTE_SCOPE_KEYS, parse_catalogue
+from micafence.policy.catalogue import ROUTE_SCOPE_KEYS, declaration_source, parse_catalogue
 from micafence.policy.grant_store import parse_onboarding, parse_store_settings
 from micafence.policy.health import parse_health
 from micafence.policy.model import (
@@ -261,7 +261,8 @@ def _routes(node: Node, problems: Problems) -> tuple[Route, ...]:
 
 def _route(item: Node, seen: set[str]) -> Route:
     fields = item.mapping(
-        ("id", "class", "path", "methods", *ROUTE_SCOPE_KEYS), required=("id", "class", "path")
+        ("id", "class", "path", "methods", "residence", *ROUTE_SCOPE_KEYS),
+        required=("id", "class", "path"),
     )
     route_id = fields["id"].text(_ID, "a route id (letters, digits, _ . : -)")
     if route_id in seen:
@@ -284,7 +285,12 @@ def _route(item: Node, seen: set[str]) -> Route:
         if not names:
             fields["methods"].fail("list at least one method (omit the key for any method)")
         methods = frozenset(names)
-    return Route(route_id, route_class, path, methods)
+    residence = None
+    if "residence" in fields:
+        if route_class != "account_creation":
+            fields["residence"].fail("only an account_creation route declares a residence")
+        residence = declaration_source(fields["residence"], path)
+    return Route(route_id, route_class, path, methods, residence)
 
 
 def _rules(

@@ -17,7 +17,7 @@ from micafence.policy.audit import (
     ReportingThresholds,
 )
 from micafence.policy.cache import DEFAULT_CACHE, CachePolicy
-from micafence.policy.catalogue import EMPTY_CATALOGUE, Catalogue
+from micafence.policy.catalogue import EMPTY_CATALOGUE, Catalogue, Source
 from micafence.policy.grant_store import (
     DEFAULT_ONBOARDING,
     DEFAULT_STORE_SETTINGS,
@@ -91,6 +91,8 @@ class Route:
     route_class: str
     path: str
     methods: frozenset[str] | None  # None: any method
+    # Account creation: where the sign-up declares the client's residence (clients.declarations)
+    residence: Source | None = None
 
 
 @dataclass(frozen=True, slots=True)
