@@ -9,6 +9,7 @@ test database (country and registered country US), ``89.160.20.112`` a Swedish o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -79,11 +80,18 @@ class Exchange:
             return await http.request(method, path, json=body, content=content, headers=sent)
 
     async def grant(self, client: str, asset: str, country: str | None) -> Grant:
-        grant = await self.book.add(
+        if country is None:  # recorded before grants named a country: the API refuses it now
+            grant = dataclasses.replace(await GrantBook(MemoryStore(), self.book.policy,
+                                                        self.book.clock).add(
+                client_id=client, service="exchange_for_funds", asset=asset, initiated_at=T0,
+                channel="email", evidence=f"ticket {client}-{asset}", verified_by="a.lind",
+                country="FR"), country=None)
+            await self.store.append_grant_event(grant)
+            return grant
+        return await self.book.add(
             client_id=client, service="exchange_for_funds", asset=asset, initiated_at=T0,
             channel="email", evidence=f"ticket {client}-{asset}", verified_by="a.lind",
             country=country)
-        return grant
 
 
 def order(pair: str) -> dict[str, str]:
