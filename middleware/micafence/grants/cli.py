@@ -176,7 +176,8 @@ def _officer_file() -> Path:
     return Path(base) / "micafence" / "officer"
 
 
-def _officer(claimed: str | None, option: str) -> str:
+def require_officer(claimed: str | None, option: str) -> str:
+    """The configured officer (who runs the command); ``claimed`` (``--by``) must match it."""
     officer = configured_officer()
     if officer is None:
         raise GrantError(f"no officer identity: set ${OFFICER_ENV} or write your name in "
@@ -199,7 +200,7 @@ def _duration(text: str) -> dt.timedelta:
 
 
 async def _add(book: GrantBook, args: argparse.Namespace) -> int:
-    officer = _officer(args.verified_by, "--verified-by")
+    officer = require_officer(args.verified_by, "--verified-by")
     policy = _policy(book)
     if args.onboarding and (policy.grant_store.maker_checker or args.override_reason):
         why = ("a grant recorded with --override-reason" if args.override_reason
@@ -236,7 +237,7 @@ async def _add(book: GrantBook, args: argparse.Namespace) -> int:
 
 
 async def _approve(book: GrantBook, args: argparse.Namespace) -> int:
-    approval = await book.approve(args.grant_id, approved_by=_officer(args.by, "--by"))
+    approval = await book.approve(args.grant_id, approved_by=require_officer(args.by, "--by"))
     if args.json:
         _print_json(await book.get(args.grant_id), book)
     else:
@@ -246,7 +247,7 @@ async def _approve(book: GrantBook, args: argparse.Namespace) -> int:
 
 
 async def _token(book: GrantBook, args: argparse.Namespace) -> int:
-    token, ticket = await issue_token(book, args.grant_id, issued_by=_officer(None, ""),
+    token, ticket = await issue_token(book, args.grant_id, issued_by=require_officer(None, ""),
                                       ttl=_policy(book).onboarding.token_ttl)
     if args.json:
         print(json.dumps({"grant_id": ticket.grant_id, "client_id": ticket.client_id,
@@ -271,7 +272,7 @@ def _policy(book: GrantBook) -> Policy:
 
 
 async def _revoke(book: GrantBook, args: argparse.Namespace) -> int:
-    revocation = await book.revoke(args.grant_id, revoked_by=_officer(args.by, "--by"),
+    revocation = await book.revoke(args.grant_id, revoked_by=require_officer(args.by, "--by"),
                                    reason=args.reason)
     if args.json:
         _print_json(await book.get(args.grant_id), book)
