@@ -24,11 +24,12 @@ from micafence.clients.declarations import UNREADABLE
 from micafence.decision import DEFAULT_RULE_ID, Decision
 from micafence.identity import (
     NO_IDENTITY,
+    UNREADABLE_IDENTITY,
     ClientIdentity,
     IdentifyFunction,
-    clean_client_id,
     clean_country,
     from_scope_user,
+    read_client_id,
 )
 from micafence.instants import utc_now
 from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
@@ -78,7 +79,10 @@ from micafence.records import NO_STANDING, Standing
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
-_AMBIGUOUS = b""  # a repeated signal header with different values: read as none
+_AMBIGUOUS = b""  # a repeated edge country header with different values: read as none
+# A client id header sent twice with different values: the app reads one of them, micafence
+# cannot tell which (never a header value: servers refuse NUL).
+_AMBIGUOUS_ID = b"\0"
 # The decision cache: one entry per visitor, and for a restricted visitor a table of its
 # decisions per request line. Every decision held counts a fixed cost (dict slot, key tuple, a
 # Decision and its own strings: 330-430 bytes measured with tracemalloc) plus the text its key
@@ -222,7 +226,7 @@ class Enforcer:
         self._edge_header = edge.encode("latin-1") if edge else None
         self._profiles: BoundedCache[
             tuple[str | None, str | None, str | None, tuple[str, ...], bool, Standing,
-                  str | None], _Profile
+                  str | None, bool], _Profile
         ] = BoundedCache(_CACHE_LIMIT)
         self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
         self._visitors: BoundedCache[VisitorKey, Decision | dict[RouteKey, Decision]] = (
@@ -377,7 +381,8 @@ class Enforcer:
         edge_value: bytes | None = None
         for name, value in signals:
             # A signal header sent twice with different values is ambiguous: frameworks differ
-            # on which one they read, so it counts as no identity and no edge country.
+            # on which one they read, so it counts as no edge country, and as an identity that
+            # cannot be read (the app may take either client for the signed-in one).
             if name == self._forwarded_header:
                 if forwarded is None:
                     forwarded = []
@@ -389,7 +394,7 @@ class Enforcer:
             elif name == self._edge_header:
                 edge_value = value if edge_value is None or edge_value == value else _AMBIGUOUS
             elif name == self._id_header:
-                id_value = value if id_value is None or id_value == value else _AMBIGUOUS
+                id_value = value if id_value is None or id_value == value else _AMBIGUOUS_ID
             elif name == self._residence_header:
                 if residences is None:
                     residences = []
@@ -455,7 +460,8 @@ class Enforcer:
 
         identity = supplied or self._header_identity(identity_signals)
         residence = identity.residence_country if self.policy.signals.residence else None
-        profile = self._profile(location, residence, flags, doubtful, standing, declared)
+        profile = self._profile(location, residence, flags, doubtful, standing, declared,
+                                identity.unreadable)
         verdict, route_id, route_class = (
             self._route(scope, overrides, profile.zones, flags) if profile.restricted
             else _UNRESTRICTED)
@@ -555,13 +561,13 @@ class Enforcer:
         if source == "callable" and self._identify is not None:
             try:
                 found = self._identify(scope)
-            except Exception:  # the host's code must not take the request down: unidentified
-                return NO_IDENTITY
+            except Exception:  # the host's code must not take the request down; but who the
+                return UNREADABLE_IDENTITY  # client is, and so where, cannot be told
             if found is None:
                 return NO_IDENTITY
-            return ClientIdentity(
-                clean_client_id(found.client_id), clean_country(found.residence_country)
-            )
+            read = read_client_id(found.client_id)
+            return ClientIdentity(read.client_id, clean_country(found.residence_country),
+                                  read.unreadable or found.unreadable)
         return None
 
     def _identity_signals(
@@ -582,10 +588,12 @@ class Enforcer:
         if signals is None:
             return NO_IDENTITY
         id_value, residences = signals
-        return ClientIdentity(
-            clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,
-            self._residence(residences),
-        )
+        read = NO_IDENTITY if id_value is None else read_client_id(
+            id_value.decode("latin-1").strip())
+        residence = self._residence(residences)
+        if residence is None:
+            return read
+        return ClientIdentity(read.client_id, residence, read.unreadable)
 
     def _residence(self, values: Sequence[bytes]) -> str | None:
         """The residence country; of several, one a zone claims (any EU signal makes EU)."""
@@ -598,9 +606,10 @@ class Enforcer:
     def _profile(
         self, location: Location, residence: str | None, flags: tuple[str, ...],
         doubtful: bool = False, standing: Standing = NO_STANDING, declared: str | None = None,
+        unreadable: bool = False,
     ) -> _Profile:
         key = (location.country, location.registered_country, residence, flags, doubtful,
-               standing, declared)
+               standing, declared, unreadable)
         profile = self._profiles.get(key)
         if profile is not None:
             return profile
@@ -629,6 +638,8 @@ class Enforcer:
             put("address:doubtful", unknown)
         if residence:
             put(f"residence:{residence}", country_zones(residence, ()))
+        if unreadable:  # a client was named, but not so that it can be placed
+            put("identity:unreadable", unknown)
         # The client registry and the grants the client holds (whatever its address), then
         # what its sign-up declares: zones only add up, so no signal lifts another's.
         if standing.registry:

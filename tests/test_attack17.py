@@ -1,0 +1,193 @@
+"""Issue 17 attacked from outside: ways an EU-established client might be served as a non-EU
+one, each through the real middleware (the demo exchange behind it, under uvicorn where the
+server's handling of the request matters).
+
+Requests come from 127.0.0.1, the default policy's trusted proxy and auth gateway, with the
+visitor's address in X-Forwarded-For. ``50.114.0.1`` is a US address in MaxMind's test data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from micafence import MicafenceMiddleware, load_policy_text
+from micafence.decision import STATE_KEY
+from micafence.errors import GrantError
+from micafence.grants.book import GrantBook
+from micafence.grants.signing import GrantKey
+from micafence.identity import ClientIdentity
+from micafence.policy.model import Policy
+from micafence.store.memory import MemoryStore
+from micafence.store.opener import open_store
+from micafence_tools.demo.app import build_demo_app
+from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
+
+US = "50.114.0.1"
+KEY = GrantKey(b"k" * 40)
+
+
+def policy_of(*edits: tuple[str, str]) -> Policy:
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    return load_policy_text(text, "attack-policy.yaml")
+
+
+def order(pair: str) -> dict[str, str]:
+    return {"pair": pair, "side": "buy", "amount": "1"}
+
+
+class Site:
+    """The demo exchange behind micafence under uvicorn, on a file store holding bob's FR
+    grant (USDC, exchange for funds)."""
+
+    def __init__(self, tmp_path: Path, policy: Policy | None = None, **options: Any) -> None:
+        self.store_url = f"file://{tmp_path / 'store.jsonl'}"
+        self.policy = policy or policy_of()
+        asyncio.run(self.grant("bob"))  # before the middleware opens the store
+        self.seen: list[Any] = []
+        demo = build_demo_app()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self.seen.append(scope["state"][STATE_KEY])
+            await demo(scope, receive, send)
+
+        self.app = app
+        self.fence = MicafenceMiddleware(app, policy=self.policy, geoip_db=COUNTRY_DB,
+                                         store=self.store_url, grant_key=KEY, watch=False,
+                                         **options)
+        self.server = ServerThread(self.fence)
+
+    async def grant(self, client: str, asset: str = "USDC", country: str = "FR") -> None:
+        store = open_store(self.store_url, grant_key=KEY)
+        try:
+            await GrantBook(store, self.policy).add(
+                client_id=client, service="exchange_for_funds", asset=asset,
+                initiated_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), channel="email",
+                evidence=f"ticket {client}", verified_by="a.lind", country=country)
+        finally:
+            await store.close()
+
+    def __enter__(self) -> httpx.Client:
+        self.server.__enter__()
+        self.http = httpx.Client(base_url=self.server.url, timeout=10)
+        return self.http
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        self.server.__exit__(*exc)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return Site(tmp_path)
+
+
+def as_bob(*extra: tuple[str, str]) -> list[tuple[str, str]]:
+    return [("X-Forwarded-For", US), ("Accept", "application/json"), ("X-Client-Id", "bob"),
+            *extra]
+
+
+# -- identity headers: a second, different X-Client-Id ---------------------------------------
+
+
+def test_a_second_client_id_header_does_not_turn_a_known_eu_client_into_a_us_visitor(
+    site: Site,
+) -> None:
+    """bob (FR grant) on a US address sends a second X-Client-Id: the app reads the first
+    (bob), so micafence must not decide him as an anonymous US visitor."""
+    with site as http:
+        assert http.get("/r/FRIEND10", headers=as_bob()).status_code == 451
+        forged = as_bob(("X-Client-Id", "mallory"))
+        referral = http.get("/r/FRIEND10", headers=forged)
+        assert referral.status_code == 451
+        outside = http.post("/api/orders", json=order("ETH-USD"), headers=forged)
+        assert outside.status_code == 451
+        assert http.get("/api/promotions", headers=forged).json() == []
+
+
+@pytest.mark.parametrize("value", ["bob,mallory", "bob mallory", "b" * 200, "{bob}"])
+def test_a_client_id_header_that_cannot_be_read_is_the_unknown_country(
+    site: Site, value: str,
+) -> None:
+    """An identity the gateway sent but micafence cannot use cannot place the client: the
+    failure posture (unknown country), never an anonymous visitor of the address's country."""
+    with site as http:
+        headers = [("X-Forwarded-For", US), ("Accept", "application/json"),
+                   ("X-Client-Id", value)]
+        referral = http.get("/r/FRIEND10", headers=headers)
+        assert (referral.status_code, referral.json()["reason"]) == (
+            451, "unknown_country.promotion")
+        # A blank header is no identity: the US visitor it is.
+        blank = [("X-Forwarded-For", US), ("X-Client-Id", "")]
+        assert http.get("/r/FRIEND10", headers=blank).status_code == 200
+        # The same value twice is one identity.
+        twice = as_bob(("X-Client-Id", "bob"))
+        assert http.get("/", headers=twice).status_code == 200
+        assert site.seen[-1].client_id == "bob"
+
+
+# -- identities from the host (scope["user"], identify=) --------------------------------------
+
+
+class _DatabaseUser:
+    """A signed-in user as ORMs hand it: an integer primary key."""
+
+    is_authenticated = True
+
+    def __init__(self, key: int) -> None:
+        self.id = key
+
+
+async def test_an_integer_user_id_is_the_client_the_registry_knows() -> None:
+    """``source: scope_user`` with an ORM user (``user.id == 42``): client 42's FR residence
+    must place it, not leave it an anonymous US visitor."""
+    policy = policy_of(("  source: header\n", "  source: scope_user\n"))
+    store = MemoryStore()
+    demo = build_demo_app()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await demo(scope, receive, send)
+
+    async def signed_in(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope["user"] = _DatabaseUser(42)
+        await fence(scope, receive, send)
+
+    fence = MicafenceMiddleware(app, policy=policy, geoip_db=COUNTRY_DB, store=store,
+                                watch=False)
+    await fence.clients.record_residence("42", "FR", evidence="kyc/42", by="app:kyc")
+    transport = httpx.ASGITransport(app=signed_in, client=("127.0.0.1", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        referral = await http.get("/r/FRIEND10", headers={"X-Forwarded-For": US})
+    assert (referral.status_code, referral.headers["micafence-reason"]) == (451, "eu.promotion")
+
+
+async def test_an_identity_source_that_fails_is_the_unknown_country() -> None:
+    """The host's ``identify=`` raising (its session backend is down): the client may be a
+    known EU client; it is decided as the unknown country, never as a US visitor."""
+    policy = policy_of(("  source: header\n", "  source: callable\n"))
+
+    def identify(scope: Any) -> ClientIdentity:
+        raise RuntimeError("session backend down")
+
+    fence = MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=COUNTRY_DB,
+                                identify=identify, watch=False)
+    transport = httpx.ASGITransport(app=fence, client=("127.0.0.1", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        referral = await http.get("/r/FRIEND10", headers={"X-Forwarded-For": US})
+        order_ = await http.post("/api/orders", json=order("ETH-USD"),
+                                 headers={"X-Forwarded-For": US})
+    assert (referral.status_code, referral.headers["micafence-reason"]) == (
+        451, "unknown_country.promotion")
+    assert order_.status_code == 451
