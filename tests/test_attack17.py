@@ -191,3 +191,56 @@ async def test_an_identity_source_that_fails_is_the_unknown_country() -> None:
     assert (referral.status_code, referral.headers["micafence-reason"]) == (
         451, "unknown_country.promotion")
     assert order_.status_code == 451
+
+
+# -- sign-up declarations: method overrides ----------------------------------------------------
+
+
+def _method_override(app: Any) -> Any:
+    """The host's method-override middleware (as in many frameworks): the app routes the
+    request by ``X-HTTP-Method-Override``."""
+
+    async def overridden(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"x-http-method-override":
+                    scope = {**scope, "method": value.decode("latin-1").upper()}
+        await app(scope, receive, send)
+
+    return overridden
+
+
+@pytest.mark.parametrize(("methods", "sent", "override"), [
+    ("[PUT]", "POST", "PUT"),   # the route names PUT only; the request is a POST overridden
+    ("[POST, PUT]", "GET", "POST"),  # a GET with a body, overridden to POST
+])
+async def test_a_sign_up_declaring_france_through_a_method_override_is_blocked(
+    methods: str, sent: str, override: str,
+) -> None:
+    """A route that an EU address is refused on through a method override declares a
+    residence through it too."""
+    policy = policy_of(("methods: [POST, PUT], path: /api/accounts,",
+                        f"methods: {methods}, path: /api/accounts,"))
+    opened: list[str] = []
+
+    async def accounts(scope: Any, receive: Any, send: Any) -> None:
+        opened.append(scope["method"])
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"opened"})
+
+    fence = MicafenceMiddleware(_method_override(accounts), policy=policy, geoip_db=COUNTRY_DB,
+                                watch=False)
+    transport = httpx.ASGITransport(app=fence, client=("127.0.0.1", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        async def sign_up(ip: str, country: str) -> httpx.Response:
+            content = json.dumps({"email": "a@b.c", "country": country}).encode()
+            return await http.request(sent, "/api/accounts", content=content, headers={
+                "X-Forwarded-For": ip, "X-HTTP-Method-Override": override,
+                "Content-Type": "application/json", "Accept": "application/json"})
+
+        assert (await sign_up("89.160.20.112", "SE")).status_code == 451  # an EU address
+        declared = await sign_up(US, "FR")
+        assert (declared.status_code, declared.headers["micafence-reason"]) == (
+            451, "eu.account_creation")
+        assert (await sign_up(US, "US")).status_code == 201
+    assert opened == [override]

@@ -219,8 +219,11 @@ class Enforcer:
         self.routes = RouteTable(policy.routes)
         # Account-creation routes that read a declared residence: matched for every visitor.
         declaring = tuple(route for route in policy.routes if route.residence is not None)
-        self._declaring = (RouteTable(declaring), {r.id: r.residence for r in declaring}) \
-            if declaring else None
+        self._declaring = None
+        if declaring:
+            table = RouteTable(declaring)
+            self._declaring = (table, table.named(HTTP_METHODS),
+                               {r.id: r.residence for r in declaring})
         self.promotions = PromotionGuard(policy)  # promotion suppression and cache safety
         edge = policy.cache.edge_country_header  # set-up "edge": the CDN's country is the location
         self._edge_header = edge.encode("latin-1") if edge else None
@@ -513,14 +516,25 @@ class Enforcer:
     def declaration(self, scope: Scope) -> Source | None:
         """Where this request declares a residence: the ``residence:`` of the account-creation
         route it matches (:mod:`micafence.clients.declarations`), for every visitor. Only a
-        request that may carry a body (``POST``, ``PUT``, ``PATCH``) declares anything."""
+        request that may carry a body (``POST``, ``PUT``, ``PATCH``, its own method or one a
+        method override names) declares anything; the route is matched as for a restricted
+        visitor, overrides included."""
         declaring = self._declaring
-        if declaring is None or scope.get("method") not in _DECLARING_METHODS \
-                or scope.get("type") != "http":
+        if declaring is None or scope.get("type") != "http":
             return None
-        table, sources = declaring
-        methods = request_methods(str(scope.get("method")), (), scope.get("query_string") or b"")
-        for path in route_paths(scope):
+        table, any_method, sources = declaring
+        paths = route_paths(scope)
+        for path in paths:  # the common case: no declaring route on this path, whatever method
+            if table.match(any_method, path):
+                break
+        else:
+            return None
+        overrides = [header for header in scope.get("headers") or () if header[0] in _OVERRIDES]
+        methods = request_methods(str(scope.get("method")), overrides,
+                                  scope.get("query_string") or b"")
+        if methods.isdisjoint(_DECLARING_METHODS):
+            return None
+        for path in paths:
             for route in table.match(methods, path):
                 return sources[route.id]
         return None
