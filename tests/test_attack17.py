@@ -244,3 +244,46 @@ async def test_a_sign_up_declaring_france_through_a_method_override_is_blocked(
             451, "eu.account_creation")
         assert (await sign_up(US, "US")).status_code == 201
     assert opened == [override]
+
+
+# -- sign-up declarations: a form route sent another kind of body ------------------------------
+
+
+def _form_sign_up(country: str, kind: str) -> tuple[bytes, dict[str, str]]:
+    if kind == "multipart":  # what a browser sends for <form enctype="multipart/form-data">
+        request = httpx.Request("POST", "http://x/", data={"email": "a@b.c"},
+                                files={"country": (None, country)})
+        return request.read(), {"Content-Type": request.headers["content-type"]}
+    # JSON whose urlencoded reading names no country: {"x":"a" = "b","country":"FR"}
+    return (json.dumps({"x": "a=b", "email": "a@b.c", "country": country}).encode(),
+            {"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("kind", ["multipart", "json"])
+async def test_a_form_route_sent_a_body_it_cannot_read_is_not_let_through(kind: str) -> None:
+    """A sign-up form route (``residence: {from: form}``) whose app reads the form as its
+    framework does (Starlette's ``request.form()`` reads multipart too; an app may read JSON):
+    a body micafence cannot read as a form must not pass as one that declares nothing."""
+    policy = policy_of(("residence: {from: body, name: country}",
+                        "residence: {from: form, name: country}"))
+    opened: list[bytes] = []
+
+    async def accounts(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        opened.append(message.get("body", b""))
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"opened"})
+
+    fence = MicafenceMiddleware(accounts, policy=policy, geoip_db=COUNTRY_DB, watch=False)
+    transport = httpx.ASGITransport(app=fence, client=("127.0.0.1", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        content, headers = _form_sign_up("FR", kind)
+        answer = await http.post("/api/accounts", content=content, headers={
+            "X-Forwarded-For": US, "Accept": "application/json", **headers})
+        assert answer.status_code == 451
+        # A urlencoded form is read as before: US passes, replayed unchanged.
+        plain = await http.post("/api/accounts", content=b"email=a%40b.c&country=US",
+                                headers={"X-Forwarded-For": US,
+                                         "Content-Type": "application/x-www-form-urlencoded"})
+        assert plain.status_code == 201
+    assert opened == [b"email=a%40b.c&country=US"]
