@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,3 +290,78 @@ async def test_a_form_route_sent_a_body_it_cannot_read_is_not_let_through(kind: 
                                          "Content-Type": "application/x-www-form-urlencoded"})
         assert plain.status_code == 201
     assert opened == [b"email=a%40b.c&country=US"]
+
+
+# -- the grant commands: renewals and overrides --------------------------------------------------
+
+MICAFENCE = str(Path(sys.executable).with_name("micafence"))
+KEY_TEXT = "k" * 40
+
+
+def cli(tmp_path: Path, *args: str, officer: str = "a.lind") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MICAFENCE_STORE": f"file://{tmp_path / 'store.jsonl'}",
+           "MICAFENCE_GRANT_KEY": KEY_TEXT, "MICAFENCE_OFFICER": officer}
+    return subprocess.run([MICAFENCE, *args], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+
+
+def grant_args(evidence: str, *extra: str) -> tuple[str, ...]:
+    initiated = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    return ("grant", "add", "--client", "carol", "--service", "exchange_for_funds",
+            "--asset", "BTC", "--initiated-at", initiated, "--channel", "email",
+            "--evidence", evidence, "--country", "FR", *extra)
+
+
+@pytest.mark.parametrize("evidence", [
+    "ticket CS\u20111001",     # a non-breaking hyphen
+    "ticket CS-1001\u200b",    # a zero-width space at the end
+    "\uff54icket CS-1001",     # a fullwidth t
+    "ticket: CS-1001.",        # punctuation around it
+    "ticket CS 1001",
+])
+def test_a_renewal_cannot_reuse_evidence_spelled_another_way(
+    tmp_path: Path, evidence: str,
+) -> None:
+    """carol's 30-day grant ended yesterday; a renewal citing the same ticket, spelled with a
+    look-alike character or other punctuation, is the same evidence reference."""
+    now = dt.datetime.now(dt.UTC)
+
+    async def first_grant() -> None:
+        store = open_store(f"file://{tmp_path / 'store.jsonl'}", grant_key=KEY)
+        book = GrantBook(store, policy_of(), lambda: now - dt.timedelta(days=31))
+        await book.add(client_id="carol", service="exchange_for_funds", asset="BTC",
+                       initiated_at=now - dt.timedelta(days=31, hours=1), channel="email",
+                       evidence="ticket CS-1001", verified_by="a.lind", country="FR")
+        await store.close()
+
+    asyncio.run(first_grant())
+    reused = cli(tmp_path, *grant_args(evidence))
+    assert reused.returncode != 0, reused.stdout
+    assert "already used" in reused.stderr
+    renewal = cli(tmp_path, *grant_args("ticket CS-1002"))
+    assert renewal.returncode == 0, renewal.stderr
+    assert "renews" in renewal.stderr
+
+
+@pytest.mark.parametrize("approver", ["a.lind", "A.LIND", "a .lind", "a.\u200blind", "\uff41.lind"])
+def test_the_officer_who_recorded_an_override_cannot_approve_it_under_another_spelling(
+    tmp_path: Path, approver: str,
+) -> None:
+    async def solicit() -> None:
+        from micafence.records import SolicitationEvidence
+
+        store = open_store(f"file://{tmp_path / 'store.jsonl'}", grant_key=KEY)
+        await store.record_solicitation(SolicitationEvidence(
+            "carol", dt.datetime.now(dt.UTC) - dt.timedelta(days=3), "eu", "FR",
+            "promotions.referral", None))
+        await store.close()
+
+    asyncio.run(solicit())
+    assert cli(tmp_path, *grant_args("ticket CS-7")).returncode != 0  # solicited: refused
+    added = cli(tmp_path, *grant_args("ticket CS-7", "--override-reason", "wrote first"))
+    assert added.returncode == 0, added.stderr
+    grant_id = added.stdout.split()[0]
+    own = cli(tmp_path, "grant", "approve", grant_id, officer=approver)
+    assert own.returncode != 0 and "second, different officer" in own.stderr, own.stdout
+    other = cli(tmp_path, "grant", "approve", grant_id, officer="b.berg")
+    assert other.returncode == 0, other.stderr

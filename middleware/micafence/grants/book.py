@@ -28,6 +28,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import secrets
+import unicodedata
 
 from micafence.errors import GrantError
 from micafence.grants.arrivals import solicitations_of
@@ -227,7 +228,7 @@ class GrantBook:
         if not state.grant.approval_required:
             raise GrantError(f"grant {grant_id} was recorded without maker-checker: it needs "
                              "no approval")
-        if officer.casefold() == state.grant.verified_by.casefold():
+        if _reference(officer) == _reference(state.grant.verified_by):
             raise GrantError(f"maker-checker: {officer} recorded grant {grant_id}; a second, "
                              "different officer must approve it")
         now = self.clock()
@@ -284,9 +285,13 @@ def _end(state: GrantState) -> dt.datetime:
     return end
 
 
-def _reference(evidence: str) -> str:
-    """An evidence reference as compared between grants: case and spacing do not matter."""
-    return " ".join(evidence.split()).casefold()
+def _reference(text: str) -> str:
+    """An evidence reference (or an officer's name) as compared between grants: its letters
+    and digits, compatibility-folded (a fullwidth or look-alike form is the plain one) and
+    case-folded; spacing, punctuation and invisible characters do not matter."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    kept = "".join(char for char in folded if char.isalnum())
+    return kept or " ".join(folded.split())
 
 
 def _required(name: str, value: str) -> str:
