@@ -12,8 +12,11 @@ import asyncio
 import datetime as dt
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from micafence.store.memory import MemoryStore
 from micafence.store.opener import open_store
 from micafence_tools.demo.app import build_demo_app
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
+from tests.redis_server import RedisServer
 
 US = "50.114.0.1"
 KEY = GrantKey(b"k" * 40)
@@ -365,3 +369,65 @@ def test_the_officer_who_recorded_an_override_cannot_approve_it_under_another_sp
     assert own.returncode != 0 and "second, different officer" in own.stderr, own.stdout
     other = cli(tmp_path, "grant", "approve", grant_id, officer="b.berg")
     assert other.returncode == 0, other.stderr
+
+
+# -- a Redis store that comes back without its records ---------------------------------------
+
+
+def test_a_redis_that_comes_back_empty_never_lets_a_known_eu_client_out(tmp_path: Path) -> None:
+    """bob (FR grant) browses from a US address while Redis is killed and restarted at random
+    moments, coming back empty each time (no persistence: the production check warned). This
+    worker read bob's grant before: it must keep him EU, never serve him as a US visitor."""
+    redis = RedisServer(tmp_path)
+    port = redis.port
+    policy = policy_of()
+
+    async def seed() -> None:
+        store = open_store(redis.url, grant_key=KEY)
+        await GrantBook(store, policy).add(
+            client_id="bob", service="exchange_for_funds", asset="USDC",
+            initiated_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), channel="email",
+            evidence="ticket bob", verified_by="a.lind", country="FR")
+        await store.close()
+
+    asyncio.run(seed())
+    fence = MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=COUNTRY_DB,
+                                store=redis.url, grant_key=KEY, watch=False)
+    let_out: list[tuple[str, int]] = []
+    answered: dict[int, int] = {}
+    stop = threading.Event()
+    rounds = random.Random(17)  # seeded: the moments vary, the run repeats
+
+    def browse(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            while not stop.is_set():
+                referral = http.get("/r/FRIEND10", headers=as_bob())
+                outside = http.post("/api/orders", json=order("ETH-USD"), headers=as_bob())
+                feed = http.get("/api/promotions", headers=as_bob())
+                for path, status in (("/r/FRIEND10", referral.status_code),
+                                     ("/api/orders", outside.status_code)):
+                    answered[status] = answered.get(status, 0) + 1
+                    if status != 451:
+                        let_out.append((path, status))
+                if feed.json() != []:
+                    let_out.append(("/api/promotions", feed.status_code))
+
+    try:
+        with ServerThread(fence) as server:
+            browser = threading.Thread(target=browse, args=(server.url,))
+            browser.start()
+            try:
+                time.sleep(0.5)
+                for _ in range(3):
+                    time.sleep(rounds.uniform(0.05, 0.5))
+                    redis.stop()
+                    time.sleep(rounds.uniform(0.05, 0.8))
+                    redis = RedisServer(tmp_path, port=port)  # back, and empty
+                    time.sleep(rounds.uniform(0.3, 1.0))
+            finally:
+                stop.set()
+                browser.join(timeout=30)
+    finally:
+        redis.stop()
+    assert answered.get(451, 0) > 10
+    assert let_out == []
