@@ -27,6 +27,7 @@ import pytest
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.decision import STATE_KEY
 from micafence.errors import GrantError
+from micafence.errors import GrantError
 from micafence.grants.book import GrantBook
 from micafence.grants.signing import GrantKey
 from micafence.identity import ClientIdentity
@@ -431,3 +432,94 @@ def test_a_redis_that_comes_back_empty_never_lets_a_known_eu_client_out(tmp_path
         redis.stop()
     assert answered.get(451, 0) > 10
     assert let_out == []
+
+
+# -- an onboarded client: its grants follow its account id -----------------------------------
+
+
+async def test_a_renewal_under_the_account_id_an_onboarding_token_opened_needs_new_evidence(
+) -> None:
+    """carol's grant opened account ``acc_1`` with its onboarding token; the app names her by
+    that account from then on, so her next grant is recorded for ``acc_1``. The day after the
+    first one ends, that grant renews it: last month's ticket is refused, and a new one makes
+    a renewal the report can chain."""
+    from micafence.grants.onboarding import issue_token
+
+    policy = policy_of()
+    store = MemoryStore()
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    clock = [start + dt.timedelta(hours=1)]
+    book = GrantBook(store, policy, lambda: clock[0])
+    first = await book.add(client_id="carol", service="exchange_for_funds", asset="BTC",
+                           initiated_at=start, channel="email", evidence="ticket CS-1",
+                           verified_by="a.lind", country="FR")
+    token, _ = await issue_token(book, first.id, issued_by="a.lind",
+                                 ttl=dt.timedelta(minutes=30))
+    fence = MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=COUNTRY_DB,
+                                store=store, clock=lambda: clock[0], watch=False)
+    transport = httpx.ASGITransport(app=fence, client=("127.0.0.1", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        opened = await http.post("/api/accounts", json={"email": "carol@example.fr"}, headers={
+            "X-Forwarded-For": "89.160.20.112", "X-Micafence-Onboarding": token})
+    assert opened.status_code == 201 and opened.json()["account_id"] == "acc_1"
+
+    clock[0] = start + dt.timedelta(days=31, hours=1)  # the day after carol's grant ended
+    with pytest.raises(GrantError, match="already used"):
+        await book.add(client_id="acc_1", service="exchange_for_funds", asset="BTC",
+                       initiated_at=clock[0] - dt.timedelta(hours=1), channel="email",
+                       evidence="Ticket CS-1", verified_by="a.lind", country="FR")
+    renewal = await book.add(client_id="acc_1", service="exchange_for_funds", asset="BTC",
+                             initiated_at=clock[0] - dt.timedelta(hours=1), channel="email",
+                             evidence="ticket CS-2", verified_by="a.lind", country="FR")
+    assert renewal.renewal_of == first.id
+
+
+async def test_solicitation_linked_to_an_onboarded_client_counts_under_its_account_id() -> None:
+    """carol arrived through a referral link, so her onboarding needed an override approved
+    by a second officer. The app names her ``acc_1`` from then on: a grant for ``acc_1``
+    inside the look-back window is hers, and needs an override too."""
+    from micafence.grants.onboarding import issue_token
+    from micafence.promotions.solicitation import visitor_id
+
+    policy = policy_of()
+    store = MemoryStore()
+    start = dt.datetime.now(dt.UTC)  # solicitation evidence is stamped with the real time
+    clock = [start]
+    book = GrantBook(store, policy, lambda: clock[0])
+    fence = MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=COUNTRY_DB,
+                                store=store, clock=lambda: clock[0], watch=False)
+    transport = httpx.ASGITransport(app=fence, client=("127.0.0.1", 4000))
+    sweden = {"X-Forwarded-For": "89.160.20.112", "Accept": "application/json"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        arrival = await http.get("/r/FRIEND10", headers=sweden)
+        cookie = visitor_id([(b"cookie", arrival.headers["set-cookie"].encode())],
+                            "micafence_visitor")
+        assert arrival.status_code == 451 and cookie is not None
+        await asyncio.sleep(0.3)  # the evidence is written in the background
+
+        clock[0] = start + dt.timedelta(hours=2)
+        fields: dict[str, Any] = dict(
+            client_id="carol", service="exchange_for_funds", asset="BTC",
+            initiated_at=start - dt.timedelta(hours=1), channel="email",
+            evidence="ticket CS-1", country="FR")
+        plain = await book.add(**fields, verified_by="a.lind")
+        token, _ = await issue_token(book, plain.id, issued_by="a.lind",
+                                     ttl=dt.timedelta(minutes=30))
+        refused = await http.post("/api/accounts", json={"email": "c@example.fr"}, headers={
+            **sweden, "X-Micafence-Onboarding": token, "Cookie": f"micafence_visitor={cookie}"})
+        assert refused.headers["micafence-reason"] == "eu.onboarding.solicited"  # and linked
+        await book.revoke(plain.id, revoked_by="a.lind", reason="solicited")
+        override = await book.add(**{**fields, "evidence": "ticket CS-1 (call back)"},
+                                  verified_by="a.lind", override_solicitation="wrote first")
+        await book.approve(override.id, approved_by="b.berg")
+        token, _ = await issue_token(book, override.id, issued_by="b.berg",
+                                     ttl=dt.timedelta(minutes=30))
+        opened = await http.post("/api/accounts", json={"email": "c@example.fr"}, headers={
+            **sweden, "X-Micafence-Onboarding": token, "Cookie": f"micafence_visitor={cookie}"})
+        assert opened.status_code == 201 and opened.json()["account_id"] == "acc_1"
+
+    clock[0] = start + dt.timedelta(days=31, hours=2)
+    with pytest.raises(GrantError, match="was solicited within the look-back window"):
+        await book.add(client_id="acc_1", service="exchange_for_funds", asset="BTC",
+                       initiated_at=clock[0] - dt.timedelta(hours=1), channel="email",
+                       evidence="ticket CS-2", verified_by="a.lind", country="FR")
