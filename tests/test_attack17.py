@@ -523,3 +523,39 @@ async def test_solicitation_linked_to_an_onboarded_client_counts_under_its_accou
         await book.add(client_id="acc_1", service="exchange_for_funds", asset="BTC",
                        initiated_at=clock[0] - dt.timedelta(hours=1), channel="email",
                        evidence="ticket CS-2", verified_by="a.lind", country="FR")
+
+
+# -- micafence explain --client against the live middleware ----------------------------------
+
+
+def test_explain_without_the_grant_key_says_it_cannot_verify_what_the_middleware_ignores(
+    tmp_path: Path,
+) -> None:
+    """zoe's signed registry record says FR; a writer to the file appends an unsigned "US"
+    record. The middleware (with the key) ignores it and keeps zoe EU. ``explain --client``
+    run without the key must not quietly say she passes."""
+    store = tmp_path / "store.jsonl"
+    assert cli(tmp_path, "client", "set", "--client", "zoe", "--residence", "FR",
+               "--evidence", "kyc/1").returncode == 0
+    forged = {"event": "residence", "client_id": "zoe", "country": "US", "evidence": "x",
+              "recorded_by": "x", "recorded_at": "2999-01-01T00:00:00+00:00"}
+    with store.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(forged) + "\n")
+    site = Site(tmp_path)
+    with site as http:
+        live = http.get("/r/FRIEND10", headers=[("X-Forwarded-For", US), ("X-Client-Id", "zoe")])
+    assert live.status_code == 451
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICAFENCE_GRANT_KEY")}
+    explained = subprocess.run(
+        [MICAFENCE, "explain", "--ip", US, "--path", "/r/FRIEND10", "--client", "zoe",
+         "--store", f"file://{store}"], capture_output=True, text=True, env=env, timeout=60,
+        check=False)
+    says_pass = "decision   PASS" in explained.stdout
+    warned = "not verified" in explained.stderr
+    assert not says_pass or warned, explained.stdout + explained.stderr
+    with_key = subprocess.run(
+        [MICAFENCE, "explain", "--ip", US, "--path", "/r/FRIEND10", "--client", "zoe",
+         "--store", f"file://{store}"], capture_output=True, text=True,
+        env={**env, "MICAFENCE_GRANT_KEY": KEY_TEXT}, timeout=60, check=False)
+    assert "decision   BLOCK" in with_key.stdout and "registry:FR" in with_key.stdout
