@@ -23,6 +23,11 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.decision import STATE_KEY
@@ -559,3 +564,36 @@ def test_explain_without_the_grant_key_says_it_cannot_verify_what_the_middleware
          "--store", f"file://{store}"], capture_output=True, text=True,
         env={**env, "MICAFENCE_GRANT_KEY": KEY_TEXT}, timeout=60, check=False)
     assert "decision   BLOCK" in with_key.stdout and "registry:FR" in with_key.stdout
+
+
+# -- websockets ----------------------------------------------------------------------------------
+
+
+def _websocket_sign_up_app() -> Starlette:
+    async def sign_up(websocket: WebSocket) -> None:  # an account opened over a websocket
+        await websocket.accept()
+        await websocket.send_text("opened")
+        await websocket.close()
+
+    return Starlette(routes=[WebSocketRoute("/api/accounts", sign_up)])
+
+
+@pytest.mark.parametrize(("residence", "target"), [
+    ("{from: query, name: cc}", "/api/accounts?cc=FR"),  # declared in the query
+    ("{from: body, name: country}", "/api/accounts"),     # a handshake has no body to read
+])
+def test_a_websocket_to_a_declaring_sign_up_route_is_not_an_undeclared_sign_up(
+    residence: str, target: str,
+) -> None:
+    policy = policy_of(("residence: {from: body, name: country}", f"residence: {residence}"))
+    fence = MicafenceMiddleware(_websocket_sign_up_app(), policy=policy, geoip_db=COUNTRY_DB,
+                                watch=False)
+    with ServerThread(fence) as server:
+        url = server.url.replace("http", "ws") + target
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(url, additional_headers={"X-Forwarded-For": US}, open_timeout=5)
+        assert refused.value.response.status_code == 451
+        if "cc=" in target:  # declaring the US: a US visitor's handshake completes
+            with ws_connect(url.replace("cc=FR", "cc=US"),
+                            additional_headers={"X-Forwarded-For": US}, open_timeout=5) as ws:
+                assert ws.recv(timeout=5) == "opened"

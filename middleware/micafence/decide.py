@@ -518,17 +518,19 @@ class Enforcer:
         route it matches (:mod:`micafence.clients.declarations`), for every visitor. Only a
         request that may carry a body (``POST``, ``PUT``, ``PATCH``, its own method or one a
         method override names) declares anything; the route is matched as for a restricted
-        visitor, overrides included."""
+        visitor, overrides included, and a websocket handshake on any route of its path."""
         declaring = self._declaring
-        if declaring is None or scope.get("type") != "http":
+        if declaring is None:
             return None
         table, any_method, sources = declaring
         paths = route_paths(scope)
         for path in paths:  # the common case: no declaring route on this path, whatever method
-            if table.match(any_method, path):
+            if (found := table.match(any_method, path)):
                 break
         else:
             return None
+        if scope.get("type") == "websocket":  # no method: every route of the path counts
+            return sources[found[0].id]
         overrides = [header for header in scope.get("headers") or () if header[0] in _OVERRIDES]
         methods = request_methods(str(scope.get("method")), overrides,
                                   scope.get("query_string") or b"")

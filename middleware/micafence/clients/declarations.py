@@ -36,8 +36,8 @@ async def read_declaration(
     :data:`UNREADABLE`), and the ``receive`` to hand on (it replays what was read)."""
     if source.where == "query":
         return _country(_form_value(scope.get("query_string") or b"", source.name)), receive
-    if scope.get("type") != "http":
-        return None, receive
+    if scope.get("type") != "http":  # a websocket handshake: no body to read it from
+        return UNREADABLE, receive
     raw, receive = await read_body(scope, receive, limit)
     if raw is None:
         return UNREADABLE, receive
