@@ -597,3 +597,38 @@ def test_a_websocket_to_a_declaring_sign_up_route_is_not_an_undeclared_sign_up(
             with ws_connect(url.replace("cc=FR", "cc=US"),
                             additional_headers={"X-Forwarded-For": US}, open_timeout=5) as ws:
                 assert ws.recv(timeout=5) == "opened"
+
+
+# -- an onboarding token presented from a non-EU address ------------------------------------
+
+
+async def test_an_onboarding_token_used_from_a_us_address_still_binds_the_account() -> None:
+    """carol (FR grant) signs up with her onboarding token while travelling: a US address, no
+    residence declared. Her sign-up is not blocked, but the token says who she is: the account
+    must be bound to her grant, so that it is a known EU client from then on."""
+    from micafence.grants.onboarding import issue_token
+
+    policy = policy_of()
+    store = MemoryStore()
+    book = GrantBook(store, policy)
+    grant = await book.add(client_id="carol", service="exchange_for_funds", asset="BTC",
+                           initiated_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+                           channel="email", evidence="ticket CS-1", verified_by="a.lind",
+                           country="FR")
+    token, _ = await issue_token(book, grant.id, issued_by="a.lind",
+                                 ttl=dt.timedelta(minutes=30))
+    fence = MicafenceMiddleware(build_demo_app(), policy=policy, geoip_db=COUNTRY_DB,
+                                store=store, watch=False)
+    transport = httpx.ASGITransport(app=fence, client=("127.0.0.1", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        opened = await http.post("/api/accounts", json={"email": "carol@example.fr"}, headers={
+            "X-Forwarded-For": US, "X-Micafence-Onboarding": token})
+        assert opened.status_code == 201
+        account = opened.json()["account_id"]
+        referral = await http.get("/r/FRIEND10", headers={"X-Forwarded-For": US,
+                                                          "X-Client-Id": account})
+        assert referral.status_code == 451
+        again = await http.post("/api/accounts", json={"email": "carol@example.fr"}, headers={
+            "X-Forwarded-For": US, "X-Micafence-Onboarding": token})
+        assert again.status_code == 201  # a used token on a US sign-up: as if none was given
+    assert (await GrantBook(store, None).get(grant.id)).accounts[0].account_id == account

@@ -168,6 +168,7 @@ class Enforcer:
     # measured). Slots keep those reads fast however many attributes the class grows.
     __slots__ = (
         "_breakglass_tag", "_country_zones", "_declaring", "_edge_header", "_forwarded_header",
+        "_sign_ups",
         "_grant_zones", "_id_header", "_identify", "_identity_sources", "_next_change", "_profiles",
         "_residence_header", "_resolved",
         "_restricted_zones", "_rules_by_class", "_screen", "_signal_headers", "_stances",
@@ -219,6 +220,9 @@ class Enforcer:
         self.routes = RouteTable(policy.routes)
         # Account-creation routes that read a declared residence: matched for every visitor.
         declaring = tuple(route for route in policy.routes if route.residence is not None)
+        sign_ups = RouteTable(route for route in policy.routes
+                              if route.route_class == RouteClass.ACCOUNT_CREATION)
+        self._sign_ups = (sign_ups, sign_ups.named(HTTP_METHODS))
         self._declaring = None
         if declaring:
             table = RouteTable(declaring)
@@ -540,6 +544,19 @@ class Enforcer:
             for route in table.match(methods, path):
                 return sources[route.id]
         return None
+
+    def sign_up(self, scope: Scope) -> bool:
+        """Is this ``http`` request one an account-creation route may handle (matched as for a
+        restricted visitor, method overrides included)? Asked of sign-ups that were not
+        blocked and present an onboarding token."""
+        table, any_method = self._sign_ups
+        paths = route_paths(scope)
+        if scope.get("type") != "http" or not any(table.match(any_method, p) for p in paths):
+            return False
+        overrides = [header for header in scope.get("headers") or () if header[0] in _OVERRIDES]
+        methods = request_methods(str(scope.get("method")), overrides,
+                                  scope.get("query_string") or b"")
+        return any(table.match(methods, path) for path in paths)
 
     def _route(
         self, scope: Scope, overrides: Sequence[Header] | None, zones: tuple[str, ...],
