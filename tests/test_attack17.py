@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from websockets.sync.client import connect as ws_connect
 
 from micafence import MicafenceMiddleware, load_policy_text
 from micafence.decision import STATE_KEY
-from micafence.errors import GrantError
 from micafence.errors import GrantError
 from micafence.grants.book import GrantBook
 from micafence.grants.signing import GrantKey
