@@ -98,6 +98,7 @@ _ENTRY_BYTES = 384
 _OVERRIDES = frozenset(METHOD_OVERRIDE_HEADERS)
 _X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
 _DECLARING_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a sign-up that may declare a residence
+_SIGN_UP_PATHS_BYTES = 1024 * 1024
 
 Header = tuple[bytes, bytes]
 #: The identity signals a trusted source sent: the client id header, the residence headers.
@@ -183,7 +184,7 @@ class Enforcer:
         "_restricted_zones",
         "_rules_by_class",
         "_screen",
-        "_sign_ups",
+        "_sign_up_paths", "_sign_ups",
         "_signal_headers",
         "_stances",
         "_timestamp",
@@ -249,6 +250,10 @@ class Enforcer:
         sign_ups = RouteTable(route for route in policy.routes
                               if route.route_class == RouteClass.ACCOUNT_CREATION)
         self._sign_ups = (sign_ups, sign_ups.named(HTTP_METHODS))
+        # Path (and root_path) -> does an account-creation route match it under any method: the
+        # one look-up every request not blocked pays for sign-up declarations and tokens.
+        self._sign_up_paths: BoundedCache[object, bool] = BoundedCache(
+            _CACHE_LIMIT, _SIGN_UP_PATHS_BYTES)
         self._declaring = None
         if declaring:
             table = RouteTable(declaring)
@@ -550,7 +555,7 @@ class Enforcer:
         method override names) declares anything; the route is matched as for a restricted
         visitor, overrides included, and a websocket handshake on any route of its path."""
         declaring = self._declaring
-        if declaring is None:
+        if declaring is None or not self.on_sign_up_path(scope):
             return None
         table, any_method, sources = declaring
         paths = route_paths(scope)
@@ -575,14 +580,34 @@ class Enforcer:
         """Is this ``http`` request one an account-creation route may handle (matched as for a
         restricted visitor, method overrides included)? Asked of sign-ups that were not
         blocked and present an onboarding token."""
-        table, any_method = self._sign_ups
-        paths = route_paths(scope)
-        if scope.get("type") != "http" or not any(table.match(any_method, p) for p in paths):
+        if scope.get("type") != "http" or not self.on_sign_up_path(scope):
             return False
+        table = self._sign_ups[0]
+        paths = route_paths(scope)
         overrides = [header for header in scope.get("headers") or () if header[0] in _OVERRIDES]
         methods = request_methods(str(scope.get("method")), overrides,
                                   scope.get("query_string") or b"")
         return any(table.match(methods, path) for path in paths)
+
+    def on_sign_up_path(self, scope: Scope) -> bool:
+        """Does an account-creation route match this request's path, under any method? The
+        pipeline asks it of every request not blocked before :meth:`declaration` and
+        :meth:`sign_up`. Memoised per path (and root_path; a long path under its digest)."""
+        path = scope.get("path")
+        root = scope.get("root_path")
+        if path.__class__ is str and len(path) > PATH_KEY_CHARS:
+            path = path_key(path)
+        key: object = (path, root) if root else path
+        try:
+            found = self._sign_up_paths.get(key)
+        except TypeError:  # not a str path: not memoised
+            found, key = None, None
+        if found is None:
+            table, any_method = self._sign_ups
+            found = any(table.match(any_method, spelling) for spelling in route_paths(scope))
+            if key is not None:
+                self._sign_up_paths.put(key, found, _ENTRY_BYTES + _route_bytes((path, root, "")))
+        return found
 
     def _route(
         self, scope: Scope, overrides: Sequence[Header] | None, zones: tuple[str, ...],

@@ -112,7 +112,9 @@ class Pipeline:
             known = self.clients.cached(client_id)  # a fresh local entry: no await
             standing = known if known is not None else await self.clients.standing(client_id)
         declared = None
-        if not decision.blocked and (source := enforcer.declaration(scope)) is not None:
+        # A sign-up route (one memo look-up): what it declares, the token it may present.
+        sign_up = not decision.blocked and enforcer.on_sign_up_path(scope)
+        if sign_up and (source := enforcer.declaration(scope)) is not None:
             declared, receive = await read_declaration(
                 source, scope, receive, enforcer.policy.catalogue.max_body_bytes)
         if standing is not NO_STANDING or declared is not None:  # standing_of's empty one
@@ -127,8 +129,8 @@ class Pipeline:
                 enforcer.policy, decision, scope, send, self.audit)
             if found is not None:
                 decision = _settled(decision, found.reason, found.grant_id)
-        elif (not decision.blocked and not self.dry and scope["type"] == "http"
-              and enforcer.sign_up(scope) and _presents(scope, enforcer.policy.onboarding.header)):
+        elif (sign_up and not decision.blocked and not self.dry and enforcer.sign_up(scope)
+              and _presents(scope, enforcer.policy.onboarding.header)):
             # The token's client, known EU, signing up from elsewhere: bound all the same.
             found, send = await self.onboarding.admit(
                 enforcer.policy, decision, scope, send, self.audit)
