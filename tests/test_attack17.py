@@ -630,3 +630,18 @@ async def test_an_onboarding_token_used_from_a_us_address_still_binds_the_accoun
             "X-Forwarded-For": US, "X-Micafence-Onboarding": token})
         assert again.status_code == 201  # a used token on a US sign-up: as if none was given
     assert (await GrantBook(store, None).get(grant.id)).accounts[0].account_id == account
+
+
+@pytest.mark.parametrize("value", ["France", "FRA", "F R", "250"])
+def test_a_residence_header_that_cannot_be_read_is_the_unknown_country(
+    site: Site, value: str,
+) -> None:
+    """The gateway says where the client lives, in a form micafence cannot read (a name, an
+    alpha-3 or numeric code): it may be an EU country, so the unknown country's rules apply."""
+    with site as http:
+        headers = [("X-Forwarded-For", US), ("X-Client-Residence", value)]
+        referral = http.get("/r/FRIEND10", headers=headers)
+        assert (referral.status_code, referral.headers.get("micafence-reason")) == (
+            451, "unknown_country.promotion")
+        readable = [("X-Forwarded-For", US), ("X-Client-Residence", "us")]
+        assert http.get("/r/FRIEND10", headers=readable).status_code == 200

@@ -30,6 +30,7 @@ from micafence.identity import (
     clean_country,
     from_scope_user,
     read_client_id,
+    unreadable_country,
 )
 from micafence.instants import utc_now
 from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
@@ -99,6 +100,13 @@ _OVERRIDES = frozenset(METHOD_OVERRIDE_HEADERS)
 _X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
 _DECLARING_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a sign-up that may declare a residence
 _SIGN_UP_PATHS_BYTES = 1024 * 1024
+# An identity micafence cannot use (id; residence, when counted): the signals they put in the
+# unknown country, keyed by (id unreadable, residence unreadable).
+_UNREADABLE_SIGNALS: dict[tuple[bool, bool], tuple[str, ...]] = {
+    (False, False): (), (True, False): ("identity:unreadable",),
+    (False, True): ("residence:unreadable",),
+    (True, True): ("identity:unreadable", "residence:unreadable"),
+}
 
 Header = tuple[bytes, bytes]
 #: The identity signals a trusted source sent: the client id header, the residence headers.
@@ -264,7 +272,7 @@ class Enforcer:
         self._edge_header = edge.encode("latin-1") if edge else None
         self._profiles: BoundedCache[
             tuple[str | None, str | None, str | None, tuple[str, ...], bool, Standing,
-                  str | None, bool], _Profile
+                  str | None, tuple[str, ...]], _Profile
         ] = BoundedCache(_CACHE_LIMIT)
         self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
         self._visitors: BoundedCache[VisitorKey, Decision | dict[RouteKey, Decision]] = (
@@ -497,9 +505,12 @@ class Enforcer:
         flags = self._screen.flags(located) if located is not None else NO_FLAGS
 
         identity = supplied or self._header_identity(identity_signals)
-        residence = identity.residence_country if self.policy.signals.residence else None
+        counts_residence = self.policy.signals.residence
+        residence = identity.residence_country if counts_residence else None
+        unreadable = _UNREADABLE_SIGNALS[
+            identity.unreadable, counts_residence and identity.residence_unreadable]
         profile = self._profile(location, residence, flags, doubtful, standing, declared,
-                                identity.unreadable)
+                                unreadable)
         verdict, route_id, route_class = (
             self._route(scope, overrides, profile.zones, flags) if profile.restricted
             else _UNRESTRICTED)
@@ -651,7 +662,9 @@ class Enforcer:
                 return NO_IDENTITY
             read = read_client_id(found.client_id)
             return ClientIdentity(read.client_id, clean_country(found.residence_country),
-                                  read.unreadable or found.unreadable)
+                                  read.unreadable or found.unreadable,
+                                  found.residence_unreadable
+                                  or unreadable_country(found.residence_country))
         return None
 
     def _identity_signals(
@@ -675,9 +688,10 @@ class Enforcer:
         read = NO_IDENTITY if id_value is None else read_client_id(
             id_value.decode("latin-1").strip())
         residence = self._residence(residences)
-        if residence is None:
+        unreadable = any(unreadable_country(value.decode("latin-1")) for value in residences)
+        if residence is None and not unreadable:
             return read
-        return ClientIdentity(read.client_id, residence, read.unreadable)
+        return ClientIdentity(read.client_id, residence, read.unreadable, unreadable)
 
     def _residence(self, values: Sequence[bytes]) -> str | None:
         """The residence country; of several, one a zone claims (any EU signal makes EU)."""
@@ -690,7 +704,7 @@ class Enforcer:
     def _profile(
         self, location: Location, residence: str | None, flags: tuple[str, ...],
         doubtful: bool = False, standing: Standing = NO_STANDING, declared: str | None = None,
-        unreadable: bool = False,
+        unreadable: tuple[str, ...] = (),
     ) -> _Profile:
         key = (location.country, location.registered_country, residence, flags, doubtful,
                standing, declared, unreadable)
@@ -722,8 +736,8 @@ class Enforcer:
             put("address:doubtful", unknown)
         if residence:
             put(f"residence:{residence}", country_zones(residence, ()))
-        if unreadable:  # a client was named, but not so that it can be placed
-            put("identity:unreadable", unknown)
+        for signal in unreadable:  # a client or residence named, but not so it can be placed
+            put(signal, unknown)
         # The client registry and the grants the client holds (whatever its address), then
         # what its sign-up declares: zones only add up, so no signal lifts another's.
         if standing.registry:

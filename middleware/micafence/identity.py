@@ -19,11 +19,14 @@ class ClientIdentity:
 
     ``unreadable``: the auth layer named a client, but not so that micafence can use it (an id
     it cannot key records by, two different ids, an identity source that failed). Where such a
-    client is established cannot be told: it counts as the unknown country."""
+    client is established cannot be told: it counts as the unknown country. So does a residence
+    given in a form micafence cannot read (``residence_unreadable``: a name, an alpha-3 code),
+    when the policy counts residences."""
 
     client_id: str | None = None
     residence_country: str | None = None
     unreadable: bool = False
+    residence_unreadable: bool = False  # a residence was given, but is no country code
 
 
 NO_IDENTITY = ClientIdentity()
@@ -52,6 +55,13 @@ def read_client_id(value: object) -> ClientIdentity:
     return ClientIdentity(client_id) if client_id is not None else UNREADABLE_IDENTITY
 
 
+def unreadable_country(value: object) -> bool:
+    """Was a country given (not missing, not blank) that is no ISO 3166-1 alpha-2 code?"""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return False
+    return clean_country(value) is None
+
+
 def clean_country(value: object) -> str | None:
     if isinstance(value, str) and is_country_code(value.strip().upper()):
         return value.strip().upper()
@@ -74,4 +84,5 @@ def from_scope_user(scope: Scope) -> ClientIdentity:
     if residence is None and isinstance(user, dict):
         residence = user.get("residence_country")
     read = read_client_id(raw_id)
-    return ClientIdentity(read.client_id, clean_country(residence), read.unreadable)
+    return ClientIdentity(read.client_id, clean_country(residence), read.unreadable,
+                          unreadable_country(residence))
