@@ -214,6 +214,7 @@ class RedisStore(Store):
             keys=keys, args=[grant_id, record, self.keys.channel, event.client_id])))
         if version < 0:
             raise StoreError(f"grant {grant_id} is already recorded")
+        self.cache.flush()  # this process reads its own write at once, not at the message
         self._saw_version(version)
         return version
 
