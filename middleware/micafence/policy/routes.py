@@ -4,6 +4,14 @@ Both the policy's patterns and every request path go through :func:`normalize_pa
 ``/API//Accounts/``, ``/api/./accounts``, ``/api/x/../accounts`` and ``/api/%61ccounts`` all
 meet ``/api/accounts``. Matching is deliberately looser than any app router: a request the app
 would treat as a route is always classed as that route; the reverse only costs a false block.
+
+Which entry decides (:meth:`RouteTable.candidates`) depends on the policy's format version. A
+request has variants: every method it may be handled as (its own, a method override's, GET for
+HEAD) on every spelling of its path (:func:`route_paths`). Version 1: every entry matching any
+variant is a candidate, the most severe verdict wins (first in the file among equals), and the
+``unlisted`` default decides only when no entry matches at all. Version 2: each variant's most
+specific matching entry (:func:`specificity`), or the ``unlisted`` default of its method, is a
+candidate, and the most severe of those wins: an override never picks a laxer entry.
 """
 
 from __future__ import annotations
@@ -16,7 +24,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from micafence.caches import BoundedCache
-from micafence.policy.model import Route
+from micafence.policy.model import (
+    DEFAULT_UNLISTED,
+    SAFE_METHODS,
+    UNLISTED_ROUTE_ID,
+    Route,
+    Unlisted,
+)
 
 _SEGMENT_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
@@ -26,6 +40,13 @@ PATH_KEY_CHARS = 256
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
+# What a method no entry names stands for in memo keys (RouteTable.named): it matches only
+# entries without `methods:`, as every such method does; its kind picks the unlisted default.
+_OTHER_SAFE = "~safe"
+_OTHER_UNSAFE = "~unsafe"
+# Segment ranks of specificity(): a literal beats a parameter, which beats a final `**`; a
+# pattern that ends where the path ends beats a `**` there (which would match more).
+_LITERAL, _PARAMETER, _END, _REST = 3, 2, 1, 0
 
 
 def normalize_path(path: str) -> str:
@@ -92,6 +113,36 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise ValueError(str(exc)) from None
 
 
+def pattern_segments(pattern: str) -> tuple[str, ...]:
+    """A valid pattern's segments, normalised: a literal, ``*`` (any one segment: ``{name}``
+    reads as ``*``) or a final ``**``."""
+    return tuple(
+        "*" if segment.startswith("{") else segment
+        for segment in normalize_path(pattern).split("/") if segment
+    )
+
+
+Specificity = tuple[tuple[int, ...], bool]
+
+
+def specificity(route: Route) -> Specificity:
+    """How specific an entry is (version 2: the greater decides among entries matching a
+    request). Patterns compare segment by segment from the left, the first difference
+    deciding: a literal beats a parameter (``{name}`` or ``*``), which beats ``**``; ending
+    with the path beats ``**``. On equal patterns an entry with ``methods:`` beats one without.
+    Two entries matching one request never differ only in length (one would have a literal or
+    parameter where the other ends), so this order is total on what can compete."""
+    ranks: list[int] = []
+    for segment in pattern_segments(route.path):
+        if segment == "**":
+            ranks.append(_REST)
+            break
+        ranks.append(_PARAMETER if segment == "*" else _LITERAL)
+    else:
+        ranks.append(_END)
+    return tuple(ranks), route.methods is not None
+
+
 def may_override_method(query: bytes) -> bool:
     """Could this query string carry a ``_method`` override (possibly percent-encoded)?"""
     if not query:  # most requests: no query string, nothing to lower-case
@@ -118,21 +169,44 @@ def request_methods(
 
 
 class RouteTable:
-    """The policy's routes, compiled once; matching results are cached per method and path."""
+    """The policy's routes, compiled once; matching results are cached per method and path.
 
-    def __init__(self, routes: Iterable[Route]) -> None:
-        self._routes = tuple((route, compile_pattern(route.path)) for route in routes)
+    ``version`` (the policy's format) and ``unlisted`` (its default for what no entry names)
+    say which entries decide: :meth:`candidates`."""
+
+    def __init__(
+        self, routes: Iterable[Route], version: int = 1, unlisted: Unlisted = DEFAULT_UNLISTED
+    ) -> None:
+        listed = tuple(routes)
+        self.version = version
+        self._routes = tuple((route, compile_pattern(route.path)) for route in listed)
         self._named = frozenset(m for route, _ in self._routes for m in route.methods or ())
+        # Version 2 looks for each method's first match in this order: most specific first,
+        # then file order (sorted() is stable).
+        order = sorted(range(len(listed)), key=lambda i: specificity(listed[i]), reverse=True)
+        self._by_precedence = tuple(self._routes[i] for i in order)
+        self._precedence = {id(listed[i]): rank for rank, i in enumerate(order)}
+        self._position = {id(route): index for index, route in enumerate(listed)}
+        self.unlisted_safe = Route(UNLISTED_ROUTE_ID, unlisted.safe, "/**", SAFE_METHODS)
+        self.unlisted_unsafe = Route(UNLISTED_ROUTE_ID, unlisted.unsafe, "/**", None)
         # Keys are at most PATH_KEY_CHARS long: the entry ceiling bounds the bytes too.
         self._cache: BoundedCache[tuple[frozenset[str], str | bytes], tuple[Route, ...]] = (
             BoundedCache(_CACHE_LIMIT)
         )
+        self._decided: BoundedCache[tuple[frozenset[str], str | bytes], tuple[Route, ...]] = (
+            BoundedCache(_CACHE_LIMIT)
+        )
 
     def named(self, methods: frozenset[str]) -> frozenset[str]:
-        """The ``methods`` some route names. A method no route names (an override's junk)
-        matches nothing its absence would not, so memo keys leave it out: it cannot make keys
-        long or many."""
-        return methods if methods <= self._named else methods & self._named
+        """The ``methods`` some route names; each other method (an override's junk, or a
+        method no entry lists) matches only entries without ``methods:``, as its absence
+        would, so memo keys hold it as one of two markers (safe, unsafe, for the unlisted
+        default): it cannot make keys long or many."""
+        if methods <= self._named:
+            return methods
+        others = methods - self._named
+        marks = {_OTHER_SAFE if m in SAFE_METHODS else _OTHER_UNSAFE for m in others}
+        return (methods & self._named) | marks
 
     def match(self, methods: frozenset[str], path: str) -> tuple[Route, ...]:
         """Every route matching any of ``methods`` on ``path`` (policy order)."""
@@ -150,6 +224,53 @@ class RouteTable:
         )
         self._cache.put(key, found)
         return found
+
+    def candidates(self, methods: frozenset[str], path: str) -> tuple[Route, ...]:
+        """The entries that may decide a request handled as any of ``methods`` on ``path``;
+        the most severe verdict among them (and among those of the request's other path
+        spellings) applies, the first listed among equals. Version 1: every matching route in
+        policy order (none: the caller takes :meth:`unlisted`). Version 2: each method's most
+        specific matching route, else the ``unlisted`` default of that method (never empty),
+        in policy order, the defaults last."""
+        if self.version < 2:
+            return self.match(methods, path)
+        methods = self.named(methods)
+        key = (methods, path_key(path))
+        found = self._decided.get(key)
+        if found is not None:
+            return found
+        canonical = normalize_path(path)
+        matching = [route for route, regex in self._by_precedence if regex.fullmatch(canonical)]
+        winners: dict[int, Route] = {}
+        defaults: list[Route] = []
+        for method in methods:
+            for route in matching:
+                if route.methods is None or method in route.methods:
+                    winners[self._position[id(route)]] = route
+                    break
+            else:
+                default = self.unlisted_for(method)
+                if default not in defaults:
+                    defaults.append(default)
+        defaults.sort(key=lambda route: route is self.unlisted_unsafe)
+        found = (*(winners[index] for index in sorted(winners)), *defaults)
+        self._decided.put(key, found)
+        return found
+
+    def unlisted_for(self, method: str) -> Route:
+        """The ``unlisted`` default's pseudo-route (id ``unlisted``) for ``method``."""
+        safe = method in SAFE_METHODS or method == _OTHER_SAFE
+        return self.unlisted_safe if safe else self.unlisted_unsafe
+
+    def unlisted(self, methods: frozenset[str]) -> tuple[Route, ...]:
+        """The ``unlisted`` defaults of ``methods`` (the safe one first)."""
+        kinds = {self.unlisted_for(method) is self.unlisted_safe for method in methods}
+        return tuple(route for route, safe in ((self.unlisted_safe, True),
+                                               (self.unlisted_unsafe, False)) if safe in kinds)
+
+    def ranked(self, routes: Iterable[Route]) -> list[Route]:
+        """``routes`` of this table, most specific first (version 2's order of precedence)."""
+        return sorted(routes, key=lambda route: self._precedence[id(route)])
 
 
 def route_paths(scope: MutableMapping[str, Any]) -> tuple[str, ...]:
