@@ -35,6 +35,7 @@ from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
 from micafence.pipeline import Action, Pipeline, Trial, dry_pipeline, trial
 from micafence.policy.casefile import CaseFile, check_cases, run_cases
+from micafence.policy.coverage import precedence_notes
 from micafence.policy.loader import check_policy, default_policy_path
 from micafence.policy.probe import build_scope, parse_header_option
 from micafence.store.opener import open_store
@@ -72,7 +73,11 @@ def _database_path(given: str | None) -> Path:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    checked = [Checked(file, *check_policy(file)) for file in args.policies]
+    checked = []
+    for file in args.policies:
+        policy, errors = check_policy(file)
+        notes = precedence_notes(policy) if policy is not None else []
+        checked.append(Checked(file, policy, errors, notes))
     sys.stdout.write(check_report(checked, args.format))
     return 1 if any(item.errors for item in checked) else 0
 
@@ -230,8 +235,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="validate policy files",
         description="Validate policy files and report every error found, one line each: "
-        "FILE:LINE: KEY.PATH: PROBLEM. Exit 0 when every file is valid, 1 when any has an "
-        "error (or cannot be read), 2 on a usage error.",
+        "FILE:LINE: KEY.PATH: PROBLEM; then what the route entries decide: FILE:LINE: "
+        "routes[N]: warning: an entry no request reaches, or a tie the file's order breaks; "
+        "notice: on a version 1 file, each entry that would stop deciding some request under "
+        "version 2. Exit 0 when every file is valid (warnings and notices included), 1 when "
+        "any has an error (or cannot be read), 2 on a usage error.",
     )
     check.add_argument("policies", nargs="+", metavar="POLICY", help="policy YAML file(s)")
     check.add_argument("--format", choices=FORMATS, default="text",
