@@ -36,7 +36,7 @@ from micafence.location.geo import GeoIPDatabase
 from micafence.pipeline import Action, Pipeline, Trial, dry_pipeline, trial
 from micafence.policy.casefile import CaseFile, check_cases, run_cases
 from micafence.policy.coverage import precedence_notes
-from micafence.policy.loader import check_policy, default_policy_path
+from micafence.policy.loader import check_policy, default_policy_path, load_policy
 from micafence.policy.probe import build_scope, parse_header_option
 from micafence.store.opener import open_store
 
@@ -213,6 +213,26 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_routes(args: argparse.Namespace) -> int:
+    # Imports the app (and so its Starlette): only this command does.
+    from micafence.app_routes import (
+        app_routes,
+        falling_through,
+        load_app,
+        report_json,
+        report_text,
+        route_rows,
+    )
+
+    policy = load_policy(_policy_path(args.policy))
+    rows = route_rows(policy, app_routes(load_app(args.app, args.app_dir)))
+    if args.format == "json":
+        sys.stdout.write(report_json(args.app, policy, rows, args.strict))
+    else:
+        sys.stdout.write(report_text(args.app, policy, rows))
+    return 1 if args.strict and falling_through(rows) else 0
+
+
 _ACTIONS = {
     Action.PASS: "pass to the app",
     Action.PASS_WRAPPED: "pass to the app (its answer made safe: promotions, caching)",
@@ -294,6 +314,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     explain.add_argument("--breakglass-dir", metavar="DIR",
                          help=f"break-glass directory (default: ${BREAKGLASS_ENV})")
     explain.set_defaults(func=_cmd_explain)
+
+    routes = commands.add_parser(
+        "routes", help="what the policy makes of every route of a Starlette or FastAPI app",
+        description="Import the app (package.module:attribute), walk its routes, mounts and "
+        "sub-apps, and print each path and method with the class the policy gives it and the "
+        "entry that decides it ('unlisted': the policy's unlisted default). Exit 0; with "
+        "--strict, 1 when an unsafe method (not GET, HEAD or OPTIONS; a websocket or an app "
+        "mounted whole counts as every method) falls to the unlisted default; 1 when the app "
+        "or the policy cannot be loaded; 2 on a usage error.",
+    )
+    routes.add_argument("app", metavar="APP", help="the app, as package.module:attribute")
+    routes.add_argument("--policy", help=f"policy file (default: ${POLICY_ENV}, else the "
+                        "packaged default policy)")
+    routes.add_argument("--app-dir", default=".", metavar="DIR",
+                        help="directory put first on the import path (default: .)")
+    routes.add_argument("--strict", action="store_true",
+                        help="exit 1 when an unsafe route falls to the unlisted default")
+    routes.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text (default) or json (one document on stdout)")
+    routes.set_defaults(func=_cmd_routes)
 
     from micafence.grants.cli import register as register_grant
 

@@ -87,9 +87,9 @@ def witness_paths(shapes: Sequence[Shape], domain: Shape = (_REST,)) -> list[str
         if wanted is not None:
             choices = [wanted]
         else:
-            choices = sorted({shapes[i][depth] for i in deeper} - {_ANY}) + [FRESH]
+            choices = [*sorted({shapes[i][depth] for i in deeper} - {_ANY}), FRESH]
         for choice in choices:
-            walk(prefix + [choice],
+            walk([*prefix, choice],
                  [i for i in deeper if shapes[i][depth] in (_ANY, choice)], rest, loose)
 
     walk([], list(range(len(shapes))), frozenset(), False)
