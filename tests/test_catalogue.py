@@ -95,18 +95,23 @@ POLICY_ERRORS = [
     ("  max_body_bytes: 65536", "  max_body_bytes: 10   ", "scopes.max_body_bytes",
      "at least 256"),
     ("  term: P30D ", "  term: P30D\n  window: PT1H", "scopes.window", "unknown key 'window'"),
-    ("path: /earn/**, service: staking}", "path: /earn/**, service: stakeing}",
-     "routes[10].service", "unknown service 'stakeing'"),
+    ("path: /earn, service: staking}", "path: /earn, service: stakeing}",
+     "routes[12].service", "unknown service 'stakeing'"),
     ("     pair: {from: body, name: pair}}", "     pair: {from: header, name: pair}}",
      "routes[8].pair.from", "'header' is not one of: path, query, body"),
     ("     pair: {from: body, name: pair}}", "     pair: {from: body, name: pair},\n"
-     "     service: exchange_for_funds}", "routes[8].pair", "not both"),
+     "     service: order_executing}", "routes[8].service", "unknown service 'order_executing'"),
+    ("     pair: {from: body, name: pair}}", "     pair: {from: body, name: pair},\n"
+     "     asset: {from: body, name: base}}", "routes[8].asset", "a pair names its assets"),
     ("asset: [{from: body, name: from},", "asset: [{from: path, name: from},",
      "routes[9].asset[0].name", "has no {from} parameter"),
     ("asset: [{from: body, name: from}, {from: body, name: to}]}", "asset: []}",
      "routes[9].asset", "at least one source"),
-    ("path: /earn/**, service: staking}", "path: /earn/**, asset: {from: query, name: a}}",
-     "routes[10].asset", "needs a service"),
+    ("path: /earn, service: staking}", "path: /earn, asset: {from: query, name: a}}",
+     "routes[12].asset", "needs a service"),
+    ('path: "/earn/{asset}/**", service: staking,\n     asset: {from: path, name: asset}}',
+     'path: "/earn/{asset}/**", service: staking,\n     asset: {from: path, name: coin}}',
+     "routes[11].asset.name", "has no {coin} parameter"),
 ]
 
 
@@ -139,7 +144,9 @@ def test_pair_routes_need_both_exchange_services(
 def test_policy_without_scope_sections_has_empty_catalogue_and_default_bounds() -> None:
     text = DEFAULT_POLICY.read_text(encoding="utf-8")
     core = text[: text.index("# -- client-initiated scopes")]
-    for route_key in ("\n     pair: {from: body, name: pair}}", ", service: staking}"):
+    for route_key in ("\n     pair: {from: body, name: pair}}", ", service: staking}",
+                      ", service: staking, asset: {from: body, name: asset}}",
+                      ', service: staking,\n     asset: {from: path, name: asset}}'):
         core = core.replace(route_key, "}")
     core = core.replace(",\n     service: exchange_for_crypto, asset: [{from: body, name: from}, "
                         "{from: body, name: to}]}", "}")

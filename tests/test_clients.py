@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from micafence import MicafenceMiddleware, load_policy_text
+from micafence import AuditLog, MicafenceMiddleware, load_policy_text
 from micafence.clients.registry import FRESH_SECONDS, ClientRegistry
 from micafence.decision import STATE_KEY
 from micafence.grants.book import GrantBook
@@ -357,3 +357,38 @@ def test_client_commands_record_show_and_list(tmp_path: Path) -> None:
     text = _cli("explain", "--ip", US, "--path", "/", "--client", "kai", "--store",
                 f"file://{tmp_path / 'store.jsonl'}", tmp_path=tmp_path).stdout
     assert "signals    registry:FR" in text
+
+
+# -- what the records and the edge set-up say -----------------------------------------------------
+
+
+async def test_the_decision_record_names_the_signals(tmp_path: Path) -> None:
+    from micafence.audit.sinks import FileSink
+    from tests.audit_support import KEY as AUDIT_KEY
+    from tests.audit_support import decisions
+
+    log = AuditLog(FileSink(tmp_path), key=AUDIT_KEY)
+    store = MemoryStore()
+    fence = MicafenceMiddleware(build_demo_app(), policy=policy_of(), geoip_db=COUNTRY_DB,
+                                store=store, audit=log, watch=False)
+    await fence.clients.record_residence("lena", "PT", evidence="kyc/5", by="app:kyc")
+    transport = httpx.ASGITransport(app=fence, client=("127.0.0.1", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://exchange") as http:
+        response = await http.get("/r/FRIEND10", headers={"X-Forwarded-For": US,
+                                                          "X-Client-Id": "lena"})
+    await log.aclose()
+    assert response.status_code == 451
+    [record] = decisions(tmp_path)
+    assert (record["v"], record["reason"], record["signals"]) == (
+        2, "eu.promotion", ["registry:PT"])
+
+
+async def test_under_an_edge_set_up_client_signals_add_to_the_cdns_country() -> None:
+    policy = policy_of(("setup: private", "setup: edge\n  edge_country_header: cf-ipcountry"))
+    exchange = Exchange(policy=policy)
+    await exchange.fence.clients.record_residence("mia", "NL", evidence="kyc/6", by="app:kyc")
+    await exchange.request("GET", "/", US, "mia", **{"CF-IPCountry": "US"})
+    assert exchange.seen[-1]["zones"] == ("eu",)
+    assert exchange.seen[-1]["signals"] == ("registry:NL",)
+    await exchange.request("GET", "/", US, "mia", **{"CF-IPCountry": "SE"})
+    assert exchange.seen[-1]["signals"] == ("country:SE", "registry:NL")

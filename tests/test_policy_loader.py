@@ -107,7 +107,7 @@ def test_default_policy_loads_with_its_zones() -> None:
     assert policy.source == str(default_policy_path())
     assert REVISION.fullmatch(policy.revision)
     assert policy.revision == policy_revision(default_policy_path().read_bytes())
-    assert len(policy.routes) == 14
+    assert len(policy.routes) == 16  # three staking routes: change, per asset, overview
     assert [rule.id for rule in policy.rules] == [
         "no-new-accounts", "no-promotion-routes", "services-need-grant",
         "wind-down-existing-clients",

@@ -16,8 +16,14 @@ from micafence.errors import MicafenceError
 from micafence.grants.signing import GrantKey
 from micafence.identity import IdentifyFunction
 from micafence.instants import Clock, utc_now
-from micafence.live.health import HealthEndpoint, LivenessEndpoint
+from micafence.live.health import (
+    SCREENING_OFF,
+    HealthEndpoint,
+    LivenessEndpoint,
+    anonymizer_screening,
+)
 from micafence.live.reload import Reloader
+from micafence.live.server_workers import worker_count
 from micafence.live.startup import startup_message
 from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
@@ -27,6 +33,7 @@ from micafence.pipeline import Pipeline
 from micafence.policy.model import Policy
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.store.base import Store
+from micafence.store.memory import MemoryStore
 from micafence.store.opener import open_store
 
 if TYPE_CHECKING:
@@ -157,6 +164,7 @@ class MicafenceMiddleware:
             "micafence enforcing policy %s (%s) with %s built %s",
             loaded.name, loaded.revision, database.database_type, database.built_at.isoformat(),
         )
+        self._warn_of_gaps()
         # Answered here before any decision: path -> endpoint, one dict look-up per request.
         self._own_paths: dict[str, ASGIApp] = {}
         if health_path is not None:
@@ -194,6 +202,34 @@ class MicafenceMiddleware:
     @evidence.setter
     def evidence(self, budget: EvidenceBudget) -> None:
         self.pipeline.evidence = budget
+
+    def _warn_of_gaps(self) -> None:
+        """Say at start what this set-up leaves undone, rather than leave it to be found out:
+        anonymizers not screened, no decision log, a memory store that each of several
+        workers holds on its own (docs/hardening.md)."""
+        enforcer = self.enforcer
+        if anonymizer_screening(enforcer.policy, enforcer.anonymizer) == SCREENING_OFF:
+            log_event(logging.WARNING, "startup.anonymizer_screening_off",
+                      "micafence: no Anonymous-IP database (anonymizer_db=): VPN, proxy, Tor "
+                      "and hosting addresses are located where the relay is, and the policy's "
+                      "anonymizers tiers never apply (readiness: anonymizer_screening off); "
+                      "give anonymizer_db, or write `anonymizers: none` in the policy if this "
+                      "is on purpose", policy=enforcer.policy.source)
+        if self.audit is None:
+            log_event(logging.WARNING, "startup.no_audit",
+                      "micafence: no decision log (audit=): blocks, the grants services were "
+                      "used under and restricted visitors let through are not recorded; give "
+                      "audit=AuditLog(directory) (docs/audit.md)")
+        if isinstance(self.store, MemoryStore):
+            workers = worker_count()
+            if workers is not None and workers.count > 1:
+                log_event(logging.WARNING, "startup.memory_store_workers",
+                          f"micafence: the memory store (memory://) is this worker's own, and "
+                          f"{workers.count} workers serve this app ({workers.source}): each "
+                          "holds different grants, onboarding tokens and solicitation "
+                          "evidence, and none sees `micafence grant`'s records; use file:// "
+                          "(one host) or redis:// (docs/deployment.md#workers)",
+                          workers=workers.count, told_by=workers.source)
 
     def _not_started(self, error: MicafenceError) -> None:
         self.startup_error = error

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from micafence.live.server_workers import declare_workers
+
 try:
     from uvicorn_worker import UvicornWorker as _UvicornWorker
 except ModuleNotFoundError as exc:  # gunicorn shows this when loading the worker class
@@ -33,3 +35,9 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # uvicorn-worker has
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         **_UvicornWorker.CONFIG_KWARGS, "proxy_headers": False,
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Before the app loads: the middleware warns when its memory store (each worker's
+        # own) serves under several workers (micafence.live.server_workers).
+        declare_workers(int(self.cfg.workers), "gunicorn's workers setting")

@@ -149,7 +149,7 @@ def _created(request: Request, payload: dict[str, str], status: str) -> JSONResp
 def build_demo_app() -> Starlette:
     """Return a fresh demo exchange app with its own in-memory state."""
     accounts: dict[str, str] = {}
-    ids = {k: itertools.count(1) for k in ("acc", "ord", "swp", "wdr")}
+    ids = {k: itertools.count(1) for k in ("acc", "ord", "swp", "wdr", "stk")}
 
     def next_id(kind: str) -> str:
         return f"{kind}_{next(ids[kind])}"
@@ -233,6 +233,16 @@ def build_demo_app() -> Starlette:
         )
         return HTMLResponse(_page("Earn", body))
 
+    async def stake(request: Request) -> Response:
+        body = await _json_object(request)
+        if body is None:
+            return _error("body must be a JSON object")
+        asset, amount = _symbol(body.get("asset")), _amount(body.get("amount"))
+        if asset is None or amount is None:
+            return _error("asset and a positive decimal amount are required")
+        position = {"stake_id": next_id("stk"), "asset": asset, "amount": amount}
+        return _created(request, position, "staked")
+
     async def referral(request: Request) -> Response:
         code = escape(str(request.path_params["code"]))
         body = (
@@ -260,6 +270,7 @@ def build_demo_app() -> Starlette:
             Route("/api/swaps", swaps, methods=["POST"]),
             Route("/api/withdrawals", withdrawals, methods=["POST"]),
             Route("/earn", earn, methods=["GET"]),
+            Route("/earn/stake", stake, methods=["POST"]),
             Route("/r/{code}", referral, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             WebSocketRoute("/ws/prices", ws_prices),

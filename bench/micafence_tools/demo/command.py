@@ -22,6 +22,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     demo.add_argument("--policy", help=f"policy file (default: ${POLICY_ENV}, else the "
                       "packaged default policy)")
     demo.add_argument("--geoip-db", help="MaxMind database (default: the bundled test database)")
+    demo.add_argument("--anonymizer-db", metavar="DB",
+                      help="MaxMind Anonymous-IP database (default: none, and the start-up "
+                      "log says anonymizers are not screened)")
     demo.add_argument("--store", default="memory://", help="grant store URL (default memory://)")
     demo.add_argument("--grants", metavar="FILE",
                       help="record the grants in this seeds file at start-up (see README)")
@@ -52,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         port=args.port,
         policy=Path(args.policy or os.environ.get(POLICY_ENV) or default_policy_path()),
         geoip_db=Path(args.geoip_db) if args.geoip_db else bundled_test_database(),
+        anonymizer_db=Path(args.anonymizer_db) if args.anonymizer_db else None,
         store=args.store,
         grants=args.grants,
         audit_dir=None if args.no_audit else args.audit_dir,

@@ -20,15 +20,18 @@ def build_demo(
     grants: str | os.PathLike[str] | None = None,
     audit_dir: str | os.PathLike[str] | None = None,
     grant_key: GrantKey | None = None,
+    anonymizer_db: str | os.PathLike[str] | None = None,
 ) -> MicafenceMiddleware:
     """The demo exchange wrapped in micafence (``grants``: a seeds file, see demo.grants;
     ``audit_dir``: where the decision log goes, see demo.observe; ``grant_key`` signs the
-    store's grant records, default ``$MICAFENCE_GRANT_KEY[_FILE]``). micafence answers
+    store's grant records, default ``$MICAFENCE_GRANT_KEY[_FILE]``; ``anonymizer_db``: an
+    Anonymous-IP database, none by default, which the start-up log warns of). micafence answers
     ``/healthz/live``, ``/healthz/ready`` and ``/metrics`` itself; a load error is raised."""
     inner = build_demo_app()
     audit, metrics = demo_observers(audit_dir)
     app = MicafenceMiddleware(inner, policy=policy, geoip_db=geoip_db, store=store,
                               audit=audit, metrics=metrics, grant_key=grant_key,
+                              anonymizer_db=anonymizer_db,
                               health_path="/healthz", metrics_path="/metrics")
     if app.startup_error is not None:  # the demo stops here, naming the file
         raise app.startup_error
@@ -46,6 +49,7 @@ def run_demo(
     store: str = "memory://",
     grants: str | os.PathLike[str] | None = None,
     audit_dir: str | os.PathLike[str] | None = None,
+    anonymizer_db: str | os.PathLike[str] | None = None,
 ) -> None:
     """Serve the demo until interrupted."""
     grant_key = GrantKey.from_env()
@@ -54,7 +58,7 @@ def run_demo(
         grant_key = key_file_for_demo(DEMO_GRANT_KEY)
         print(f"micafence demo: grant records signed with the key in ./{DEMO_GRANT_KEY} "
               f"(for `micafence grant`: export MICAFENCE_GRANT_KEY_FILE=$PWD/{DEMO_GRANT_KEY})")
-    app = build_demo(policy, geoip_db, store, grants, audit_dir, grant_key)
+    app = build_demo(policy, geoip_db, store, grants, audit_dir, grant_key, anonymizer_db)
     if audit_dir is not None:
         print(f"micafence demo: decision log in {audit_dir} "
               f"(verify: micafence audit verify {audit_dir} --key-file {audit_dir}.key)")

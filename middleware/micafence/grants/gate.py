@@ -3,7 +3,8 @@
 The engine decides ``require_grant`` for restricted visitors on service routes; the pipeline
 (:mod:`micafence.pipeline`) then awaits :meth:`ScopeGate.check`, which reads the client's
 grants from the store and, only if there are any, the service and assets the request names
-(path parameter, query parameter, JSON body field or a ``BASE-QUOTE`` trading pair). Requests
+(path parameter, query parameter, JSON body field or a ``BASE-QUOTE`` trading pair, whose
+service is the route's declared one when it gives one, else guessed from the quote). Requests
 no rule restricts never get here.
 
 Reading the body is bounded (``scopes.max_body_bytes``) and replayed: the app receives exactly
@@ -251,7 +252,12 @@ async def read_requested(
             return None, receive
     values = _Values(route, scope, body)
     if route.pair is not None:
-        return _pair(values.get(route.pair)), receive
+        traded = _pair(values.get(route.pair))
+        if traded is not None and route.service is not None:
+            # The firm's declared service (order execution, transmission, a platform's
+            # order book, …) replaces the pair's guess; the pair still names the assets.
+            traded = RequestedScope(route.service, traded.assets)
+        return traded, receive
     assets: list[str] = []
     for source in route.assets:
         symbol = _symbol(values.get(source))

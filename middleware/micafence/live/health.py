@@ -11,9 +11,10 @@ Give the middleware ``health_path="/healthz"`` and it answers ``GET``/``HEAD``
   request, probes included.)
 - **Readiness** (:class:`HealthEndpoint`) answers JSON: the policy (name, revision, source, when
   loaded, the next effective-date change), the GeoIP database (type, build date, age,
-  ``database.max_age``), the anonymizer database, the break-glass switches, the store's
-  reachability, the reloader's last check and last refusal; and a ``status``: ``ready`` (200),
-  ``degraded`` (200: serve, but something is wrong; in ``problems``) or ``not_ready`` (503).
+  ``database.max_age``), whether anonymizers are screened and the anonymizer database, the
+  break-glass switches, the store's reachability, the reloader's last check and last refusal;
+  and a ``status``: ``ready`` (200), ``degraded`` (200: serve, but something is wrong; in
+  ``problems``) or ``not_ready`` (503).
 
 Each readiness check in :data:`READINESS_CHECKS` looks at one thing and returns the
 :class:`Fault` it finds, or ``None``. A fault that hits every pod alike (a shared store, a
@@ -30,6 +31,10 @@ own is ``not_ready``. The checks:
   before micafence ran (:mod:`micafence.location.rewrite_alarm`): every proxied visitor is
   decided as an unknown address, and the server's settings cannot change under a running
   process, so the worker stays not ready until it is restarted with the fix.
+
+The report also says whether anonymizers are screened (``anonymizer_screening``, see
+:func:`anonymizer_screening`): a choice of set-up, not a fault, so it changes no status; the
+middleware logs a warning at start when it is ``off``.
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ from micafence.asgi import Receive, Send
 from micafence.errors import MicafenceError
 from micafence.instants import format_duration
 from micafence.live.reload import ReloadEvent
+from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.dbcheck import too_old
 from micafence.location.rewrite_alarm import ClientRewriteAlarm
 from micafence.observed import CurrentEnforcer, InForce
 from micafence.policy.health import Posture
+from micafence.policy.model import Policy
 from micafence.store.base import Store
 
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
@@ -92,6 +99,19 @@ class Observed:
 
 
 ReadinessCheck = Callable[[Observed], Fault | None]
+
+#: :func:`anonymizer_screening`'s answers.
+SCREENING_ON, SCREENING_OFF, SCREENING_DISABLED = "on", "off", "disabled_by_policy"
+
+
+def anonymizer_screening(policy: Policy, anonymizer: AnonymousIPDatabase | None) -> str:
+    """Are VPN, proxy, Tor and hosting addresses screened? ``on`` (an Anonymous-IP database
+    and the policy's tiers), ``disabled_by_policy`` (the policy says ``anonymizers: none``) or
+    ``off``: the policy has tiers but there is no database, so no address is ever flagged and
+    a relay is located where it stands, not where its client is."""
+    if not policy.anonymizers:
+        return SCREENING_DISABLED
+    return SCREENING_ON if anonymizer is not None else SCREENING_OFF
 
 
 def database_stale(seen: Observed) -> Fault | None:
@@ -210,6 +230,7 @@ class HealthEndpoint:
                 "max_age": format_duration(max_age) if max_age else None,
                 "loaded_at": reloader.loaded_at["geoip"].isoformat(),
             },
+            "anonymizer_screening": anonymizer_screening(policy, anonymizer),
             "anonymizer": None if anonymizer is None else {
                 "type": anonymizer.database_type,
                 "path": anonymizer.path,

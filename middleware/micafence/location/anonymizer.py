@@ -74,11 +74,17 @@ def default_anonymizer_rules() -> tuple[AnonymizerRule, ...]:
 
 
 def parse_anonymizers(node: Node) -> tuple[AnonymizerRule, ...]:
-    """The ``anonymizers`` section: every flag, each a tier or a mapping route class → tier.
+    """The ``anonymizers`` section: every flag, each a tier or a mapping route class → tier;
+    or ``none`` (no tiers: the firm screens no anonymizers, on purpose).
 
     All five flags must be listed (``record_only`` to only record one), and a mapping must
     cover every route class, directly or through ``default``: nothing is left to a guess.
     """
+    if isinstance(node.value, str):
+        if node.value == "none":
+            return ()
+        node.fail("give a tier for each of the five flags (a mapping), or write "
+                  "`anonymizers: none` to screen no anonymizers on purpose")
     fields = node.mapping(FLAGS, required=FLAGS)
     rules = []
     for flag in FLAGS:

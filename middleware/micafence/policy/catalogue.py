@@ -15,7 +15,10 @@ Policy sections read here (validated with their file, key path and line):
     ``related_services`` (service → services that come with it for the same asset) and
     ``max_body_bytes`` (how much of a request body is read to find the asset).
 ``routes[*].service`` / ``routes[*].pair`` / ``routes[*].asset``
-    Where a service route's request names its service and assets.
+    Where a service route's request names its service and assets: ``service`` alone (the
+    route serves it without naming an asset), with ``asset`` sources, or with a ``pair`` (the
+    firm's own mapping: an order route of a broker is order execution or transmission, not an
+    exchange); ``pair`` alone guesses the service from the quote.
 """
 
 from __future__ import annotations
@@ -127,10 +130,11 @@ class Source:
 class RouteScope:
     """How one service route names its service and assets.
 
-    Either ``service`` (fixed) with ``assets`` sources (every asset read must be in scope; none
-    means the route serves the service without naming an asset), or ``pair`` (a ``BASE-QUOTE``
-    trading pair that gives both: a fiat quote is an exchange for funds, otherwise an exchange
-    for other crypto-assets).
+    ``service`` (fixed) with ``assets`` sources (every asset read must be in scope; none means
+    the route serves the service without naming an asset), or ``pair`` (a ``BASE-QUOTE``
+    trading pair naming the assets: its crypto legs). A ``pair`` without ``service`` also
+    gives the service: a fiat quote is an exchange for funds, otherwise an exchange for other
+    crypto-assets; with ``service`` the route's declared service is the one checked.
     """
 
     route_id: str
@@ -302,19 +306,21 @@ def _route_scopes(node: Node, services: Mapping[str, Service]) -> dict[str, Rout
         service: str | None = None
         pair: Source | None = None
         sources: tuple[Source, ...] = ()
-        if "service" in entries and "pair" in entries:
-            entries["pair"].fail("give either service (with asset) or pair, not both")
-        if "pair" in entries:
-            if "asset" in entries:
-                entries["asset"].fail("a pair names its assets: drop asset")
-            for needed in (EXCHANGE_FOR_FUNDS, EXCHANGE_FOR_CRYPTO):
-                if needed not in services:
-                    entries["pair"].fail(f"a pair route needs service {needed!r} in services")
-            pair = _source(entries["pair"], path)
-        elif "service" in entries:
+        if "service" in entries:
             service = entries["service"].text()
             if service not in services:
                 entries["service"].fail(f"unknown service {service!r} (not in services)")
+        if "pair" in entries:
+            if "asset" in entries:
+                entries["asset"].fail("a pair names its assets: drop asset")
+            if service is None:  # the pair's quote gives the service
+                for needed in (EXCHANGE_FOR_FUNDS, EXCHANGE_FOR_CRYPTO):
+                    if needed not in services:
+                        entries["pair"].fail(f"a pair route without service: needs service "
+                                             f"{needed!r} in services (or name the route's "
+                                             "service)")
+            pair = _source(entries["pair"], path)
+        elif service is not None:
             if "asset" in entries:
                 asset_node = entries["asset"]
                 listed = asset_node.items() if isinstance(asset_node.value, list) else [asset_node]
