@@ -142,33 +142,50 @@ def app_routes(app: object) -> list[AppRoute]:
 
 def _walk(routes: Iterable[object], prefix: str, found: list[AppRoute], seen: set[int]) -> None:
     for route in routes:
-        kind = _kind(route)
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            # A router FastAPI includes lazily (0.16x): each context is one of its routes,
+            # with the path the include gave it (prefixes of nested includes joined).
+            for context in contexts():
+                inner = getattr(context, "starlette_route", None) or getattr(
+                    context, "original_route", None)
+                path = getattr(context, "path", None)
+                methods = getattr(context, "methods", None)
+                _add(inner, prefix + path if isinstance(path, str) else None,
+                     _methods(context) if methods else None, prefix, found, seen)
+            continue
         path = getattr(route, "path", None)
-        name = getattr(route, "name", None)
-        name = name if isinstance(name, str) else None
-        if kind == "Route" and isinstance(path, str):
-            full = prefix + path
-            found.append(AppRoute(full, shape_of(full), _methods(route), name=name))
-        elif kind == "WebSocketRoute" and isinstance(path, str):
-            full = prefix + path
-            found.append(AppRoute(full, shape_of(full), None, websocket=True, name=name))
-        elif kind in ("Mount", "Host"):
-            mounted = prefix + (path if kind == "Mount" and isinstance(path, str) else "")
-            inner = getattr(route, "_base_app", None) or getattr(route, "app", None)
-            children = _routes_of(inner)
-            if children is not None and id(inner) not in seen:
-                _walk(children, mounted, found, seen | {id(inner)})
-            else:  # an app mounted whole: its prefix and everything below
-                methods = ("GET", "HEAD") if _kind(_unwrapped(inner)) == "StaticFiles" else None
-                found.append(AppRoute(f"{mounted}/{{path:path}}", (*shape_of(mounted), "**"),
-                                      methods, name=name))
-        elif isinstance(path, str) and path.startswith("/"):  # a route class of another kind
-            full = prefix + path
-            found.append(AppRoute(full, shape_of(full), None, name=name))
-        else:
-            raise MicafenceError(
-                f"cannot tell what {type(route).__module__}.{type(route).__qualname__} "
-                f"(under {prefix or '/'}) serves: not a Starlette route, mount or host")
+        _add(route, prefix + path if isinstance(path, str) else None, None, prefix, found,
+             seen)
+
+
+def _add(route: object, full: str | None, methods: tuple[str, ...] | None, prefix: str,
+         found: list[AppRoute], seen: set[int]) -> None:
+    """One route (``full``: its path, mount prefixes included; ``methods``: what the router
+    gave it, else its own)."""
+    kind = _kind(route)
+    name = getattr(route, "name", None)
+    name = name if isinstance(name, str) else None
+    if kind == "Route" and full is not None:
+        found.append(AppRoute(full, shape_of(full), methods or _methods(route), name=name))
+    elif kind == "WebSocketRoute" and full is not None:
+        found.append(AppRoute(full, shape_of(full), None, websocket=True, name=name))
+    elif kind in ("Mount", "Host"):
+        mounted = full if kind == "Mount" and full is not None else prefix
+        inner = getattr(route, "_base_app", None) or getattr(route, "app", None)
+        children = _routes_of(inner)
+        if children is not None and id(inner) not in seen:
+            _walk(children, mounted, found, seen | {id(inner)})
+        else:  # an app mounted whole: its prefix and everything below
+            served = ("GET", "HEAD") if _kind(_unwrapped(inner)) == "StaticFiles" else None
+            found.append(AppRoute(f"{mounted}/{{path:path}}", (*shape_of(mounted), "**"),
+                                  served, name=name))
+    elif full is not None and full.startswith("/"):  # a route class of another kind
+        found.append(AppRoute(full, shape_of(full), methods, name=name))
+    else:
+        raise MicafenceError(
+            f"cannot tell what {type(route).__module__}.{type(route).__qualname__} "
+            f"(under {prefix or '/'}) serves: not a Starlette route, mount or host")
 
 
 def _unwrapped(app: object) -> object:
@@ -304,9 +321,10 @@ def report_text(app: str, policy: Policy, rows: Sequence[Row]) -> str:
     lines.append(f"{'METHOD':<9} {'PATH':<{width}}  {'CLASS':<16} ROUTE")
     for row in rows:
         decided = row.route_id + ("  <- unsafe, unlisted" if row.falls_through else "")
-        if row.also:
-            decided += "; some paths: " + ", ".join(
-                f"{rid} ({cls}, {path})" for rid, cls, path in row.also)
+        other = [(rid, cls, path) for rid, cls, path in row.also if cls != row.route_class]
+        if other:  # a parameter's value the policy classes otherwise (JSON lists every entry)
+            decided += "; for some values: " + ", ".join(
+                f"{rid} ({cls}: {path})" for rid, cls, path in other)
         lines.append(f"{row.method:<9} {row.route.path:<{width}}  {row.route_class:<16} "
                      f"{decided}".rstrip())
     if failing:

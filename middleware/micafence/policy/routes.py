@@ -44,9 +44,6 @@ HTTP_METHODS = frozenset(
 # entries without `methods:`, as every such method does; its kind picks the unlisted default.
 _OTHER_SAFE = "~safe"
 _OTHER_UNSAFE = "~unsafe"
-# Segment ranks of specificity(): a literal beats a parameter, which beats a final `**`; a
-# pattern that ends where the path ends beats a `**` there (which would match more).
-_LITERAL, _PARAMETER, _END, _REST = 3, 2, 1, 0
 
 
 def normalize_path(path: str) -> str:
@@ -122,25 +119,21 @@ def pattern_segments(pattern: str) -> tuple[str, ...]:
     )
 
 
-Specificity = tuple[tuple[int, ...], bool]
+#: (literal segments, parameters, ends without ``**``, has ``methods:``): the greater decides.
+Specificity = tuple[int, int, bool, bool]
 
 
 def specificity(route: Route) -> Specificity:
-    """How specific an entry is (version 2: the greater decides among entries matching a
-    request). Patterns compare segment by segment from the left, the first difference
-    deciding: a literal beats a parameter (``{name}`` or ``*``), which beats ``**``; ending
-    with the path beats ``**``. On equal patterns an entry with ``methods:`` beats one without.
-    Two entries matching one request never differ only in length (one would have a literal or
-    parameter where the other ends), so this order is total on what can compete."""
-    ranks: list[int] = []
-    for segment in pattern_segments(route.path):
-        if segment == "**":
-            ranks.append(_REST)
-            break
-        ranks.append(_PARAMETER if segment == "*" else _LITERAL)
-    else:
-        ranks.append(_END)
-    return tuple(ranks), route.methods is not None
+    """How specific an entry is (version 2: the most specific entry matching a request
+    decides). The one with more literal segments; then more parameters (``{name}`` or ``*``);
+    then the one not ending in ``**``; then the one with ``methods:``. Equals are a tie, which
+    the file's order breaks (``micafence check`` reports it). An entry without ``**`` or
+    parameters thus beats any other matching the same path."""
+    segments = pattern_segments(route.path)
+    rest = bool(segments) and segments[-1] == "**"
+    parameters = segments.count("*")
+    return (len(segments) - parameters - rest, parameters, not rest,
+            route.methods is not None)
 
 
 def may_override_method(query: bytes) -> bool:
