@@ -258,13 +258,14 @@ def route_rows(policy: Policy, routes: Sequence[AppRoute]) -> list[Row]:
             variants = [(m, request_methods(m, (), b"")) for m in app_route.methods
                         if not (m == "HEAD" and "GET" in app_route.methods)]
         for method, methods in variants:
-            decided = _decide(table, severity, methods, normalize_path(generic))
+            websocket = method == WEBSOCKET
+            decided = _decide(table, severity, methods, normalize_path(generic), websocket)
             also: dict[str, tuple[str, str, str]] = {}
             falls = False
             for path in paths:
-                chosen = _decide(table, severity, methods, path)
-                falls = falls or any(c is table.unlisted_unsafe
-                                     for c in _candidates(table, methods, path))
+                chosen = _decide(table, severity, methods, path, websocket)
+                falls = falls or any(c is table.unlisted_unsafe for c in _candidates(
+                    table, methods, path, websocket))
                 if chosen.id != decided.id and chosen.id not in also:
                     also[chosen.id] = (chosen.id, chosen.route_class, path)
             safe = method not in (WEBSOCKET, ANY_METHOD) and method in SAFE_METHODS
@@ -273,16 +274,19 @@ def route_rows(policy: Policy, routes: Sequence[AppRoute]) -> list[Row]:
     return rows
 
 
-def _candidates(table: RouteTable, methods: frozenset[str], path: str) -> tuple[Route, ...]:
+def _candidates(table: RouteTable, methods: frozenset[str], path: str,
+                websocket: bool) -> tuple[Route, ...]:
+    if websocket:
+        return table.handshake(path)
     return table.candidates(methods, path) or table.unlisted(methods)
 
 
 def _decide(table: RouteTable, severity: dict[str, int], methods: frozenset[str],
-            path: str) -> Route:
+            path: str, websocket: bool) -> Route:
     """The entry the middleware would take for a visitor every rule applies to: the most
     severe candidate, the first among equals."""
     chosen: Route | None = None
-    for route in _candidates(table, methods, path):
+    for route in _candidates(table, methods, path, websocket):
         if chosen is None or severity.get(route.route_class, 0) > severity.get(
                 chosen.route_class, 0):
             chosen = route

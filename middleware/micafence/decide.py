@@ -526,24 +526,19 @@ class Enforcer:
         """The most severe verdict of the entries that may decide the request (a restricted
         visitor's: :meth:`RouteTable.candidates`), with the entry's id and class; the
         ``unlisted`` default's (route id ``unlisted``) when no entry names the request."""
-        if scope.get("type") == "websocket":
-            # A handshake carries no method of its own: the app behind the path may serve
-            # it whatever its routes' methods, so every route of the path counts.
-            methods = HTTP_METHODS
-        else:
-            methods = request_methods(
-                str(scope.get("method") or "GET"), overrides or (),
-                scope.get("query_string") or b"",
-            )
         table = self.routes
+        # A handshake carries no method of its own: every entry of its path counts.
+        websocket = scope.get("type") == "websocket"
+        methods = HTTP_METHODS if websocket else request_methods(
+            str(scope.get("method") or "GET"), overrides or (), scope.get("query_string") or b"")
         verdict, chosen = _NO_VERDICT, None
         for path in route_paths(scope):
-            for route in table.candidates(methods, path):
+            for route in (table.handshake(path) if websocket else table.candidates(methods, path)):
                 candidate = self._verdict(zones, route.route_class, flags)
                 if chosen is None or candidate.outcome.severity > verdict.outcome.severity:
                     verdict, chosen = candidate, route
         if chosen is None:  # version 1, and no entry matches: the unlisted default
-            for route in table.unlisted(methods) or (table.unlisted_safe,):
+            for route in table.unlisted(methods):
                 candidate = self._verdict(zones, route.route_class, flags)
                 if chosen is None or candidate.outcome.severity > verdict.outcome.severity:
                     verdict, chosen = candidate, route

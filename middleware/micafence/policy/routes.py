@@ -189,6 +189,8 @@ class RouteTable:
         self._decided: BoundedCache[tuple[frozenset[str], str | bytes], tuple[Route, ...]] = (
             BoundedCache(_CACHE_LIMIT)
         )
+        self._handshakes: BoundedCache[str | bytes, tuple[Route, ...]] = BoundedCache(
+            _CACHE_LIMIT)
 
     def named(self, methods: frozenset[str]) -> frozenset[str]:
         """The ``methods`` some route names; each other method (an override's junk, or a
@@ -248,6 +250,26 @@ class RouteTable:
         defaults.sort(key=lambda route: route is self.unlisted_unsafe)
         found = (*(winners[index] for index in sorted(winners)), *defaults)
         self._decided.put(key, found)
+        return found
+
+    def handshake(self, path: str) -> tuple[Route, ...]:
+        """The candidates of a websocket handshake on ``path``. A handshake has no method of
+        its own (the app behind the path may serve it whatever its routes' methods), so
+        every entry of the path counts: version 1, every match; version 2, each method's
+        most specific match. Only a path no entry names gets the ``unlisted`` defaults, both
+        (the stricter applies): a websocket nobody listed fails closed like an unsafe method."""
+        key = path_key(path)
+        found = self._handshakes.get(key)
+        if found is not None:
+            return found
+        if self.version < 2:
+            found = self.match(HTTP_METHODS, path)
+        else:
+            defaults = (self.unlisted_safe, self.unlisted_unsafe)
+            found = tuple(route for route in self.candidates(HTTP_METHODS, path)
+                          if route not in defaults)
+        found = found or (self.unlisted_safe, self.unlisted_unsafe)
+        self._handshakes.put(key, found)
         return found
 
     def unlisted_for(self, method: str) -> Route:
