@@ -178,6 +178,7 @@ def _version2_notes(policy: Policy, paths: Iterable[str]) -> list[Note]:
         notes.append(_note(policy, loser, (
             f"{loser.id!r} ties with {_entry(policy, winner)} on {seen.example}{more}: "
             f"equally specific, so {winner.id!r}, listed first, decides")))
+    notes.sort(key=lambda note: note.line or 0)
     return notes
 
 

@@ -52,7 +52,7 @@ from micafence.policy.yamlfile import Node, parse_yaml, read_yaml
 
 T = TypeVar("T")
 #: The format versions this reads (``policy:``): 1, the most severe matching route entry
-#: decides; 2, the most specific one does (:mod:`micafence.policy.routes`). No ``policy:`` is 1.
+#: decides; 2, the most specific one does (:mod:`micafence.policy.routes`).
 SCHEMA_VERSIONS = (1, 2)
 SCHEMA_VERSION = SCHEMA_VERSIONS[-1]
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
