@@ -5,7 +5,7 @@ The shape follows Coinbase Exchange's REST API (unversioned resource paths: ``/p
 ``/orders``, ``/withdrawals``, ``/reports``), with the product lines a large exchange adds on top
 (margin, futures, convert, earn and staking, launchpad, lending, copy trading) as Binance and OKX
 offer them, an auth router, OAuth callbacks, a webhooks sub-app, static files and a market-data
-websocket: 46 routes. The default policy classes every one of them::
+websocket: 51 routes. The default policy classes every one of them::
 
     micafence routes exchange_app:app --app-dir examples --strict
 
@@ -45,11 +45,9 @@ public = APIRouter(prefix="/api")
 _routes(public, [
     ("GET", "/time", "time"),
     ("GET", "/status", "status"),
-    ("GET", "/currencies", "currencies"),
     ("GET", "/products", "products"),
     ("GET", "/products/{product_id}/book", "product-book"),
     ("GET", "/products/{product_id}/ticker", "product-ticker"),
-    ("GET", "/products/{product_id}/trades", "product-trades"),
     ("GET", "/products/{product_id}/candles", "product-candles"),
 ])
 
@@ -67,7 +65,6 @@ account = APIRouter(prefix="/api")
 _routes(account, [
     ("GET", "/accounts", "balances"),
     ("GET", "/orders", "open-orders"),
-    ("GET", "/fills", "fills"),
 ])
 
 # -- account creation --------------------------------------------------------------------------
@@ -133,7 +130,6 @@ webhooks.add_api_route("/payments", _echo, methods=["POST"], name="payments-webh
 app = FastAPI(title="Meridian Exchange", docs_url=None, redoc_url=None, openapi_url=None)
 for router in (public, auth, account, signup, promotion, service, wind_down):
     app.include_router(router)
-app.add_api_route("/healthz", _echo, methods=["GET"], name="healthz")
 app.mount("/webhooks", webhooks, name="webhooks")
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
