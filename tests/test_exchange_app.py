@@ -8,6 +8,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,7 +57,7 @@ def test_routes_strict_passes_on_the_sample_exchange(capsys: pytest.CaptureFixtu
 def test_a_swedish_visitor_gets_451_on_every_service_sign_up_and_promotion_route(
     rows: list[Row],
 ) -> None:
-    app = load_app("exchange_app:app", str(EXAMPLES))
+    app: Any = load_app("exchange_app:app", str(EXAMPLES))
     fence = MicafenceMiddleware(app, policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB, watch=False)
     seen: Counter[str] = Counter()
     with ServerThread(fence) as server, httpx.Client(base_url=server.url, timeout=10) as http:
@@ -103,7 +104,7 @@ def test_a_swedish_visitor_gets_451_on_every_service_sign_up_and_promotion_route
 
 
 def test_an_eu_client_logs_in_then_withdraws() -> None:
-    app = load_app("exchange_app:app", str(EXAMPLES))
+    app: Any = load_app("exchange_app:app", str(EXAMPLES))
     fence = MicafenceMiddleware(app, policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB, watch=False)
     with ServerThread(fence) as server, httpx.Client(base_url=server.url, timeout=10) as http:
         visitor = {"X-Forwarded-For": SE}
