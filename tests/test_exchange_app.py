@@ -118,3 +118,19 @@ def test_an_eu_client_logs_in_then_withdraws() -> None:
         # An endpoint added in the next sprint and not yet in the policy fails closed.
         added = http.post("/api/v2/orders", json={}, headers={**visitor, **CLIENT})
         assert (added.status_code, added.headers["micafence-reason"]) == (451, "eu.no_grant")
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/cli.md"])
+def test_the_documented_routes_output_is_what_the_command_prints(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, page: str
+) -> None:
+    text = (EXAMPLES.parent / page).read_text(encoding="utf-8")
+    block = text.split("$ micafence routes exchange_app:app", 1)[1].split("```", 1)[0]
+    command, *shown = block.splitlines()
+    monkeypatch.chdir(EXAMPLES.parent)  # the paths as the page writes them
+    code = main(["routes", "exchange_app:app", *command.split()])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    printed = re.sub(r"sha256:[0-9a-f]{16}", "sha256:…", out).splitlines()
+    assert [line for line in shown if line != "…"] == [
+        line for line in printed if line in shown]

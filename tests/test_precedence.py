@@ -265,10 +265,12 @@ def test_check_lists_what_version_2_would_change_in_a_version_1_file(
     notes = [n for n in out.splitlines() if ": notice: " in n]
     assert notes == [
         f"{v1}:{line}: routes[0]: notice: 'api.all' (service) decides GET /api/orders for "
-        "visitors in eu, as the most severe match; under policy: 2 the most specific, "
+        "visitors in eu (the most severe match, the first among equals); under policy: 2 the "
+        "most specific, "
         "'orders.read' (routes[2], neutral), would",
         f"{v1}:{line}: routes[0]: notice: 'api.all' (service) decides POST /api/withdrawals "
-        "for visitors in eu, as the most severe match; under policy: 2 the most specific, "
+        "for visitors in eu (the most severe match, the first among equals); under policy: 2 "
+        "the most specific, "
         "'withdrawals' (routes[1], wind_down), would",
     ]
     assert out.splitlines()[-1] == "no errors (2 notes; 1 file checked)"
@@ -318,7 +320,7 @@ def test_check_reports_shadowed_entries_and_ties(
         f"{path}:{first + 4}: routes[4]: warning: 'cancel' ties with 'order' (routes[3], "
         "service) on POST /api/orders/{x}: equally specific, so 'order', listed first, decides",
         f"{path}:{first + 6}: routes[6]: warning: 'second' ties with 'first' (routes[5], "
-        "neutral) on GET /a/b/c and 8 more: equally specific, so 'first', listed first, "
+        "neutral) on GET /a/b/c (and 8 more): equally specific, so 'first', listed first, "
         "decides",
     ]
     assert out.splitlines()[-1] == "no errors (3 notes; 1 file checked)"

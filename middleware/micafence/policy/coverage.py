@@ -109,6 +109,13 @@ def _entry(policy: Policy, route: Route) -> str:
     return f"{route.id!r} (routes[{_index(policy, route)}], {route.route_class})"
 
 
+def _more(count: int, noun: str) -> str:
+    """`` (and 3 more requests)``: how many more requests a note stands for."""
+    if not count:
+        return ""
+    return f" (and {count} more{noun}{'s' if noun and count != 1 else ''})"
+
+
 def _index(policy: Policy, route: Route) -> int:
     return next(i for i, listed in enumerate(policy.routes) if listed is route)
 
@@ -174,7 +181,7 @@ def _version2_notes(policy: Policy, paths: Iterable[str]) -> list[Note]:
         if loser_id not in wins:
             continue  # shadowed: said above
         winner, loser = by_id[winner_id], by_id[loser_id]
-        more = f" and {seen.count - 1} more" if seen.count > 1 else ""
+        more = _more(seen.count - 1, "")
         notes.append(_note(policy, loser, (
             f"{loser.id!r} ties with {_entry(policy, winner)} on {seen.example}{more}: "
             f"equally specific, so {winner.id!r}, listed first, decides")))
@@ -221,11 +228,11 @@ def _version1_notes(policy: Policy, paths: Iterable[str]) -> list[Note]:
     notes: list[Note] = []
     for (severe_id, specific_id), seen in changes.items():
         severe, specific = by_id[severe_id], by_id[specific_id]
-        more = f" (and {seen.count - 1} more requests)" if seen.count > 1 else ""
+        more = _more(seen.count - 1, " request")
         visitors = ", ".join(zone for zone in zones if zone in seen.zones)
         notes.append(_note(policy, severe, (
             f"{severe.id!r} ({severe.route_class}) decides {seen.example}{more} for visitors "
-            f"in {visitors}, as the most severe match; under policy: 2 the most specific, "
-            f"{_entry(policy, specific)}, would"), "notice"))
+            f"in {visitors} (the most severe match, the first among equals); under policy: 2 "
+            f"the most specific, {_entry(policy, specific)}, would"), "notice"))
     notes.sort(key=lambda note: note.line or 0)
     return notes
