@@ -320,8 +320,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Import the app (package.module:attribute), walk its routes, mounts and "
         "sub-apps, and print each path and method with the class the policy gives it and the "
         "entry that decides it ('unlisted': the policy's unlisted default). Exit 0; with "
-        "--strict, 1 when an unsafe method (not GET, HEAD or OPTIONS; a websocket or an app "
-        "mounted whole counts as every method) falls to the unlisted default; 1 when the app "
+        "--strict, 1 when an unsafe method (not GET, HEAD or OPTIONS; an app mounted whole "
+        "counts as every method, a websocket as unsafe where no entry names its path) falls "
+        "to the unlisted default; 1 when the app "
         "or the policy cannot be loaded; 2 on a usage error.",
     )
     routes.add_argument("app", metavar="APP", help="the app, as package.module:attribute")
