@@ -386,3 +386,17 @@ def test_candidates_are_memoised() -> None:
     first = routes.candidates(frozenset({"POST", "GET"}), "/api/orders")
     assert routes.candidates(frozenset({"GET", "POST"}), "/api/orders") is first
     assert [route.id for route in first] == ["r0", "r1"]  # GET's winner, POST's, file order
+
+
+def test_patterns_crossing_at_every_segment_are_not_analysed_forever(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Entry i has its one literal at segment i: every subset of them can match together.
+    paths = ["/" + "/".join("x" if j == i else "*" for j in range(18)) for i in range(18)]
+    entries = "".join(f"  - {{id: r{i}, class: neutral, path: {p}}}\n"
+                      for i, p in enumerate(paths))
+    path = write(tmp_path, "crossed.yaml", HEAD.format(version=2) + "routes:\n" + entries)
+    code, out = check(capsys, str(path))
+    assert code == 0
+    assert f"{path}: routes: warning: precedence not analysed: the route patterns tell more " \
+        "than 100000 kinds of path apart" in out

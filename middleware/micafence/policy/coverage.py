@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from micafence.errors import MicafenceError
 from micafence.policy.model import Outcome, Policy, Route
 from micafence.policy.routes import HTTP_METHODS, RouteTable, pattern_segments, specificity
 
@@ -34,6 +35,13 @@ _ANY = "*"
 _REST = "**"
 
 Shape = tuple[str, ...]  # a pattern's segments: a literal, "*" (any one) or a final "**"
+#: How many kinds of path :func:`witness_paths` tells apart before giving up (real policies
+#: have hundreds; only patterns crafted to cross each other at every segment reach this).
+WITNESS_LIMIT = 100_000
+
+
+class TooManyPaths(MicafenceError):
+    """The patterns tell more kinds of path apart than :data:`WITNESS_LIMIT`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +61,12 @@ class Note:
         return f"{where}: {self.key_path}: {self.level}: {self.problem}"
 
 
-def witness_paths(shapes: Sequence[Shape], domain: Shape = (_REST,)) -> list[str]:
+def witness_paths(shapes: Sequence[Shape], domain: Shape = (_REST,),
+                  limit: int = WITNESS_LIMIT) -> list[str]:
     """One path for every way the patterns ``shapes`` can match a path inside ``domain``
     (a shape too: every path by default): any path of the domain matches exactly the patterns
-    one of these matches. Paths are normalised (``/`` for the root)."""
+    one of these matches. Paths are normalised (``/`` for the root). Raises
+    :class:`TooManyPaths` past ``limit`` kinds."""
     found: list[str] = []
     visited: set[tuple[int, tuple[int, ...], frozenset[int], bool]] = set()
 
@@ -71,6 +81,8 @@ def witness_paths(shapes: Sequence[Shape], domain: Shape = (_REST,)) -> list[str
         if state in visited:
             return
         visited.add(state)
+        if len(visited) > limit:
+            raise TooManyPaths(f"the route patterns tell more than {limit} kinds of path apart")
         if loose or len(domain) == depth:
             found.append(_path(prefix))
         if not loose and len(domain) <= depth:
@@ -138,7 +150,10 @@ def precedence_notes(policy: Policy) -> list[Note]:
     if not policy.routes:
         return []
     shapes = [pattern_segments(route.path) for route in policy.routes]
-    paths = witness_paths(shapes)
+    try:
+        paths = witness_paths(shapes)
+    except TooManyPaths as exc:
+        return [Note(policy.source, "routes", None, f"precedence not analysed: {exc}")]
     if policy.version >= 2:
         return _version2_notes(policy, paths)
     return _version1_notes(policy, paths)
