@@ -124,7 +124,7 @@ async def test_in_scope_pass_names_its_grant(tmp_path: Path) -> None:
     start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     grant = await GrantBook(store, policy, lambda: start + dt.timedelta(minutes=5)).add(
         client_id="alice", service="exchange_for_funds", asset="BTC", initiated_at=start,
-        channel="email", evidence="ticket CS-1", verified_by="compliance")
+        channel="email", evidence="ticket CS-1", verified_by="compliance", country="FR")
     from micafence_tools.demo.app import build_demo_app
 
     log = AuditLog(FileSink(tmp_path), key=KEY)

@@ -82,7 +82,7 @@ async def alice_grant(store: MemoryStore, policy: Policy = POLICY) -> None:
     await GrantBook(store, policy).add(
         client_id="alice", service="exchange_for_funds", asset="BTC",
         initiated_at=now - dt.timedelta(hours=1), channel="email", evidence="ticket CS-42",
-        verified_by="compliance",
+        verified_by="compliance", country="FR",
     )
 
 

@@ -70,7 +70,7 @@ def add_args(**changes: str) -> list[str]:
     fields = {
         "client": "client-7", "service": "exchange_for_funds", "asset": "BTC",
         "initiated-at": ago(2), "channel": "email", "evidence": "ticket CS-1042",
-        "verified-by": "a.lind",
+        "verified-by": "a.lind", "country": "FR",
     }
     fields.update({key.replace("_", "-"): value for key, value in changes.items()})
     args = ["add"]
@@ -158,11 +158,13 @@ def test_solicited_client_needs_override(cli: Run, store_url: str) -> None:
     asyncio.run(store.record_solicitation(SolicitationEvidence(
         "client-7", dt.datetime.now(dt.UTC), "eu", "FR", "promotions.referral", None)))
     code, _, err = cli(*add_args())
-    assert code == 1 and "recorded solicitation" in err and "--override-solicitation" in err
-    code, out, _ = cli(*add_args(), "--override-solicitation", "client called first: CALL-9")
+    assert code == 1 and "was solicited within the look-back window" in err
+    assert "--override-reason" in err
+    code, out, _ = cli(*add_args(), "--override-reason", "client called first: CALL-9")
     assert code == 0
     code, shown, _ = cli("show", out.strip())
     assert "override    client called first: CALL-9 (1 solicitation records)" in shown
+    assert "status      pending" in shown
 
 
 def test_store_is_required_and_memory_warns(
@@ -248,7 +250,8 @@ def test_readme_walkthrough(store_url: str) -> None:
         added = subprocess.run(
             [MICAFENCE, "grant", "add", "--store", store_url, "--client", "carol",
              "--service", "exchange_for_funds", "--asset", "ETH", "--initiated-at", ago(1),
-             "--channel", "web form", "--evidence", "ticket CS-3003", "--verified-by", "ops"],
+             "--channel", "web form", "--evidence", "ticket CS-3003", "--verified-by", "ops",
+             "--country", "FR"],
             capture_output=True, text=True, check=True, env={**os.environ, **OFFICER},
         )
         grant_id = added.stdout.strip()

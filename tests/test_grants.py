@@ -38,7 +38,7 @@ def valid(**changes: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "client_id": "client-7", "service": "exchange_for_funds", "asset": "BTC",
         "initiated_at": NOW - 2 * HOUR, "channel": "email", "evidence": "ticket CS-1042",
-        "verified_by": "a.lind",
+        "verified_by": "a.lind", "country": "FR",
     }
     fields.update(changes)
     return fields
@@ -108,7 +108,7 @@ async def test_solicited_client_needs_a_recorded_override() -> None:
         route_id="promotions.referral", marker="ref=FRIEND10",
     ))
     book = GrantBook(store, POLICY, Clock(NOW))
-    with pytest.raises(GrantError, match=r"1 recorded solicitation.*promotions\.referral"):
+    with pytest.raises(GrantError, match=r"1 solicited arrival.*promotions\.referral"):
         await book.add(**valid())
     with pytest.raises(GrantError, match="override"):
         await book.add(**valid(), override_solicitation="   ")
@@ -117,6 +117,9 @@ async def test_solicited_client_needs_a_recorded_override() -> None:
     assert (grant.solicitation_override, grant.solicitations_seen) == (
         "client phoned first, see CALL-9", 1)
     assert (other.solicitation_override, other.solicitations_seen) == (None, 0)
+    # One officer alone cannot override: the grant waits for a second one.
+    assert (grant.approval_required, other.approval_required) == (True, False)
+    assert (await book.get(grant.id)).status(NOW) is GrantStatus.PENDING
 
 
 async def test_revocation_is_a_new_record_and_history_is_append_only() -> None:

@@ -51,7 +51,7 @@ async def with_alice_grant(store: Store, loaded: Policy) -> Store:
     await GrantBook(store, loaded).add(
         client_id="alice", service="exchange_for_funds", asset="BTC",
         initiated_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), channel="email",
-        evidence="ticket CS-42", verified_by="compliance",
+        evidence="ticket CS-42", verified_by="compliance", country="FR",
     )
     return store
 
@@ -119,11 +119,11 @@ def test_client_id_planted_on_a_marketing_link(
     initiated = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat(timespec="seconds")
     code = main(["grant", "add", "--client", "carol", "--service", "exchange_for_funds",
                  "--asset", "BTC", "--initiated-at", initiated, "--channel", "email",
-                 "--evidence", "ticket CS-77", "--verified-by", "a.lind",
+                 "--evidence", "ticket CS-77", "--verified-by", "a.lind", "--country", "FR",
                  "--store", f"file://{store_path}"])
     err = capsys.readouterr().err
     assert code == grant_code, err
-    assert ("recorded solicitation" in err) is (grant_code == 1)
+    assert ("was solicited within the look-back window" in err) is (grant_code == 1)
 
 
 # -- which hop is asked: the gateway behind a trusted proxy -------------------------------------

@@ -65,7 +65,7 @@ class Exchange:
     async def grant(self, client: str = "carol", asset: str = "BTC") -> str:
         grant = await self.book.add(
             client_id=client, service="exchange_for_funds", asset=asset, initiated_at=T0,
-            channel="email", evidence="ticket CS-3003", verified_by="a.lind")
+            channel="email", evidence="ticket CS-3003", verified_by="a.lind", country="FR")
         return grant.id
 
     async def token(self, grant_id: str) -> str:

@@ -154,7 +154,7 @@ def test_explain_settles_against_the_store_it_is_given(
     code = main(["grant", "add", "--client", "client-7", "--service", "staking", "--asset", "ETH",
                  "--initiated-at", _hours_ago(2), "--channel", "email",
                  "--evidence", "ticket CS-1", "--verified-by", "a.lind", "--policy", str(POLICY),
-                 "--store", store, "--override-solicitation", "test"])
+                 "--store", store, "--country", "FR"])
     _, err = capsys.readouterr()
     assert code == 0, err
     staking = Case("staking", None, _identified("127.0.0.1", "GET", "/earn/eth"), {})
@@ -176,7 +176,7 @@ def test_explain_never_takes_an_onboarding_token(
     code = main(["grant", "add", "--client", "client-7", "--service", "staking", "--asset", "ETH",
                  "--initiated-at", _hours_ago(2), "--channel", "email",
                  "--evidence", "ticket CS-1", "--verified-by", "a.lind", "--policy", str(POLICY),
-                 "--store", store_url, "--override-solicitation", "test", "--onboarding"])
+                 "--store", store_url, "--country", "FR", "--onboarding"])
     out, err = capsys.readouterr()
     assert code == 0, err
     token = next(word for word in out.split() if word.startswith("mot_"))

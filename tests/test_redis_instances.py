@@ -61,12 +61,13 @@ def officer(url: str, action: Callable[[GrantBook], Any], checked: bool = False)
     return asyncio.run(run())
 
 
-def add_grant(client: str = "alice") -> Callable[[GrantBook], Any]:
+def add_grant(client: str = "alice", evidence: str = "ticket CS-1001"
+              ) -> Callable[[GrantBook], Any]:
     async def add(book: GrantBook) -> str:
         grant = await book.add(
             client_id=client, service="exchange_for_funds", asset="BTC",
             initiated_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), channel="email",
-            evidence="ticket CS-1001", verified_by="a.lind")
+            evidence=evidence, verified_by="a.lind", country="FR")
         return grant.id
 
     return add
@@ -100,8 +101,8 @@ def test_revocation_is_enforced_by_the_other_instance_within_a_second(redis_url:
         wait_until(lambda: order(b.url, "alice") == (451, "eu.no_grant"), within=2)
         timings.append(time.monotonic() - revoked_at)
         assert order(a.url, "alice") == (451, "eu.no_grant")
-        # Again with a fresh grant, timing only the cache: no request in flight meanwhile.
-        grant_id = officer(redis_url, add_grant())
+        # Again with a fresh grant (a renewal: new evidence), timing only the cache.
+        grant_id = officer(redis_url, add_grant(evidence="ticket CS-1002"))
         wait_until(lambda: order(b.url, "alice") == (201, ""))
         officer(redis_url, lambda book: book.revoke(grant_id, revoked_by="b.ops", reason="test"))
         revoked_at = time.monotonic()

@@ -57,7 +57,8 @@ THRESHOLD_TABLE = [
                  ["12 grants opened in 2025-03 (threshold 10 a month)"], id="busy-month"),
     pytest.param(grants_opened({"2025-02": 2, "2025-06": 1}, term_days=365),
                  ReportingThresholds(long_running_grant=90 * DAY, max_long_running_grants=1),
-                 ["2 active grants older than 90 days (threshold 1)"], id="long-running"),
+                 ["2 long-running client relationships: active grants that, with the grants they "
+                  "renew, began more than 90 days ago (threshold 1)"], id="long-running"),
     pytest.param(grants_opened({"2025-05": 40, "2025-06": 60}), ReportingThresholds(), [],
                  id="no-thresholds-no-warnings"),
 ]
@@ -152,7 +153,7 @@ async def test_report_takes_grants_from_the_store(
     for client_id in ("alice", "bob"):
         await book.add(client_id=client_id, service="exchange_for_funds", asset="BTC",
                        initiated_at=now - dt.timedelta(hours=1), channel="email",
-                       evidence="ticket", verified_by="compliance")
+                       evidence=f"ticket {client_id}", verified_by="compliance", country="FR")
     await store.close()
     code, out = await asyncio.to_thread(
         run, capsys, "report", str(tmp_path / "log"), "--store", url, "--json")

@@ -81,7 +81,8 @@ async def grant(
     book = GrantBook(store, policy, Clock(initiated_at + HOUR))
     recorded = await book.add(
         client_id=client, service=service, asset=asset, initiated_at=initiated_at,
-        channel="email", evidence="ticket CS-1", verified_by="compliance", **bounds,
+        channel="email", evidence="ticket CS-1", verified_by="compliance", country="FR",
+        **bounds,
     )
     return recorded.id
 

@@ -51,7 +51,7 @@ async def add(store: Store, client: str = "alice", asset: str = "BTC", by: str =
     return await book.add(
         client_id=client, service="exchange_for_funds", asset=asset,
         initiated_at=dt.datetime.now(dt.UTC) - HOUR, channel="email", evidence="ticket CS-1",
-        verified_by=by,
+        verified_by=by, country="FR",
     )
 
 
@@ -221,7 +221,7 @@ def add_args(store: str, *extra: str) -> list[str]:
     initiated = (dt.datetime.now(dt.UTC) - HOUR).isoformat(timespec="seconds")
     return ["add", "--store", store, "--client", "alice", "--service", "exchange_for_funds",
             "--asset", "BTC", "--initiated-at", initiated, "--channel", "email",
-            "--evidence", "ticket CS-1", *extra]
+            "--evidence", "ticket CS-1", "--country", "FR", *extra]
 
 
 def test_cli_records_the_configured_officer_and_checks_claims(

@@ -56,7 +56,7 @@ async def add(store: Any, client: str = "alice", asset: str = "BTC") -> Grant:
     book = GrantBook(store, load_policy(DEFAULT_POLICY))
     return await book.add(client_id=client, service="exchange_for_funds", asset=asset,
                           initiated_at=NOW - dt.timedelta(hours=1), channel="email",
-                          evidence="ticket CS-1", verified_by="a.lind")
+                          evidence="ticket CS-1", verified_by="a.lind", country="FR")
 
 
 def order(url: str, client: str, pair: str = "BTC-EUR") -> tuple[int, str]:
@@ -374,7 +374,7 @@ def test_grant_cli_on_redis(
     initiated = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     assert main(["grant", "add", "--client", "carol", "--service", "exchange_for_funds",
                  "--asset", "ETH", "--initiated-at", initiated, "--channel", "email",
-                 "--evidence", "ticket CS-3003", "--onboarding"]) == 0
+                 "--evidence", "ticket CS-3003", "--country", "FR", "--onboarding"]) == 0
     grant_id, token_line = capsys.readouterr().out.splitlines()
     assert token_line.startswith("onboarding token (shown once, valid until ")
     assert main(["grant", "list", "--json"]) == 0
@@ -411,7 +411,7 @@ def test_demo_command_on_redis(redis_url: str, tmp_path: Path) -> None:  # noqa:
             [MICAFENCE, "grant", "add", "--store", redis_url, "--client", "dave",
              "--service", "exchange_for_funds", "--asset", "BTC", "--initiated-at",
              (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(),
-             "--channel", "email", "--evidence", "ticket CS-4"],
+             "--channel", "email", "--evidence", "ticket CS-4", "--country", "FR"],
             env={**env, "MICAFENCE_OFFICER": "a.lind", "MICAFENCE_GRANT_KEY_FILE": str(key_file)},
             capture_output=True, text=True, check=True)
         assert added.stdout.startswith("grt_")

@@ -20,7 +20,8 @@ explain`` and ``micafence test`` all run this.
    (:mod:`micafence.answers`: 451, an empty promotion, a websocket refusal).
 
 A :class:`Pipeline` made with ``dry=True`` (``explain``, ``test``) has no side effects on the
-store: it records no solicitation evidence and takes no single-use onboarding token.
+store: it records no solicitation evidence, links no arrival and takes no single-use onboarding
+token.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from micafence.caches import BoundedCache
 from micafence.clients.declarations import read_declaration
 from micafence.clients.registry import ClientRegistry
 from micafence.decision import STATE_KEY, Decision
+from micafence.grants.arrivals import ArrivalLinker
 from micafence.grants.gate import ScopeGate, ScopeVerdict
 from micafence.grants.onboarding import OnboardingGate
 from micafence.instants import Clock, utc_now
@@ -75,8 +77,8 @@ class Pipeline:
     """Settles and acts on the decisions of one middleware: its app, store, grants gate,
     onboarding gate, solicitation evidence budget and observers (audit log, metrics)."""
 
-    __slots__ = ("_settled", "app", "audit", "clients", "dry", "evidence", "grants", "metrics",
-                 "onboarding", "store")
+    __slots__ = ("_settled", "app", "arrivals", "audit", "clients", "dry", "evidence", "grants",
+                 "metrics", "onboarding", "store")
 
     def __init__(
         self, app: ASGIApp, store: Store, *, clock: Clock = utc_now, dry: bool = False,
@@ -87,6 +89,7 @@ class Pipeline:
         self.clients = ClientRegistry(store, clock=clock)  # where clients are established
         self.grants = ScopeGate(store, clock=clock)
         self.onboarding = OnboardingGate(store, clock=clock)
+        self.arrivals = ArrivalLinker(store, clock=clock)  # arrival cookies meet identities
         # What solicitation evidence this worker wrote in the current window (kept across
         # policy reloads; the limits are the policy's: promotions.evidence).
         self.evidence = EvidenceBudget()
@@ -124,6 +127,9 @@ class Pipeline:
                 enforcer.policy, decision, scope, send, self.audit)
             if found is not None:
                 decision = _settled(decision, found.reason, found.grant_id)
+        if client_id is not None and not self.dry and (
+                linking := self.arrivals.seen(enforcer.policy, client_id, scope)):
+            await linking  # a new (arrival cookie, client) pair: micafence.grants.arrivals
         scope.setdefault("state", {})[STATE_KEY] = decision
         metrics = self.metrics
         if metrics is not None:

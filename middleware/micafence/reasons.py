@@ -86,6 +86,13 @@ class Reason(Enum):
                                 "expired.",
                                 "account creation refused: the onboarding token is unknown, used, "
                                 "expired, or its grant is no longer in force")
+    ONBOARDING_SOLICITED = ("onboarding.solicited", True,
+                            "This account cannot be opened with this token: your visit came "
+                            "through one of our promotions.",
+                            "account creation refused: the onboarding token came with an arrival "
+                            "cookie that has solicitation evidence within "
+                            "`promotions.solicitation_lookback` (the arrival is linked to the "
+                            "grant's client)")
     WIND_DOWN = ("wind_down", True, _SIGNED_IN,
                  "wind-down route passed for an identified existing client")
     UNIDENTIFIED = ("wind_down.unidentified", True, _SIGNED_IN,

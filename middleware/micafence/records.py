@@ -57,6 +57,7 @@ class Grant:
     solicitation_override: str | None = None  # why a grant was recorded despite solicitation
     solicitations_seen: int = 0  # solicitation records the client had at recording time
     approval_required: bool = False  # maker-checker: pending until another officer approves
+    renewal_of: str | None = None  # the client's previous grant for the service, if a renewal
 
     @property
     def expires_at(self) -> dt.datetime:
@@ -183,6 +184,7 @@ class GrantState:
             del revocation["event"], revocation["grant_id"], revocation["client_id"]
             view["revocation"] = revocation
         view["approval_required"] = self.grant.approval_required
+        view["renewal_of"] = self.grant.renewal_of
         view["approval"] = None if self.approval is None else {
             "approved_at": self.approval.approved_at.isoformat(),
             "approved_by": self.approval.approved_by,
@@ -307,6 +309,8 @@ def event_to_json(event: GrantEvent) -> dict[str, Any]:
     }
     if event.approval_required:  # only then: records made without maker-checker stay as they were
         record["approval_required"] = True
+    if event.renewal_of is not None:  # likewise: records of first grants stay as they were
+        record["renewal_of"] = event.renewal_of
     return record
 
 
@@ -361,6 +365,7 @@ def event_from_json(data: Any) -> GrantEvent:
             solicitation_override=_optional_text(data.get("solicitation_override")),
             solicitations_seen=_count(data.get("solicitations_seen") or 0),
             approval_required=data.get("approval_required") is True,
+            renewal_of=_optional_text(data.get("renewal_of")),
         )
     except KeyError as exc:
         raise ValueError(f"grant record without {exc.args[0]!r}") from None

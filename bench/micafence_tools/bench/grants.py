@@ -62,7 +62,8 @@ async def granted_app(clients: Sequence[str], inner: Any) -> AsyncIterator[Micaf
             for client in clients:
                 await book.add(client_id=client, service="exchange_for_funds", asset="BTC",
                                initiated_at=initiated, channel="email",
-                               evidence="benchmark", verified_by="micafence-bench")
+                               evidence="benchmark", verified_by="micafence-bench",
+                               country="FR")
             # A throw-away Redis keeps nothing on disk: the production check would say so.
             store_log.setLevel(logging.ERROR)
             await app.store.start(app.enforcer.policy.grant_store)

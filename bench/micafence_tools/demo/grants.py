@@ -10,6 +10,7 @@ A seeds file::
         channel: email
         evidence: "demo ticket CS-1001"
         verified_by: demo-compliance
+        country: FR                  # where the client is established (ISO 3166-1 alpha-2)
 
 Seeds go through :class:`~micafence.grants.book.GrantBook` like any grant. A seed that an active
 grant already matches (same client, service, asset and evidence) is skipped, so restarting the
@@ -33,7 +34,8 @@ from micafence.records import GrantStatus
 
 logger = logging.getLogger("micafence.demo")  # under micafence's log handlers
 
-_KEYS = ("client", "service", "asset", "initiated_at", "channel", "evidence", "verified_by")
+_KEYS = ("client", "service", "asset", "initiated_at", "channel", "evidence", "verified_by",
+         "country")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class GrantSeed:
     channel: str
     evidence: str
     verified_by: str
+    country: str  # where the client is established
     node: Node  # where it came from, for errors
 
 
@@ -79,7 +82,7 @@ def load_grant_seeds(path: str | os.PathLike[str], policy: Policy) -> list[Grant
         seeds.append(GrantSeed(
             values["client"], values["service"], values["asset"],
             _when(fields["initiated_at"]), values["channel"], values["evidence"],
-            values["verified_by"], item,
+            values["verified_by"], values["country"], item,
         ))
     return seeds
 
@@ -109,7 +112,7 @@ async def seed_grants(book: GrantBook, seeds: list[GrantSeed]) -> int:
             grant = await book.add(
                 client_id=seed.client, service=seed.service, asset=seed.asset,
                 initiated_at=initiated, channel=seed.channel, evidence=seed.evidence,
-                verified_by=seed.verified_by,
+                verified_by=seed.verified_by, country=seed.country,
             )
         except GrantError as exc:
             node = seed.node

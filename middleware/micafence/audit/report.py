@@ -2,8 +2,18 @@
 
 From the decision log (and the grant store, when given) it counts restricted-zone blocks per
 reason, suppressed promotions, in-scope passes, onboarding tokens used, active grants, grants
-opened per month and long-running grants, and compares them with the policy's ``reporting``
-thresholds. Any threshold crossed prints a warning that the book is drifting out of the
+opened per month and long-running relationships, and compares them with the policy's
+``reporting`` thresholds.
+
+A client renewed month after month is one continuing relationship, not a string of short
+grants: a grant is chained to the one it renews (its ``renewal_of``; for a grant without one,
+such as those recorded before renewals were flagged, the client's previous grant for the same
+service when the new one's initiative is later and it was recorded while that one ran or
+within ``scopes.renewal_window`` after it ended). A chain with an active grant whose first
+grant began more than ``reporting.long_running_grant`` ago is long-running, whatever each
+grant's term.
+
+Any threshold crossed prints a warning that the book is drifting out of the
 reverse-solicitation exemption. ``--html`` writes a self-contained page with an inline SVG
 chart (no scripts, nothing fetched).
 """
@@ -25,6 +35,7 @@ from micafence.audit.keys import AuditKey
 from micafence.audit.reader import in_range, load_log
 from micafence.instants import instant_argument, parse_instant
 from micafence.policy.audit import ReportingThresholds
+from micafence.policy.grant_store import DEFAULT_RENEWAL_WINDOW
 
 DRIFT_WARNING = (
     "The EU book is drifting out of \"occasional\": the reverse-solicitation exemption "
@@ -42,6 +53,16 @@ class GrantFacts:
     initiated_at: dt.datetime
     expires_at: dt.datetime
     revoked: bool
+    client_id: str = ""  # "" when unknown: the grant is then chained only by renewal_of
+    service: str = ""
+    renewal_of: str | None = None  # the grant it renews, as recorded
+    revoked_at: dt.datetime | None = None
+
+    @property
+    def ended_at(self) -> dt.datetime:
+        if self.revoked_at is not None:
+            return min(self.expires_at, self.revoked_at)
+        return self.expires_at
 
 
 @dataclass(slots=True)
@@ -58,7 +79,12 @@ class Exposure:
     wind_down_passes: int = 0
     onboarding_tokens_used: int = 0
     active_grants: int = 0
+    #: Chains of renewals with an active grant that began more than long_running_grant ago.
     long_running_grants: int = 0
+    #: Client relationships with an active grant (a renewal chain counts once).
+    active_relationships: int = 0
+    #: Grants that renew an earlier one (recorded or inferred).
+    renewals: int = 0
     grants_opened_per_month: dict[str, int] = field(default_factory=dict)
     blocks_per_month: dict[str, int] = field(default_factory=dict)
     grant_source: str = "audit log"
@@ -73,8 +99,10 @@ def build_report(
     *,
     now: dt.datetime,
     since: dt.datetime | None = None,
+    renewal_window: dt.timedelta = DEFAULT_RENEWAL_WINDOW,
 ) -> Exposure:
-    """Count, group by month and compare with ``thresholds``."""
+    """Count, group by month and compare with ``thresholds`` (renewal chains are inferred
+    with ``renewal_window``, the policy's ``scopes.renewal_window``)."""
     report = Exposure(since.isoformat() if since else None, now.isoformat())
     blocks: Counter[str] = Counter()
     shadow: Counter[str] = Counter()
@@ -113,11 +141,47 @@ def build_report(
     report.grants_opened_per_month = dict(sorted(opened.items()))
     active = [g for g in grants if not g.revoked and g.expires_at > now]
     report.active_grants = len(active)
+    chains = renewal_chains(grants, renewal_window)
+    report.renewals = sum(len(chain) - 1 for chain in chains)
+    running = [chain for chain in chains
+               if any(not g.revoked and g.expires_at > now for g in chain)]
+    report.active_relationships = len(running)
     report.long_running_grants = sum(
-        now - g.initiated_at > thresholds.long_running_grant for g in active
+        now - min(g.initiated_at for g in chain) > thresholds.long_running_grant
+        for chain in running
     )
     report.warnings = _compare(report, thresholds, now)
     return report
+
+
+def renewal_chains(
+    grants: list[GrantFacts], renewal_window: dt.timedelta
+) -> list[list[GrantFacts]]:
+    """The grants grouped into client relationships: each grant with the grants that renew
+    it, and theirs, oldest first. A grant renews the one its ``renewal_of`` names; one recorded
+    without that field renews the client's latest-ending earlier grant for the same service
+    whose initiative it follows and which ran, or had ended at most ``renewal_window`` before,
+    when it was recorded (the rule ``grant add`` applies)."""
+    ordered = sorted(grants, key=lambda g: (g.recorded_at, g.grant_id))
+    by_id = {g.grant_id: g for g in ordered}
+    root: dict[str, str] = {}
+    for grant in ordered:
+        parent = by_id.get(grant.renewal_of) if grant.renewal_of else None
+        if parent is None and grant.renewal_of is None and grant.client_id:
+            candidates = [
+                g for g in ordered
+                if g.recorded_at <= grant.recorded_at and g is not grant
+                and (g.client_id, g.service) == (grant.client_id, grant.service)
+                and g.initiated_at < grant.initiated_at
+                and grant.recorded_at <= g.ended_at + renewal_window
+            ]
+            parent = max(candidates, key=lambda g: g.ended_at, default=None)
+        held = parent is not None and parent.grant_id in root
+        root[grant.grant_id] = root[parent.grant_id] if parent and held else grant.grant_id
+    chains: dict[str, list[GrantFacts]] = {}
+    for grant in ordered:
+        chains.setdefault(root[grant.grant_id], []).append(grant)
+    return list(chains.values())
 
 
 def _compare(report: Exposure, limits: ReportingThresholds, now: dt.datetime) -> list[str]:
@@ -143,8 +207,9 @@ def _compare(report: Exposure, limits: ReportingThresholds, now: dt.datetime) ->
                             f"{limits.max_monthly_growth_percent}%)")
     if (limits.max_long_running_grants is not None
             and report.long_running_grants > limits.max_long_running_grants):
-        warnings.append(f"{report.long_running_grants} active grants older than "
-                        f"{limits.long_running_grant.days} days (threshold "
+        warnings.append(f"{report.long_running_grants} long-running client relationships: "
+                        "active grants that, with the grants they renew, began more than "
+                        f"{limits.long_running_grant.days} days ago (threshold "
                         f"{limits.max_long_running_grants})")
     return warnings
 
@@ -154,7 +219,7 @@ def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
     from micafence.instants import parse_duration
 
     grants: dict[str, GrantFacts] = {}
-    revoked: set[str] = set()
+    revoked: dict[str, dt.datetime | None] = {}
     for record in entries:
         data = record.get("data")
         if record.get("kind") != "event" or not isinstance(data, dict):
@@ -162,13 +227,21 @@ def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
         if record.get("event") == "grant.recorded":
             initiated = parse_instant(str(data["initiated_at"]), allow_date=False)
             recorded = parse_instant(str(data["recorded_at"]), allow_date=False)
+            renews = data.get("renewal_of")
             grants[str(data["id"])] = GrantFacts(
                 str(data["id"]), recorded, initiated,
-                initiated + parse_duration(str(data["term"])), False)
+                initiated + parse_duration(str(data["term"])), False,
+                str(data.get("client_id") or ""), str(data.get("service") or ""),
+                renews if isinstance(renews, str) and renews else None)
         elif record.get("event") == "grant.revoked":
-            revoked.add(str(data["grant_id"]))
-    for grant_id in revoked & grants.keys():
+            grant_id = str(data["grant_id"])
+            try:
+                revoked[grant_id] = parse_instant(str(data["revoked_at"]), allow_date=False)
+            except (KeyError, ValueError):
+                revoked[grant_id] = None
+    for grant_id in revoked.keys() & grants.keys():
         grants[grant_id].revoked = True
+        grants[grant_id].revoked_at = revoked[grant_id]
     return list(grants.values())
 
 
@@ -184,7 +257,10 @@ def grants_from_store(url: str) -> list[GrantFacts]:
         finally:
             await store.close()
         return [GrantFacts(s.grant.id, s.grant.recorded_at, s.grant.initiated_at,
-                           s.grant.expires_at, s.revocation is not None) for s in states]
+                           s.grant.expires_at, s.revocation is not None, s.grant.client_id,
+                           s.grant.service, s.grant.renewal_of,
+                           s.revocation.revoked_at if s.revocation is not None else None)
+                for s in states]
 
     return asyncio.run(read())
 
@@ -209,7 +285,9 @@ def render_text(report: Exposure) -> str:
         ("wind-down passes", report.wind_down_passes),
         ("onboarding tokens used", report.onboarding_tokens_used),
         (f"active grants ({report.grant_source})", report.active_grants),
-        ("long-running active grants", report.long_running_grants),
+        ("active client relationships", report.active_relationships),
+        ("renewals (grants renewing an earlier one)", report.renewals),
+        ("long-running relationships", report.long_running_grants),
     ]
     lines += [f"{label:<42}{value:>8}" for label, value in rows]
     lines.append("Grants opened per month: " + (", ".join(
@@ -239,7 +317,10 @@ def render_html(report: Exposure) -> str:
         ("Wind-down passes", report.wind_down_passes),
         ("Onboarding tokens used", report.onboarding_tokens_used),
         (f"Active grants ({report.grant_source})", report.active_grants),
-        ("Long-running active grants", report.long_running_grants),
+        ("Active client relationships (a renewal chain counts once)",
+         report.active_relationships),
+        ("Renewals", report.renewals),
+        ("Long-running relationships", report.long_running_grants),
     ))
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -319,7 +400,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     entries = log.entries()
     now = dt.datetime.now(dt.UTC)
     grants = grants_from_store(args.store) if args.store else grants_from_log(entries)
-    report = build_report(entries, grants, policy.reporting, now=now, since=args.since)
+    report = build_report(entries, grants, policy.reporting, now=now, since=args.since,
+                          renewal_window=policy.grant_store.renewal_window)
     report.grant_source = f"store {args.store}" if args.store else "audit log"
     report.log_problems = log.problems
     if args.html:

@@ -18,7 +18,7 @@ from typing import Any
 
 from micafence.clients.registry import ClientRegistry
 from micafence.errors import StoreError
-from micafence.grants.cli import STORE_ENV, _officer, describe_event
+from micafence.grants.cli import STORE_ENV, describe_event, require_officer
 from micafence.grants.signing import KEY_FILE_ENV
 from micafence.records import Residence, Standing, event_to_json
 from micafence.store.opener import open_store
@@ -75,7 +75,7 @@ def _run(command: Command, args: argparse.Namespace) -> int:
 
 
 async def _set(registry: ClientRegistry, args: argparse.Namespace) -> int:
-    officer = _officer(args.by, "--by")
+    officer = require_officer(args.by, "--by")
     try:
         record = await registry.record_residence(
             args.client, args.residence, evidence=args.evidence, by=officer, source="officer")

@@ -15,11 +15,11 @@ a body that is not what the route says, a field given twice, a value that is not
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qsl
 
 from micafence.asgi import Receive, Scope
-from micafence.grants.gate import read_body
+from micafence.grants.gate import read_body, refuse_duplicates
 from micafence.identity import clean_country
 from micafence.policy.catalogue import Source
 
@@ -44,7 +44,7 @@ async def read_declaration(
     if source.where == "form":
         return _country(_form_value(raw, source.name)), receive
     try:
-        body = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+        body = json.loads(raw, object_pairs_hook=refuse_duplicates)
     except (ValueError, RecursionError):
         return UNREADABLE, receive
     if not isinstance(body, dict):
@@ -74,9 +74,3 @@ def _country(value: object) -> str | None:
     country = clean_country(value)
     return country if country is not None else UNREADABLE
 
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):  # parsers disagree on which one wins: neither counts
-        raise ValueError("duplicate key")
-    return result

@@ -7,16 +7,19 @@ reference, who verified it, when it was recorded and under which policy revision
 time bounds. A revocation is a later, separate record: the history is append-only (RULES.md
 rule 11), nothing is ever edited or deleted, and a grant's status (pending, active, expired,
 revoked) is derived from the records and the clock. Under maker-checker
-(``scopes.maker_checker``) a grant is recorded ``approval_required`` and is pending until an
-approval by a second, different officer; an account binding records the account opened with
-the grant's onboarding token (:mod:`micafence.grants.onboarding`).
+(``scopes.maker_checker``), and for every grant recorded over solicitation evidence with an
+override reason, a grant is recorded ``approval_required`` and is pending until an approval by
+a second, different officer; a renewal names the grant it renews (``renewal_of``); an account
+binding records the account opened with the grant's onboarding token
+(:mod:`micafence.grants.onboarding`).
 
 :class:`GrantBook` is the Python API ops tools use (``micafence grant`` is built on it)::
 
     book = GrantBook(open_store("file:///var/lib/micafence/grants.jsonl"), load_policy(path))
     grant = await book.add(client_id="client-7", service="exchange_for_funds", asset="BTC",
                            initiated_at=datetime(2025, 3, 3, 9, 30, tzinfo=UTC),
-                           channel="email", evidence="ticket CS-1042", verified_by="a.lind")
+                           channel="email", evidence="ticket CS-1042", verified_by="a.lind",
+                           country="FR")
     await book.revoke(grant.id, revoked_by="a.lind", reason="client closed the relationship")
 """
 
@@ -27,6 +30,7 @@ import datetime as dt
 import secrets
 
 from micafence.errors import GrantError
+from micafence.grants.arrivals import solicitations_of
 from micafence.identity import clean_client_id, clean_country
 from micafence.instants import Clock, format_duration, utc_now
 from micafence.policy.model import Policy
@@ -77,11 +81,25 @@ class GrantBook:
     ) -> Grant:
         """Record a grant, or raise :class:`~micafence.errors.GrantError` saying why not.
 
-        Refused: an id that cannot be a client id, a service or asset not in the policy's
-        catalogue, missing evidence, channel or verifier, an initiation in the future (after
-        the recording time) or so long ago that the scope term has already passed, bounds
-        longer than the policy's, and a client with recorded solicitation evidence unless
-        ``override_solicitation`` gives the reason (it is recorded in the grant).
+        ``country`` is where the client is established (ISO 3166-1 alpha-2), required: the
+        grant puts the client in that country's zones. Refused: an id that cannot be a client
+        id, a missing or invalid country, a service or asset not in the policy's catalogue,
+        missing evidence, channel or verifier, an initiation in the future (after the
+        recording time) or so long ago that the scope term has already passed, and bounds
+        longer than the policy's.
+
+        **Solicitation.** A client with solicitation evidence inside the look-back window
+        (``promotions.solicitation_lookback``, back from ``initiated_at``), recorded under its
+        id or under an arrival cookie linked to it (:mod:`micafence.grants.arrivals`), is
+        refused unless ``override_solicitation`` gives the reason; the grant then records the
+        reason and is ``approval_required``: pending until a second, different officer
+        approves it (:meth:`approve`). An override with nothing to override is refused too.
+
+        **Renewals.** A grant for the same client and service whose initiative is later than
+        an earlier grant's, recorded while that one runs or within ``scopes.renewal_window``
+        after it ends (expiry or revocation), renews it (``renewal_of``): it must name an
+        evidence reference no grant of an earlier approach of the client used (grants of one
+        approach, such as two assets asked for in one email, share their evidence).
         """
         if self.policy is None:
             raise GrantError("adding a grant needs the policy whose catalogue applies")
@@ -112,33 +130,75 @@ class GrantBook:
         if initiated_at + term <= now:
             raise GrantError(f"initiated_at {initiated_at.isoformat()} is more than the scope "
                              f"term ({format_duration(term)}) ago: the grant would be expired")
-        seen_in = None
-        if country is not None:
-            seen_in = clean_country(country)
-            if seen_in is None:
-                raise GrantError(f"{country!r} is not an ISO 3166-1 alpha-2 country code")
+        established = _country(country)
         override = override_solicitation.strip() if override_solicitation else None
-        solicitations = await self.store.solicitations(client)
-        if solicitations and not override:
-            first = solicitations[0]
-            via = first.route_id or first.marker or "a marketing marker"
+        if override is not None:
+            override = _required("the override reason", override)
+        lookback = self.policy.promotions.solicitation_lookback
+        since = lookback.start(initiated_at)
+        solicited = await solicitations_of(self.store, client, since)
+        if solicited and not override:
             raise GrantError(
-                f"client {client} has {len(solicitations)} recorded solicitation(s) (first "
-                f"{first.at.isoformat()} via {via}): their own initiative cannot be presumed. "
-                "Record the grant only with an explicit override reason "
-                "(--override-solicitation / override_solicitation=)"
-            )
+                f"client {client} was solicited within the look-back window "
+                f"(promotions.solicitation_lookback {lookback}, from {since.isoformat()}): "
+                f"{len(solicited)} solicited arrival(s), first {solicited[0].describe()}. "
+                "Their own initiative cannot be presumed: record the grant only with an "
+                "override reason (--override-reason / override_solicitation=); it is then "
+                "pending until a second officer approves it (micafence grant approve)")
+        if override and not solicited:
+            raise GrantError(
+                f"client {client} has no solicitation evidence within the look-back window "
+                f"(promotions.solicitation_lookback {lookback}, from {since.isoformat()}): "
+                "there is nothing to override; record the grant without an override reason")
+        history = await self.store.grant_events(client)
+        renewal_of = self._renewal_of(fold(history), client, service, initiated_at,
+                                      texts["evidence"], now)
         grant = Grant(
             id="grt_" + secrets.token_hex(6), client_id=client, service=service, asset=symbol,
             initiated_at=initiated_at.astimezone(dt.UTC), channel=texts["channel"],
             evidence=texts["evidence"], verified_by=texts["verified_by"], recorded_at=now,
             term=term, same_type_window=window, policy_revision=self.policy.revision,
-            country=seen_in, solicitation_override=override,
-            solicitations_seen=len(solicitations),
-            approval_required=self.policy.grant_store.maker_checker,
+            country=established, solicitation_override=override,
+            solicitations_seen=len(solicited),
+            # Maker-checker, and always for an override: one officer alone cannot presume
+            # the initiative of a client the firm solicited.
+            approval_required=self.policy.grant_store.maker_checker or override is not None,
+            renewal_of=renewal_of,
         )
         await self.store.append_grant_event(grant)
         return grant
+
+    def _renewal_of(
+        self, earlier: builtins.list[GrantState], client: str, service: str,
+        initiated_at: dt.datetime, evidence: str, now: dt.datetime,
+    ) -> str | None:
+        """The grant a new one renews (``None``: it renews none), refusing a renewal whose
+        evidence reference an earlier grant of the client used."""
+        assert self.policy is not None
+        window = self.policy.grant_store.renewal_window
+        previous: GrantState | None = None
+        for state in earlier:
+            grant = state.grant
+            if (grant.client_id == client and grant.service == service
+                    and grant.initiated_at < initiated_at
+                    and now <= _end(state) + window
+                    and (previous is None or _end(state) >= _end(previous))):
+                previous = state
+        if previous is None:
+            return None
+        reference = _reference(evidence)
+        for state in earlier:  # grants of another approach (the same one may share evidence)
+            if (state.grant.client_id == client and state.grant.initiated_at != initiated_at
+                    and _reference(state.grant.evidence) == reference):
+                raise GrantError(
+                    f"this grant renews {previous.grant.id} ({client}'s {service} grant, which "
+                    f"ended or ends {_end(previous).isoformat()}; a grant recorded while the "
+                    "previous one runs or within scopes.renewal_window "
+                    f"({format_duration(window)}) after it ends is a renewal): a renewal needs "
+                    "evidence of the client's new approach, but evidence "
+                    f"{evidence!r} was already used by grant {state.grant.id} "
+                    f"(recorded {state.grant.recorded_at.isoformat()})")
+        return previous.grant.id
 
     async def revoke(self, grant_id: str, *, revoked_by: str, reason: str) -> Revocation:
         """End a grant now (a new record; the grant stays in the history)."""
@@ -203,6 +263,30 @@ class GrantBook:
         if not found:
             raise GrantError(f"no grant {grant_id!r}")
         return found
+
+
+def _country(value: str | None) -> str:
+    if value is None or not str(value).strip():
+        raise GrantError("the country where the client is established is required for a new "
+                         "grant (--country / country=): an ISO 3166-1 alpha-2 code such as FR")
+    established = clean_country(value)
+    if established is None:
+        raise GrantError(f"country {value!r} is not an ISO 3166-1 alpha-2 code (the country "
+                         "where the client is established, such as FR)")
+    return established
+
+
+def _end(state: GrantState) -> dt.datetime:
+    """When a grant stopped (or stops) running: its term's end, or its revocation."""
+    end = state.grant.expires_at
+    if state.revocation is not None:
+        end = min(end, state.revocation.revoked_at)
+    return end
+
+
+def _reference(evidence: str) -> str:
+    """An evidence reference as compared between grants: case and spacing do not matter."""
+    return " ".join(evidence.split()).casefold()
 
 
 def _required(name: str, value: str) -> str:

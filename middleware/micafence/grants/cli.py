@@ -75,10 +75,14 @@ def register(commands: Any) -> None:
                      help="shorter scope term than the policy's (ISO 8601, e.g. P14D)")
     add.add_argument("--same-type-window", type=_duration, metavar="DURATION",
                      help="shorter same-type window than the policy's (e.g. PT12H)")
-    add.add_argument("--country", help="country the client was seen in (ISO 3166-1 alpha-2)")
-    add.add_argument("--override-solicitation", metavar="REASON",
-                     help="record the grant although the client has solicitation evidence, "
-                     "for this recorded reason")
+    add.add_argument("--country", metavar="CC",
+                     help="required: where the client is established (ISO 3166-1 alpha-2, "
+                     "e.g. FR); the grant puts the client in that country's zones")
+    add.add_argument("--override-reason", "--override-solicitation", dest="override_reason",
+                     metavar="REASON",
+                     help="record the grant although the client was solicited within "
+                     "promotions.solicitation_lookback, for this recorded reason; it is then "
+                     "pending until a second officer runs `grant approve`")
     add.add_argument("--onboarding", action="store_true",
                      help="also issue the client's single-use onboarding token (shown once)")
     add.add_argument("--policy", help=f"policy whose catalogue applies (default: ${POLICY_ENV}, "
@@ -172,7 +176,8 @@ def _officer_file() -> Path:
     return Path(base) / "micafence" / "officer"
 
 
-def _officer(claimed: str | None, option: str) -> str:
+def require_officer(claimed: str | None, option: str) -> str:
+    """The configured officer (who runs the command); ``claimed`` (``--by``) must match it."""
     officer = configured_officer()
     if officer is None:
         raise GrantError(f"no officer identity: set ${OFFICER_ENV} or write your name in "
@@ -195,17 +200,19 @@ def _duration(text: str) -> dt.timedelta:
 
 
 async def _add(book: GrantBook, args: argparse.Namespace) -> int:
-    officer = _officer(args.verified_by, "--verified-by")
+    officer = require_officer(args.verified_by, "--verified-by")
     policy = _policy(book)
-    if args.onboarding and policy.grant_store.maker_checker:
-        raise GrantError("under maker-checker a grant is pending until approved: issue its "
+    if args.onboarding and (policy.grant_store.maker_checker or args.override_reason):
+        why = ("a grant recorded with --override-reason" if args.override_reason
+               else "under maker-checker a grant")
+        raise GrantError(f"{why} is pending until a second officer approves it: issue its "
                          "onboarding token after `micafence grant approve` with "
                          "`micafence grant token GRANT_ID`")
     grant = await book.add(
         client_id=args.client, service=args.service, asset=args.asset,
         initiated_at=args.initiated_at, channel=args.channel, evidence=args.evidence,
         verified_by=officer, term=args.term, same_type_window=args.same_type_window,
-        country=args.country, override_solicitation=args.override_solicitation,
+        country=args.country, override_solicitation=args.override_reason,
     )
     token = None
     if args.onboarding:
@@ -218,6 +225,11 @@ async def _add(book: GrantBook, args: argparse.Namespace) -> int:
         print(json.dumps(view, indent=2))
         return 0
     print(grant.id)
+    if grant.renewal_of is not None:
+        print(f"micafence: {grant.id} renews {grant.renewal_of}", file=sys.stderr)
+    if grant.approval_required:
+        print(f"micafence: {grant.id} is pending until a second, different officer runs "
+              f"`micafence grant approve {grant.id}`", file=sys.stderr)
     if token is not None:
         print(f"onboarding token (shown once, valid until {ticket.expires_at.isoformat()}): "
               f"{token}")
@@ -225,7 +237,7 @@ async def _add(book: GrantBook, args: argparse.Namespace) -> int:
 
 
 async def _approve(book: GrantBook, args: argparse.Namespace) -> int:
-    approval = await book.approve(args.grant_id, approved_by=_officer(args.by, "--by"))
+    approval = await book.approve(args.grant_id, approved_by=require_officer(args.by, "--by"))
     if args.json:
         _print_json(await book.get(args.grant_id), book)
     else:
@@ -235,7 +247,7 @@ async def _approve(book: GrantBook, args: argparse.Namespace) -> int:
 
 
 async def _token(book: GrantBook, args: argparse.Namespace) -> int:
-    token, ticket = await issue_token(book, args.grant_id, issued_by=_officer(None, ""),
+    token, ticket = await issue_token(book, args.grant_id, issued_by=require_officer(None, ""),
                                       ttl=_policy(book).onboarding.token_ttl)
     if args.json:
         print(json.dumps({"grant_id": ticket.grant_id, "client_id": ticket.client_id,
@@ -260,7 +272,7 @@ def _policy(book: GrantBook) -> Policy:
 
 
 async def _revoke(book: GrantBook, args: argparse.Namespace) -> int:
-    revocation = await book.revoke(args.grant_id, revoked_by=_officer(args.by, "--by"),
+    revocation = await book.revoke(args.grant_id, revoked_by=require_officer(args.by, "--by"),
                                    reason=args.reason)
     if args.json:
         _print_json(await book.get(args.grant_id), book)
@@ -305,8 +317,10 @@ async def _show(book: GrantBook, args: argparse.Namespace) -> int:
         ("same type", f"{format_duration(grant.same_type_window)}: until "
                       f"{grant.same_type_until.isoformat()}"),
     ]
-    if grant.country:
-        rows.append(("seen in", grant.country))
+    rows.append(("established", grant.country or "not recorded (a grant from before "
+                 "grants named the client's country)"))
+    if grant.renewal_of:
+        rows.append(("renewal of", grant.renewal_of))
     if grant.solicitation_override:
         rows.append(("override", f"{grant.solicitation_override} "
                                  f"({grant.solicitations_seen} solicitation records)"))
@@ -359,6 +373,7 @@ def describe_event(event: GrantEvent) -> str:
         return (f"{event.recorded_at.isoformat()}  grant   {event.id}  {event.client_id} "
                 f"{event.service} {event.asset}, initiated {event.initiated_at.isoformat()} via "
                 f"{event.channel}, evidence {event.evidence!r}, verified by {event.verified_by}"
+                + (f", renews {event.renewal_of}" if event.renewal_of else "")
                 + (" (awaits approval)" if event.approval_required else ""))
     if isinstance(event, Approval):
         return (f"{event.approved_at.isoformat()}  approve {event.grant_id}  {event.client_id}, "

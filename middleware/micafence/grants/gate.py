@@ -366,7 +366,7 @@ def _json_object(raw: bytes, keys: Sequence[bytes]) -> dict[str, Any] | None:
         strict = strict or raw.count(key) > 1
     try:
         if strict:
-            value = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+            value = json.loads(raw, object_pairs_hook=refuse_duplicates)
         else:  # UTF-8 for sure: json.loads's encoding detection and wrappers are most of its time
             text = raw.decode("utf-8", "surrogatepass").strip(_JSON_SPACE)
             value, end = _SCAN(text, 0)
@@ -377,7 +377,8 @@ def _json_object(raw: bytes, keys: Sequence[bytes]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` refusing a JSON object that gives a key twice."""
     # {"pair": "BTC-EUR", "pair": "ETH-EUR"}: parsers disagree on which one wins.
     result = dict(pairs)
     if len(result) != len(pairs):

@@ -12,6 +12,11 @@ grant (``micafence grant add --onboarding`` or ``micafence grant token GRANT_ID`
   other is refused (``<zone>.onboarding.invalid_token``), as are unknown, expired and used
   tokens and tokens whose grant is no longer in force; a store that cannot be reached gives
   ``<zone>.store_unavailable``;
+- a token presented with a solicited arrival cookie (solicitation evidence under the cookie
+  inside ``promotions.solicitation_lookback``, back from the grant's initiative) is taken and
+  refused (``<zone>.onboarding.solicited``), and the arrival is linked to the grant's client
+  (:mod:`micafence.grants.arrivals`), unless the grant is an approved override that covered
+  that very arrival;
 - the new account's id, read from the app's 2xx answer (``onboarding.account_id``: a response
   header or a top-level JSON field), is bound to the grant with an
   :class:`~micafence.grants.book.AccountBinding` record, so that account holds the grant from
@@ -33,14 +38,30 @@ from typing import TYPE_CHECKING, NamedTuple
 from micafence.asgi import Message, Scope, Send
 from micafence.decision import Decision
 from micafence.errors import GrantError
+from micafence.grants.arrivals import (
+    COOKIE_SUBJECT,
+    Solicitation,
+    arrival_cookie,
+    covered,
+    link_arrival,
+    links_of,
+    solicitations_of,
+)
 from micafence.grants.book import GrantBook
 from micafence.identity import clean_client_id
 from micafence.instants import Clock, utc_now
 from micafence.logs import log_event
 from micafence.policy.grant_store import OnboardingSettings
 from micafence.policy.model import Policy
+from micafence.policy.promotions import DEFAULT_PROMOTIONS
 from micafence.reasons import Reason
-from micafence.records import AccountBinding, GrantState, GrantStatus, OnboardingTicket
+from micafence.records import (
+    AccountBinding,
+    GrantState,
+    GrantStatus,
+    OnboardingTicket,
+    SolicitationEvidence,
+)
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -49,6 +70,7 @@ if TYPE_CHECKING:
 
 PASSED = Reason.ONBOARDING
 INVALID_TOKEN = Reason.ONBOARDING_INVALID_TOKEN
+SOLICITED = Reason.ONBOARDING_SOLICITED
 STORE_UNAVAILABLE = Reason.STORE_UNAVAILABLE
 TOKEN_PREFIX = "mot_"
 _MAX_TOKEN = 256
@@ -65,7 +87,9 @@ async def issue_token(
     """A new single-use token for an active grant: ``(token, ticket)``. Show the token once.
 
     Refused (:class:`~micafence.errors.GrantError`) for a grant that is not active: revoked,
-    expired, or pending approval (issue it after ``grant approve``).
+    expired, or pending approval (issue it after ``grant approve``); and for a client with
+    solicitation evidence inside the look-back window (its own, or linked arrivals) that the
+    grant did not override (:func:`~micafence.grants.arrivals.covered`).
     """
     state = await book.get(grant_id)
     now = book.clock()
@@ -75,10 +99,24 @@ async def issue_token(
         raise GrantError(f"grant {grant_id} is {status.value}{hint}; no onboarding token")
     if not issued_by.strip():
         raise GrantError("issued_by is required")
+    grant = state.grant
+    lookback = (book.policy.promotions if book.policy else DEFAULT_PROMOTIONS
+                ).solicitation_lookback
+    since = lookback.start(grant.initiated_at)
+    uncovered = [item for item in await solicitations_of(book.store, grant.client_id, since)
+                 if not covered(item, grant)]
+    if uncovered:
+        raise GrantError(
+            f"client {grant.client_id} was solicited within the look-back window "
+            f"(promotions.solicitation_lookback {lookback}, from {since.isoformat()}): "
+            f"{len(uncovered)} solicited arrival(s) that grant {grant_id} did not override, "
+            f"first {uncovered[0].describe()}; no onboarding token. Record a grant with an "
+            "override reason (--override-reason) and have a second officer approve it "
+            "(micafence grant approve) before issuing one")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     ticket = OnboardingTicket(
-        hash_token(token), grant_id, state.grant.client_id, now,
-        min(now + ttl, state.grant.expires_at), issued_by.strip(),
+        hash_token(token), grant_id, grant.client_id, now, min(now + ttl, grant.expires_at),
+        issued_by.strip(),
     )
     await book.store.put_onboarding_ticket(ticket)
     return token, ticket
@@ -121,8 +159,18 @@ class OnboardingGate:
         if not token or len(token) > _MAX_TOKEN:
             return _INVALID, send
         token_hash = hash_token(token)
+        subject = None
+        cookie = policy.promotions.visitor_cookie
+        if cookie.enabled:
+            visitor = arrival_cookie(scope.get("headers") or (), cookie.name.encode("latin-1"))
+            subject = None if visitor is None else COOKIE_SUBJECT + visitor
         try:
+            # The arrival's evidence first: a store failing here leaves the token untaken.
+            evidence = [] if subject is None else await self.store.solicitations(subject)
             state = await self._take(token_hash)
+            solicited = False
+            if state is not None and subject is not None and evidence:
+                solicited = await self._solicited(policy, state, subject, evidence)
         except Exception:  # the store failing must not take the request down: fail closed
             logging.getLogger("micafence.grants.onboarding").exception(
                 "micafence: onboarding token could not be checked: grant store unavailable")
@@ -130,11 +178,50 @@ class OnboardingGate:
         if state is None:
             return _INVALID, send
         grant = state.grant
+        if solicited:
+            if audit is not None:
+                audit.record_event("solicitation.onboarding_refused", {
+                    "grant_id": grant.id, "client_id": grant.client_id, "subject": subject,
+                    "token": token_hash[:16]})
+            return OnboardingResult(SOLICITED, grant.id), send
         if audit is not None:  # a full queue also refuses the decision record next (503)
             audit.record_event("onboarding.token_used", {
                 "grant_id": grant.id, "client_id": grant.client_id, "token": token_hash[:16]})
         return (OnboardingResult(PASSED, grant.id),
                 self._binding(send, settings, grant.id, grant.client_id))
+
+    async def _solicited(
+        self, policy: Policy, state: GrantState, subject: str,
+        evidence: list[SolicitationEvidence],
+    ) -> bool:
+        """Does the arrival ``subject`` (with its ``evidence``) refuse this sign-up? Yes when
+        some of its evidence is inside the look-back window from the grant's initiative and
+        the grant did not override it (an approved override, recorded after the arrival was
+        linked to the client). The arrival is linked to the grant's client here."""
+        grant = state.grant
+        since = policy.promotions.solicitation_lookback.start(grant.initiated_at)
+        inside = [item for item in evidence if item.at >= since]
+        if not inside:
+            return False
+        history = await self.store.grant_events(grant.client_id)
+        link = links_of(history, grant.client_id).get(subject)
+        if link is not None and state.in_force and all(
+                covered(Solicitation(item, link), grant) for item in inside):
+            return False
+        if link is None:
+            try:
+                await link_arrival(self.store, grant.client_id, subject, self.clock(),
+                                   evidence, history)
+            except Exception as exc:  # the refusal stands; the link is evidence, logged
+                log_event(logging.ERROR, "solicitation.link_failed",
+                          f"micafence: arrival {subject} could not be linked to client "
+                          f"{grant.client_id}: {exc}", client_id=grant.client_id,
+                          subject=subject)
+        log_event(logging.WARNING, "onboarding.solicited_refused",
+                  f"micafence: onboarding token of grant {grant.id} came with arrival {subject}, "
+                  "solicited within the look-back window: refused",
+                  grant_id=grant.id, client_id=grant.client_id, subject=subject)
+        return True
 
     async def _take(self, token_hash: str) -> GrantState | None:
         now = self.clock()

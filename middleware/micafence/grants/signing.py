@@ -168,6 +168,25 @@ class RecordSeal:
         self.reject(record, where, problem)
         return None
 
+    def suspect(self, record: Mapping[str, Any], where: str) -> str | None:
+        """Why a piece of solicitation evidence read at ``where`` does not verify (logged once
+        per record), or ``None``. Evidence that does not verify is **kept**, not ignored: it
+        can only refuse (a grant, a token, a sign-up), so reading it as written is the safe
+        side, and evidence recorded before it was signed still counts."""
+        if self.key is None:
+            return None
+        problem = self.key.problem(record)
+        if problem is None:
+            return None
+        digest = hashlib.sha256(canonical(record)).digest()
+        if not self._rejected.get(digest):
+            self._rejected.put(digest, True)
+            log_event(logging.WARNING, "solicitation.unverified",
+                      f"micafence: solicitation evidence at {where} does not verify ({problem}); "
+                      "it still counts against its subject", where=where, problem=problem,
+                      subject=record.get("subject"))
+        return problem
+
     def reject(self, record: Mapping[str, Any], where: str, problem: str) -> None:
         """Log a record that is ignored (once per distinct record)."""
         digest = hashlib.sha256(canonical(record)).digest()

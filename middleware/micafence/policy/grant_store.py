@@ -5,6 +5,8 @@ Policy keys read here (validated with their file, key path and line)::
     scopes:
       maker_checker: false      # true: a new grant is in force only once a second officer approves
       redis_checks: warn        # warn | refuse: a Redis that evicts keys or persists nothing
+      renewal_window: P90D      # a grant recorded this soon after the client's previous grant
+                                # for the same service ends is a renewal (docs/grants.md)
     onboarding:
       header: x-micafence-onboarding   # where the client presents its single-use token
       token_ttl: PT30M                 # how long a token stays usable (ISO 8601 duration)
@@ -23,19 +25,25 @@ from dataclasses import dataclass
 from micafence.instants import parse_duration
 from micafence.policy.yamlfile import Node
 
-SCOPE_KEYS = ("maker_checker", "redis_checks")
+SCOPE_KEYS = ("maker_checker", "redis_checks", "renewal_window")
 REDIS_CHECKS = ("warn", "refuse")
 _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _MAX_TOKEN_TTL = dt.timedelta(days=7)
+#: Three months: a client back within a quarter of its last grant's end is continuing the
+#: relationship (and the report's default long-running threshold, P90D, is a quarter too).
+DEFAULT_RENEWAL_WINDOW = dt.timedelta(days=90)
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """``scopes.maker_checker`` and ``scopes.redis_checks``."""
+    """``scopes.maker_checker``, ``scopes.redis_checks`` and ``scopes.renewal_window``."""
 
     maker_checker: bool = False
     redis_checks: str = "warn"
+    #: A grant for the same client and service recorded while the client's previous one runs,
+    #: or at most this long after it ends, is a renewal: it needs evidence of a new approach.
+    renewal_window: dt.timedelta = DEFAULT_RENEWAL_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +77,18 @@ def parse_store_settings(top: Mapping[str, Node]) -> StoreSettings:
         redis_checks=(
             fields["redis_checks"].choice(REDIS_CHECKS) if "redis_checks" in fields else "warn"
         ),
+        renewal_window=(
+            _duration(fields["renewal_window"]) if "renewal_window" in fields
+            else DEFAULT_RENEWAL_WINDOW
+        ),
     )
+
+
+def _duration(node: Node) -> dt.timedelta:
+    try:
+        return parse_duration(node.text())
+    except ValueError as exc:
+        node.fail(str(exc))
 
 
 def parse_onboarding(top: Mapping[str, Node]) -> OnboardingSettings:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
 from micafence.policy.durations import duration_setting
+from micafence.policy.lookback import DEFAULT_SOLICITATION_LOOKBACK, Lookback, parse_lookback
 from micafence.policy.yamlfile import Node
 
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -124,6 +125,9 @@ class PromotionPolicy:
     visitor_cookie: VisitorCookie = VisitorCookie()
     routes: tuple[PromotionRoute, ...] = ()
     evidence: EvidenceLimits = EvidenceLimits()
+    #: How far back from a client's own approach solicitation evidence counts against it
+    #: (``grant add``, onboarding tokens, sign-ups): a calendar period (micafence.policy.lookback).
+    solicitation_lookback: Lookback = DEFAULT_SOLICITATION_LOOKBACK
 
     def route(self, route_id: str | None) -> PromotionRoute:
         """The settings of a promotion route (the defaults when ops did not list it)."""
@@ -155,7 +159,7 @@ def default_approvals(stances: Mapping[str, str]) -> tuple[tuple[str, str], ...]
 
 _KEYS = (
     "selectors", "incentives", "approved", "max_rewrite_bytes", "on_unrewritable", "markers",
-    "visitor_cookie", "routes", "evidence",
+    "visitor_cookie", "routes", "evidence", "solicitation_lookback",
 )
 
 
@@ -196,7 +200,18 @@ def parse_promotions(
         ),
         routes=_routes(fields["routes"], stances, route_classes) if "routes" in fields else (),
         evidence=_evidence(fields["evidence"]) if "evidence" in fields else EvidenceLimits(),
+        solicitation_lookback=(
+            _lookback(fields["solicitation_lookback"])
+            if "solicitation_lookback" in fields else defaults.solicitation_lookback
+        ),
     )
+
+
+def _lookback(node: Node) -> Lookback:
+    try:
+        return parse_lookback(node.text())
+    except ValueError as exc:
+        node.fail(str(exc))
 
 
 def check_selector(node: Node, selector: str) -> None:

@@ -11,9 +11,11 @@ touch the file at all.
 
 A line that is not a micafence record makes every read raise :class:`StoreError` naming the
 file and line: a record that cannot be read might be a revocation, so the middleware fails
-closed rather than guess. With a grant key (:mod:`micafence.grants.signing`) every grant record and
-onboarding ticket is written signed, and one that does not verify (unsigned, altered, another
-key) is ignored and logged: writing to the file is then not enough to open a scope.
+closed rather than guess. With a grant key (:mod:`micafence.grants.signing`) every grant record,
+onboarding ticket and piece of solicitation evidence is written signed, and a grant record or
+ticket that does not verify (unsigned, altered, another key) is ignored and logged: writing to
+the file is then not enough to open a scope. Evidence that does not verify is logged and still
+counts (it can only refuse).
 
 Onboarding tickets are lines too (the token only as its SHA-256); taking one appends a
 ``onboarding_used`` line under the same exclusive lock, after reading what other processes
@@ -315,7 +317,7 @@ class FileStore(Store):
     def _line(self, record: Record) -> bytes:
         data: dict[str, Any]
         if isinstance(record, SolicitationEvidence):
-            data = evidence_to_json(record)
+            data = self._seal.sign(evidence_to_json(record))
         elif isinstance(record, _TicketUsed):
             data = {"event": "onboarding_used", "token_hash": record.token_hash,
                     "used_at": record.used_at.isoformat()}
@@ -331,7 +333,9 @@ class FileStore(Store):
             data = json.loads(raw)
             kind = data.get("event") if isinstance(data, dict) else None
             if kind == "solicitation":
-                return evidence_from_json(data)
+                evidence = evidence_from_json(data)
+                self._seal.suspect(data, where)  # kept either way: it can only refuse
+                return evidence
             if kind == "onboarding_used":
                 return _TicketUsed(str(data["token_hash"]),
                                    parse_instant(str(data["used_at"]), allow_date=False))

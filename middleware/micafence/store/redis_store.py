@@ -12,8 +12,8 @@ keys share one slot and the global keys another)::
     micafence:{client:<id>}:grants         LIST  the client's grant records, oldest first
                                                  (grant, approval, revocation, account binding;
                                                  a binding is filed under the new account too)
-    micafence:{client:<id>}:solicitations  LIST  solicitation evidence (subject: client id,
-                                                 or cookie:<visitor id>)
+    micafence:{client:<id>}:solicitations  LIST  solicitation evidence, signed (subject: client
+                                                 id, or cookie:<visitor id>)
     micafence:{grants}:log                 LIST  every grant record, oldest first (listing)
     micafence:{grants}:ids                 SET   grant ids recorded (an id is recorded once)
     micafence:{grants}:version             STRING the grant_version counter
@@ -178,7 +178,7 @@ class RedisStore(Store):
     # -- the Store interface -------------------------------------------------------------------
 
     async def record_solicitation(self, evidence: SolicitationEvidence) -> None:
-        record = evidence_to_json(evidence)
+        record = self._seal.sign(evidence_to_json(evidence))
         await self._run("record_solicitation", lambda: self._client.rpush(
             self.keys.solicitations(evidence.subject),
             # As the file store writes it: a marker's characters as UTF-8, not \u escapes, so
@@ -191,11 +191,13 @@ class RedisStore(Store):
         found = []
         for index, item in enumerate(raw):
             try:
-                found.append(evidence_from_json(json.loads(item)))
+                data = json.loads(item)
+                found.append(evidence_from_json(data))
             except (ValueError, KeyError, TypeError) as exc:
                 self.report_failure("solicitations")
                 raise StoreError(f"{self.location} {key}[{index}]: not solicitation evidence "
                                  f"({exc})") from None
+            self._seal.suspect(data, f"{key}[{index}]")  # kept either way: it can only refuse
         return found
 
     async def append_grant_event(self, event: GrantEvent) -> int:
