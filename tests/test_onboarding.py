@@ -135,13 +135,16 @@ async def test_refused_tokens(setup: str, token: str | None, reason: str) -> Non
     assert await exchange.store.grant_events("acc_1") == []
 
 
-async def test_only_restricted_account_creation_reads_the_token() -> None:
+async def test_a_token_used_from_an_unrestricted_address_binds_the_account_too() -> None:
+    # The token's client (FR) signing up while in Switzerland: not blocked, but it is who the
+    # token says, so the account it opens holds the grant (tests/test_attack17.py).
     exchange = Exchange()
     token = await exchange.token(await exchange.grant())
-    assert await exchange.sign_up(token, ip=CH) == (201, "acc_1")  # Swiss: no fence, no use
-    assert await exchange.sign_up(token) == (201, "acc_2")  # still unused
+    assert await exchange.sign_up(token, ip=CH) == (201, "acc_1")
+    assert await exchange.sign_up(token) == (451, "eu.onboarding.invalid_token")  # used
+    assert await exchange.sign_up(None, ip=CH) == (201, "acc_2")  # no token: a Swiss sign-up
     assert [e.account_id for e in await exchange.store.grant_events("carol")
-            if isinstance(e, AccountBinding)] == ["acc_2"]
+            if isinstance(e, AccountBinding)] == ["acc_1"]
 
 
 async def test_the_account_id_can_come_from_a_json_field() -> None:

@@ -24,11 +24,13 @@ from micafence.clients.declarations import UNREADABLE
 from micafence.decision import DEFAULT_RULE_ID, Decision
 from micafence.identity import (
     NO_IDENTITY,
+    UNREADABLE_IDENTITY,
     ClientIdentity,
     IdentifyFunction,
-    clean_client_id,
     clean_country,
     from_scope_user,
+    read_client_id,
+    unreadable_country,
 )
 from micafence.instants import utc_now
 from micafence.live.breakglass import NO_BREAKGLASS, BreakGlass
@@ -78,7 +80,10 @@ from micafence.records import NO_STANDING, Standing
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
-_AMBIGUOUS = b""  # a repeated signal header with different values: read as none
+_AMBIGUOUS = b""  # a repeated edge country header with different values: read as none
+# A client id header sent twice with different values: the app reads one of them, micafence
+# cannot tell which (never a header value: servers refuse NUL).
+_AMBIGUOUS_ID = b"\0"
 # The decision cache: one entry per visitor, and for a restricted visitor a table of its
 # decisions per request line. Every decision held counts a fixed cost (dict slot, key tuple, a
 # Decision and its own strings: 330-430 bytes measured with tracemalloc) plus the text its key
@@ -94,6 +99,14 @@ _ENTRY_BYTES = 384
 _OVERRIDES = frozenset(METHOD_OVERRIDE_HEADERS)
 _X_FORWARDED_FOR = b"x-forwarded-for"  # the header uvicorn takes a client address from
 _DECLARING_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a sign-up that may declare a residence
+_SIGN_UP_PATHS_BYTES = 1024 * 1024
+# An identity micafence cannot use (id; residence, when counted): the signals they put in the
+# unknown country, keyed by (id unreadable, residence unreadable).
+_UNREADABLE_SIGNALS: dict[tuple[bool, bool], tuple[str, ...]] = {
+    (False, False): (), (True, False): ("identity:unreadable",),
+    (False, True): ("residence:unreadable",),
+    (True, True): ("identity:unreadable", "residence:unreadable"),
+}
 
 Header = tuple[bytes, bytes]
 #: The identity signals a trusted source sent: the client id header, the residence headers.
@@ -163,13 +176,40 @@ class Enforcer:
     # and every attribute read on the request path then costs more (~40 ns per decision,
     # measured). Slots keep those reads fast however many attributes the class grows.
     __slots__ = (
-        "_breakglass_tag", "_country_zones", "_declaring", "_edge_header", "_forwarded_header",
-        "_grant_zones", "_id_header", "_identify", "_identity_sources", "_next_change", "_profiles",
-        "_residence_header", "_resolved",
-        "_restricted_zones", "_rules_by_class", "_screen", "_signal_headers", "_stances",
-        "_timestamp", "_trusted", "_verdicts", "_visitors", "_zone_order", "anonymizer",
-        "breakglass", "clock", "geoip", "in_force_at", "next_change", "policy", "promotions",
-        "rewrite_alarm", "routes",
+        "_breakglass_tag",
+        "_country_zones",
+        "_declaring",
+        "_edge_header",
+        "_forwarded_header",
+        "_grant_zones",
+        "_id_header",
+        "_identify",
+        "_identity_sources",
+        "_next_change",
+        "_profiles",
+        "_residence_header",
+        "_resolved",
+        "_restricted_zones",
+        "_rules_by_class",
+        "_screen",
+        "_sign_up_paths", "_sign_ups",
+        "_signal_headers",
+        "_stances",
+        "_timestamp",
+        "_trusted",
+        "_verdicts",
+        "_visitors",
+        "_zone_order",
+        "anonymizer",
+        "breakglass",
+        "clock",
+        "geoip",
+        "in_force_at",
+        "next_change",
+        "policy",
+        "promotions",
+        "rewrite_alarm",
+        "routes",
     )
 
     def __init__(
@@ -215,14 +255,24 @@ class Enforcer:
         self.routes = RouteTable(policy.routes, policy.version, policy.unlisted)
         # Account-creation routes that read a declared residence: matched for every visitor.
         declaring = tuple(route for route in policy.routes if route.residence is not None)
-        self._declaring = (RouteTable(declaring), {r.id: r.residence for r in declaring}) \
-            if declaring else None
+        sign_ups = RouteTable(route for route in policy.routes
+                              if route.route_class == RouteClass.ACCOUNT_CREATION)
+        self._sign_ups = (sign_ups, sign_ups.named(HTTP_METHODS))
+        # Path (and root_path) -> does an account-creation route match it under any method: the
+        # one look-up every request not blocked pays for sign-up declarations and tokens.
+        self._sign_up_paths: BoundedCache[object, bool] = BoundedCache(
+            _CACHE_LIMIT, _SIGN_UP_PATHS_BYTES)
+        self._declaring = None
+        if declaring:
+            table = RouteTable(declaring)
+            self._declaring = (table, table.named(HTTP_METHODS),
+                               {r.id: r.residence for r in declaring})
         self.promotions = PromotionGuard(policy)  # promotion suppression and cache safety
         edge = policy.cache.edge_country_header  # set-up "edge": the CDN's country is the location
         self._edge_header = edge.encode("latin-1") if edge else None
         self._profiles: BoundedCache[
             tuple[str | None, str | None, str | None, tuple[str, ...], bool, Standing,
-                  str | None], _Profile
+                  str | None, tuple[str, ...]], _Profile
         ] = BoundedCache(_CACHE_LIMIT)
         self._verdicts: dict[tuple[tuple[str, ...], str, tuple[str, ...]], _Verdict] = {}
         self._visitors: BoundedCache[VisitorKey, Decision | dict[RouteKey, Decision]] = (
@@ -377,7 +427,8 @@ class Enforcer:
         edge_value: bytes | None = None
         for name, value in signals:
             # A signal header sent twice with different values is ambiguous: frameworks differ
-            # on which one they read, so it counts as no identity and no edge country.
+            # on which one they read, so it counts as no edge country, and as an identity that
+            # cannot be read (the app may take either client for the signed-in one).
             if name == self._forwarded_header:
                 if forwarded is None:
                     forwarded = []
@@ -389,7 +440,7 @@ class Enforcer:
             elif name == self._edge_header:
                 edge_value = value if edge_value is None or edge_value == value else _AMBIGUOUS
             elif name == self._id_header:
-                id_value = value if id_value is None or id_value == value else _AMBIGUOUS
+                id_value = value if id_value is None or id_value == value else _AMBIGUOUS_ID
             elif name == self._residence_header:
                 if residences is None:
                     residences = []
@@ -454,8 +505,12 @@ class Enforcer:
         flags = self._screen.flags(located) if located is not None else NO_FLAGS
 
         identity = supplied or self._header_identity(identity_signals)
-        residence = identity.residence_country if self.policy.signals.residence else None
-        profile = self._profile(location, residence, flags, doubtful, standing, declared)
+        counts_residence = self.policy.signals.residence
+        residence = identity.residence_country if counts_residence else None
+        unreadable = _UNREADABLE_SIGNALS[
+            identity.unreadable, counts_residence and identity.residence_unreadable]
+        profile = self._profile(location, residence, flags, doubtful, standing, declared,
+                                unreadable)
         verdict, route_id, route_class = (
             self._route(scope, overrides, profile.zones, flags) if profile.restricted
             else _UNRESTRICTED)
@@ -507,17 +562,63 @@ class Enforcer:
     def declaration(self, scope: Scope) -> Source | None:
         """Where this request declares a residence: the ``residence:`` of the account-creation
         route it matches (:mod:`micafence.clients.declarations`), for every visitor. Only a
-        request that may carry a body (``POST``, ``PUT``, ``PATCH``) declares anything."""
+        request that may carry a body (``POST``, ``PUT``, ``PATCH``, its own method or one a
+        method override names) declares anything; the route is matched as for a restricted
+        visitor, overrides included, and a websocket handshake on any route of its path."""
         declaring = self._declaring
-        if declaring is None or scope.get("method") not in _DECLARING_METHODS \
-                or scope.get("type") != "http":
+        if declaring is None or not self.on_sign_up_path(scope):
             return None
-        table, sources = declaring
-        methods = request_methods(str(scope.get("method")), (), scope.get("query_string") or b"")
-        for path in route_paths(scope):
+        table, any_method, sources = declaring
+        paths = route_paths(scope)
+        for path in paths:  # the common case: no declaring route on this path, whatever method
+            if (found := table.match(any_method, path)):
+                break
+        else:
+            return None
+        if scope.get("type") == "websocket":  # no method: every route of the path counts
+            return sources[found[0].id]
+        overrides = [header for header in scope.get("headers") or () if header[0] in _OVERRIDES]
+        methods = request_methods(str(scope.get("method")), overrides,
+                                  scope.get("query_string") or b"")
+        if methods.isdisjoint(_DECLARING_METHODS):
+            return None
+        for path in paths:
             for route in table.match(methods, path):
                 return sources[route.id]
         return None
+
+    def sign_up(self, scope: Scope) -> bool:
+        """Is this ``http`` request one an account-creation route may handle (matched as for a
+        restricted visitor, method overrides included)? Asked of sign-ups that were not
+        blocked and present an onboarding token."""
+        if scope.get("type") != "http" or not self.on_sign_up_path(scope):
+            return False
+        table = self._sign_ups[0]
+        paths = route_paths(scope)
+        overrides = [header for header in scope.get("headers") or () if header[0] in _OVERRIDES]
+        methods = request_methods(str(scope.get("method")), overrides,
+                                  scope.get("query_string") or b"")
+        return any(table.match(methods, path) for path in paths)
+
+    def on_sign_up_path(self, scope: Scope) -> bool:
+        """Does an account-creation route match this request's path, under any method? The
+        pipeline asks it of every request not blocked before :meth:`declaration` and
+        :meth:`sign_up`. Memoised per path (and root_path; a long path under its digest)."""
+        path = scope.get("path")
+        root = scope.get("root_path")
+        if path.__class__ is str and len(path) > PATH_KEY_CHARS:
+            path = path_key(path)
+        key: object = (path, root) if root else path
+        try:
+            found = self._sign_up_paths.get(key)
+        except TypeError:  # not a str path: not memoised
+            found, key = None, None
+        if found is None:
+            table, any_method = self._sign_ups
+            found = any(table.match(any_method, spelling) for spelling in route_paths(scope))
+            if key is not None:
+                self._sign_up_paths.put(key, found, _ENTRY_BYTES + _route_bytes((path, root, "")))
+        return found
 
     def _route(
         self, scope: Scope, overrides: Sequence[Header] | None, zones: tuple[str, ...],
@@ -555,13 +656,15 @@ class Enforcer:
         if source == "callable" and self._identify is not None:
             try:
                 found = self._identify(scope)
-            except Exception:  # the host's code must not take the request down: unidentified
-                return NO_IDENTITY
+            except Exception:  # the host's code must not take the request down; but who the
+                return UNREADABLE_IDENTITY  # client is, and so where, cannot be told
             if found is None:
                 return NO_IDENTITY
-            return ClientIdentity(
-                clean_client_id(found.client_id), clean_country(found.residence_country)
-            )
+            read = read_client_id(found.client_id)
+            return ClientIdentity(read.client_id, clean_country(found.residence_country),
+                                  read.unreadable or found.unreadable,
+                                  found.residence_unreadable
+                                  or unreadable_country(found.residence_country))
         return None
 
     def _identity_signals(
@@ -582,10 +685,13 @@ class Enforcer:
         if signals is None:
             return NO_IDENTITY
         id_value, residences = signals
-        return ClientIdentity(
-            clean_client_id(id_value.decode("latin-1").strip()) if id_value else None,
-            self._residence(residences),
-        )
+        read = NO_IDENTITY if id_value is None else read_client_id(
+            id_value.decode("latin-1").strip())
+        residence = self._residence(residences)
+        unreadable = any(unreadable_country(value.decode("latin-1")) for value in residences)
+        if residence is None and not unreadable:
+            return read
+        return ClientIdentity(read.client_id, residence, read.unreadable, unreadable)
 
     def _residence(self, values: Sequence[bytes]) -> str | None:
         """The residence country; of several, one a zone claims (any EU signal makes EU)."""
@@ -598,9 +704,10 @@ class Enforcer:
     def _profile(
         self, location: Location, residence: str | None, flags: tuple[str, ...],
         doubtful: bool = False, standing: Standing = NO_STANDING, declared: str | None = None,
+        unreadable: tuple[str, ...] = (),
     ) -> _Profile:
         key = (location.country, location.registered_country, residence, flags, doubtful,
-               standing, declared)
+               standing, declared, unreadable)
         profile = self._profiles.get(key)
         if profile is not None:
             return profile
@@ -629,6 +736,8 @@ class Enforcer:
             put("address:doubtful", unknown)
         if residence:
             put(f"residence:{residence}", country_zones(residence, ()))
+        for signal in unreadable:  # a client or residence named, but not so it can be placed
+            put(signal, unknown)
         # The client registry and the grants the client holds (whatever its address), then
         # what its sign-up declares: zones only add up, so no signal lifts another's.
         if standing.registry:

@@ -42,7 +42,7 @@ from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
-from micafence.records import NO_STANDING
+from micafence.records import NO_STANDING, UNKNOWN_STANDING
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -112,7 +112,9 @@ class Pipeline:
             known = self.clients.cached(client_id)  # a fresh local entry: no await
             standing = known if known is not None else await self.clients.standing(client_id)
         declared = None
-        if not decision.blocked and (source := enforcer.declaration(scope)) is not None:
+        # A sign-up route (one memo look-up): what it declares, the token it may present.
+        sign_up = not decision.blocked and enforcer.on_sign_up_path(scope)
+        if sign_up and (source := enforcer.declaration(scope)) is not None:
             declared, receive = await read_declaration(
                 source, scope, receive, enforcer.policy.catalogue.max_body_bytes)
         if standing is not NO_STANDING or declared is not None:  # standing_of's empty one
@@ -127,6 +129,17 @@ class Pipeline:
                 enforcer.policy, decision, scope, send, self.audit)
             if found is not None:
                 decision = _settled(decision, found.reason, found.grant_id)
+        elif (sign_up and not decision.blocked and not self.dry and enforcer.sign_up(scope)
+              and _presents(scope, enforcer.policy.onboarding.header)):
+            # The token's client, known EU, signing up from elsewhere: bound all the same.
+            found, send = await self.onboarding.admit(
+                enforcer.policy, decision, scope, send, self.audit)
+            if found is not None and found.reason is not Reason.ONBOARDING_INVALID_TOKEN:
+                holder = UNKNOWN_STANDING if found.client_id is None \
+                    else await self.clients.standing(found.client_id)
+                placed = enforcer.decide(scope, holder, declared)
+                if placed.blocked:  # in the token's zones: settled there
+                    decision = _settled(placed, found.reason, found.grant_id)
         if client_id is not None and not self.dry and (
                 linking := self.arrivals.seen(enforcer.policy, client_id, scope)):
             await linking  # a new (arrival cookie, client) pair: micafence.grants.arrivals
@@ -176,6 +189,12 @@ class Pipeline:
         settled = _settled(decision, verdict.reason, ",".join(verdict.grant_ids) or None)
         self._settled.put(key, (decision, verdict, settled))
         return settled
+
+
+def _presents(scope: Scope, header: str) -> bool:
+    """Does the request carry the onboarding token header (policy ``onboarding.header``)?"""
+    wanted = header.encode("latin-1")
+    return any(name == wanted for name, _ in scope.get("headers") or ())
 
 
 def _settled(decision: Decision, reason: Reason, grant_id: str | None) -> Decision:

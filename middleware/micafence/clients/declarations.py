@@ -9,7 +9,9 @@ grant check reads it (up to ``scopes.max_body_bytes``) and replayed to the app u
 
 A missing or blank field is no declaration. What cannot be read for sure is :data:`UNREADABLE` (the
 pipeline decides it as the unknown country, the failure posture): a larger or cut-short body,
-a body that is not what the route says, a field given twice, a value that is not a country.
+a body that is not what the route says (a ``form`` route's body of another content type, such
+as multipart, which the app's framework may read as a form all the same), a field given twice,
+a value that is not a country.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ async def read_declaration(
     :data:`UNREADABLE`), and the ``receive`` to hand on (it replays what was read)."""
     if source.where == "query":
         return _country(_form_value(scope.get("query_string") or b"", source.name)), receive
-    if scope.get("type") != "http":
-        return None, receive
+    if scope.get("type") != "http":  # a websocket handshake: no body to read it from
+        return UNREADABLE, receive
     raw, receive = await read_body(scope, receive, limit)
     if raw is None:
         return UNREADABLE, receive
     if not raw.strip():
         return None, receive
     if source.where == "form":
+        if not _urlencoded(scope):  # multipart, JSON, …: the app's framework may read those
+            return UNREADABLE, receive
         return _country(_form_value(raw, source.name)), receive
     try:
         body = json.loads(raw, object_pairs_hook=refuse_duplicates)
@@ -53,6 +57,14 @@ async def read_declaration(
 
 
 _MISSING: Final = object()
+_FORM_TYPE = b"application/x-www-form-urlencoded"
+
+
+def _urlencoded(scope: Scope) -> bool:
+    """Does the request say its body is a urlencoded form (or say nothing of its type)? Every
+    Content-Type it gives must (frameworks differ on which of several they read)."""
+    return all(value.split(b";", 1)[0].strip().lower() == _FORM_TYPE
+               for name, value in scope.get("headers") or () if name == b"content-type")
 
 
 def _form_value(raw: bytes, name: str) -> object:

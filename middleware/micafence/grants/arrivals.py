@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from micafence.caches import BoundedCache
 from micafence.instants import Clock, utc_now
 from micafence.logs import log_event
-from micafence.records import ArrivalLink, Grant, SolicitationEvidence
+from micafence.records import AccountBinding, ArrivalLink, Grant, SolicitationEvidence
 
 if TYPE_CHECKING:
     from micafence.asgi import Scope
@@ -86,13 +86,21 @@ async def solicitations_of(
     store: Store, client_id: str, since: dt.datetime
 ) -> list[Solicitation]:
     """The evidence that counts against ``client_id`` from ``since`` on, oldest first: recorded
-    under its id, or under an arrival cookie linked to it."""
-    found = [Solicitation(e) for e in await store.solicitations(client_id) if e.at >= since]
-    for link in links_of(await store.grant_events(client_id), client_id).values():
-        found += [Solicitation(e, link) for e in await store.solicitations(link.subject)
-                  if e.at >= since]
-    found.sort(key=lambda item: item.evidence.at)
-    return found
+    under its id, or under an arrival cookie linked to it; and so for the client whose grant
+    opened ``client_id`` as its account (an onboarding token's binding): one client."""
+    events = await store.grant_events(client_id)
+    holders = dict.fromkeys(
+        event.client_id for event in events if isinstance(event, AccountBinding)
+        and event.account_id == client_id and event.client_id != client_id)
+    found: list[Solicitation] = []
+    for subject in (client_id, *holders):
+        history = events if subject == client_id else await store.grant_events(subject)
+        found += [Solicitation(e) for e in await store.solicitations(subject) if e.at >= since]
+        for link in links_of(history, subject).values():
+            found += [Solicitation(e, link) for e in await store.solicitations(link.subject)
+                      if e.at >= since]
+    unique = {item.evidence: item for item in reversed(found)}  # linked to both: once
+    return sorted(unique.values(), key=lambda item: item.evidence.at)
 
 
 def links_of(events: Iterable[object], client_id: str) -> dict[str, ArrivalLink]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import secrets
+import unicodedata
 
 from micafence.errors import GrantError
 from micafence.grants.arrivals import solicitations_of
@@ -95,7 +96,8 @@ class GrantBook:
         reason and is ``approval_required``: pending until a second, different officer
         approves it (:meth:`approve`). An override with nothing to override is refused too.
 
-        **Renewals.** A grant for the same client and service whose initiative is later than
+        **Renewals.** A grant for the same client (its holdings: an account an onboarding token
+        opened holds the grant it was opened with) and service whose initiative is later than
         an earlier grant's, recorded while that one runs or within ``scopes.renewal_window``
         after it ends (expiry or revocation), renews it (``renewal_of``): it must name an
         evidence reference no grant of an earlier approach of the client used (grants of one
@@ -150,7 +152,9 @@ class GrantBook:
                 f"client {client} has no solicitation evidence within the look-back window "
                 f"(promotions.solicitation_lookback {lookback}, from {since.isoformat()}): "
                 "there is nothing to override; record the grant without an override reason")
-        history = await self.store.grant_events(client)
+        # Its holdings: its own grants and those bound to it as the account an onboarding
+        # token opened (the app names an onboarded client by that account from then on).
+        history = await self.store.holdings(client)
         renewal_of = self._renewal_of(fold(history), client, service, initiated_at,
                                       texts["evidence"], now)
         grant = Grant(
@@ -177,9 +181,9 @@ class GrantBook:
         assert self.policy is not None
         window = self.policy.grant_store.renewal_window
         previous: GrantState | None = None
-        for state in earlier:
+        for state in earlier:  # the client's holdings: its own grants and those bound to it
             grant = state.grant
-            if (grant.client_id == client and grant.service == service
+            if (grant.service == service
                     and grant.initiated_at < initiated_at
                     and now <= _end(state) + window
                     and (previous is None or _end(state) >= _end(previous))):
@@ -188,7 +192,7 @@ class GrantBook:
             return None
         reference = _reference(evidence)
         for state in earlier:  # grants of another approach (the same one may share evidence)
-            if (state.grant.client_id == client and state.grant.initiated_at != initiated_at
+            if (state.grant.initiated_at != initiated_at
                     and _reference(state.grant.evidence) == reference):
                 raise GrantError(
                     f"this grant renews {previous.grant.id} ({client}'s {service} grant, which "
@@ -227,7 +231,7 @@ class GrantBook:
         if not state.grant.approval_required:
             raise GrantError(f"grant {grant_id} was recorded without maker-checker: it needs "
                              "no approval")
-        if officer.casefold() == state.grant.verified_by.casefold():
+        if _reference(officer) == _reference(state.grant.verified_by):
             raise GrantError(f"maker-checker: {officer} recorded grant {grant_id}; a second, "
                              "different officer must approve it")
         now = self.clock()
@@ -284,9 +288,13 @@ def _end(state: GrantState) -> dt.datetime:
     return end
 
 
-def _reference(evidence: str) -> str:
-    """An evidence reference as compared between grants: case and spacing do not matter."""
-    return " ".join(evidence.split()).casefold()
+def _reference(text: str) -> str:
+    """An evidence reference (or an officer's name) as compared between grants: its letters
+    and digits, compatibility-folded (a fullwidth or look-alike form is the plain one) and
+    case-folded; spacing, punctuation and invisible characters do not matter."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    kept = "".join(char for char in folded if char.isalnum())
+    return kept or " ".join(folded.split())
 
 
 def _required(name: str, value: str) -> str:

@@ -22,8 +22,10 @@ grant (``micafence grant add --onboarding`` or ``micafence grant token GRANT_ID`
   :class:`~micafence.grants.book.AccountBinding` record, so that account holds the grant from
   then on.
 
-The pipeline (:mod:`micafence.pipeline`) calls :meth:`OnboardingGate.admit` only for blocked
-account-creation requests; nothing else ever reads the header.
+The pipeline (:mod:`micafence.pipeline`) calls :meth:`OnboardingGate.admit` for account-creation
+requests: blocked ones, and those that were not blocked but present a token (the token's
+client, an EU client, signing up from elsewhere: its account is bound too, and the sign-up is
+decided in its grant's zones); nothing else ever reads the header.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class OnboardingResult(NamedTuple):
 
     reason: Reason
     grant_id: str | None = None
+    client_id: str | None = None  # the grant's client: who is signing up
 
 
 _INVALID = OnboardingResult(INVALID_TOKEN)
@@ -145,10 +148,11 @@ class OnboardingGate:
         self, policy: Policy, decision: Decision, scope: Scope, send: Send,
         audit: AuditLog | None = None,
     ) -> tuple[OnboardingResult | None, Send]:
-        """What the onboarding token of a blocked account creation gives (``None``: it
-        presents none, or it is no zone's block), and the ``send`` to use (it binds the new
-        account to the grant when the app names it)."""
-        if scope.get("type") != "http" or decision.zone is None:
+        """What the onboarding token of an account creation gives (``None``: it presents none,
+        or it is blocked by no zone), and the ``send`` to use (it binds the new account to the
+        grant when the app names it). A sign-up that was not blocked (the token's client on a
+        non-EU address) presents its token all the same: its account is bound as well."""
+        if scope.get("type") != "http" or (decision.blocked and decision.zone is None):
             return None, send  # anonymizer blocks stay: a token says nothing of location
         settings = policy.onboarding
         wanted = settings.header.encode("latin-1")
@@ -183,11 +187,11 @@ class OnboardingGate:
                 audit.record_event("solicitation.onboarding_refused", {
                     "grant_id": grant.id, "client_id": grant.client_id, "subject": subject,
                     "token": token_hash[:16]})
-            return OnboardingResult(SOLICITED, grant.id), send
+            return OnboardingResult(SOLICITED, grant.id, grant.client_id), send
         if audit is not None:  # a full queue also refuses the decision record next (503)
             audit.record_event("onboarding.token_used", {
                 "grant_id": grant.id, "client_id": grant.client_id, "token": token_hash[:16]})
-        return (OnboardingResult(PASSED, grant.id),
+        return (OnboardingResult(PASSED, grant.id, grant.client_id),
                 self._binding(send, settings, grant.id, grant.client_id))
 
     async def _solicited(

@@ -153,14 +153,28 @@ class RecordSeal:
         self.key = key
         self.location = location
         self._rejected: BoundedCache[bytes, bool] = BoundedCache(_REJECTED_LIMIT)
+        self._unverified_told = False
 
     def sign(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The record to write: signed when there is a key."""
         return self.key.sign(record) if self.key is not None else dict(record)
 
     def verified(self, record: Mapping[str, Any], where: str) -> Mapping[str, Any] | None:
-        """The record read at ``where`` if it may be trusted, else ``None`` (logged)."""
+        """The record read at ``where`` if it may be trusted, else ``None`` (logged).
+
+        Without a key every record is taken as it is; the first signed one read says so (once):
+        whoever reads with the key (the middleware, say) ignores what does not verify, so a
+        reader without it may see records they never see."""
         if self.key is None:
+            if not self._unverified_told and "mac" in record:
+                self._unverified_told = True
+                log_event(logging.WARNING, "grant.records_not_verified",
+                          f"micafence: the records in {self.location} are signed, but no grant "
+                          "key was given: they are read as written, not verified (an unsigned "
+                          "or altered record counts here, and not where the key is given); "
+                          "give the grant key (--grant-key-file, $MICAFENCE_GRANT_KEY or "
+                          "$MICAFENCE_GRANT_KEY_FILE)",
+                          location=self.location)
             return record
         problem = self.key.problem(record)
         if problem is None:

@@ -174,6 +174,10 @@ class RedisStore(Store):
         self._settings = DEFAULT_STORE_SETTINGS
         self._refusal: str | None = None
         self._reported: tuple[str, ...] = ()
+        # The highest record count (grant_version) this process has read; one lower than it
+        # proves the store lost records, and from then on its grant histories are not trusted.
+        self._highest = 0
+        self._lost: str | None = None
 
     # -- the Store interface -------------------------------------------------------------------
 
@@ -210,6 +214,7 @@ class RedisStore(Store):
             keys=keys, args=[grant_id, record, self.keys.channel, event.client_id])))
         if version < 0:
             raise StoreError(f"grant {grant_id} is already recorded")
+        self._saw_version(version)
         return version
 
     async def grant_events(self, client_id: str | None = None) -> list[GrantEvent]:
@@ -224,7 +229,9 @@ class RedisStore(Store):
 
     async def grant_version(self) -> int:
         value = await self._run("grant_version", lambda: self._client.get(self.keys.version))
-        return int(value or 0)
+        version = int(value or 0)
+        self._saw_version(version)
+        return version
 
     async def put_onboarding_ticket(self, ticket: OnboardingTicket) -> None:
         lifetime = ticket.expires_at - ticket.issued_at
@@ -254,21 +261,21 @@ class RedisStore(Store):
         return ticket if now < ticket.expires_at else None
 
     async def holdings(self, client_id: str) -> list[GrantEvent]:
-        if self._refusal is not None:
-            self.report_failure("holdings")
-            raise StoreError(self._refusal)
+        self._refuse_if_untrusted("holdings")
         cached = self.cache.get(client_id)
         if cached is not None:
             return list(cached)
         generation = self.cache.generation
         events = await super().holdings(client_id)
+        # Read after the records: a server that restarted empty before (or while) they were
+        # read answers a lower count, and what it answered is not taken for the history.
+        await self.grant_version()
+        self._refuse_if_untrusted("holdings")
         self.cache.put(client_id, tuple(events), generation)
         return events
 
     async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
-        if self._refusal is not None:
-            self.report_failure("grant_states")
-            raise StoreError(self._refusal)
+        self._refuse_if_untrusted("grant_states")
         cached = self.cache.states(client_id)
         if cached is None:
             return await super().grant_states(client_id)  # loads, and caches the records
@@ -281,9 +288,13 @@ class RedisStore(Store):
     # -- operations ----------------------------------------------------------------------------
 
     async def check(self) -> bool:
-        """Redis answers a ``PING`` (the readiness probe's store check)."""
+        """Redis answers a ``PING`` (the readiness probe's store check), and has not lost
+        records this process read."""
         if not await self._run("check", lambda: self._client.ping()):
             raise StoreError(f"{self.location}: PING answered no")
+        if self._lost is not None:
+            self.report_failure("check")
+            raise StoreError(self._lost)
         return True
 
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
@@ -343,6 +354,32 @@ class RedisStore(Store):
         return problems
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _refuse_if_untrusted(self, operation: str) -> None:
+        """Raise :class:`StoreError` while grant histories cannot be trusted: refused by
+        ``scopes.redis_checks``, or records lost."""
+        problem = self._lost or self._refusal
+        if problem is not None:
+            self.report_failure(operation)
+            raise StoreError(problem)
+
+    def _saw_version(self, version: int) -> None:
+        """A record count read from the server: lower than one read before, records were lost.
+        Service checks then fail closed and the client registry keeps the standings it read
+        (a known EU client stays EU) until this process restarts."""
+        if version >= self._highest:
+            self._highest = version
+            return
+        if self._lost is None:
+            self._lost = (
+                f"{self.location} lost grant records: its record count went back from "
+                f"{self._highest} to {version} (a restart without persistence, a fail-over to a "
+                "replica that was behind, a restore from an older copy?); its grant histories "
+                "are refused (service checks fail closed, each worker keeps the client "
+                "standings it read) until micafence restarts once the records are restored")
+            self.cache.flush()
+            log_event(logging.CRITICAL, "store.records_lost", f"micafence: {self._lost}",
+                      location=self.location, highest=self._highest, now=version)
 
     async def _recheck(self) -> bool:
         """On every (re)connection: the server may have been replaced or reconfigured. May the
