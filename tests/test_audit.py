@@ -68,9 +68,14 @@ RECORD_TABLE = [
         "client_id": "c-7",
     }, id="eu-wind-down-pass-is-evidence"),
     pytest.param((), "GET", "/prices", SE, None, {
-        "class": "traffic", "blocked": False, "reason": "pass", "route": None,
+        "class": "traffic", "blocked": False, "reason": "pass", "route": "unlisted",
         "route_class": "neutral", "promotions": "forbidden",
     }, id="eu-neutral-page-is-traffic"),
+    # What no route entry names is the policy's `unlisted` default, and the log says so.
+    pytest.param((), "POST", "/api/v2/orders", SE, None, {
+        "class": "block", "blocked": True, "reason": "eu.no_grant",
+        "rule": "services-need-grant", "route": "unlisted", "route_class": "service",
+    }, id="eu-unlisted-post-falls-to-the-service-default"),
     pytest.param((SHADOW_SIGNUP,), "POST", "/api/accounts", SE, None, {
         "class": "evidence", "blocked": False, "outcome": "block", "mode": "shadow",
         "rule_mode": "shadow", "reason": "eu.account_creation",

@@ -68,9 +68,8 @@ def variant(*edits: tuple[str, str]) -> Policy:
 
 
 EDGE = ("  setup: private   #", "  setup: edge\n  edge_country_header: cf-ipcountry\n  #")
-WS_IS_A_SERVICE = ("  - {id: wind-down.export,",
-                   "  - {id: stream.prices, class: service, path: /ws/**}\n"
-                   "  - {id: wind-down.export,")
+WS_IS_A_SERVICE = ("  - {id: neutral.price-stream, class: neutral, path: /ws/prices}",
+                   "  - {id: stream.prices, class: service, path: /ws/**}")
 IDENTITY_HEADER = (
     "  source: header\n  header: x-client-id\n  residence_header: x-client-residence\n"
 )

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Callable
 
 import pytest
+from ruamel.yaml import YAML
 
 from micafence import PolicyError, load_policy, load_policy_text
 from micafence.instants import format_duration, parse_duration
 from micafence.policy.catalogue import MICA_SERVICES
 from tests.conftest import DEFAULT_POLICY
+
+_ROUTE_IDS = [route.id for route in load_policy(DEFAULT_POLICY).routes]
+
+
+def _at(route_id: str) -> str:
+    """The key path of a default policy route, by its id (its place moves as routes are added)."""
+    return f"routes[{_ROUTE_IDS.index(route_id)}]"
 
 CATALOGUE = load_policy(DEFAULT_POLICY).catalogue
 
@@ -96,22 +105,24 @@ POLICY_ERRORS = [
      "at least 256"),
     ("  term: P30D ", "  term: P30D\n  window: PT1H", "scopes.window", "unknown key 'window'"),
     ("path: /earn, service: staking}", "path: /earn, service: stakeing}",
-     "routes[12].service", "unknown service 'stakeing'"),
+     _at("service.staking") + ".service", "unknown service 'stakeing'"),
     ("     pair: {from: body, name: pair}}", "     pair: {from: header, name: pair}}",
-     "routes[8].pair.from", "'header' is not one of: path, query, body"),
+     _at("service.orders") + ".pair.from", "'header' is not one of: path, query, body"),
     ("     pair: {from: body, name: pair}}", "     pair: {from: body, name: pair},\n"
-     "     service: order_executing}", "routes[8].service", "unknown service 'order_executing'"),
+     "     service: order_executing}", _at("service.orders") + ".service",
+     "unknown service 'order_executing'"),
     ("     pair: {from: body, name: pair}}", "     pair: {from: body, name: pair},\n"
-     "     asset: {from: body, name: base}}", "routes[8].asset", "a pair names its assets"),
+     "     asset: {from: body, name: base}}", _at("service.orders") + ".asset",
+     "a pair names its assets"),
     ("asset: [{from: body, name: from},", "asset: [{from: path, name: from},",
-     "routes[9].asset[0].name", "has no {from} parameter"),
+     _at("service.swaps") + ".asset[0].name", "has no {from} parameter"),
     ("asset: [{from: body, name: from}, {from: body, name: to}]}", "asset: []}",
-     "routes[9].asset", "at least one source"),
+     _at("service.swaps") + ".asset", "at least one source"),
     ("path: /earn, service: staking}", "path: /earn, asset: {from: query, name: a}}",
-     "routes[12].asset", "needs a service"),
+     _at("service.staking") + ".asset", "needs a service"),
     ('path: "/earn/{asset}/**", service: staking,\n     asset: {from: path, name: asset}}',
      'path: "/earn/{asset}/**", service: staking,\n     asset: {from: path, name: coin}}',
-     "routes[11].asset.name", "has no {coin} parameter"),
+     _at("service.staking.asset") + ".asset.name", "has no {coin} parameter"),
 ]
 
 
@@ -138,20 +149,20 @@ def test_pair_routes_need_both_exchange_services(
     text = text.replace("     service: exchange_for_crypto, asset:", "     service: advice, asset:")
     with pytest.raises(PolicyError, match="needs service 'exchange_for_crypto'") as caught:
         load_policy_text(text, "p.yaml")
-    assert caught.value.key_path == "routes[8].pair"
+    assert caught.value.key_path == _at("service.orders") + ".pair"
 
 
 def test_policy_without_scope_sections_has_empty_catalogue_and_default_bounds() -> None:
-    text = DEFAULT_POLICY.read_text(encoding="utf-8")
-    core = text[: text.index("# -- client-initiated scopes")]
-    for route_key in ("\n     pair: {from: body, name: pair}}", ", service: staking}",
-                      ", service: staking, asset: {from: body, name: asset}}",
-                      ', service: staking,\n     asset: {from: path, name: asset}}'):
-        core = core.replace(route_key, "}")
-    core = core.replace(",\n     service: exchange_for_crypto, asset: [{from: body, name: from}, "
-                        "{from: body, name: to}]}", "}")
-    core = core.replace(",\n     service: transfer, asset: {from: body, name: asset}}", "}")
-    catalogue = load_policy_text(core, "core.yaml").catalogue
+    # The default policy without its scope sections, and its routes without their scope keys.
+    policy = YAML(typ="safe").load(DEFAULT_POLICY.read_text(encoding="utf-8"))
+    for section in ("services", "assets", "scopes", "onboarding", "audit", "reporting"):
+        del policy[section]
+    for route in policy["routes"]:
+        for key in ("service", "pair", "asset"):
+            route.pop(key, None)
+    core = io.StringIO()
+    YAML().dump(policy, core)
+    catalogue = load_policy_text(core.getvalue(), "core.yaml").catalogue
     assert (dict(catalogue.services), dict(catalogue.assets), dict(catalogue.routes)) == ({}, {},
                                                                                           {})
     assert catalogue.term == dt.timedelta(days=30)

@@ -166,11 +166,11 @@ def test_check_does_not_report_consequences_of_an_error(
     code, out, _ = run(capsys, "check", str(not_approved))
     assert code == 1 and f"{not_approved}:11: promotions.approved.uk:" in out
 
-    future = write(tmp_path, "future.yaml", BROKEN.replace("policy: 1", "policy: 2"))
+    future = write(tmp_path, "future.yaml", BROKEN.replace("policy: 1", "policy: 3"))
     code, out, _ = run(capsys, "check", str(future))
     assert code == 1
     assert out.splitlines() == [
-        f"{future}:1: policy: unsupported schema version 2 (this is 1)",
+        f"{future}:1: policy: unsupported schema version 3 (this reads 1 and 2)",
         "1 error in 1 file (1 file checked)",
     ]
 

@@ -373,7 +373,7 @@ def test_client_commands_record_show_and_list(tmp_path: Path) -> None:
 async def test_the_decision_record_names_the_signals(tmp_path: Path) -> None:
     from micafence.audit.sinks import FileSink
     from tests.audit_support import KEY as AUDIT_KEY
-    from tests.audit_support import decisions
+    from tests.audit_support import decisions, read_records
 
     log = AuditLog(FileSink(tmp_path), key=AUDIT_KEY)
     store = MemoryStore()
@@ -389,6 +389,8 @@ async def test_the_decision_record_names_the_signals(tmp_path: Path) -> None:
     [record] = decisions(tmp_path)
     assert (record["v"], record["reason"], record["signals"]) == (
         2, "eu.promotion", ["registry:PT"])
+    [event] = [r for r in read_records(tmp_path) if r.get("event") == "client.residence"]
+    assert (event["data"]["client_id"], event["data"]["country"]) == ("lena", "PT")
 
 
 async def test_under_an_edge_set_up_client_signals_add_to_the_cdns_country() -> None:

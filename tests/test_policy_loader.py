@@ -4,6 +4,7 @@ key path and line."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,13 @@ from micafence.policy.loader import (
     load_policy_text,
     policy_revision,
 )
-from micafence.policy.model import UNKNOWN_COUNTRY_ZONE, Mode, Outcome, PromotionStance
+from micafence.policy.model import (
+    UNKNOWN_COUNTRY_ZONE,
+    Mode,
+    Outcome,
+    PromotionStance,
+    Unlisted,
+)
 
 EU_27 = {
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
@@ -107,7 +114,11 @@ def test_default_policy_loads_with_its_zones() -> None:
     assert policy.source == str(default_policy_path())
     assert REVISION.fullmatch(policy.revision)
     assert policy.revision == policy_revision(default_policy_path().read_bytes())
-    assert len(policy.routes) == 16  # three staking routes: change, per asset, overview
+    # Format version 2 with a fail-closed default for unsafe methods; every class listed.
+    assert (policy.version, policy.unlisted) == (2, Unlisted(safe="neutral", unsafe="service"))
+    classes = Counter(route.route_class for route in policy.routes)
+    assert classes == {"account_creation": 10, "promotion": 11, "service": 18,
+                       "wind_down": 10, "neutral": 13}
     assert [rule.id for rule in policy.rules] == [
         "no-new-accounts", "no-promotion-routes", "services-need-grant",
         "wind-down-existing-clients",
@@ -211,8 +222,8 @@ BAD_POLICIES = [
                  id="duplicate-top-level-key"),
     pytest.param(edit("  header: x-forwarded-for\n", "  header: x-forwarded-for: yes\n"),
                  "", 6, "YAML error: mapping values are not allowed here", id="yaml-syntax"),
-    pytest.param(edit("policy: 1", "policy: 2"), "policy", 1,
-                 "unsupported schema version 2 (this is 1)", id="schema-version"),
+    pytest.param(edit("policy: 1", "policy: 3"), "policy", 1,
+                 "unsupported schema version 3 (this reads 1 and 2)", id="schema-version"),
     pytest.param(edit("policy: 1", "policy: '1'"), "policy", 1,
                  "expected an integer, got string '1'", id="schema-version-string"),
     pytest.param(edit("  unknown_country:\n", "  unknown_country:\n    countries: [US]\n"),

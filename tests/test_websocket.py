@@ -88,7 +88,10 @@ def test_methods_limited_route_matches_the_handshake(
                  id="post-put-account-creation"),
     pytest.param("/api/withdrawals", "wind_down", "eu.wind_down.unidentified",
                  id="post-wind-down"),
-    pytest.param("/markets", "neutral", "pass", id="no-route"),
+    # A path no entry names: the policy's unlisted defaults, the stricter of the two (a
+    # websocket nobody listed fails closed like an unsafe method).
+    pytest.param("/markets", "service", "eu.service", id="no-route"),
+    pytest.param("/ws/prices", "neutral", "pass", id="listed-market-data-stream"),
 ])
 def test_handshake_takes_the_strictest_class_of_its_path(
     path: str, route_class: str, reason: str

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from micafence.errors import MicafenceError, PolicyError
 from micafence.policy.casefile import CaseResult
+from micafence.policy.coverage import Note
 from micafence.policy.model import Policy
 
 FORMATS = ("text", "json", "github")
@@ -29,6 +30,7 @@ class Checked:
     file: str
     policy: Policy | None
     errors: list[PolicyError]
+    notes: Sequence[Note] = ()  # a valid policy's warnings and notices (policy.coverage)
 
 
 def check_report(checked: Sequence[Checked], form: str) -> str:
@@ -39,6 +41,8 @@ def check_report(checked: Sequence[Checked], form: str) -> str:
     for item in checked:
         if item.policy is not None:
             lines.extend(_ok_lines(item.file, item.policy))
+        for note in item.notes:
+            lines.append(github_note(note) if form == "github" else str(note))
         for error in item.errors:
             lines.append(github_error(error) if form == "github" else str(error))
     lines.append(check_summary(checked))
@@ -49,6 +53,9 @@ def check_summary(checked: Sequence[Checked]) -> str:
     errors = sum(len(item.errors) for item in checked)
     files = len(checked)
     checked_text = f"{files} file{'s' if files != 1 else ''} checked"
+    notes = sum(len(item.notes) for item in checked)
+    if notes:
+        checked_text = f"{notes} note{'s' if notes != 1 else ''}; {checked_text}"
     if not errors:
         return f"no errors ({checked_text})"
     failed = sum(bool(item.errors) for item in checked)
@@ -60,8 +67,9 @@ def _ok_lines(file: str, policy: Policy) -> list[str]:
     zones = ", ".join(f"{z.name} ({len(z.countries)})" for z in policy.zones if z.countries)
     return [
         f"{file}: OK — policy {policy.name!r} revision {policy.revision}",
-        f"  zones: {zones}; {len(policy.routes)} routes; {len(policy.rules)} rules; "
-        f"mode {policy.mode.value}",
+        f"  zones: {zones}; {len(policy.routes)} routes (format version {policy.version}, "
+        f"unlisted safe: {policy.unlisted.safe}, unsafe: {policy.unlisted.unsafe}); "
+        f"{len(policy.rules)} rules; mode {policy.mode.value}",
     ]
 
 
@@ -69,18 +77,34 @@ def _check_json(checked: Sequence[Checked]) -> dict[str, object]:
     files: list[dict[str, object]] = []
     for item in checked:
         entry: dict[str, object] = {"file": item.file, "ok": not item.errors,
-                                    "errors": [error_json(e) for e in item.errors]}
+                                    "errors": [error_json(e) for e in item.errors],
+                                    "notes": [note_json(n) for n in item.notes]}
         if item.policy is not None:
             entry["policy"] = {"name": item.policy.name, "revision": item.policy.revision,
-                               "mode": item.policy.mode.value}
+                               "mode": item.policy.mode.value, "version": item.policy.version}
         files.append(entry)
     count = sum(len(item.errors) for item in checked)
-    return {"ok": count == 0, "error_count": count, "files": files}
+    notes = sum(len(item.notes) for item in checked)
+    return {"ok": count == 0, "error_count": count, "note_count": notes, "files": files}
 
 
 def error_json(error: PolicyError) -> dict[str, object]:
     return {"file": error.file, "line": error.line, "key_path": error.key_path or None,
             "problem": error.problem, "message": str(error)}
+
+
+def note_json(note: Note) -> dict[str, object]:
+    return {"file": note.file, "line": note.line, "key_path": note.key_path,
+            "level": note.level, "problem": note.problem, "message": str(note)}
+
+
+def github_note(note: Note) -> str:
+    """``note`` as a GitHub Actions ``::warning`` or ``::notice`` annotation."""
+    properties = [f"file={_property(note.file)}"]
+    if note.line is not None:
+        properties.append(f"line={note.line}")
+    properties.append(f"title={_property(f'micafence: {note.key_path}')}")
+    return f"::{note.level} {','.join(properties)}::{_data(note.problem)}"
 
 
 def github_error(error: PolicyError) -> str:

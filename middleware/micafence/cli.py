@@ -35,7 +35,8 @@ from micafence.location.anonymizer import AnonymousIPDatabase
 from micafence.location.geo import GeoIPDatabase
 from micafence.pipeline import Action, Pipeline, Trial, dry_pipeline, trial
 from micafence.policy.casefile import CaseFile, check_cases, run_cases
-from micafence.policy.loader import check_policy, default_policy_path
+from micafence.policy.coverage import precedence_notes
+from micafence.policy.loader import check_policy, default_policy_path, load_policy
 from micafence.policy.probe import build_scope, parse_header_option
 from micafence.store.opener import open_store
 
@@ -72,7 +73,11 @@ def _database_path(given: str | None) -> Path:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    checked = [Checked(file, *check_policy(file)) for file in args.policies]
+    checked = []
+    for file in args.policies:
+        policy, errors = check_policy(file)
+        notes = precedence_notes(policy) if policy is not None else []
+        checked.append(Checked(file, policy, errors, notes))
     sys.stdout.write(check_report(checked, args.format))
     return 1 if any(item.errors for item in checked) else 0
 
@@ -208,6 +213,26 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_routes(args: argparse.Namespace) -> int:
+    # Imports the app (and so its Starlette): only this command does.
+    from micafence.app_routes import (
+        app_routes,
+        falling_through,
+        load_app,
+        report_json,
+        report_text,
+        route_rows,
+    )
+
+    policy = load_policy(_policy_path(args.policy))
+    rows = route_rows(policy, app_routes(load_app(args.app, args.app_dir)))
+    if args.format == "json":
+        sys.stdout.write(report_json(args.app, policy, rows, args.strict))
+    else:
+        sys.stdout.write(report_text(args.app, policy, rows))
+    return 1 if args.strict and falling_through(rows) else 0
+
+
 _ACTIONS = {
     Action.PASS: "pass to the app",
     Action.PASS_WRAPPED: "pass to the app (its answer made safe: promotions, caching)",
@@ -230,8 +255,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="validate policy files",
         description="Validate policy files and report every error found, one line each: "
-        "FILE:LINE: KEY.PATH: PROBLEM. Exit 0 when every file is valid, 1 when any has an "
-        "error (or cannot be read), 2 on a usage error.",
+        "FILE:LINE: KEY.PATH: PROBLEM; then what the route entries decide: FILE:LINE: "
+        "routes[N]: warning: an entry no request reaches, or a tie the file's order breaks; "
+        "notice: on a version 1 file, each entry that would stop deciding some request under "
+        "version 2. Exit 0 when every file is valid (warnings and notices included), 1 when "
+        "any has an error (or cannot be read), 2 on a usage error.",
     )
     check.add_argument("policies", nargs="+", metavar="POLICY", help="policy YAML file(s)")
     check.add_argument("--format", choices=FORMATS, default="text",
@@ -286,6 +314,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     explain.add_argument("--breakglass-dir", metavar="DIR",
                          help=f"break-glass directory (default: ${BREAKGLASS_ENV})")
     explain.set_defaults(func=_cmd_explain)
+
+    routes = commands.add_parser(
+        "routes", help="what the policy makes of every route of a Starlette or FastAPI app",
+        description="Import the app (package.module:attribute), walk its routes, mounts and "
+        "sub-apps, and print each path and method with the class the policy gives it and the "
+        "entry that decides it ('unlisted': the policy's unlisted default). Exit 0; with "
+        "--strict, 1 when an unsafe method (not GET, HEAD or OPTIONS; an app mounted whole "
+        "counts as every method, a websocket as unsafe where no entry names its path) falls "
+        "to the unlisted default; 1 when the app "
+        "or the policy cannot be loaded; 2 on a usage error.",
+    )
+    routes.add_argument("app", metavar="APP", help="the app, as package.module:attribute")
+    routes.add_argument("--policy", help=f"policy file (default: ${POLICY_ENV}, else the "
+                        "packaged default policy)")
+    routes.add_argument("--app-dir", default=".", metavar="DIR",
+                        help="directory put first on the import path (default: .)")
+    routes.add_argument("--strict", action="store_true",
+                        help="exit 1 when an unsafe route falls to the unlisted default")
+    routes.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text (default) or json (one document on stdout)")
+    routes.set_defaults(func=_cmd_routes)
 
     from micafence.grants.cli import register as register_grant
 

@@ -252,7 +252,7 @@ class Enforcer:
             if identity.source == "header" and identity.residence_header
             else None
         )
-        self.routes = RouteTable(policy.routes)
+        self.routes = RouteTable(policy.routes, policy.version, policy.unlisted)
         # Account-creation routes that read a declared residence: matched for every visitor.
         declaring = tuple(route for route in policy.routes if route.residence is not None)
         sign_ups = RouteTable(route for route in policy.routes
@@ -624,27 +624,27 @@ class Enforcer:
         self, scope: Scope, overrides: Sequence[Header] | None, zones: tuple[str, ...],
         flags: tuple[str, ...],
     ) -> tuple[_Verdict, str | None, RouteClass]:
-        """The most severe verdict of the routes the request may be handled by (a restricted
-        visitor's): with the route's id and class; the neutral class's when none matches."""
-        if scope.get("type") == "websocket":
-            # A handshake carries no method of its own: the app behind the path may serve
-            # it whatever its routes' methods, so every route of the path counts.
-            methods = HTTP_METHODS
-        else:
-            methods = request_methods(
-                str(scope.get("method") or "GET"), overrides or (),
-                scope.get("query_string") or b"",
-            )
-        verdict, route_id, route_class = _NO_VERDICT, None, _NEUTRAL
+        """The most severe verdict of the entries that may decide the request (a restricted
+        visitor's: :meth:`RouteTable.candidates`), with the entry's id and class; the
+        ``unlisted`` default's (route id ``unlisted``) when no entry names the request."""
+        table = self.routes
+        # A handshake carries no method of its own: every entry of its path counts.
+        websocket = scope.get("type") == "websocket"
+        methods = HTTP_METHODS if websocket else request_methods(
+            str(scope.get("method") or "GET"), overrides or (), scope.get("query_string") or b"")
+        verdict, chosen = _NO_VERDICT, None
         for path in route_paths(scope):
-            for route in self.routes.match(methods, path):
+            for route in (table.handshake(path) if websocket else table.candidates(methods, path)):
                 candidate = self._verdict(zones, route.route_class, flags)
-                if route_id is None or candidate.outcome.severity > verdict.outcome.severity:
-                    verdict, route_id = candidate, route.id
-                    route_class = RouteClass(route.route_class)
-        if route_id is None:
-            verdict = self._verdict(zones, _NEUTRAL, flags)
-        return verdict, route_id, route_class
+                if chosen is None or candidate.outcome.severity > verdict.outcome.severity:
+                    verdict, chosen = candidate, route
+        if chosen is None:  # version 1, and no entry matches: the unlisted default
+            for route in table.unlisted(methods):
+                candidate = self._verdict(zones, route.route_class, flags)
+                if chosen is None or candidate.outcome.severity > verdict.outcome.severity:
+                    verdict, chosen = candidate, route
+        assert chosen is not None
+        return verdict, chosen.id, RouteClass(chosen.route_class)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -152,6 +152,7 @@ class MicafenceMiddleware:
 
             metrics = Metrics()
         self.pipeline.audit = audit  # micafence.audit.log: records all but plain passes
+        self.pipeline.clients.audit = audit  # and the residences the app records (fence.clients)
         self.pipeline.metrics = metrics  # micafence.metrics: Prometheus counters, sampled latency
         if audit is not None:
             audit.follow(lambda: self.enforcer.policy)

@@ -21,6 +21,7 @@ import builtins
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from micafence.caches import BoundedCache
 from micafence.identity import clean_client_id, clean_country
@@ -33,6 +34,9 @@ from micafence.records import (
     standing_of,
 )
 from micafence.store.base import Store
+
+if TYPE_CHECKING:
+    from micafence.audit.log import AuditLog
 
 logger = logging.getLogger("micafence")
 
@@ -58,6 +62,9 @@ class ClientRegistry:
         # outage falls back to it.
         self._known: BoundedCache[str, tuple[Standing, float]] = BoundedCache(_ENTRIES)
         self._logged_at = -_LOG_EVERY
+        #: The decision log that records every residence recorded here (``client.residence``):
+        #: the middleware's, for ``fence.clients``.
+        self.audit: AuditLog | None = None
 
     def cached(self, client_id: str) -> Standing | None:
         """The client's standing if read less than :data:`FRESH_SECONDS` ago, else ``None``."""
@@ -89,8 +96,9 @@ class ClientRegistry:
     ) -> Residence:
         """Record where ``client_id`` is established (the host app at sign-up or KYC time:
         ``by`` names who or what, ``evidence`` the KYC file or document). Appended, never
-        overwritten: the latest record is the registry's word. Raises ``ValueError`` for an
-        id, country or text that cannot be recorded, :class:`StoreError` if the store fails."""
+        overwritten: the latest record is the registry's word, and the decision log (if any)
+        records it. Raises ``ValueError`` for an id, country or text that cannot be recorded,
+        :class:`StoreError` if the store fails."""
         clean_id = clean_client_id(client_id)
         if clean_id is None:
             raise ValueError(f"not a client id: {client_id!r} (letters, digits, . _ : @ -)")
@@ -102,6 +110,8 @@ class ClientRegistry:
         record = Residence(clean_id, clean, _text("evidence", evidence), _text("by", by),
                            self.clock(), source)
         await self.store.append_grant_event(record)
+        if self.audit is not None:
+            self.audit.record_grant(record)
         await self.standing(clean_id)  # this worker sees it at once
         return record
 

@@ -27,8 +27,10 @@ from micafence.policy.catalogue import ROUTE_SCOPE_KEYS, declaration_source, par
 from micafence.policy.grant_store import parse_onboarding, parse_store_settings
 from micafence.policy.health import parse_health
 from micafence.policy.model import (
+    DEFAULT_UNLISTED,
     ROUTE_CLASSES,
     UNKNOWN_COUNTRY_ZONE,
+    UNLISTED_ROUTE_ID,
     ClientIP,
     DatabaseChecks,
     IdentitySource,
@@ -39,6 +41,7 @@ from micafence.policy.model import (
     Route,
     Rule,
     Signals,
+    Unlisted,
     Zone,
 )
 from micafence.policy.problems import Problems
@@ -48,7 +51,10 @@ from micafence.policy.schedule import WINDOW_KEYS, parse_window
 from micafence.policy.yamlfile import Node, parse_yaml, read_yaml
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+#: The format versions this reads (``policy:``): 1, the most severe matching route entry
+#: decides; 2, the most specific one does (:mod:`micafence.policy.routes`).
+SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = SCHEMA_VERSIONS[-1]
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _REASON = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)+")
@@ -56,7 +62,7 @@ _HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 _TOP_KEYS = (
     "policy", "name", "mode", "blocked_by", "client_ip", "signals", "client_identity",
-    "zones", "routes", "rules",
+    "zones", "routes", "unlisted", "rules",
     "services", "assets", "scopes",  # micafence.policy.catalogue
     "anonymizers", "database",  # micafence.location.anonymizer, micafence.location.dbcheck
     "promotions", "cache",  # micafence.policy.promotions, micafence.policy.cache
@@ -123,9 +129,10 @@ def _build(root: Node, raw: bytes, source: str, problems: Problems) -> Policy | 
     def section(key: str, parse: Callable[[Node], T], default: T) -> T:
         return problems.attempt(partial(parse, top[key]), default) if key in top else default
 
+    version = 1
     if "policy" in top:
         failed = len(problems.found)
-        problems.attempt(partial(_schema_version, top["policy"]), None)
+        version = problems.attempt(partial(_schema_version, top["policy"]), 0)
         if len(problems.found) > failed:
             return None  # another schema's file: checking its keys would report nonsense
     signals = section("signals", _signals, Signals())
@@ -143,6 +150,7 @@ def _build(root: Node, raw: bytes, source: str, problems: Problems) -> Policy | 
     if declared is not None:  # else each rule's zones would be "unknown"
         rules = section("rules", partial(_rules, known_zones=known_zones, declared=declared,
                                          problems=problems), ())
+    unlisted = section("unlisted", _unlisted, DEFAULT_UNLISTED)
     name = section("name", Node.text, Path(source).stem)
     mode = section("mode", _mode, Mode.ENFORCE)
     blocked_by = section("blocked_by", Node.text, None)
@@ -188,13 +196,25 @@ def _build(root: Node, raw: bytes, source: str, problems: Problems) -> Policy | 
         grant_store=grant_store,
         onboarding=onboarding,
         health=health,
+        version=version,
+        unlisted=unlisted,
     )
 
 
-def _schema_version(node: Node) -> None:
+def _schema_version(node: Node) -> int:
     version = node.integer()
-    if version != SCHEMA_VERSION:
-        node.fail(f"unsupported schema version {version} (this is {SCHEMA_VERSION})")
+    if version not in SCHEMA_VERSIONS:
+        node.fail(f"unsupported schema version {version} (this reads "
+                  f"{' and '.join(map(str, SCHEMA_VERSIONS))})")
+    return version
+
+
+def _unlisted(node: Node) -> Unlisted:
+    """``unlisted: {safe: CLASS, unsafe: CLASS}``: the class of a request no route entry
+    names, by its method (GET, HEAD, OPTIONS are safe); each key defaults to neutral."""
+    fields = node.mapping(("safe", "unsafe"))
+    classes = {key: value.choice(ROUTE_CLASSES) for key, value in fields.items()}
+    return Unlisted(**classes)
 
 
 def _mode(node: Node) -> Mode:
@@ -267,6 +287,9 @@ def _route(item: Node, seen: set[str]) -> Route:
     route_id = fields["id"].text(_ID, "a route id (letters, digits, _ . : -)")
     if route_id in seen:
         fields["id"].fail(f"duplicate route id {route_id!r}")
+    if route_id == UNLISTED_ROUTE_ID:
+        fields["id"].fail(f"{UNLISTED_ROUTE_ID!r} names what no route lists (the `unlisted` "
+                          "default): choose another id")
     seen.add(route_id)
     route_class = fields["class"].choice(ROUTE_CLASSES)
     path = fields["path"].text()
@@ -290,7 +313,7 @@ def _route(item: Node, seen: set[str]) -> Route:
         if route_class != "account_creation":
             fields["residence"].fail("only an account_creation route declares a residence")
         residence = declaration_source(fields["residence"], path)
-    return Route(route_id, route_class, path, methods, residence)
+    return Route(route_id, route_class, path, methods, residence, line=item.line)
 
 
 def _rules(

@@ -7,7 +7,7 @@ holds the shapes the rest of the package reads.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from micafence.policy.audit import (
@@ -93,6 +93,25 @@ class Route:
     methods: frozenset[str] | None  # None: any method
     # Account creation: where the sign-up declares the client's residence (clients.declarations)
     residence: Source | None = None
+    line: int | None = field(default=None, compare=False)  # where the policy file lists it
+
+
+#: The ``route_id`` of a request no entry names: the policy's ``unlisted`` default decided it.
+UNLISTED_ROUTE_ID = "unlisted"
+#: The methods ``unlisted.safe`` covers (RFC 9110's safe methods but TRACE, which no app
+#: routes); every other method, and a method override's junk, is ``unlisted.unsafe``.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Unlisted:
+    """``unlisted``: the class of what no route entry names, for safe and unsafe methods."""
+
+    safe: str = "neutral"
+    unsafe: str = "neutral"
+
+
+DEFAULT_UNLISTED = Unlisted()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +213,10 @@ class Policy:
     onboarding: OnboardingSettings = DEFAULT_ONBOARDING
     # what readiness reports for faults every pod shares (micafence.policy.health)
     health: HealthSettings = DEFAULT_HEALTH
+    #: ``policy:``, the format version: 1 (the most severe matching entry decides) or 2 (the
+    #: most specific one does: :mod:`micafence.policy.routes`)
+    version: int = 1
+    unlisted: Unlisted = DEFAULT_UNLISTED  # the class of what no route entry names
 
     def zone(self, name: str) -> Zone | None:
         for zone in self.zones:

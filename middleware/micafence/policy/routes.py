@@ -4,6 +4,14 @@ Both the policy's patterns and every request path go through :func:`normalize_pa
 ``/API//Accounts/``, ``/api/./accounts``, ``/api/x/../accounts`` and ``/api/%61ccounts`` all
 meet ``/api/accounts``. Matching is deliberately looser than any app router: a request the app
 would treat as a route is always classed as that route; the reverse only costs a false block.
+
+Which entry decides (:meth:`RouteTable.candidates`) depends on the policy's format version. A
+request has variants: every method it may be handled as (its own, a method override's, GET for
+HEAD) on every spelling of its path (:func:`route_paths`). Version 1: every entry matching any
+variant is a candidate, the most severe verdict wins (first in the file among equals), and the
+``unlisted`` default decides only when no entry matches at all. Version 2: each variant's most
+specific matching entry (:func:`specificity`), or the ``unlisted`` default of its method, is a
+candidate, and the most severe of those wins: an override never picks a laxer entry.
 """
 
 from __future__ import annotations
@@ -16,7 +24,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from micafence.caches import BoundedCache
-from micafence.policy.model import Route
+from micafence.policy.model import (
+    DEFAULT_UNLISTED,
+    SAFE_METHODS,
+    UNLISTED_ROUTE_ID,
+    Route,
+    Unlisted,
+)
 
 _SEGMENT_PARAM = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 METHOD_OVERRIDE_HEADERS = (b"x-http-method-override", b"x-http-method", b"x-method-override")
@@ -26,6 +40,10 @@ PATH_KEY_CHARS = 256
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
+# What a method no entry names stands for in memo keys (RouteTable.named): it matches only
+# entries without `methods:`, as every such method does; its kind picks the unlisted default.
+_OTHER_SAFE = "~safe"
+_OTHER_UNSAFE = "~unsafe"
 
 
 def normalize_path(path: str) -> str:
@@ -92,6 +110,32 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise ValueError(str(exc)) from None
 
 
+def pattern_segments(pattern: str) -> tuple[str, ...]:
+    """A valid pattern's segments, normalised: a literal, ``*`` (any one segment: ``{name}``
+    reads as ``*``) or a final ``**``."""
+    return tuple(
+        "*" if segment.startswith("{") else segment
+        for segment in normalize_path(pattern).split("/") if segment
+    )
+
+
+#: (literal segments, parameters, ends without ``**``, has ``methods:``): the greater decides.
+Specificity = tuple[int, int, bool, bool]
+
+
+def specificity(route: Route) -> Specificity:
+    """How specific an entry is (version 2: the most specific entry matching a request
+    decides). The one with more literal segments; then more parameters (``{name}`` or ``*``);
+    then the one not ending in ``**``; then the one with ``methods:``. Equals are a tie, which
+    the file's order breaks (``micafence check`` reports it). An entry without ``**`` or
+    parameters thus beats any other matching the same path."""
+    segments = pattern_segments(route.path)
+    rest = bool(segments) and segments[-1] == "**"
+    parameters = segments.count("*")
+    return (len(segments) - parameters - rest, parameters, not rest,
+            route.methods is not None)
+
+
 def may_override_method(query: bytes) -> bool:
     """Could this query string carry a ``_method`` override (possibly percent-encoded)?"""
     if not query:  # most requests: no query string, nothing to lower-case
@@ -118,21 +162,46 @@ def request_methods(
 
 
 class RouteTable:
-    """The policy's routes, compiled once; matching results are cached per method and path."""
+    """The policy's routes, compiled once; matching results are cached per method and path.
 
-    def __init__(self, routes: Iterable[Route]) -> None:
-        self._routes = tuple((route, compile_pattern(route.path)) for route in routes)
+    ``version`` (the policy's format) and ``unlisted`` (its default for what no entry names)
+    say which entries decide: :meth:`candidates`."""
+
+    def __init__(
+        self, routes: Iterable[Route], version: int = 1, unlisted: Unlisted = DEFAULT_UNLISTED
+    ) -> None:
+        listed = tuple(routes)
+        self.version = version
+        self._routes = tuple((route, compile_pattern(route.path)) for route in listed)
         self._named = frozenset(m for route, _ in self._routes for m in route.methods or ())
+        # Version 2 looks for each method's first match in this order: most specific first,
+        # then file order (sorted() is stable).
+        order = sorted(range(len(listed)), key=lambda i: specificity(listed[i]), reverse=True)
+        self._by_precedence = tuple(self._routes[i] for i in order)
+        self._precedence = {id(listed[i]): rank for rank, i in enumerate(order)}
+        self._position = {id(route): index for index, route in enumerate(listed)}
+        self.unlisted_safe = Route(UNLISTED_ROUTE_ID, unlisted.safe, "/**", SAFE_METHODS)
+        self.unlisted_unsafe = Route(UNLISTED_ROUTE_ID, unlisted.unsafe, "/**", None)
         # Keys are at most PATH_KEY_CHARS long: the entry ceiling bounds the bytes too.
         self._cache: BoundedCache[tuple[frozenset[str], str | bytes], tuple[Route, ...]] = (
             BoundedCache(_CACHE_LIMIT)
         )
+        self._decided: BoundedCache[tuple[frozenset[str], str | bytes], tuple[Route, ...]] = (
+            BoundedCache(_CACHE_LIMIT)
+        )
+        self._handshakes: BoundedCache[str | bytes, tuple[Route, ...]] = BoundedCache(
+            _CACHE_LIMIT)
 
     def named(self, methods: frozenset[str]) -> frozenset[str]:
-        """The ``methods`` some route names. A method no route names (an override's junk)
-        matches nothing its absence would not, so memo keys leave it out: it cannot make keys
-        long or many."""
-        return methods if methods <= self._named else methods & self._named
+        """The ``methods`` some route names; each other method (an override's junk, or a
+        method no entry lists) matches only entries without ``methods:``, as its absence
+        would, so memo keys hold it as one of two markers (safe, unsafe, for the unlisted
+        default): it cannot make keys long or many."""
+        if methods <= self._named:
+            return methods
+        others = methods - self._named
+        marks = {_OTHER_SAFE if m in SAFE_METHODS else _OTHER_UNSAFE for m in others}
+        return (methods & self._named) | marks
 
     def match(self, methods: frozenset[str], path: str) -> tuple[Route, ...]:
         """Every route matching any of ``methods`` on ``path`` (policy order)."""
@@ -150,6 +219,73 @@ class RouteTable:
         )
         self._cache.put(key, found)
         return found
+
+    def candidates(self, methods: frozenset[str], path: str) -> tuple[Route, ...]:
+        """The entries that may decide a request handled as any of ``methods`` on ``path``;
+        the most severe verdict among them (and among those of the request's other path
+        spellings) applies, the first listed among equals. Version 1: every matching route in
+        policy order (none: the caller takes :meth:`unlisted`). Version 2: each method's most
+        specific matching route, else the ``unlisted`` default of that method (never empty),
+        in policy order, the defaults last."""
+        if self.version < 2:
+            return self.match(methods, path)
+        methods = self.named(methods)
+        key = (methods, path_key(path))
+        found = self._decided.get(key)
+        if found is not None:
+            return found
+        canonical = normalize_path(path)
+        matching = [route for route, regex in self._by_precedence if regex.fullmatch(canonical)]
+        winners: dict[int, Route] = {}
+        defaults: list[Route] = []
+        for method in methods:
+            for route in matching:
+                if route.methods is None or method in route.methods:
+                    winners[self._position[id(route)]] = route
+                    break
+            else:
+                default = self.unlisted_for(method)
+                if default not in defaults:
+                    defaults.append(default)
+        defaults.sort(key=lambda route: route is self.unlisted_unsafe)
+        found = (*(winners[index] for index in sorted(winners)), *defaults)
+        self._decided.put(key, found)
+        return found
+
+    def handshake(self, path: str) -> tuple[Route, ...]:
+        """The candidates of a websocket handshake on ``path``. A handshake has no method of
+        its own (the app behind the path may serve it whatever its routes' methods), so
+        every entry of the path counts: version 1, every match; version 2, each method's
+        most specific match. Only a path no entry names gets the ``unlisted`` defaults, both
+        (the stricter applies): a websocket nobody listed fails closed like an unsafe method."""
+        key = path_key(path)
+        found = self._handshakes.get(key)
+        if found is not None:
+            return found
+        if self.version < 2:
+            found = self.match(HTTP_METHODS, path)
+        else:
+            defaults = (self.unlisted_safe, self.unlisted_unsafe)
+            found = tuple(route for route in self.candidates(HTTP_METHODS, path)
+                          if route not in defaults)
+        found = found or (self.unlisted_safe, self.unlisted_unsafe)
+        self._handshakes.put(key, found)
+        return found
+
+    def unlisted_for(self, method: str) -> Route:
+        """The ``unlisted`` default's pseudo-route (id ``unlisted``) for ``method``."""
+        safe = method in SAFE_METHODS or method == _OTHER_SAFE
+        return self.unlisted_safe if safe else self.unlisted_unsafe
+
+    def unlisted(self, methods: frozenset[str]) -> tuple[Route, ...]:
+        """The ``unlisted`` defaults of ``methods`` (the safe one first)."""
+        kinds = {self.unlisted_for(method) is self.unlisted_safe for method in methods}
+        return tuple(route for route, safe in ((self.unlisted_safe, True),
+                                               (self.unlisted_unsafe, False)) if safe in kinds)
+
+    def ranked(self, routes: Iterable[Route]) -> list[Route]:
+        """``routes`` of this table, most specific first (version 2's order of precedence)."""
+        return sorted(routes, key=lambda route: self._precedence[id(route)])
 
 
 def route_paths(scope: MutableMapping[str, Any]) -> tuple[str, ...]:
