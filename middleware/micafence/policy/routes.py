@@ -71,6 +71,7 @@ def normalize_path(path: str) -> str:
     return "/" + "/".join(segments)
 
 
+_FOLDED = re.compile(r"[%;\\]")  # characters normalize_path decodes or cuts at
 #: What :func:`router_path` writes for a segment no policy literal can equal.
 OPAQUE_SEGMENT = ";"
 
@@ -80,7 +81,7 @@ def _canonical_segment(segment: str) -> bool:
     it)? ASCII without ``%``, ``;``, ``\\``, surrounding blanks or dots: when lower-case."""
     if segment.isascii():
         return (segment == segment.lower() and segment == segment.strip()
-                and segment not in (".", "..") and not any(c in segment for c in "%;\\"))
+                and segment not in (".", "..") and _FOLDED.search(segment) is None)
     return normalize_path("/" + segment) == "/" + segment
 
 
@@ -100,6 +101,8 @@ def spellings(path: str) -> tuple[str, ...]:
     """The normalised path and, when it differs, the :func:`router_path`: every form of
     ``path`` an app's router may match its routes against, in policy terms."""
     canonical = normalize_path(path)
+    if canonical == path:  # most paths: every segment is canonical already
+        return (canonical,)
     routed = router_path(path)
     return (canonical,) if routed == canonical else (canonical, routed)
 
