@@ -77,3 +77,40 @@ def test_ordinary_spellings_still_reach_wind_down_and_neutral_routes(
     assert raw_request(exchange.port, "POST", "/api/auth/login")[0] == 200
     assert raw_request(exchange.port, "DELETE", "/api/orders/o-1")[0] == 200
     assert raw_request(exchange.port, "GET", "/api/products/BTC-USD/book")[0] == 200
+
+
+# -- micafence routes --strict ---------------------------------------------------------------
+
+
+def _partial_path_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def amend(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.path_params["rest"])
+
+    # A path parameter inside a segment still matches slashes: Starlette serves
+    # PUT /api/orders/o1/legs/2 from this route.
+    return Starlette(routes=[Route("/api/orders/o{rest:path}", amend, methods=["PUT"])])
+
+
+PARTIAL_PATH_APP = _partial_path_app()
+
+
+def test_strict_sees_a_path_parameter_inside_a_segment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``/api/orders/o{rest:path}`` serves every path below /api/orders/o…, which the default
+    policy does not name for PUT: --strict must fail, not read it as one segment (covered by
+    /api/orders/{order_id})."""
+    from micafence.cli import main
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = main(["routes", "tests.test_attack18:PARTIAL_PATH_APP", "--app-dir", root,
+                 "--strict", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["ok"] is False, report
+    (row,) = report["routes"]
+    assert row["falls_through"] is True
