@@ -21,6 +21,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from micafence.policy.routes import (
 WEBSOCKET = "WEBSOCKET"
 ANY_METHOD = "*"
 _ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
+_PATH_PARAMETER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*:path\}")  # Starlette's, which takes '/'
 _MAX_WRAPPERS = 32  # middleware layers unwrapped to find an app's routes
 
 
@@ -217,11 +219,12 @@ def _methods(route: object) -> tuple[str, ...] | None:
 
 def shape_of(path: str) -> Shape:
     """A Starlette path template as policy matching sees it: literal segments normalised,
-    a segment holding a parameter matches any one segment, a ``{x:path}`` anything below."""
+    a segment holding a parameter matches any one segment, one holding a ``{x:path}`` (all of
+    it, or part: ``v{rest:path}``) anything below."""
     segments: list[str] = []
     for raw in path.split("/"):
         if "{" in raw and "}" in raw:
-            if raw.startswith("{") and raw.endswith("}") and raw[1:-1].partition(":")[2] == "path":
+            if _PATH_PARAMETER.search(raw):  # matches slashes, even inside a segment
                 segments.append("**")
                 break
             segments.append("*")

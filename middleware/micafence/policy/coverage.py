@@ -164,22 +164,28 @@ def _version2_notes(policy: Policy, paths: Iterable[str]) -> list[Note]:
     wins: set[int] = set()
     beaten: dict[int, dict[int, str]] = {}  # loser -> winner -> first request
     ties: dict[tuple[int, int], _Seen] = {}
+    rank = {id(route): specificity(route) for route in policy.routes}  # once, not per request
     for path in paths:
+        # Methods no entry tells apart match the same entries: each set is ranked once.
+        groups: dict[tuple[int, ...], tuple[tuple[Route, ...], list[str]]] = {}
         for method in _METHODS:
-            matching = table.ranked(table.match(frozenset({method}), path))
-            if not matching:
-                continue
+            found = table.match(frozenset({method}), path)
+            if found:
+                groups.setdefault(tuple(map(id, found)), (found, []))[1].append(method)
+        for found, methods in groups.values():
+            matching = table.ranked(found)
             winner = matching[0]
             wins.add(id(winner))
             for other in matching[1:]:
                 beaten.setdefault(id(other), {}).setdefault(
-                    id(winner), _request(method, path))
-                if specificity(other) == specificity(winner):
+                    id(winner), _request(methods[0], path))
+                if rank[id(other)] == rank[id(winner)]:
                     seen = ties.get((id(winner), id(other)))
                     if seen is None:
-                        ties[id(winner), id(other)] = _Seen(_request(method, path))
+                        ties[id(winner), id(other)] = _Seen(
+                            _request(methods[0], path), len(methods))
                     else:
-                        seen.count += 1
+                        seen.count += len(methods)
     by_id = {id(route): route for route in policy.routes}
     notes: list[Note] = []
     for route in policy.routes:

@@ -4,6 +4,8 @@ Both the policy's patterns and every request path go through :func:`normalize_pa
 ``/API//Accounts/``, ``/api/./accounts``, ``/api/x/../accounts`` and ``/api/%61ccounts`` all
 meet ``/api/accounts``. Matching is deliberately looser than any app router: a request the app
 would treat as a route is always classed as that route; the reverse only costs a false block.
+So the path as a router that resolves nothing sees it counts too (:func:`router_path`):
+``/r/..`` is ``/`` once normalised, but Starlette serves it from ``/r/{code}``.
 
 Which entry decides (:meth:`RouteTable.candidates`) depends on the policy's format version. A
 request has variants: every method it may be handled as (its own, a method override's, GET for
@@ -67,6 +69,42 @@ def normalize_path(path: str) -> str:
             continue
         segments.append(segment)
     return "/" + "/".join(segments)
+
+
+_FOLDED = re.compile(r"[%;\\]")  # characters normalize_path decodes or cuts at
+#: What :func:`router_path` writes for a segment no policy literal can equal.
+OPAQUE_SEGMENT = ";"
+
+
+def _canonical_segment(segment: str) -> bool:
+    """Is ``segment`` already in :func:`normalize_path`'s form (so a policy literal may equal
+    it)? ASCII without ``%``, ``;``, ``\\``, surrounding blanks or dots: when lower-case."""
+    if segment.isascii():
+        return (segment == segment.lower() and segment == segment.strip()
+                and segment not in (".", "..") and _FOLDED.search(segment) is None)
+    return normalize_path("/" + segment) == "/" + segment
+
+
+def router_path(path: str) -> str:
+    """``path`` as a router that takes each segment as written sees it (Starlette's: no dot
+    segments resolved, nothing decoded or folded, no matrix parameters stripped), in
+    :func:`normalize_path`'s terms: each segment not already canonical becomes
+    :data:`OPAQUE_SEGMENT`, which a ``{name}`` or ``*`` matches and no literal does. Where
+    :func:`normalize_path` folds ``/r/..``, ``/r/%20`` or ``/r/;x`` away, the app may still
+    serve ``/r/{code}``: both spellings decide (:meth:`RouteTable.candidates`)."""
+    return "/" + "/".join(
+        segment if _canonical_segment(segment) else OPAQUE_SEGMENT
+        for segment in path.split("/") if segment)
+
+
+def spellings(path: str) -> tuple[str, ...]:
+    """The normalised path and, when it differs, the :func:`router_path`: every form of
+    ``path`` an app's router may match its routes against, in policy terms."""
+    canonical = normalize_path(path)
+    if canonical == path:  # most paths: every segment is canonical already
+        return (canonical,)
+    routed = router_path(path)
+    return (canonical,) if routed == canonical else (canonical, routed)
 
 
 def path_key(path: str) -> str | bytes:
@@ -210,12 +248,12 @@ class RouteTable:
         found = self._cache.get(key)
         if found is not None:
             return found
-        canonical = normalize_path(path)
+        forms = spellings(path)
         found = tuple(
             route
             for route, regex in self._routes
             if (route.methods is None or not route.methods.isdisjoint(methods))
-            and regex.fullmatch(canonical)
+            and any(regex.fullmatch(form) for form in forms)
         )
         self._cache.put(key, found)
         return found
@@ -234,19 +272,19 @@ class RouteTable:
         found = self._decided.get(key)
         if found is not None:
             return found
-        canonical = normalize_path(path)
-        matching = [route for route, regex in self._by_precedence if regex.fullmatch(canonical)]
         winners: dict[int, Route] = {}
         defaults: list[Route] = []
-        for method in methods:
-            for route in matching:
-                if route.methods is None or method in route.methods:
-                    winners[self._position[id(route)]] = route
-                    break
-            else:
-                default = self.unlisted_for(method)
-                if default not in defaults:
-                    defaults.append(default)
+        for form in spellings(path):  # each form's winners: an app may route on either
+            matching = [route for route, regex in self._by_precedence if regex.fullmatch(form)]
+            for method in methods:
+                for route in matching:
+                    if route.methods is None or method in route.methods:
+                        winners[self._position[id(route)]] = route
+                        break
+                else:
+                    default = self.unlisted_for(method)
+                    if default not in defaults:
+                        defaults.append(default)
         defaults.sort(key=lambda route: route is self.unlisted_unsafe)
         found = (*(winners[index] for index in sorted(winners)), *defaults)
         self._decided.put(key, found)
