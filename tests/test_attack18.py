@@ -114,3 +114,48 @@ def test_strict_sees_a_path_parameter_inside_a_segment(
     assert code == 1 and report["ok"] is False, report
     (row,) = report["routes"]
     assert row["falls_through"] is True
+
+
+# -- winding down under the default policy ----------------------------------------------------
+
+
+def _wind_down_app() -> Any:
+    """Coinbase Exchange's withdrawal endpoints (the sample app's model) and a two-step log-in."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"route": request.scope["route"].name})
+
+    return Starlette(routes=[
+        Route("/api/auth/login", echo, methods=["POST"], name="login"),
+        Route("/api/auth/2fa/verify", echo, methods=["POST"], name="second-factor"),
+        Route("/api/withdrawals/crypto", echo, methods=["POST"], name="withdraw-crypto"),
+        Route("/api/withdrawals/payment-method", echo, methods=["POST"], name="withdraw-fiat"),
+        Route("/api/withdrawals/{withdrawal_id}/confirm", echo, methods=["POST"],
+              name="confirm-withdrawal"),
+    ])
+
+
+def test_an_eu_client_logs_in_with_a_second_factor_and_withdraws() -> None:
+    import httpx
+
+    fence = MicafenceMiddleware(_wind_down_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
+                                watch=False)
+    client = {"X-Forwarded-For": SE, "X-Client-Id": "client-1001"}
+    with ServerThread(fence) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        for path, route in [("/api/auth/login", "login"),
+                            ("/api/auth/2fa/verify", "second-factor"),
+                            ("/api/withdrawals/crypto", "withdraw-crypto"),
+                            ("/api/withdrawals/payment-method", "withdraw-fiat"),
+                            ("/api/withdrawals/w-1/confirm", "confirm-withdrawal")]:
+            answer = http.post(path, json={"asset": "BTC"}, headers=client)
+            assert answer.status_code == 200, (path, answer.headers.get("micafence-reason"))
+            assert answer.json() == {"route": route}
+        # Withdrawing stays for identified clients only.
+        anonymous = http.post("/api/withdrawals/crypto", json={"asset": "BTC"},
+                              headers={"X-Forwarded-For": SE})
+        assert (anonymous.status_code, anonymous.headers["micafence-reason"]) == (
+            451, "eu.wind_down.unidentified")
