@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from micafence import AuditLog, MicafenceMiddleware, load_policy_text
+from micafence import AuditLog, MicafenceMiddleware
 from micafence.clients.registry import FRESH_SECONDS, ClientRegistry
 from micafence.decision import STATE_KEY
 from micafence.grants.book import GrantBook
@@ -33,21 +33,14 @@ from micafence.store.base import Store
 from micafence.store.memory import MemoryStore
 from micafence.store.opener import open_store
 from micafence_tools.demo.app import build_demo_app
-from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
+from tests.audit_support import policy_with as policy_of
+from tests.conftest import COUNTRY_DB
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (a pytest fixture)
 
 US, SE = "50.114.0.1", "89.160.20.112"
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 KEY = "k" * 40
 MICAFENCE = str(Path(sys.executable).with_name("micafence"))
-
-
-def policy_of(*edits: tuple[str, str]) -> Policy:
-    text = DEFAULT_POLICY.read_text(encoding="utf-8")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return load_policy_text(text, "test-policy.yaml")
 
 
 class Exchange:

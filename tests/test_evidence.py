@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from micafence import MicafenceMiddleware, PolicyError, load_policy_text
+from micafence import MicafenceMiddleware, PolicyError
 from micafence.audit.log import AuditLog
 from micafence.audit.report import GrantFacts, build_report, grants_from_log, renewal_chains
 from micafence.errors import GrantError, StoreError
@@ -45,21 +45,14 @@ from micafence.store.base import Store
 from micafence.store.file_store import FileStore
 from micafence.store.memory import MemoryStore
 from micafence_tools.demo.app import build_demo_app
-from tests.conftest import COUNTRY_DB, DEFAULT_POLICY
+from tests.audit_support import policy_with as policy_of
+from tests.conftest import COUNTRY_DB
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (a fixture)
 
 SE, CH, US = "89.160.20.112", "2a02:d000::1", "216.160.83.56"
 HOUR, DAY = dt.timedelta(hours=1), dt.timedelta(days=1)
 COOKIE = "micafence_visitor"
 KEY = GrantKey.from_text("evidence-test-key-" + "0" * 32)
-
-
-def policy_of(*edits: tuple[str, str]) -> Policy:
-    text = DEFAULT_POLICY.read_text(encoding="utf-8")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return load_policy_text(text, "test-policy.yaml")
 
 
 POLICY = policy_of()
