@@ -118,7 +118,7 @@ def test_default_policy_loads_with_its_zones() -> None:
     assert (policy.version, policy.unlisted) == (2, Unlisted(safe="neutral", unsafe="service"))
     classes = Counter(route.route_class for route in policy.routes)
     assert classes == {"account_creation": 10, "promotion": 11, "service": 18,
-                       "wind_down": 10, "neutral": 13}
+                       "wind_down": 10, "neutral": 14}
     assert [rule.id for rule in policy.rules] == [
         "no-new-accounts", "no-promotion-routes", "services-need-grant",
         "wind-down-existing-clients",

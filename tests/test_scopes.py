@@ -61,8 +61,8 @@ def withdraw(asset: str) -> Request_:
 
 EARN: Request_ = ("GET", "/earn", None)
 WITHDRAWALS_AS_SERVICE = (
-    "class: wind_down, methods: [POST], path: /api/withdrawals,",
-    "class: service, methods: [POST], path: /api/withdrawals,",
+    "class: wind_down, methods: [POST], path: /api/withdrawals/**,",
+    "class: service, methods: [POST], path: /api/withdrawals/**,",
 )
 
 
