@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from micafence import MicafenceMiddleware, load_policy_text
+from micafence import MicafenceMiddleware
 from micafence.decision import STATE_KEY
 from micafence.errors import GrantError
 from micafence.grants.book import GrantBook
@@ -38,19 +38,12 @@ from micafence.policy.model import Policy
 from micafence.store.memory import MemoryStore
 from micafence.store.opener import open_store
 from micafence_tools.demo.app import build_demo_app
-from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
+from tests.audit_support import policy_with as policy_of
+from tests.conftest import COUNTRY_DB, ServerThread
 from tests.redis_server import RedisServer
 
 US = "50.114.0.1"
 KEY = GrantKey(b"k" * 40)
-
-
-def policy_of(*edits: tuple[str, str]) -> Policy:
-    text = DEFAULT_POLICY.read_text(encoding="utf-8")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    return load_policy_text(text, "attack-policy.yaml")
 
 
 def order(pair: str) -> dict[str, str]:

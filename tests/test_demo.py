@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from micafence_tools.bench.ports import free_port
+from tests.demo_server import running_demo
 
 pytestmark = pytest.mark.server
 
@@ -22,31 +19,8 @@ MICAFENCE = str(Path(sys.executable).with_name("micafence"))
 
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [MICAFENCE, "demo", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    try:
-        while True:
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read() if process.stdout else ""
-                    raise RuntimeError(f"micafence demo did not start:\n{output}") from None
-                time.sleep(0.1)
+    with running_demo() as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def visitor(ip: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ holds a USDC grant and is established in France); the officer records residences
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from micafence_tools.bench.ports import free_port
+from tests.demo_server import running_demo
 
 pytestmark = pytest.mark.server
 
@@ -32,31 +31,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
     folder = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MICAFENCE_GRANT_KEY": "d" * 40,
            "MICAFENCE_OFFICER": "a.lind", "MICAFENCE_STORE": f"file://{folder / 'store.jsonl'}"}
-    port = free_port()
-    process = subprocess.Popen(
-        [MICAFENCE, "demo", "--port", str(port), "--store", env["MICAFENCE_STORE"],
-         "--grants", str(SEEDS), "--audit-dir", str(folder / "audit")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    try:
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
-                raise RuntimeError(f"micafence demo did not start:\n{output}")
-            time.sleep(0.1)
+    with running_demo("--store", env["MICAFENCE_STORE"], "--grants", str(SEEDS),
+                      "--audit-dir", str(folder / "audit"), env=env) as url:
         yield url, env
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def headers(ip: str, client: str | None = None) -> dict[str, str]:

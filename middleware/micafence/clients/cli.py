@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from micafence.clients.registry import ClientRegistry
 from micafence.errors import StoreError
-from micafence.grants.cli import STORE_ENV, describe_event, require_officer
-from micafence.grants.signing import KEY_FILE_ENV
+from micafence.grants.cli import (
+    STORE_ENV,
+    add_store_options,
+    describe_event,
+    require_officer,
+)
 from micafence.records import Residence, Standing, event_to_json
 from micafence.store.opener import open_store
 
@@ -50,11 +53,7 @@ def register(commands: Any) -> None:
 
 def _sub(sub: Any, name: str, command: Command, summary: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
-    parser.add_argument("--store", default=os.environ.get(STORE_ENV),
-                        help=f"store URL: file:///PATH or redis://… (default: ${STORE_ENV})")
-    parser.add_argument("--grant-key-file", metavar="FILE",
-                        help=f"the grant key that signs records (default: $MICAFENCE_GRANT_KEY, "
-                        f"else ${KEY_FILE_ENV})")
+    add_store_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=lambda args: _run(command, args))
     return parser

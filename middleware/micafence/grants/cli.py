@@ -124,14 +124,19 @@ def register(commands: Any) -> None:
     export.add_argument("--output", "-o", help="write to this file instead of standard output")
 
 
-def _sub(sub: Any, name: str, command: Command, summary: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """``--store`` and ``--grant-key-file``: the ``grant`` and ``client`` commands' store."""
     parser.add_argument("--store", default=os.environ.get(STORE_ENV),
                         help=f"grant store URL: file:///PATH or redis://… "
                         f"(default: ${STORE_ENV})")
     parser.add_argument("--grant-key-file", metavar="FILE",
                         help=f"the grant key that signs records (default: $MICAFENCE_GRANT_KEY, "
                         f"else ${KEY_FILE_ENV}); a key file must be mode 0600 or stricter")
+
+
+def _sub(sub: Any, name: str, command: Command, summary: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
+    add_store_options(parser)
     if name != "export":
         parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=lambda args: _run(command, args))
