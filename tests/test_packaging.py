@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = REPO / "middleware" / "micafence" / "data" / "default-policy.yaml"
 
 # What the middleware needs, by name: the MaxMind reader, the policy YAML, metrics, the promotion
-# rewriter's HTML parser, the compressions it decodes, the signatures of exports and grants.
-CORE_REQUIRES = {"maxminddb", "ruamel-yaml", "prometheus-client", "selectolax", "brotli",
+# rewriter's engine (lol-html), the compressions it decodes, the signatures of exports and grants.
+CORE_REQUIRES = {"maxminddb", "ruamel-yaml", "prometheus-client", "python-lolhtml", "brotli",
                  "zstandard", "cryptography"}
 # Never imported by the core: the tools and what only they (or the tests) need.
 NEVER_IMPORTED = {"micafence_tools", "starlette", "uvicorn", "gunicorn", "fastapi", "httpx",

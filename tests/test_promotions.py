@@ -404,7 +404,7 @@ def test_without_a_section_approval_marks_follow_the_zones() -> None:
 
 @pytest.mark.parametrize(("old", "new", "key_path", "problem"), [
     pytest.param('selectors: ["[data-promo]"]', 'selectors: ["div["]', "promotions.selectors[0]",
-                 "not a CSS selector", id="bad-selector"),
+                 "not a selector the promotion safety net can run", id="bad-selector"),
     pytest.param('selectors: ["[data-promo]"]', "selectors: []", "promotions.selectors",
                  "at least one selector", id="no-selectors"),
     pytest.param("    uk: '[data-promo-approved~=\"uk\"]'", "    eu: '[data-ok]'",

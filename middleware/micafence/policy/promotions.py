@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from selectolax.lexbor import LexborHTMLParser, SelectolaxError
+import lolhtml
 
 from micafence.policy.durations import duration_setting
 from micafence.policy.lookback import DEFAULT_SOLICITATION_LOOKBACK, Lookback, parse_lookback
+from micafence.policy.selectors import SelectorError, parse_selectors
 from micafence.policy.yamlfile import Node
 
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -215,11 +216,31 @@ def _lookback(node: Node) -> Lookback:
 
 
 def check_selector(node: Node, selector: str) -> None:
-    """Fail at ``node`` unless lexbor compiles ``selector`` (it is compiled the same way later)."""
+    """Fail at ``node`` unless the safety net can run ``selector``: a list of compound selectors
+    it evaluates on one start tag (:mod:`micafence.policy.selectors`), whose engine selectors
+    lol-html compiles (they are compiled the same way for every response)."""
     try:
-        LexborHTMLParser("<p></p>").css(selector)
-    except (SelectolaxError, ValueError) as exc:
-        node.fail(f"{selector!r} is not a CSS selector lexbor understands ({exc})")
+        parsed = parse_selectors(selector)
+    except SelectorError as exc:
+        node.fail(f"{selector!r} is not a selector the promotion safety net can run: {exc}")
+    rewriter = lolhtml.HTMLRewriter(_discard)
+    for engine_selector in parsed.engine_selectors():
+        try:
+            rewriter.on(engine_selector, _NO_HANDLER)
+        except RuntimeError as exc:  # a bug of ours: say which selector lol-html refused
+            node.fail(f"{selector!r}: lol-html refused {engine_selector!r} ({exc})")
+
+
+def _discard(_: object) -> None:
+    return None
+
+
+class _NoHandler:
+    def element(self, element: lolhtml.Element) -> None:
+        return None
+
+
+_NO_HANDLER = _NoHandler()
 
 
 def _selectors(node: Node, allow_empty: bool = False) -> tuple[str, ...]:

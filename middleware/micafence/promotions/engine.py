@@ -1,0 +1,108 @@
+"""The streaming rewriter: Cloudflare's lol-html (``python-lolhtml``) cutting promotions out.
+
+lol-html tokenizes the page as a browser does (with the tree builder's feedback that decides
+which text is markup: ``<style>`` and ``<textarea>`` content, foreign content, ``<template>``)
+and, when a start tag matches, drops the element's bytes up to its end tag. Every other byte
+goes out as it came: nothing is re-serialised, so the browser parses the rest of the page as it
+would have parsed the original (no mutation XSS through a rebuilt tree, issue 19). The output of
+a write comes back from that write, so a page streams; lol-html holds at most an unfinished tag.
+
+What lol-html cannot decide alone (character references in attribute values, approvals,
+incentives) is decided here, in Python, per matching start tag: see
+:mod:`micafence.policy.selectors`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lolhtml
+
+from micafence.policy.selectors import decode_attribute
+
+if TYPE_CHECKING:
+    from micafence.promotions.filter import PromotionFilter
+
+
+class RewriteError(Exception):
+    """lol-html refused the page (a parsing ambiguity it cannot resolve while streaming, say);
+    the rewriter is unusable afterwards."""
+
+
+class _Decide:
+    """lol-html's element handler: remove the element if the filter says it goes."""
+
+    __slots__ = ("page_filter", "removed")
+
+    def __init__(self, page_filter: PromotionFilter) -> None:
+        self.page_filter = page_filter
+        self.removed = 0
+
+    def element(self, element: lolhtml.Element) -> None:
+        if element.removed:  # matched by an earlier selector of the same filter
+            return
+        attributes: dict[str, str] = {}
+        for name, value in element.attributes:
+            attributes.setdefault(name.lower(), decode_attribute(value))
+        if self.page_filter.removes(element.tag_name, attributes):
+            element.remove()
+            self.removed += 1
+
+
+class PageRewriter:
+    """One response's rewriter: :meth:`write` each piece of the page, then :meth:`end`.
+
+    Both return the bytes ready to send (maybe none). After a :class:`RewriteError` the
+    rewriter refuses every call: lol-html must not be used after a fatal error.
+    """
+
+    __slots__ = ("_decide", "_done", "_out", "_rewriter")
+
+    def __init__(self, page_filter: PromotionFilter) -> None:
+        self._out: list[bytes] = []
+        self._decide = _Decide(page_filter)
+        self._rewriter = lolhtml.HTMLRewriter(self._out.append)
+        for selector in page_filter.engine_selectors:
+            self._rewriter.on(selector, self._decide)
+        self._done = False
+
+    @property
+    def removed(self) -> int:
+        """Elements removed so far."""
+        return self._decide.removed
+
+    def write(self, chunk: bytes) -> bytes:
+        """Rewrite the next piece of the page; the bytes that can go out now."""
+        if self._done:
+            raise RewriteError("the rewriter was ended or failed")
+        try:
+            self._rewriter.write(chunk)
+        except RuntimeError as exc:
+            self._done = True
+            raise RewriteError(str(exc).split("\n", 1)[0]) from exc
+        return self._take()
+
+    def end(self) -> bytes:
+        """The page is complete: the last bytes."""
+        if self._done:
+            raise RewriteError("the rewriter was ended or failed")
+        self._done = True
+        try:
+            self._rewriter.end()
+        except RuntimeError as exc:
+            raise RewriteError(str(exc).split("\n", 1)[0]) from exc
+        return self._take()
+
+    def _take(self) -> bytes:
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return bytes(data)
+
+
+def rewrite(page_filter: PromotionFilter, page: bytes) -> bytes:
+    """The whole of ``page`` rewritten (tests, benchmarks; the server streams)."""
+    rewriter = PageRewriter(page_filter)
+    return rewriter.write(page) + rewriter.end()
