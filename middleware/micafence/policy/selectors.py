@@ -18,7 +18,7 @@ decoded values, as the browser's DOM holds them.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from html.entities import html5 as _NAMED_REFERENCES
 
@@ -119,7 +119,7 @@ class SelectorList:
         return any(compound.matches(tag, attributes) for compound in self.compounds)
 
     def engine_selectors(self) -> list[str]:
-        """The lol-html selectors that find every candidate (see :meth:`Compound.engine_selectors`)."""
+        """The lol-html selectors finding every candidate (:meth:`Compound.engine_selectors`)."""
         found: list[str] = []
         for compound in self.compounds:
             found.extend(compound.engine_selectors())

@@ -25,7 +25,6 @@ TARGETED_CACHE_HEADERS = frozenset({
 _DIRECTIVE = re.compile(r'\s*([^,=\s]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)')
 # Directives that would let a shared cache keep the response, or only limit private caching.
 _SHARED_ONLY = frozenset({"public", "s-maxage"})
-HTML_TYPES = (b"text/html", b"application/xhtml+xml")
 _GET = frozenset({"GET"})
 
 
@@ -91,21 +90,13 @@ def make_private(
     return out
 
 
-def typed_html(headers: Iterable[tuple[bytes, bytes]]) -> bool | None:
-    """Does the response's ``Content-Type`` say HTML (``text/html`` or XHTML)? ``None``: untyped."""
-    for name, value in headers:
-        # ASGI apps send lower-case names; the length test keeps the fallback off the hot path.
-        if name == b"content-type" or (len(name) == 12 and name.lower() == b"content-type"):
-            return value.lstrip().lower().startswith(HTML_TYPES)
-    return None
-
-
 class CacheSafety:
     """Which responses depend on the zone, and the headers that keep them out of shared caches.
 
-    A response depends on the zone when it is HTML (promotions are removed per zone) or when
-    its route is one some rule treats differently by zone (a Swiss visitor's ``/earn`` page must
-    not be served from a CDN to a French one). Built once per policy.
+    A response depends on the zone when it may be a page (HTML, XML or untyped: promotions are
+    removed per zone) or when its route is one some rule treats differently by zone (a Swiss
+    visitor's ``/earn`` page must not be served from a CDN to a French one). Built once per
+    policy.
     """
 
     def __init__(self, policy: Policy) -> None:

@@ -1,12 +1,12 @@
 """What micafence does about promotions on each ``http`` request, built once per policy.
 
-- Visitors who may see promotions: only cache safety. For ``GET``/``HEAD`` a thin ``send``
-  wrapper makes zone-dependent answers (HTML, routes some rule treats by zone) private; other
-  methods are not wrapped at all.
+- Visitors who may see promotions: only cache safety. For ``GET``/``HEAD``/``POST`` a thin
+  ``send`` wrapper makes zone-dependent answers (pages: HTML, XML, untyped; and, but for
+  ``POST``, routes some rule treats by zone) private; other methods are not wrapped at all.
 - Visitors who may not: solicitation evidence when they arrive through a promotion route or a
   marketing marker; promotion routes answer ``empty``, ``no_content`` or ``block`` as the policy
   says; everything else goes to the app without ``Accept-Encoding``, ranges or validators, and
-  its HTML comes back through the :class:`~micafence.promotions.rewriter.RewritingSend` safety net.
+  its pages come back through the :class:`~micafence.promotions.rewriter.RewritingSend` safety net.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from micafence.location.client_ip import TrustedProxies
 from micafence.policy.model import Policy, PromotionStance
 from micafence.policy.promotions import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from micafence.policy.routes import PATH_KEY_CHARS, route_paths
-from micafence.promotions.cache_safety import HTML_TYPES, CacheSafety
+from micafence.promotions._pending import may_be_page
+from micafence.promotions.cache_safety import CacheSafety
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.rewriter import RewritingSend, touches
@@ -110,32 +111,30 @@ class PromotionGuard:
     # -- requests ----------------------------------------------------------------------------
 
     def cache_safe(self, scope: Scope, send: Send, decision: Decision) -> Send:
-        """``send`` for a visitor who may see promotions: zone-dependent GETs made private.
+        """``send`` for a visitor who may see promotions: zone-dependent answers made private.
 
-        This runs for most traffic, so it stays small: no wrapper but for GET and HEAD, and
-        the content-type test inlined from :func:`~micafence.promotions.cache_safety.typed_html`.
+        A page (HTML, XML, or untyped, which a browser may sniff into one) depends on the zone:
+        another zone's visitor gets it without its promotions. It is made private on every
+        method a cache may store (``GET``, ``HEAD``, and ``POST`` with explicit freshness);
+        other methods are not wrapped at all. This runs for most traffic, so it stays small:
+        :func:`~micafence.promotions.mime.may_be_page` answers the usual types from a table.
         """
         method = scope.get("method")
-        if method != "GET" and method != "HEAD":
+        if method != "GET" and method != "HEAD" and method != "POST":
             return send
         cache = self.cache
         personal = _personal(decision)
-        if self._zone_route(scope):
+        if method != "POST" and self._zone_route(scope):
             return _private(send, cache, personal)
 
-        async def send_private_if_html(message: Message) -> None:
+        async def send_private_if_page(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.get("headers") or ()
-                for name, value in headers:
-                    if name == b"content-type" or (
-                        len(name) == 12 and name.lower() == b"content-type"
-                    ):
-                        if value.lstrip().lower().startswith(HTML_TYPES):
-                            message = {**message, "headers": cache.mark(headers, personal)}
-                        break
+                if may_be_page(headers):
+                    message = {**message, "headers": cache.mark(headers, personal)}
             await send(message)
 
-        return send_private_if_html
+        return send_private_if_page
 
     def _zone_route(self, scope: Scope) -> bool:
         """Is the request's path, in any spelling a router may match, a zone-dependent route?"""

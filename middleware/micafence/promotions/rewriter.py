@@ -1,42 +1,82 @@
-"""The HTML safety net: a ``send`` wrapper that removes promotions from a restricted visitor's page.
+"""The safety net: a ``send`` wrapper that streams a restricted visitor's page through lol-html.
 
-Like Starlette's ``GZipMiddleware``, it holds back ``http.response.start`` until it has the whole
-body, because the headers it sends depend on the body it makes. Non-HTML responses pass
-straight through. An HTML page is decoded (gzip, br, zstd), parsed, cleaned by a
-:class:`~micafence.promotions.filter.PromotionFilter`, written back in its own charset and sent with
-a recomputed ``Content-Length``, no ``ETag`` and cache headers that keep it out of shared
-caches. A page too large to hold, truncated, partial (206) or undecodable is never sent as it
-was: the policy's ``on_unrewritable`` answer goes out instead.
+What a response is gets settled before its first byte goes out: its type (the ``Content-Type``
+as Fetch reads it, or, untyped, a sniff of at most the first :data:`SNIFF_BYTES` decoded bytes,
+which are all this wrapper holds), its charset (only charsets a browser decodes as ASCII does
+are rewritten) and its content coding. Then the page streams: each body message is decoded,
+rewritten by a :class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB
+(the event loop gets a turn between pieces), encoded again in the same coding and sent. Bytes
+outside removed elements go out as they came.
+
+The headers of a page: no ``Content-Length`` (unless the whole body had arrived before the
+first byte went out, then the length of what is sent), no ``ETag`` or other validators or
+digests, ``Cache-Control: private`` and ``Vary`` (:class:`CacheSafety`), and
+``X-Content-Type-Options: nosniff`` on every response the net judged, with the type it was
+judged as when it came untyped (so no browser sniffs it into something else).
+
+A failure before the first byte (partial content, an unknown coding or charset, a body larger
+than ``max_rewrite_bytes``, a corrupt compressed body) sends the policy's ``on_unrewritable``
+answer. After it, the response can no longer become that answer: :class:`RewriteAborted` is
+raised through the app to the server, which drops the connection, so the visitor sees a broken
+download, never a page with its promotions; the abort is logged and counted
+(:data:`ABORTS`, exported as ``micafence_rewrite_aborted_total{reason}``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
-from micafence.promotions.cache_safety import CacheSafety, typed_html
-from micafence.promotions.filter import PromotionFilter
-from micafence.promotions.page_codec import (
-    Unrewritable,
-    content_codings,
-    decode_content,
-    decode_text,
-    encode_text,
-    page_charset,
+from micafence.promotions._pending import (
+    SNIFF_BYTES,
+    CodingError,
+    Decoder,
+    Encoder,
+    Kind,
+    MimeType,
+    encoding_problem,
+    extract,
+    kind_of,
+    may_be_page,
+    parse_codings,
+    sniff,
 )
+from micafence.promotions.cache_safety import CacheSafety
+from micafence.promotions.engine import PageRewriter, RewriteError
+from micafence.promotions.filter import PromotionFilter
 
 Header = tuple[bytes, bytes]
 
 logger = logging.getLogger("micafence.promotions.rewriter")
 
-# Headers that describe the body as the app made it: wrong once it is rewritten or decoded.
+#: Why a response was aborted after its first byte (the metric's ``reason`` label).
+ABORT_REASONS = ("coding", "engine", "too_large")
+#: Aborts so far in this process, by reason (:mod:`micafence.metrics` exports them).
+ABORTS: dict[str, int] = dict.fromkeys(ABORT_REASONS, 0)
+
+#: The most bytes given to lol-html at once: a 64 KB piece takes well under a millisecond.
+PIECE = 65536
+
+# Headers that describe the body as the app made it, or let a cache revalidate it.
 _BODY_HEADERS = frozenset({
-    b"content-length", b"content-encoding", b"etag", b"content-md5", b"digest",
-    b"content-digest", b"repr-digest", b"accept-ranges", b"content-range",
+    b"content-length", b"etag", b"last-modified", b"content-md5", b"digest", b"content-digest",
+    b"repr-digest", b"accept-ranges", b"content-range",
 })
 _NO_BODY_STATUSES = frozenset({204, 304})
-_WAITING, _PASSING, _HOLDING, _SENT, _REFUSED = range(5)
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+#: The type an untyped response goes out with, once judged.
+_JUDGED_TYPES = {Kind.HTML: b"text/html", Kind.XML: b"text/xml"}
+_WAITING, _PASSING, _HOLDING, _STREAMING, _DONE, _REFUSED, _ABORTED = range(7)
+
+
+class RewriteAborted(Exception):
+    """A page failed after its first byte went out: the server must drop the connection."""
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class RewritingSend:
@@ -44,8 +84,9 @@ class RewritingSend:
 
     ``refuse(problem)`` sends the policy's ``on_unrewritable`` answer; ``extra_headers`` (the
     visitor cookie) go on whatever response is sent; ``zone_route`` says whether the route is
-    zone-dependent (its non-HTML answers are made private too); ``personal`` whether the decision
-    read the client's identity (private even where a CDN keys on the country).
+    zone-dependent (its non-page answers are made private too); ``personal`` whether the
+    decision read the client's identity (private even where a CDN keys on the country);
+    ``limit`` is ``max_rewrite_bytes``, the most decoded bytes one page may have.
     """
 
     def __init__(
@@ -73,127 +114,220 @@ class RewritingSend:
         self._state = _WAITING
         self._start: Message = {}
         self._headers: list[Header] = []
-        self._chunks: list[bytes] = []
-        self._size = 0
+        self._mime: MimeType | None = None
+        self._kind = Kind.OTHER
+        self._codings: list[str] = []
+        self._decoder: Decoder | None = None
+        self._encoder: Encoder | None = None
+        self._rewriter: PageRewriter | None = None
+        self._raw: list[bytes] = []  # the app's bytes while the type is not settled
+        self._held: list[bytes] = []  # ... decoded
+        self._held_size = 0
+        self._size = 0  # decoded bytes so far
+        self._opened = False  # the response start has gone out
+        self._untyped = False
 
     async def __call__(self, message: Message) -> None:
         kind = message.get("type")
-        if self._state == _HOLDING and kind == "http.response.body":
-            await self._hold(message)
-        elif kind == "http.response.start" and self._state == _WAITING:
+        state = self._state
+        if kind == "http.response.body" and state in (_HOLDING, _STREAMING):
+            await self._body(message)
+        elif kind == "http.response.start" and state == _WAITING:
             if self._extra or self._zone_route or touches(message):
                 await self._begin(message)
             else:  # not a page, nothing to add: pass it on untouched (the common case)
                 self._state = _PASSING
                 await self._send(message)
-        elif self._state != _REFUSED:
+        elif state == _ABORTED:
+            raise RewriteAborted("the response was aborted")
+        elif state != _REFUSED:
             await self._send(message)
         # After a refusal the client has its answer: the rest of the app's page is dropped.
 
+    # -- the response start ----------------------------------------------------------------------
+
     async def _begin(self, message: Message) -> None:
-        headers = message.get("headers") or ()
+        headers = list(message.get("headers") or ())
         status = int(message.get("status", 200))
-        if status < 200 or status in _NO_BODY_STATUSES or not _maybe_html(headers):
+        if status < 200 or status in _NO_BODY_STATUSES or not may_be_page(headers):
             self._state = _PASSING
             if self._zone_route:
                 headers = self._cache.mark(headers, self._personal)
             await self._send({**message, "headers": [*headers, *self._extra]})
             return
-        headers = list(headers)
-        self._state = _HOLDING
         self._start, self._headers = message, headers
+        self._mime = extract(headers)
+        self._kind = kind_of(self._mime)
+        self._untyped = self._kind is Kind.UNTYPED
+        if self._head:
+            # No body to judge: headers as for a page, without the length of one we do not make.
+            self._state = _PASSING
+            await self._send({**message, "headers": self._page_headers(None, None)})
+            return
+        self._state = _HOLDING
         if status == 206:
             await self._fail("partial content (206) cannot be rewritten")
             return
-        declared = _header(headers, b"content-length")
-        encoding = _header(headers, b"content-encoding")
-        if declared is not None and not content_codings(encoding) and not self._head:
-            try:
-                too_big = int(declared) > self._limit
-            except ValueError:
-                too_big = False
-            if too_big:
-                await self._fail(f"page larger than {self._limit} bytes")
-
-    async def _hold(self, message: Message) -> None:
-        body = message.get("body") or b""
-        self._size += len(body)
-        if self._size > self._limit:
-            self._chunks.clear()
-            await self._fail(f"page larger than {self._limit} bytes")
-            return
-        if body:
-            self._chunks.append(bytes(body))
-        if not message.get("more_body", False):
-            await self._finish()
-
-    async def _finish(self) -> None:
-        raw = b"".join(self._chunks)
-        self._chunks.clear()
-        if self._head or not raw:
-            # HEAD (no body to rewrite: the length of the rewritten page is unknown) or an empty
-            # page (nothing to rewrite): headers only, still private and without validators.
-            await self._send_page(b"", length=None if self._head else 0)
-            return
-        headers = self._headers
         try:
-            decoded = decode_content(raw, content_codings(_header(headers, b"content-encoding")),
-                                     self._limit)
-            if _header(headers, b"content-type") is None and not _sniffs_as_html(decoded):
-                await self._pass_held(raw)  # untyped and not markup: not a page after all
-                return
-            codec, _ = page_charset(_header(headers, b"content-type"), decoded)
-            cleaned = self._filter.apply(decode_text(decoded, codec))
-        except Unrewritable as exc:
+            self._codings = parse_codings(v for n, v in headers
+                                          if n.lower() == b"content-encoding")
+        except CodingError as exc:
             await self._fail(str(exc))
             return
-        body = decoded if cleaned is None else encode_text(
-            cleaned, codec, had_utf8_bom=codec == "utf-8" and decoded.startswith(b"\xef\xbb\xbf")
-        )
-        await self._send_page(body, length=len(body))
+        declared = _header(headers, b"content-length")
+        if declared is not None and not self._codings and declared.strip().isdigit() \
+                and int(declared) > self._limit:
+            await self._fail(f"page larger than {self._limit} bytes")
+            return
+        self._decoder = Decoder(self._codings)
 
-    async def _send_page(self, body: bytes, length: int | None) -> None:
-        headers = [(n, v) for n, v in self._headers if n.lower() not in _BODY_HEADERS]
-        if length is not None:
-            headers.append((b"content-length", str(length).encode("ascii")))
-        headers = self._cache.mark(headers, self._personal) + self._extra
-        self._state = _SENT
-        await self._send({**self._start, "headers": headers})
+    # -- the body --------------------------------------------------------------------------------
+
+    async def _body(self, message: Message) -> None:
+        body = bytes(message.get("body") or b"")
+        more = bool(message.get("more_body", False))
+        decoder = self._decoder
+        assert decoder is not None
+        if self._state == _HOLDING:
+            self._raw.append(body)
+        try:
+            await self._consume(decoder.feed(body), more)
+            if not more and self._state in (_HOLDING, _STREAMING):
+                await self._consume(decoder.finish(), more)
+                await self._finish()
+        except CodingError as exc:
+            await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
+        except RewriteError as exc:
+            await self._trouble("engine", f"lol-html refused the page: {exc}")
+        except _TooLarge:
+            await self._trouble("too_large", f"page larger than {self._limit} bytes")
+
+    async def _consume(self, pieces: Iterator[bytes], more: bool) -> None:
+        for piece in pieces:
+            self._size += len(piece)
+            if self._size > self._limit:
+                raise _TooLarge
+            if self._state == _HOLDING:
+                self._held.append(piece)
+                self._held_size += len(piece)
+                if self._held_size >= SNIFF_BYTES:
+                    await self._settle(complete=False, more=more)
+                continue
+            if self._state != _STREAMING:
+                return  # passed on as it came, or refused
+            await self._rewrite(piece)
+
+    async def _rewrite(self, piece: bytes) -> None:
+        rewriter, encoder = self._rewriter, self._encoder
+        assert rewriter is not None and encoder is not None
+        for start in range(0, len(piece), PIECE):
+            if start:
+                await asyncio.sleep(0)  # a turn for the event loop between pieces
+            out = rewriter.write(piece[start:start + PIECE])
+            if out:
+                data = encoder.feed(out)
+                if data:
+                    await self._send({"type": "http.response.body", "body": data,
+                                      "more_body": True})
+
+    async def _settle(self, *, complete: bool, more: bool) -> None:
+        """Type and charset from the bytes held; then pass the response, refuse it, or start
+        rewriting (sending the start unless the whole body is already here)."""
+        prefix = b"".join(self._held)
+        kind = self._kind
+        if kind is Kind.UNTYPED:
+            kind = sniff(prefix, complete)
+            self._kind = kind
+        if kind is not Kind.HTML and kind is not Kind.XML:
+            await self._pass_held(more)
+            return
+        problem = encoding_problem(self._mime, prefix, kind)
+        if problem is not None:
+            await self._fail(problem)
+            return
+        self._raw.clear()
+        self._rewriter = self._filter.rewriter()
+        self._encoder = Encoder(self._codings)
+        self._state = _STREAMING
+        held, self._held = self._held, []
+        if complete:  # _finish sends it all, with its length
+            self._held = [self._rewriter.write(piece) for piece in held]
+            return
+        self._opened = True
+        await self._send({**self._start, "headers": self._page_headers(None, kind)})
+        for piece in held:
+            await self._rewrite(piece)
+
+    async def _finish(self) -> None:
+        if self._state == _HOLDING:
+            await self._settle(complete=True, more=False)
+            if self._state != _STREAMING:
+                return
+        rewriter, encoder = self._rewriter, self._encoder
+        assert rewriter is not None and encoder is not None
+        tail = rewriter.end()
+        self._state = _DONE
+        if not self._opened:
+            body = encoder.feed(b"".join([*self._held, tail])) + encoder.finish()
+            self._held = []
+            self._opened = True
+            await self._send({**self._start, "headers": self._page_headers(len(body), self._kind)})
+        else:
+            body = (encoder.feed(tail) if tail else b"") + encoder.finish()
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _pass_held(self, raw: bytes) -> None:
+    async def _pass_held(self, more: bool) -> None:
+        """Not a page after all (an untyped body that does not sniff as markup): as it came."""
         headers = self._headers
         if self._zone_route:
             headers = self._cache.mark(headers, self._personal)
-        self._state = _SENT
+        if _NOSNIFF[0] not in (name.lower() for name, _ in headers):
+            headers = [*headers, _NOSNIFF]
+        self._state = _PASSING if more else _DONE
+        raw, self._raw, self._held = b"".join(self._raw), [], []
+        self._opened = True
         await self._send({**self._start, "headers": [*headers, *self._extra]})
-        await self._send({"type": "http.response.body", "body": raw, "more_body": False})
+        await self._send({"type": "http.response.body", "body": raw, "more_body": more})
+
+    def _page_headers(self, length: int | None, kind: Kind | None) -> list[Header]:
+        headers = [(n, v) for n, v in self._headers if n.lower() not in _BODY_HEADERS]
+        if self._untyped and kind is not None and kind in _JUDGED_TYPES:
+            headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
+            headers.append((b"content-type", _JUDGED_TYPES[kind]))
+        if length is not None:
+            headers.append((b"content-length", str(length).encode("ascii")))
+        if _NOSNIFF[0] not in (name.lower() for name, _ in headers):
+            headers.append(_NOSNIFF)
+        return self._cache.mark(headers, self._personal) + self._extra
+
+    # -- failures --------------------------------------------------------------------------------
+
+    async def _trouble(self, reason: str, problem: str) -> None:
+        if not self._opened:
+            await self._fail(problem)
+            return
+        self._state = _ABORTED
+        self._held = self._raw = []
+        ABORTS[reason] += 1
+        logger.error("promotion rewriter: %s after the page started; aborting the response",
+                     problem)
+        raise RewriteAborted(problem)
 
     async def _fail(self, problem: str) -> None:
         logger.warning("promotion rewriter: %s; sending the on_unrewritable answer", problem)
         self._state = _REFUSED
+        self._held = self._raw = []
         await self._refuse(problem)
 
 
 def touches(start: Message) -> bool:
-    """Could the response that ``start`` begins be a page (HTML, or untyped so a browser would
-    sniff it), or an interim one? Anything else passes the safety net untouched."""
-    return _maybe_html(start.get("headers") or ()) or int(start.get("status", 200)) < 200
+    """Could the response that ``start`` begins be a page (HTML, XML, or untyped so a browser
+    would sniff it), or an interim one? Anything else passes the safety net untouched."""
+    return may_be_page(start.get("headers") or ()) or int(start.get("status", 200)) < 200
 
 
-def _header(headers: list[Header], name: bytes) -> str | None:
+def _header(headers: Iterable[Header], name: bytes) -> str | None:
     for key, value in headers:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
-
-
-def _maybe_html(headers: Iterable[Header]) -> bool:
-    """HTML, or no ``Content-Type`` at all: browsers sniff untyped bodies and may render them."""
-    return typed_html(headers) is not False
-
-
-def _sniffs_as_html(body: bytes) -> bool:
-    """Would a browser sniff this untyped body as markup? (It starts with a tag, roughly.)"""
-    start = body[:512].lstrip(b"\xef\xbb\xbf \t\r\n\x0c")
-    return start.startswith(b"<")
