@@ -20,7 +20,10 @@ failed: a grant check, an onboarding token or solicitation evidence while Redis 
 ``audit_refused_total``, ``audit_write_errors_total`` and ``solicitation_evidence_total{outcome}``:
 restricted arrivals through promotions, ``recorded``, a ``repeat`` (counted, not stored) or
 dropped over the ``promotions.evidence`` limits (``dropped_visitor_rate``,
-``dropped_worker_cap``; alert on these: evidence is being lost).
+``dropped_worker_cap``; alert on these: evidence is being lost) and
+``rewrite_aborted_total{reason}``: restricted pages the safety net had started to send and then
+could not finish (``coding``: a corrupt compressed body, ``engine``: lol-html refused the page,
+``too_large``: over ``promotions.max_rewrite_bytes``); the connection was dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from micafence.background import stop_task
 from micafence.decision import Decision
 from micafence.observed import AuditCounters, CurrentEnforcer, Deciding, EvidenceCounts
 from micafence.promotions.evidence_budget import OUTCOMES as EVIDENCE_OUTCOMES
+from micafence.promotions.rewriter import ABORT_REASONS, ABORTS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1)
@@ -100,6 +104,13 @@ class Metrics:
             ["outcome"], registry=registry)
         for outcome in EVIDENCE_OUTCOMES:  # every series exists from the start, at 0
             self._evidence.labels(outcome)
+        self._aborted = Counter(
+            "micafence_rewrite_aborted",
+            "Restricted pages aborted after their first byte (connection dropped), by reason",
+            ["reason"], registry=registry)
+        for reason in ABORT_REASONS:
+            self._aborted.labels(reason)
+        self._aborted_seen = dict(ABORTS)  # this process's aborts before these metrics
         self._sample_interval = sample_interval
         self._sync_interval = sync_interval
         #: Time the next decision (0 as the sample interval: time every one).
@@ -214,6 +225,10 @@ class Metrics:
         samples, self._lookup_ns = self._lookup_ns, []
         for value in samples:
             self._lookup_latency.observe(value / 1e9)
+        for reason, value in ABORTS.items():
+            if value > self._aborted_seen[reason]:
+                self._aborted.labels(reason).inc(value - self._aborted_seen[reason])
+                self._aborted_seen[reason] = value
         current = self._current
         if current is None:
             return
