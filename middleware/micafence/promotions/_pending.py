@@ -68,6 +68,11 @@ def encoding_problem(mime: MimeType | None, prefix: bytes, kind: Kind) -> str | 
     return None
 
 
+def encoding_name(mime: MimeType | None, prefix: bytes, kind: Kind) -> str:
+    charset = (mime.param("charset") if mime else None) or ""
+    return "UTF-8" if charset.lower() in ("", "utf-8", "utf8") else charset
+
+
 class CodingError(Exception):
     pass
 

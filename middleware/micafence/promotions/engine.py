@@ -49,21 +49,68 @@ class _Decide:
             self.removed += 1
 
 
+#: The most text one ``<noscript>`` may hold (it is held whole, see :class:`_NoScript`).
+NOSCRIPT_LIMIT = 262_144
+
+
+class _NoScript:
+    """``<noscript>`` content: text to lol-html (as to a browser running scripts), markup to a
+    browser with JavaScript off, which would show a promotion in it.
+
+    The content is held (lol-html hands it over as text, in pieces), rewritten as markup by a
+    nested rewriter when complete, and put back. Only on a UTF-8 page: lol-html re-encodes the
+    text of an element with a text handler from its UTF-8 reading, which is the page's own text
+    only when the page is UTF-8 (invalid bytes become U+FFFD, as the browser shows them).
+    """
+
+    __slots__ = ("held", "page_filter", "size")
+
+    def __init__(self, page_filter: PromotionFilter) -> None:
+        self.page_filter = page_filter
+        self.held: list[str] = []
+        self.size = 0
+
+    def element(self, element: lolhtml.Element) -> None:
+        self.held.clear()
+        self.size = 0
+
+    def text(self, chunk: lolhtml.TextChunk) -> None:
+        text = chunk.text
+        self.size += len(text)
+        if self.size > NOSCRIPT_LIMIT:
+            raise RewriteError(f"a <noscript> longer than {NOSCRIPT_LIMIT} characters")
+        self.held.append(text)
+        chunk.remove()
+        if not chunk.last_in_text_node:
+            return
+        content = "".join(self.held)
+        self.held.clear()
+        self.size = 0
+        nested = PageRewriter(self.page_filter, utf8=False)  # no <noscript> inside <noscript>
+        cleaned = nested.write(content.encode("utf-8", "surrogatepass")) + nested.end()
+        chunk.replace(cleaned.decode("utf-8", "surrogatepass") if nested.removed else content,
+                      lolhtml.ContentType.HTML)
+
+
 class PageRewriter:
     """One response's rewriter: :meth:`write` each piece of the page, then :meth:`end`.
 
     Both return the bytes ready to send (maybe none). After a :class:`RewriteError` the
-    rewriter refuses every call: lol-html must not be used after a fatal error.
+    rewriter refuses every call: lol-html must not be used after a fatal error. ``utf8``: the
+    page is in UTF-8, so ``<noscript>`` content can be cleaned too (:class:`_NoScript`); on a
+    page in another charset it passes as it came.
     """
 
     __slots__ = ("_decide", "_done", "_out", "_rewriter")
 
-    def __init__(self, page_filter: PromotionFilter) -> None:
+    def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True) -> None:
         self._out: list[bytes] = []
         self._decide = _Decide(page_filter)
         self._rewriter = lolhtml.HTMLRewriter(self._out.append)
         for selector in page_filter.engine_selectors:
             self._rewriter.on(selector, self._decide)
+        if utf8:
+            self._rewriter.on("noscript", _NoScript(page_filter))
         self._done = False
 
     @property
@@ -79,7 +126,7 @@ class PageRewriter:
             self._rewriter.write(chunk)
         except RuntimeError as exc:
             self._done = True
-            raise RewriteError(str(exc).split("\n", 1)[0]) from exc
+            raise RewriteError(_problem(exc)) from exc
         return self._take()
 
     def end(self) -> bytes:
@@ -90,7 +137,7 @@ class PageRewriter:
         try:
             self._rewriter.end()
         except RuntimeError as exc:
-            raise RewriteError(str(exc).split("\n", 1)[0]) from exc
+            raise RewriteError(_problem(exc)) from exc
         return self._take()
 
     def _take(self) -> bytes:
@@ -102,7 +149,13 @@ class PageRewriter:
         return bytes(data)
 
 
-def rewrite(page_filter: PromotionFilter, page: bytes) -> bytes:
+def _problem(exc: RuntimeError) -> str:
+    """lol-html's message, first line (a handler's own error keeps its message)."""
+    return str(exc).split("\n", 1)[0].removeprefix("Content handler error: ").removeprefix(
+        "RewriteError: ")
+
+
+def rewrite(page_filter: PromotionFilter, page: bytes, *, utf8: bool = True) -> bytes:
     """The whole of ``page`` rewritten (tests, benchmarks; the server streams)."""
-    rewriter = PageRewriter(page_filter)
+    rewriter = PageRewriter(page_filter, utf8=utf8)
     return rewriter.write(page) + rewriter.end()

@@ -57,6 +57,6 @@ class PromotionFilter:
             return True
         return not all(approval.matches(tag, attributes) for approval in self.approvals)
 
-    def rewriter(self) -> PageRewriter:
-        """A fresh streaming rewriter for one response."""
-        return PageRewriter(self)
+    def rewriter(self, *, utf8: bool = True) -> PageRewriter:
+        """A fresh streaming rewriter for one response (``utf8``: the page is in UTF-8)."""
+        return PageRewriter(self, utf8=utf8)

@@ -36,6 +36,7 @@ from micafence.promotions._pending import (
     Encoder,
     Kind,
     MimeType,
+    encoding_name,
     encoding_problem,
     extract,
     kind_of,
@@ -246,7 +247,8 @@ class RewritingSend:
             await self._fail(problem)
             return
         self._raw.clear()
-        self._rewriter = self._filter.rewriter()
+        utf8 = encoding_name(self._mime, prefix, kind) == "UTF-8"
+        self._rewriter = self._filter.rewriter(utf8=utf8)
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
