@@ -278,7 +278,7 @@ _FAILURE = "failure"
 
 
 def _meta(data: bytes, pos: int) -> tuple[str | None, int]:
-    """The prescan's ``<meta`` branch from the byte after ``<meta``: (encoding or None, position)."""
+    """The prescan's ``<meta`` branch from the byte after ``<meta``: (encoding or None, end)."""
     names: set[bytes] = set()
     got_pragma = False
     need_pragma: bool | None = None
