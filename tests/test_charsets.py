@@ -14,7 +14,7 @@ import codecs
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from micafence.promotions.charsets import (
@@ -234,6 +234,7 @@ _ALPHABET = (
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=60))
 def test_single_byte_and_utf8_keep_every_markup_byte(data: bytes) -> None:
+    assume(not data.startswith((b"\xfe\xff", b"\xff\xfe")))  # a UTF-16 BOM wins: a problem
     for name in _SINGLE_BYTE:
         assert encoding_problem(html(name), data, Kind.HTML) is None
         decoded = codecs.decode(data, _FINE_CODECS[name], errors="replace")

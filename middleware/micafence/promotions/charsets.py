@@ -24,9 +24,11 @@ The browser's choice, in order (HTML Standard "encoding sniffing algorithm", Bli
    sequences, ESC = 0x1B) or UTF-16 (NUL bytes): a prefix holding either is a problem.
 
 Superset rules, where a browser may read more than the standard says: Blink keeps looking for
-a ``<meta>`` past 1024 bytes while it is still in ``<head>``, so when the first 1024 bytes
-declare nothing the whole prefix given (up to :data:`EXTENDED_PRESCAN` bytes) is prescanned too
-and a problem found there counts. A meta beyond the prefix given is not seen. When Chromium
+a ``<meta>`` past 1024 bytes while it is still in ``<head>``, and its tokenizer sees comments
+and raw text otherwise than the prescan, so when the first 1024 bytes declare nothing every
+``<meta`` in the prefix given (up to :data:`EXTENDED_PRESCAN` bytes) is read on its own and a
+problem encoding named there counts. A meta beyond the prefix given is not seen. The ESC/NUL
+test of an undeclared page applies whatever those late metas say. When Chromium
 reads another charset from the header than Fetch does (``MimeType.other_charsets``), that
 encoding is checked as well.
 
@@ -50,6 +52,9 @@ Problems: UTF-16BE/LE (two bytes a character) and ISO-2022-JP (after ``ESC $ B``
 """
 
 from __future__ import annotations
+
+import bisect
+import re
 
 from micafence.promotions.mime import Kind, MimeType
 
@@ -188,59 +193,58 @@ class _OutOfBytes(Exception):
     """The prescan ran past the bytes it was given: it ends there, declaring nothing more."""
 
 
+_SKIP_BEFORE_NAME = re.compile(rb"[\t\n\x0c\r /]*")
+_SKIP_SPACE = re.compile(rb"[\t\n\x0c\r ]*")
+_NAME_REST = re.compile(rb"[^\t\n\x0c\r />=]*")
+_UNQUOTED = re.compile(rb"[^\t\n\x0c\r >]*")
+
+
+def _skip(pattern: re.Pattern[bytes], data: bytes, pos: int) -> int:
+    match = pattern.match(data, pos)
+    return match.end() if match is not None else pos
+
+
 def _attribute(data: bytes, pos: int) -> tuple[bytes, bytes, int] | None:
     """HTML's "get an attribute" from ``pos``: (name, value, position), None at a '>'.
 
     Running out of bytes raises :class:`_OutOfBytes`: an unfinished attribute is not read.
+    Names and values come out ASCII-lower-cased, as the standard appends them.
     """
     end = len(data)
-    while pos < end and data[pos] in b"\t\n\x0c\r /":
-        pos += 1
+    pos = _skip(_SKIP_BEFORE_NAME, data, pos)
     if pos >= end:
         raise _OutOfBytes
     if data[pos] == 0x3E:
         return None
-    name = bytearray()
-    while True:
-        if pos >= end:
-            raise _OutOfBytes
-        byte = data[pos]
-        if byte == 0x3D and name:
-            pos += 1
-            break
-        if byte in _SPACE_BYTES:
-            while pos < end and data[pos] in _SPACE_BYTES:
-                pos += 1
-            if pos >= end:
-                raise _OutOfBytes
-            if data[pos] != 0x3D:
-                return bytes(name), b"", pos
-            pos += 1
-            break
-        if byte in b"/>":
-            return bytes(name), b"", pos
-        name.append(byte + 0x20 if 0x41 <= byte <= 0x5A else byte)
-        pos += 1
-    while pos < end and data[pos] in _SPACE_BYTES:
-        pos += 1
+    # The first byte is part of the name even when it is '='; then up to '=', space, '/', '>'.
+    stop = _skip(_NAME_REST, data, pos + 1)
+    name = data[pos:stop].lower()
+    pos = stop
     if pos >= end:
         raise _OutOfBytes
-    value = bytearray()
+    if data[pos] in b"/>":
+        return name, b"", pos
+    if data[pos] != 0x3D:  # spaces, then '=' or the end of the attribute
+        pos = _skip(_SKIP_SPACE, data, pos)
+        if pos >= end:
+            raise _OutOfBytes
+        if data[pos] != 0x3D:
+            return name, b"", pos
+    pos = _skip(_SKIP_SPACE, data, pos + 1)
+    if pos >= end:
+        raise _OutOfBytes
     quote = data[pos]
     if quote in b"\"'":
         close = data.find(bytes((quote,)), pos + 1)
         if close < 0:
             raise _OutOfBytes
-        return bytes(name), data[pos + 1 : close].lower(), close + 1
+        return name, data[pos + 1 : close].lower(), close + 1
     if quote == 0x3E:
-        return bytes(name), b"", pos
-    while pos < end:
-        byte = data[pos]
-        if byte in _SPACE_BYTES or byte == 0x3E:
-            return bytes(name), bytes(value), pos
-        value.append(byte + 0x20 if 0x41 <= byte <= 0x5A else byte)
-        pos += 1
-    raise _OutOfBytes
+        return name, b"", pos
+    stop = _skip(_UNQUOTED, data, pos)
+    if stop >= end:
+        raise _OutOfBytes
+    return name, data[pos:stop].lower(), stop
 
 
 def _charset_from_content(value: str) -> str | None:
@@ -275,6 +279,10 @@ def _charset_from_content(value: str) -> str | None:
 
 
 _FAILURE = "failure"
+_META_START = re.compile(rb"<meta[\t\n\x0c\r /]", re.IGNORECASE)
+_CHARSET = re.compile(rb"charset")
+_QUOTES = frozenset(b"\"'")
+_META_END = (b"\t", b"\n", b"\x0c", b"\r", b" ", b"/")
 
 
 def _meta(data: bytes, pos: int) -> tuple[str | None, int]:
@@ -317,30 +325,39 @@ def _is_letter(byte: int) -> bool:
     return 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A
 
 
-def _scan(data: bytes) -> str | None:
-    """The prescan's loop over ``data``; None when it declares nothing."""
+def _scan(data: bytes) -> tuple[str | None, int]:
+    """The prescan's loop over ``data``: (encoding or None, where it stopped reading).
+
+    It stops at the end of ``data``, or at the start of the construct it could not finish (a
+    comment, a tag or a ``<meta>`` running past the end). Only a ``<meta`` whose attributes say
+    "charset" can declare, so bytes without both are answered at C speed; otherwise the loop
+    runs from the start, since a comment or a quoted value before the meta may hide it.
+    """
+    if _META_START.search(data) is None or b"charset" not in data.lower():
+        return None, len(data)  # only a <meta> naming "charset" declares
+    where = [0]
     try:
-        return _loop(data)
+        return _loop(data, where), where[0]
     except _OutOfBytes:
-        return None
+        return None, where[0]
 
 
-def _loop(data: bytes) -> str | None:
+def _loop(data: bytes, where: list[int]) -> str | None:
     end = len(data)
     pos = 0
     for _ in range(end + 1):  # each round moves past at least one byte
         pos = data.find(b"<", pos)
         if pos < 0:
+            where[0] = end
             return None
+        where[0] = pos
         if data.startswith(b"<!--", pos):
             close = data.find(b"-->", pos + 2)
             if close < 0:
                 return None
             pos = close + 3
             continue
-        if data[pos + 1 : pos + 5].lower() == b"meta" and data[pos + 5 : pos + 6] in (
-            b"\t", b"\n", b"\x0c", b"\r", b" ", b"/",
-        ):
+        if data[pos + 1 : pos + 5].lower() == b"meta" and data[pos + 5 : pos + 6] in _META_END:
             found, pos = _meta(data, pos + 5)
             if found is not None:
                 return found
@@ -365,6 +382,7 @@ def _loop(data: bytes) -> str | None:
             pos = close + 1
             continue
         pos += 1
+    where[0] = end
     return None
 
 
@@ -408,7 +426,7 @@ def prescan(data: bytes) -> str | None:
         return "UTF-16LE"
     if data.startswith(b"\x00<\x00?\x00x"):
         return "UTF-16BE"
-    return _scan(data) or xml_encoding(data)
+    return _scan(data)[0] or xml_encoding(data)
 
 
 # --- the decision ---------------------------------------------------------------------------
@@ -425,14 +443,58 @@ def _from_document(prefix: bytes, xml: bool) -> tuple[_Choice | None, list[_Choi
             return ("UTF-16BE", "the bytes (UTF-16 XML declaration)"), []
         found = xml_encoding(prefix)
         return ((found, "the XML declaration") if found else None), []
-    found = prescan(prefix[:_PRESCAN])
+    head = prefix[:_PRESCAN]
+    if head.startswith(b"<\x00?\x00x\x00"):
+        return ("UTF-16LE", "the bytes (UTF-16 XML declaration)"), []
+    if head.startswith(b"\x00<\x00?\x00x"):
+        return ("UTF-16BE", "the bytes (UTF-16 XML declaration)"), []
+    found, stopped = _scan(head)
     if found is not None:
         return (found, "a <meta> in the first 1024 bytes"), []
-    if len(prefix) > _PRESCAN:
-        late = _scan(prefix[:EXTENDED_PRESCAN])
-        if late is not None:
-            return None, [(late, "a <meta> after the first 1024 bytes (Chromium reads it)")]
-    return None, []
+    late = [
+        (name, "a <meta> past what the 1024-byte prescan reads")
+        for name in _metas(prefix, stopped)
+    ]
+    found = xml_encoding(head)
+    if found is not None:
+        return (found, "an XML declaration (Blink reads it in HTML)"), late
+    return None, late
+
+
+def _metas(prefix: bytes, start: int) -> list[str]:
+    """Every ``<meta>`` from ``start`` on that declares an encoding, each read on its own.
+
+    The superset for Blink, which keeps looking past 1024 bytes while in ``<head>``: ``start``
+    is where the 1024-byte prescan stopped reading (its end, or a construct it could not
+    finish), so a meta it already judged is not judged again, and one it was cut off from is.
+    Each ``<meta`` is read on its own (not through the prescan's loop) to keep this a pass of
+    :data:`EXTENDED_PRESCAN` bytes at most, with one attribute reading a ``<meta`` that
+    mentions "charset" before the next ``<meta``.
+    """
+    data = prefix[:EXTENDED_PRESCAN]
+    lower = data.lower()
+    mentions = [match.start() for match in _CHARSET.finditer(lower, start)]
+    if not mentions:
+        return []
+    found: list[str] = []
+    metas = [match.start() for match in _META_START.finditer(data, start)]
+    for index, at in enumerate(metas):
+        following = metas[index + 1] if index + 1 < len(metas) else len(data)
+        nearest = bisect.bisect_left(mentions, at)
+        if nearest == len(mentions):
+            break  # no "charset" from here on: no later meta declares
+        segment = data[at:following]
+        if mentions[nearest] >= following and b">" in segment and not _QUOTES.intersection(
+            segment
+        ):
+            continue  # ended before the next <meta without naming "charset"
+        try:
+            name, _ = _meta(data, at + 5)
+        except _OutOfBytes:
+            break
+        if name is not None:
+            found.append(name)
+    return found
 
 
 def _choices(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[_Choice, list[_Choice]]:
@@ -492,7 +554,7 @@ def encoding_problem(mime: MimeType | None, prefix: bytes, kind: Kind) -> str | 
         reason = _NOT_ASCII_COMPATIBLE.get(name)
         if reason is not None:
             return f"{source} gives {name}, which is not ASCII-compatible ({reason})"
-    if declared[1].startswith("the default") and not others:
+    if declared[1].startswith("the default"):
         head = prefix[:EXTENDED_PRESCAN]
         if b"\x1b" in head:
             return (

@@ -319,6 +319,10 @@ def extract(headers: Iterable[tuple[bytes, bytes]]) -> MimeType | None:
     wins, keeping an earlier charset when the essence repeats without one. Where Chromium reads
     the header as a type that renders more (module docstring, 1 and 2), its reading is taken.
     Never raises: every byte is a Latin-1 character.
+
+    Ask :func:`kind_of` what the result is: ``None`` is untyped, but so are the unknown types
+    browsers sniff (``unknown/unknown``, and Chromium's slash-less ``text`` from ``text /html``,
+    which is returned so that its charset still counts).
     """
     values = _content_type_values(headers)
     if values is None:
@@ -409,6 +413,7 @@ _NOT_PAGES = frozenset({
     b"image/x-icon", b"application/octet-stream", b"font/woff2", b"font/woff",
     b"application/wasm", b"text/event-stream", b"application/pdf", b"text/csv",
 })
+_PAGES = frozenset({b"text/html", b"application/xhtml+xml", b"image/svg+xml", b"application/xml"})
 # Bytes after the type that could make Chromium or Fetch read another value: fall back then.
 _ODD = frozenset(b',"(')
 
@@ -432,8 +437,11 @@ def may_be_page(headers: Iterable[tuple[bytes, bytes]]) -> bool:
             return True
         if count == 1 and found is not None:
             essence, _, rest = found.partition(b";")
-            if essence in _NOT_PAGES and not _ODD.intersection(rest):
-                return False
+            if not _ODD.intersection(rest):
+                if essence in _NOT_PAGES:
+                    return False
+                if essence in _PAGES:
+                    return True
         return kind_of(extract(lines)) is not Kind.OTHER
     except Exception:  # headers not as ASGI gives them: judge the response rather than crash
         return True
