@@ -80,6 +80,16 @@ def test_html5lib_encoding(data: bytes, expected: str, late: bool) -> None:
         assert prescan(data) == want
 
 
+@pytest.mark.parametrize("at", [1000, 1014, 1020, 1023, 1024, 3000])
+def test_a_meta_cut_off_by_the_1024_byte_prescan_counts(at: int) -> None:
+    page = b"<p>" + b"x" * (at - 3) + b'<meta charset="iso-2022-jp"><div data-promo>'
+    assert page.index(b"<meta") == at
+    assert encoding_name(HTML, page, Kind.HTML) == "windows-1252"
+    assert encoding_problem(HTML, page, Kind.HTML) is not None
+    # Declared in the header, the page's own declarations are not read at all.
+    assert encoding_problem(html("utf-8"), page, Kind.HTML) is None
+
+
 def test_a_late_meta_naming_a_problem_encoding_is_a_problem() -> None:
     late = b"<!--" + b"x" * 2000 + b'--><meta charset="iso-2022-jp"><div data-promo>'
     assert encoding_name(HTML, late, Kind.HTML) == "windows-1252"

@@ -334,7 +334,9 @@ def _scan(data: bytes) -> tuple[str | None, int]:
     runs from the start, since a comment or a quoted value before the meta may hide it.
     """
     if _META_START.search(data) is None or b"charset" not in data.lower():
-        return None, len(data)  # only a <meta> naming "charset" declares
+        # Only a <meta> naming "charset" declares; one may still start in the last construct.
+        last = data.rfind(b"<")
+        return None, last if last >= 0 else len(data)
     where = [0]
     try:
         return _loop(data, where), where[0]
