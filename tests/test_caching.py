@@ -201,3 +201,40 @@ def test_edge_setup_needs_proxies_to_trust() -> None:
     with pytest.raises(PolicyError, match=r"client_ip\.trusted_proxies"):
         load_policy_text(with_cache("cache: {setup: edge, edge_country_header: cf-ipcountry}\n",
                                     text), "bad.yaml")
+
+
+# -- every response that may be a page (issue 19) ----------------------------------------------
+
+def answering(content_type: bytes | None, body: bytes) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"cache-control", b"public, max-age=600")]
+        if content_type is not None:
+            headers.append((b"content-type", content_type))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+@pytest.mark.parametrize(("peer", "method"), [
+    (SE, "GET"), (SE, "HEAD"), (CH, "GET"), (CH, "HEAD"), (CH, "POST"),
+])  # (an EU visitor's POST here is refused: 451, no-store)
+@pytest.mark.parametrize(("content_type", "body"), [
+    pytest.param(None, b"<html><p>hi</p>", id="untyped"),
+    pytest.param(b"text/plain, text/html", b"<p>hi</p>", id="html-last"),
+    pytest.param(b"application/xhtml+xml", b"<html/>", id="xhtml"),
+    pytest.param(b"image/svg+xml", b"<svg/>", id="svg"),
+    pytest.param(b"*/*", b"<p>hi</p>", id="star"),
+])
+async def test_a_response_that_may_be_a_page_is_private_for_every_visitor(
+    peer: str, method: str, content_type: bytes | None, body: bytes
+) -> None:
+    response = await get(guarded(answering(content_type, body)), peer, "/api/prices", method)
+    assert response.headers["cache-control"] == "max-age=600, private"
+    assert VARY in response.headers["vary"]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_json_on_a_neutral_route_stays_shared_on_any_method(method: str) -> None:
+    response = await get(guarded(answering(b"application/json", b"[]")), CH, "/api/prices",
+                         method)
+    assert response.headers["cache-control"] == "public, max-age=600"

@@ -1,76 +1,10 @@
-"""TEMPORARY stand-in for promotions.mime, promotions.charsets and promotions.codings (helpers B
-and C of issue 19), with their signatures only. Deleted when those modules are merged."""
+"""TEMPORARY stand-in for promotions.codings (helper C of issue 19), with its signatures only.
+Deleted when that module is merged."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from enum import Enum
-
-SNIFF_BYTES = 1445
-
-
-@dataclass(frozen=True, slots=True)
-class MimeType:
-    essence: str
-    params: tuple[tuple[str, str], ...] = ()
-
-    def param(self, name: str) -> str | None:
-        for key, value in self.params:
-            if key == name:
-                return value
-        return None
-
-
-class Kind(Enum):
-    HTML = "html"
-    XML = "xml"
-    OTHER = "other"
-    UNTYPED = "untyped"
-
-
-def extract(headers: Iterable[tuple[bytes, bytes]]) -> MimeType | None:
-    for name, value in headers:
-        if name.lower() == b"content-type":
-            essence, *params = value.decode("latin-1").split(";")
-            pairs = tuple((k.strip().lower(), v.strip().strip('"'))
-                          for k, _, v in (p.partition("=") for p in params))
-            return MimeType(essence.strip().lower(), pairs) if "/" in essence else None
-    return None
-
-
-def kind_of(mime: MimeType | None) -> Kind:
-    if mime is None:
-        return Kind.UNTYPED
-    if mime.essence in ("text/html", "application/xhtml+xml"):
-        return Kind.HTML
-    if mime.essence in ("text/xml", "application/xml") or mime.essence.endswith("+xml"):
-        return Kind.XML
-    return Kind.OTHER
-
-
-def sniff(prefix: bytes, complete: bool) -> Kind:
-    rest = prefix.lstrip(b"\t\n\x0b\x0c\r ")
-    if rest.startswith(b"<?xml"):
-        return Kind.XML
-    return Kind.HTML if rest.startswith(b"<") else Kind.OTHER
-
-
-def may_be_page(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    return kind_of(extract(headers)) is not Kind.OTHER
-
-
-def encoding_problem(mime: MimeType | None, prefix: bytes, kind: Kind) -> str | None:
-    charset = (mime.param("charset") if mime else None) or ""
-    if charset.lower() in ("utf-16", "x-klingon"):
-        return f"charset {charset!r} is not rewritten"
-    return None
-
-
-def encoding_name(mime: MimeType | None, prefix: bytes, kind: Kind) -> str:
-    charset = (mime.param("charset") if mime else None) or ""
-    return "UTF-8" if charset.lower() in ("", "utf-8", "utf8") else charset
 
 
 class CodingError(Exception):

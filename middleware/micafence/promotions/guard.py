@@ -19,10 +19,10 @@ from micafence.location.client_ip import TrustedProxies
 from micafence.policy.model import Policy, PromotionStance
 from micafence.policy.promotions import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from micafence.policy.routes import PATH_KEY_CHARS, route_paths
-from micafence.promotions._pending import may_be_page
 from micafence.promotions.cache_safety import CacheSafety
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.filter import PromotionFilter
+from micafence.promotions.mime import may_be_page
 from micafence.promotions.rewriter import RewritingSend, touches
 from micafence.promotions.solicitation import (
     MarkerMatcher,

@@ -1,12 +1,13 @@
 """The safety net: a ``send`` wrapper that streams a restricted visitor's page through lol-html.
 
 What a response is gets settled before its first byte goes out: its type (the ``Content-Type``
-as Fetch reads it, or, untyped, a sniff of at most the first :data:`SNIFF_BYTES` decoded bytes,
-which are all this wrapper holds), its charset (only charsets a browser decodes as ASCII does
-are rewritten) and its content coding. Then the page streams: each body message is decoded,
-rewritten by a :class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB
-(the event loop gets a turn between pieces), encoded again in the same coding and sent. Bytes
-outside removed elements go out as they came.
+as Fetch reads it, or, untyped, a sniff of the first 1445 decoded bytes), its charset (only
+pages whose markup a browser decodes as ASCII are rewritten) and its content coding. For that
+this wrapper holds the first :data:`HOLD_BYTES` decoded bytes (64 KB), and no more. Then the
+page streams: each body message is decoded, rewritten by a
+:class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB (the event loop
+gets a turn between pieces), encoded again in the same coding and sent. Bytes outside removed
+elements go out as they came.
 
 The headers of a page: no ``Content-Length`` (unless the whole body had arrived before the
 first byte went out, then the length of what is sent), no ``ETag`` or other validators or
@@ -29,24 +30,20 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
-from micafence.promotions._pending import (
+from micafence.promotions._pending import CodingError, Decoder, Encoder, parse_codings
+from micafence.promotions.cache_safety import CacheSafety
+from micafence.promotions.charsets import EXTENDED_PRESCAN, encoding_name, encoding_problem
+from micafence.promotions.engine import PageRewriter, RewriteError
+from micafence.promotions.filter import PromotionFilter
+from micafence.promotions.mime import (
     SNIFF_BYTES,
-    CodingError,
-    Decoder,
-    Encoder,
     Kind,
     MimeType,
-    encoding_name,
-    encoding_problem,
     extract,
     kind_of,
     may_be_page,
-    parse_codings,
     sniff,
 )
-from micafence.promotions.cache_safety import CacheSafety
-from micafence.promotions.engine import PageRewriter, RewriteError
-from micafence.promotions.filter import PromotionFilter
 
 Header = tuple[bytes, bytes]
 
@@ -59,6 +56,11 @@ ABORTS: dict[str, int] = dict.fromkeys(ABORT_REASONS, 0)
 
 #: The most bytes given to lol-html at once: a 64 KB piece takes well under a millisecond.
 PIECE = 65536
+#: Decoded bytes held before the type and charset are settled: the sniff needs 1445, the
+#: charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond them
+#: (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). A page this short or shorter is
+#: rewritten whole before its first byte goes out, and sent with its ``Content-Length``.
+HOLD_BYTES = max(SNIFF_BYTES, EXTENDED_PRESCAN)
 
 # Headers that describe the body as the app made it, or let a cache revalidate it.
 _BODY_HEADERS = frozenset({
@@ -211,7 +213,7 @@ class RewritingSend:
             if self._state == _HOLDING:
                 self._held.append(piece)
                 self._held_size += len(piece)
-                if self._held_size >= SNIFF_BYTES:
+                if self._held_size >= HOLD_BYTES:
                     await self._settle(complete=False, more=more)
                 continue
             if self._state != _STREAMING:
