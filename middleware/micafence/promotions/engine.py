@@ -14,7 +14,8 @@ incentives) is decided here, in Python, per matching start tag: see
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import lolhtml
 
@@ -106,7 +107,8 @@ class PageRewriter:
     def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True) -> None:
         self._out: list[bytes] = []
         self._decide = _Decide(page_filter)
-        self._rewriter = lolhtml.HTMLRewriter(self._out.append)
+        # lol-html hands the sink bytes (the stub is wider than the binding).
+        self._rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
         for selector in page_filter.engine_selectors:
             self._rewriter.on(selector, self._decide)
         if utf8:

@@ -136,8 +136,10 @@ class RewritingSend:
         if kind == "http.response.body" and state in (_HOLDING, _STREAMING):
             await self._body(message)
         elif kind == "http.response.start" and state == _WAITING:
-            if self._extra or self._zone_route or touches(message):
-                await self._begin(message)
+            headers = list(message.get("headers") or ())
+            page = may_be_page(headers)
+            if page or self._extra or self._zone_route or int(message.get("status", 200)) < 200:
+                await self._begin(message, headers, page)
             else:  # not a page, nothing to add: pass it on untouched (the common case)
                 self._state = _PASSING
                 await self._send(message)
@@ -149,10 +151,9 @@ class RewritingSend:
 
     # -- the response start ----------------------------------------------------------------------
 
-    async def _begin(self, message: Message) -> None:
-        headers = list(message.get("headers") or ())
+    async def _begin(self, message: Message, headers: list[Header], page: bool) -> None:
         status = int(message.get("status", 200))
-        if status < 200 or status in _NO_BODY_STATUSES or not may_be_page(headers):
+        if status < 200 or status in _NO_BODY_STATUSES or not page:
             self._state = _PASSING
             if self._zone_route:
                 headers = self._cache.mark(headers, self._personal)
