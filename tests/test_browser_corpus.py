@@ -1,0 +1,246 @@
+"""Issue 19.6: the promotion safety net proved from outside, through real HTTP and Chromium.
+
+Every case of :mod:`tests.corpus_cases` is served (raw header lines and body bytes) behind
+micafence with the default policy under uvicorn, and loaded in Debian's headless ``chromium``
+twice: by a Swiss visitor (promotions allowed: the original page) and by a Swedish one
+(promotions forbidden). For the Swedish load the test asserts:
+
+- no element matching ``[data-promo]`` is in the DOM at all, rendered or not. The census walks
+  the whole DOM through the DevTools protocol, piercing iframes, shadow roots (closed ones too)
+  and ``<template>`` contents, so XML and SVG documents count as HTML ones do. Rendered (has a
+  layout box) is what a visitor sees; present-but-hidden is asserted too because the safety net
+  removes promotions rather than hiding them, and a hidden element is one script or stylesheet
+  away from being shown (a ``<template>`` a page clones, say). Both are reported separately.
+- no script ran that did not run in the Swiss load: case scripts and ``onerror`` handlers call
+  the ``report`` binding, and the two sets of names are compared;
+- a page whose original shows a promotion did not come back byte for byte as it was;
+- a response that may be a page says ``X-Content-Type-Options: nosniff`` (issue 19.2);
+- for both visitors, a page the app marked ``public, max-age=600`` is not shared-cacheable
+  (``private``/``no-store``, or a ``Vary`` naming what the decision read; issue 19.4).
+
+For the Swiss load it asserts the case is what its table entry says: it shows a promotion when
+``shows_promo`` (so the case is live, not one the browser never renders), it is rendered as a
+page unless ``not_a_page`` says why not. A summary of every load goes to
+``tests/artifacts/browser-corpus.json``, a screenshot of each failing Swedish load beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.conftest import ServerThread
+from tests.corpus_cases import CASES, Case, RawCases, guarded_corpus
+from tests.test_browser import ARTIFACTS, browser  # noqa: F401  (the shared Chromium fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+SWISS = "2a02:d000::1"
+SWEDISH = "89.160.20.112"
+SYNC = "__sync__"
+# Per promotion element found: does it match the selector as the document's own rules say
+# (attribute names are case-sensitive in XML), is it rendered (connected, with a layout box)?
+_JUDGE = """function () {
+  return {matches: this.matches('[data-promo]'),
+          rendered: this.isConnected && this.getClientRects().length > 0,
+          name: (this.id ? '#' + this.id : this.localName)};
+}"""
+_NODE_LIMIT = 200_000
+
+
+@dataclass
+class Load:
+    """What one visitor's browser got and did for one case."""
+
+    status: int | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | None = None
+    failure: str | None = None
+    scripts: set[str] = field(default_factory=set)
+    rendered: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["body"] = None if self.body is None else len(self.body)
+        out["scripts"] = sorted(self.scripts)
+        return out
+
+
+class Visitor:
+    """One browser context (one visitor), reused for every case; ``report`` calls by page."""
+
+    def __init__(self, chromium: Any, ip: str) -> None:
+        self.ip = ip
+        self.context = chromium.new_context(extra_http_headers={"X-Forwarded-For": ip})
+        self.reports: dict[Any, list[str]] = {}
+        self.context.expose_binding("report", self._report)
+
+    def _report(self, source: dict[str, Any], name: object) -> None:
+        self.reports.setdefault(source["page"], []).append(str(name))
+
+    def load(self, url: str, shot: str | None = None) -> tuple[Load, Any]:
+        """Navigate a fresh page to ``url``; the observations and the (still open) page."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        page = self.context.new_page()
+        seen = Load()
+        responses: list[Any] = []
+        page.on("response", lambda r: responses.append(r) if r.url == url else None)
+        try:
+            page.goto(url, wait_until="load", timeout=15_000)
+        except PlaywrightError as error:
+            seen.failure = str(error).splitlines()[0]
+        if responses:
+            response = responses[0]
+            seen.status = response.status
+            seen.headers = [(h["name"].lower(), h["value"]) for h in response.headers_array()]
+            try:
+                seen.body = response.body()
+            except PlaywrightError:
+                seen.body = None
+        if seen.failure is None:
+            for frame in page.frames:  # every report sent before this one has been handled
+                with contextlib.suppress(PlaywrightError):
+                    frame.evaluate(f"() => window.report && window.report({SYNC!r})")
+            seen.rendered, seen.hidden = promotions(self.context, page)
+        seen.scripts = set(self.reports.pop(page, [])) - {SYNC}
+        return seen, page
+
+
+def promotions(context: Any, page: Any) -> tuple[list[str], list[str]]:
+    """The ``[data-promo]`` elements of the page's DOM: (rendered, present but not rendered)."""
+    cdp = context.new_cdp_session(page)
+    rendered: list[str] = []
+    hidden: list[str] = []
+    try:
+        root = cdp.send("DOM.getDocument", {"depth": -1, "pierce": True})["root"]
+        stack, candidates, count = [root], [], 0
+        while stack and count < _NODE_LIMIT:
+            node = stack.pop()
+            count += 1
+            names = (node.get("attributes") or [])[0::2]
+            if node.get("nodeType") == 1 and any(n.lower() == "data-promo" for n in names):
+                candidates.append(node)
+            stack.extend(node.get("children") or ())
+            stack.extend(node.get("shadowRoots") or ())
+            for key in ("contentDocument", "templateContent"):
+                if node.get(key):
+                    stack.append(node[key])
+        assert not stack, f"more than {_NODE_LIMIT} DOM nodes"
+        for node in candidates:
+            handle = cdp.send("DOM.resolveNode", {"backendNodeId": node["backendNodeId"]})
+            judged = cdp.send("Runtime.callFunctionOn", {
+                "objectId": handle["object"]["objectId"], "functionDeclaration": _JUDGE,
+                "returnByValue": True})["result"]["value"]
+            if judged["matches"]:
+                (rendered if judged["rendered"] else hidden).append(judged["name"])
+    finally:
+        cdp.detach()
+    return rendered, hidden
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Iterator[tuple[str, RawCases]]:
+    app, raw = guarded_corpus()
+    with ServerThread(app) as server:
+        yield server.url, raw
+
+
+@pytest.fixture(scope="module")
+def summary() -> Iterator[dict[str, Any]]:
+    found: dict[str, Any] = {}
+    yield found
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "browser-corpus.json").write_text(json.dumps(found, indent=1, sort_keys=True))
+
+
+@pytest.fixture(scope="module")
+def visitors(browser: Any) -> Iterator[tuple[Visitor, Visitor]]:  # noqa: F811
+    swiss, swedish = Visitor(browser, SWISS), Visitor(browser, SWEDISH)
+    try:
+        yield swiss, swedish
+    finally:
+        swiss.context.close()
+        swedish.context.close()
+
+
+def shared_cacheable(seen: Load) -> bool:
+    """Could a shared cache keep this answer and give it to a visitor from another zone?"""
+    directives = {d.strip().split("=")[0].lower()
+                  for v in seen.header("cache-control") for d in v.split(",")}
+    if directives & {"private", "no-store"}:
+        return False
+    varied = {f.strip().lower() for v in seen.header("vary") for f in v.split(",")}
+    return not (varied - {"", "accept-encoding"})
+
+
+def check_case(case: Case, swiss: Load, swedish: Load) -> list[str]:
+    """Every way ``case`` failed, in words naming what was seen."""
+    problems: list[str] = []
+    # -- the case is what its table entry says (Swiss visitor: the original page) --
+    if (swiss.failure is not None) != (case.not_a_page is not None):
+        problems.append(f"Swiss load: navigation {swiss.failure or 'succeeded'}, but the case "
+                        f"says not_a_page={case.not_a_page!r}")
+    if swiss.status != 200:
+        problems.append(f"Swiss load: status {swiss.status} (the app answers 200)")
+    if case.shows_promo and not swiss.rendered:
+        problems.append("Swiss load shows no promotion: the case is dead (mark "
+                        f"shows_promo=False with the reason); hidden ones: {swiss.hidden}")
+    if not case.shows_promo and swiss.rendered:
+        problems.append(f"Swiss load shows promotions {swiss.rendered}, the case says none")
+    # -- the restricted visitor (Sweden) --
+    if swedish.rendered:
+        problems.append(f"Swedish load RENDERS promotions {swedish.rendered} (status "
+                        f"{swedish.status})")
+    if swedish.hidden:
+        problems.append(f"Swedish load has promotions in its DOM, not rendered: {swedish.hidden}")
+    extra_scripts = swedish.scripts - swiss.scripts
+    if extra_scripts:
+        problems.append(f"Swedish load ran scripts the original did not: {sorted(extra_scripts)} "
+                        f"(original ran {sorted(swiss.scripts)})")
+    if swiss.rendered and swedish.status == 200 and swedish.body == swiss.body:
+        problems.append("Swedish load got the original page unchanged (200, same bytes) though "
+                        "it shows a promotion")
+    if case.untouched and (swedish.status != 200 or swedish.body != case.body):
+        size = None if swedish.body is None else len(swedish.body)
+        problems.append(f"Swedish load: expected the case's own bytes untouched, got status "
+                        f"{swedish.status} and {size} bytes (case: {len(case.body)})")
+    if case.page and swedish.status == 200 and swedish.header("x-content-type-options") != [
+            "nosniff"]:
+        problems.append("Swedish load: may be a page but X-Content-Type-Options is "
+                        f"{swedish.header('x-content-type-options')}")
+    if case.page:
+        for who, seen in (("Swiss", swiss), ("Swedish", swedish)):
+            if seen.status is not None and shared_cacheable(seen):
+                problems.append(f"{who} load is shared-cacheable: Cache-Control "
+                                f"{seen.header('cache-control')}, Vary {seen.header('vary')}")
+    return problems
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_case_in_chromium(case: Case, corpus: tuple[str, RawCases],
+                          visitors: tuple[Visitor, Visitor], summary: dict[str, Any]) -> None:
+    url = f"{corpus[0]}/case/{case.id}"
+    swiss_visitor, swedish_visitor = visitors
+    swiss, swiss_page = swiss_visitor.load(url)
+    swiss_page.close()
+    swedish, swedish_page = swedish_visitor.load(url)
+    try:
+        problems = check_case(case, swiss, swedish)
+        summary[case.id] = {"why": case.why, "group": case.group, "problems": problems,
+                            "swiss": swiss.summary(), "swedish": swedish.summary()}
+        if problems and swedish.failure is None:
+            ARTIFACTS.mkdir(exist_ok=True)
+            swedish_page.screenshot(path=str(ARTIFACTS / f"corpus-{case.id}-sweden.png"))
+    finally:
+        swedish_page.close()
+    assert not problems, f"case {case.id} ({case.why}):\n  " + "\n  ".join(problems)
