@@ -21,7 +21,8 @@ twice: by a Swiss visitor (promotions allowed: the original page) and by a Swedi
 For the Swiss load it asserts the case is what its table entry says: it shows a promotion when
 ``shows_promo`` (so the case is live, not one the browser never renders), it is rendered as a
 page unless ``not_a_page`` says why not. A summary of every load goes to
-``tests/artifacts/browser-corpus.json``, a screenshot of each failing Swedish load beside it.
+``tests/artifacts/browser-corpus.json``, a screenshot of each Swedish load that showed a promotion
+or ran a script it should not have beside it.
 """
 
 from __future__ import annotations
@@ -238,9 +239,48 @@ def test_case_in_chromium(case: Case, corpus: tuple[str, RawCases],
         problems = check_case(case, swiss, swedish)
         summary[case.id] = {"why": case.why, "group": case.group, "problems": problems,
                             "swiss": swiss.summary(), "swedish": swedish.summary()}
-        if problems and swedish.failure is None:
+        if (swedish.rendered or swedish.scripts - swiss.scripts) and swedish.failure is None:
             ARTIFACTS.mkdir(exist_ok=True)
             swedish_page.screenshot(path=str(ARTIFACTS / f"corpus-{case.id}-sweden.png"))
     finally:
         swedish_page.close()
     assert not problems, f"case {case.id} ({case.why}):\n  " + "\n  ".join(problems)
+
+
+def test_reports_arrive_from_every_kind_of_document(
+        corpus: tuple[str, RawCases], visitors: tuple[Visitor, Visitor]) -> None:
+    """The script comparison can fail: ``report`` reaches the test from an HTML page, an
+    ``<iframe srcdoc>``, an ``onerror`` handler, an XHTML and an SVG document."""
+    swiss = visitors[0]
+    expected = {"ct-html": {"page"}, "iframe-srcdoc": {"srcdoc", "page"},
+                "mxss-noscript-title": {"noscript-img", "page"}, "ct-xhtml": {"page"},
+                "ct-svg-promo": {"page"}}
+    for case_id, names in expected.items():
+        seen, page = swiss.load(f"{corpus[0]}/case/{case_id}")
+        page.close()
+        assert seen.scripts == names, f"case {case_id}: reports {seen.scripts}, not {names}"
+
+
+def test_chromium_asks_for_zstd_and_decodes_it(
+        corpus: tuple[str, RawCases], visitors: tuple[Visitor, Visitor]) -> None:
+    """Debian's chromium sends ``zstd`` in ``Accept-Encoding`` (so ``ce-zstd`` is a case a
+    visitor meets) and shows the page it decodes from it."""
+    url, raw = corpus
+    seen, page = visitors[0].load(f"{url}/case/ce-zstd?fresh")  # not from the HTTP cache
+    page.close()
+    asked = raw.accept_encoding["ce-zstd", SWISS.encode()][-1]
+    assert b"zstd" in asked.split(b", "), f"Chromium asked for {asked!r}"
+    assert seen.rendered == ["#promo"]
+
+
+def test_svg_icon_is_an_image_for_the_restricted_visitor(
+        corpus: tuple[str, RawCases], visitors: tuple[Visitor, Visitor]) -> None:
+    """An SVG icon without promotions is no 451 and no blank: it renders inside ``<img>``."""
+    seen, page = visitors[1].load(f"{corpus[0]}/host/icon")
+    try:
+        assert seen.status == 200
+        size = page.evaluate("() => { const i = document.getElementById('icon');"
+                             " return i.complete ? [i.naturalWidth, i.naturalHeight] : null; }")
+    finally:
+        page.close()
+    assert size == [16, 16], f"the icon did not render as an image for a Swedish visitor: {size}"
