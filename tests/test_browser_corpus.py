@@ -77,29 +77,41 @@ class Load:
 
 
 class Visitor:
-    """One browser context (one visitor), reused for every case; ``report`` calls by page."""
+    """One browser context and one tab (one visitor), reused for every case (a new tab costs
+    more than a case's load); ``report`` calls are collected per load."""
 
     def __init__(self, chromium: Any, ip: str) -> None:
         self.ip = ip
         self.context = chromium.new_context(extra_http_headers={"X-Forwarded-For": ip})
-        self.reports: dict[Any, list[str]] = {}
+        self.reports: list[str] = []
+        self.responses: list[Any] = []
         self.context.expose_binding("report", self._report)
+        self.page = self._new_page()
 
     def _report(self, source: dict[str, Any], name: object) -> None:
-        self.reports.setdefault(source["page"], []).append(str(name))
+        if source["page"] is self.page:
+            self.reports.append(str(name))
 
-    def load(self, url: str, shot: str | None = None) -> tuple[Load, Any]:
-        """Navigate a fresh page to ``url``; the observations and the (still open) page."""
+    def _new_page(self) -> Any:
+        page = self.context.new_page()
+        page.on("response", lambda response: self.responses.append(response))
+        return page
+
+    def load(self, url: str) -> Load:
+        """Navigate the visitor's tab to ``url`` (left there: :attr:`page`); what was seen."""
         from playwright.sync_api import Error as PlaywrightError
 
-        page = self.context.new_page()
+        if self.page.is_closed():  # a case crashed or closed it
+            self.page = self._new_page()
+        page = self.page
         seen = Load()
-        responses: list[Any] = []
-        page.on("response", lambda r: responses.append(r) if r.url == url else None)
+        self.reports.clear()
+        self.responses.clear()
         try:
             page.goto(url, wait_until="load", timeout=15_000)
         except PlaywrightError as error:
             seen.failure = str(error).splitlines()[0]
+        responses = [r for r in self.responses if r.url == url]
         if responses:
             response = responses[0]
             seen.status = response.status
@@ -113,8 +125,8 @@ class Visitor:
                 with contextlib.suppress(PlaywrightError):
                     frame.evaluate(f"() => window.report && window.report({SYNC!r})")
             seen.rendered, seen.hidden = promotions(self.context, page)
-        seen.scripts = set(self.reports.pop(page, [])) - {SYNC}
-        return seen, page
+        seen.scripts = set(self.reports) - {SYNC}
+        return seen
 
 
 def promotions(context: Any, page: Any) -> tuple[list[str], list[str]]:
@@ -232,18 +244,14 @@ def test_case_in_chromium(case: Case, corpus: tuple[str, RawCases],
                           visitors: tuple[Visitor, Visitor], summary: dict[str, Any]) -> None:
     url = f"{corpus[0]}/case/{case.id}"
     swiss_visitor, swedish_visitor = visitors
-    swiss, swiss_page = swiss_visitor.load(url)
-    swiss_page.close()
-    swedish, swedish_page = swedish_visitor.load(url)
-    try:
-        problems = check_case(case, swiss, swedish)
-        summary[case.id] = {"why": case.why, "group": case.group, "problems": problems,
-                            "swiss": swiss.summary(), "swedish": swedish.summary()}
-        if (swedish.rendered or swedish.scripts - swiss.scripts) and swedish.failure is None:
-            ARTIFACTS.mkdir(exist_ok=True)
-            swedish_page.screenshot(path=str(ARTIFACTS / f"corpus-{case.id}-sweden.png"))
-    finally:
-        swedish_page.close()
+    swiss = swiss_visitor.load(url)
+    swedish = swedish_visitor.load(url)
+    problems = check_case(case, swiss, swedish)
+    summary[case.id] = {"why": case.why, "group": case.group, "problems": problems,
+                        "swiss": swiss.summary(), "swedish": swedish.summary()}
+    if (swedish.rendered or swedish.scripts - swiss.scripts) and swedish.failure is None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        swedish_visitor.page.screenshot(path=str(ARTIFACTS / f"corpus-{case.id}-sweden.png"))
     assert not problems, f"case {case.id} ({case.why}):\n  " + "\n  ".join(problems)
 
 
@@ -256,8 +264,7 @@ def test_reports_arrive_from_every_kind_of_document(
                 "mxss-noscript-title": {"noscript-img", "page"}, "ct-xhtml": {"page"},
                 "ct-svg-promo": {"page"}}
     for case_id, names in expected.items():
-        seen, page = swiss.load(f"{corpus[0]}/case/{case_id}")
-        page.close()
+        seen = swiss.load(f"{corpus[0]}/case/{case_id}?fresh")
         assert seen.scripts == names, f"case {case_id}: reports {seen.scripts}, not {names}"
 
 
@@ -266,8 +273,7 @@ def test_chromium_asks_for_zstd_and_decodes_it(
     """Debian's chromium sends ``zstd`` in ``Accept-Encoding`` (so ``ce-zstd`` is a case a
     visitor meets) and shows the page it decodes from it."""
     url, raw = corpus
-    seen, page = visitors[0].load(f"{url}/case/ce-zstd?fresh")  # not from the HTTP cache
-    page.close()
+    seen = visitors[0].load(f"{url}/case/ce-zstd?fresh")  # not from the HTTP cache
     asked = raw.accept_encoding["ce-zstd", SWISS.encode()][-1]
     assert b"zstd" in asked.split(b", "), f"Chromium asked for {asked!r}"
     assert seen.rendered == ["#promo"]
@@ -276,11 +282,9 @@ def test_chromium_asks_for_zstd_and_decodes_it(
 def test_svg_icon_is_an_image_for_the_restricted_visitor(
         corpus: tuple[str, RawCases], visitors: tuple[Visitor, Visitor]) -> None:
     """An SVG icon without promotions is no 451 and no blank: it renders inside ``<img>``."""
-    seen, page = visitors[1].load(f"{corpus[0]}/host/icon")
-    try:
-        assert seen.status == 200
-        size = page.evaluate("() => { const i = document.getElementById('icon');"
-                             " return i.complete ? [i.naturalWidth, i.naturalHeight] : null; }")
-    finally:
-        page.close()
+    swedish = visitors[1]
+    seen = swedish.load(f"{corpus[0]}/host/icon")
+    assert seen.status == 200
+    size = swedish.page.evaluate("() => { const i = document.getElementById('icon');"
+                                 " return i.complete ? [i.naturalWidth, i.naturalHeight] : null; }")
     assert size == [16, 16], f"the icon did not render as an image for a Swedish visitor: {size}"
