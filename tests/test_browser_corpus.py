@@ -51,6 +51,18 @@ _JUDGE = """function () {
           rendered: this.isConnected && this.getClientRects().length > 0,
           name: (this.id ? '#' + this.id : this.localName)};
 }"""
+# The DevTools protocol lists a <template>'s content fragment without its children: the
+# promotions in it (and in templates nested in it) are read by script. Never rendered.
+_IN_TEMPLATE = """function () {
+  const found = [], roots = [this.content];
+  for (let i = 0; i < roots.length && i < 10000; i++) {
+    for (const e of roots[i].querySelectorAll('*')) {
+      if (e.matches('[data-promo]')) found.push(e.id ? '#' + e.id : e.localName);
+      if (e.content instanceof DocumentFragment) roots.push(e.content);
+    }
+  }
+  return found;
+}"""
 _NODE_LIMIT = 200_000
 
 
@@ -136,7 +148,7 @@ def promotions(context: Any, page: Any) -> tuple[list[str], list[str]]:
     hidden: list[str] = []
     try:
         root = cdp.send("DOM.getDocument", {"depth": -1, "pierce": True})["root"]
-        stack, candidates, count = [root], [], 0
+        stack, candidates, templates, count = [root], [], [], 0
         while stack and count < _NODE_LIMIT:
             node = stack.pop()
             count += 1
@@ -145,20 +157,28 @@ def promotions(context: Any, page: Any) -> tuple[list[str], list[str]]:
                 candidates.append(node)
             stack.extend(node.get("children") or ())
             stack.extend(node.get("shadowRoots") or ())
-            for key in ("contentDocument", "templateContent"):
-                if node.get(key):
-                    stack.append(node[key])
+            if node.get("contentDocument"):
+                stack.append(node["contentDocument"])
+            if node.get("templateContent"):
+                templates.append(node)
         assert not stack, f"more than {_NODE_LIMIT} DOM nodes"
         for node in candidates:
-            handle = cdp.send("DOM.resolveNode", {"backendNodeId": node["backendNodeId"]})
-            judged = cdp.send("Runtime.callFunctionOn", {
-                "objectId": handle["object"]["objectId"], "functionDeclaration": _JUDGE,
-                "returnByValue": True})["result"]["value"]
+            judged = _call(cdp, node, _JUDGE)
             if judged["matches"]:
                 (rendered if judged["rendered"] else hidden).append(judged["name"])
+        for node in templates:
+            hidden.extend(_call(cdp, node, _IN_TEMPLATE))
     finally:
         cdp.detach()
     return rendered, hidden
+
+
+def _call(cdp: Any, node: dict[str, Any], function: str) -> Any:
+    """``function`` called on the DOM node ``node``; its JSON result."""
+    handle = cdp.send("DOM.resolveNode", {"backendNodeId": node["backendNodeId"]})
+    return cdp.send("Runtime.callFunctionOn", {
+        "objectId": handle["object"]["objectId"], "functionDeclaration": function,
+        "returnByValue": True})["result"]["value"]
 
 
 @pytest.fixture(scope="module")
