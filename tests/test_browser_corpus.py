@@ -31,6 +31,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +98,7 @@ class Visitor:
         self.context = chromium.new_context(extra_http_headers={"X-Forwarded-For": ip})
         self.reports: list[str] = []
         self.responses: list[Any] = []
+        self.downloads: list[Any] = []
         self.context.expose_binding("report", self._report)
         self.page = self._new_page()
 
@@ -107,6 +109,7 @@ class Visitor:
     def _new_page(self) -> Any:
         page = self.context.new_page()
         page.on("response", lambda response: self.responses.append(response))
+        page.on("download", lambda download: self.downloads.append(download))
         return page
 
     def load(self, url: str) -> Load:
@@ -119,6 +122,7 @@ class Visitor:
         seen = Load()
         self.reports.clear()
         self.responses.clear()
+        self.downloads.clear()
         try:
             page.goto(url, wait_until="load", timeout=15_000)
         except PlaywrightError as error:
@@ -128,10 +132,10 @@ class Visitor:
             response = responses[0]
             seen.status = response.status
             seen.headers = [(h["name"].lower(), h["value"]) for h in response.headers_array()]
-            try:
+            with contextlib.suppress(PlaywrightError):
                 seen.body = response.body()
-            except PlaywrightError:
-                seen.body = None
+        if seen.body is None and self.downloads:  # what the visitor saved
+            seen.body = Path(self.downloads[0].path()).read_bytes()
         if seen.failure is None:
             for frame in page.frames:  # every report sent before this one has been handled
                 with contextlib.suppress(PlaywrightError):
@@ -231,6 +235,9 @@ def check_case(case: Case, swiss: Load, swedish: Load) -> list[str]:
     if not case.shows_promo and swiss.rendered:
         problems.append(f"Swiss load shows promotions {swiss.rendered}, the case says none")
     # -- the restricted visitor (Sweden) --
+    if swedish.failure is not None and swiss.failure is None:
+        problems.append(f"Swedish load was no page ({swedish.failure}, status {swedish.status}) "
+                        "where the original is one")
     if swedish.rendered:
         problems.append(f"Swedish load RENDERS promotions {swedish.rendered} (status "
                         f"{swedish.status})")
@@ -243,6 +250,10 @@ def check_case(case: Case, swiss: Load, swedish: Load) -> list[str]:
     if swiss.rendered and swedish.status == 200 and swedish.body == swiss.body:
         problems.append("Swedish load got the original page unchanged (200, same bytes) though "
                         "it shows a promotion")
+    if (case.not_a_page and case.page and swedish.status == 200
+            and (swedish.body is None or swedish.body == swiss.body)):
+        problems.append("Swedish visitor saved the original download unchanged: opened, it is a "
+                        "page with its promotion")
     if case.untouched and (swedish.status != 200 or swedish.body != case.body):
         size = None if swedish.body is None else len(swedish.body)
         problems.append(f"Swedish load: expected the case's own bytes untouched, got status "
