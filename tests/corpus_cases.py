@@ -338,6 +338,22 @@ CHARSET_CASES = [
                  "Prämie 手数料", "utf-16-le", b"text/html; charset=utf-16"),
     charset_case("cs-x-user-defined", "x-user-defined: Python has no such codec",
                  "Prämie", "cp1252", b"text/html; charset=x-user-defined"),
+    # WHATWG's decoders are supersets of Python's codecs of the same name: these bytes decode
+    # in Chromium and fail (or differ) in Python's shift_jis, euc_kr, gbk and big5.
+    charset_case("cs-shift-jis-windows-31j", "Shift_JIS is windows-31j to a browser (NEC ①②)",
+                 "①② 手数料", "cp932", b"text/html; charset=shift_jis"),
+    charset_case("cs-euc-kr-uhc", "EUC-KR is windows-949 to a browser (똠)", "똠 수수료", "cp949",
+                 b"text/html; charset=euc-kr"),
+    charset_case("cs-gbk-gb18030", "GBK is decoded as gb18030 by a browser (a four-byte 𠀀)",
+                 "𠀀 零手续费", "gb18030", b"text/html; charset=gbk"),
+    raw_charset_case("cs-gbk-0x80", "byte 0x80 is € in a browser's GBK, an error in Python's",
+                     b"text/html; charset=gbk",
+                     html_page("<p>@@</p>" + PROMO, meta=None).encode().replace(b"@@", b"\x80")),
+    charset_case("cs-big5-hkscs", "Big5 is Big5-HKSCS to a browser (𥚃)", "𥚃 零手續費",
+                 "big5hkscs", b"text/html; charset=big5"),
+    raw_charset_case("cs-shift-jis-lone-lead", "a Shift_JIS lead byte before '<': the browser "
+                     "keeps the '<'", b"text/html; charset=shift_jis",
+                     html_page("<p>@@</p>" + PROMO, meta=None).encode().replace(b"@@", b"\x81")),
     raw_charset_case("cs-iso-2022-jp", "ISO-2022-JP with JIS X 0208 text around a promotion",
                      b"text/html; charset=iso-2022-jp",
                      ISO2022_HEAD + "手数料".encode("iso2022_jp")
