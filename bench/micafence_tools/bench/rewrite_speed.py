@@ -260,6 +260,12 @@ def run(guard: Callable[[Any], Any], quick: bool) -> PageSpeed:
     return asyncio.run(run_all())
 
 
+def loop_lag(guard: Callable[[Any], Any], count: int) -> LoopLag:
+    """The loop-lag probe alone, over ``count`` 1 MB pages through ``guard(app)``."""
+    app = pages.ChunkedPageApp()
+    return asyncio.run(_loop_lag(app, guard(app), count, itertools.count()))
+
+
 def render(speed: PageSpeed) -> list[str]:
     """The report's page section (the budget lines come with the rest of the budget)."""
     lines = ["Restricted visitor's HTML page through the promotion safety net vs its engine "
