@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,8 +23,12 @@ MICAFENCE = str(Path(sys.executable).with_name("micafence"))
 IN_PROCESS_LINES = ("inprocess.neutral_unrestricted.overhead",
                     "inprocess.neutral_restricted.overhead", "inprocess.in_scope_grant.overhead",
                     "inprocess.identified_extra")
-# Limits no run can miss (an overhead of a thousand bare routes), for the lines not under test.
-LENIENT = [arg for metric in IN_PROCESS_LINES for arg in ("--budget", f"{metric}=1000")]
+PAGE_LINES = ("pages.plain_10KB.times_engine", "pages.plain_100KB.times_engine",
+              "pages.plain_1MB.times_engine", "pages.loop_lag_ms")
+# Limits no run can miss (an overhead of a thousand bare routes, a thousand times the engine, a
+# loop stalled for a thousand ms), for the lines not under test.
+LENIENT = [arg for metric in (*IN_PROCESS_LINES, *PAGE_LINES)
+           for arg in ("--budget", f"{metric}=1000")]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,8 +56,7 @@ def test_quick_benchmark_times_every_class_against_the_bare_trivial_route(
     metrics = report["metrics"]
     for name in ("neutral_unrestricted", "neutral_proxied", "neutral_identified",
                  "neutral_restricted", "signup_block",
-                 "out_of_scope_block", "in_scope_grant", "out_of_scope_grant",
-                 "page_10KB", "page_100KB", "page_1MB"):
+                 "out_of_scope_block", "in_scope_grant", "out_of_scope_grant"):
         prefix = f"inprocess.{name}"
         bare = metrics[f"{prefix}.bare_us"]
         assert bare > 0
@@ -71,10 +76,10 @@ def test_quick_benchmark_times_every_class_against_the_bare_trivial_route(
     assert metrics["inprocess.out_of_scope_block.overhead"] < 0
     assert 'PlainTextResponse("ok")' in run.stdout
     assert "machine's speed" not in run.stdout  # no figure scaled to another machine
-    # Eight budget lines: the four in-process ones judged (here on lenient limits, named as
-    # such beside the release budget), the HTTP ones not measured by --quick.
+    # Twelve budget lines: the four in-process and four page ones judged (here on lenient
+    # limits, named as such beside the release budget), the HTTP ones not measured by --quick.
     lines = budget_lines(run.stdout)
-    assert len(lines) == len(BUDGET) == 8
+    assert len(lines) == len(BUDGET) == 12
     release = {"overhead, non-restricted visitor, neutral route": "<= 0.19",
                "overhead, restricted visitor, neutral route": "<= 0.25",
                "overhead, in-scope grant check": "<= 0.6",
@@ -84,6 +89,7 @@ def test_quick_benchmark_times_every_class_against_the_bare_trivial_route(
         assert line.lstrip().startswith("PASS")
         assert f"set by --budget; the release budget is {limit})" in line
     assert sum(line.lstrip().startswith("n/a") for line in lines) == 4
+    assert sum(line.lstrip().startswith("PASS") for line in lines) == 8
     assert report["budget"]["http.mix.throughput_ratio"]["met"] is None
     assert f"No regression against {never_regressed}" in run.stdout
     assert "BUDGET MISSED" not in run.stdout
@@ -136,6 +142,10 @@ def test_the_release_budget_lines_and_their_verdicts() -> None:
         "http.mix.throughput_ratio": (">=", 0.90),
         "http.rotating_v6.throughput_ratio": (">=", 0.70),
         "http.neutral.times_naive": (">=", 4.0),
+        "pages.plain_10KB.times_engine": ("<=", 1.30),
+        "pages.plain_100KB.times_engine": ("<=", 1.30),
+        "pages.plain_1MB.times_engine": ("<=", 1.30),
+        "pages.loop_lag_ms": ("<=", 5.0),
     }
     at_the_limit = {metric: limit for metric, (_, limit) in limits.items()}
     assert all(ok for _, _, ok in check_budget(at_the_limit))
@@ -205,3 +215,110 @@ def test_the_baseline_check_knows_which_way_is_worse(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(MicafenceError, match="cannot read the baseline"):
         check_baseline({}, path)
+
+
+def test_quick_benchmark_times_the_safety_net_against_its_engine_and_probes_the_loop(
+        tmp_path: Path) -> None:
+    # No verdict is forced on the page lines here: each is PASS or FAIL on the release limit,
+    # whichever this machine gives; what is checked is that each is judged from this run's
+    # figures, and that --check exits 1 exactly when one of them is missed.
+    out = tmp_path / "bench.json"
+    never_regressed = baseline(tmp_path, {"inprocess.neutral_unrestricted.overhead": 1000})
+    lenient_in_process = [arg for metric in IN_PROCESS_LINES
+                          for arg in ("--budget", f"{metric}=1000")]
+    run = bench("--json", str(out), "--check", never_regressed, *lenient_in_process)
+    report = json.loads(out.read_text())
+    metrics = report["metrics"]
+    table = run.stdout.split("Restricted visitor's HTML page", 1)[1].split("\n\n", 1)[0]
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in table.splitlines()
+            if line.split()[:1] in (["10KB"], ["100KB"], ["1MB"])}
+    assert set(rows) == {(size, coding) for size in ("10KB", "100KB", "1MB")
+                         for coding in ("identity", "gzip", "br")}
+    for (size, coding), cells in rows.items():
+        key = f"pages.{'plain' if coding == 'identity' else coding}_{size}"
+        count, bare, mica, middleware, engine, ratio = cells
+        assert int(count) > 0
+        assert float(bare) == pytest.approx(metrics[f"{key}.bare_us"], abs=1)
+        assert float(engine) > 0 and metrics[f"{key}.engine_us"] > 0
+        assert float(mica) == pytest.approx(metrics[f"{key}.micafence_us"], abs=1)
+        assert float(middleware) == pytest.approx(metrics[f"{key}.middleware_us"], abs=1)
+        # the ratio is the middleware's own time (micafence - bare) over the engine's
+        assert metrics[f"{key}.times_engine"] == pytest.approx(
+            metrics[f"{key}.middleware_us"] / metrics[f"{key}.engine_us"], rel=1e-2)
+        assert ratio == f"{metrics[f'{key}.times_engine']:.2f}x"
+    lag = metrics["pages.loop_lag_ms"]
+    assert lag <= metrics["pages.loop_lag_max_ms"]
+    assert f"Loop lag, a 1 ms sleep's largest lateness per 1 MB page through micafence: " \
+           f"median {lag:.2f} ms" in run.stdout
+    missed = []
+    for metric in PAGE_LINES:
+        value = metrics[metric]
+        limit = 5.0 if metric == "pages.loop_lag_ms" else 1.30
+        verdict = report["budget"][metric]
+        assert verdict == {"op": "<=", "limit": limit, "value": value, "met": value <= limit}
+        [line] = [line for line in budget_lines(run.stdout)
+                  if f"{value} {'ms' if limit == 5.0 else 'times the engine'}" in line]
+        assert line.lstrip().startswith("PASS" if value <= limit else "FAIL")
+        assert line.endswith(f"(budget <= {limit})")
+        if value > limit:
+            missed.append(metric)
+    assert run.returncode == (1 if missed else 0), run.stdout + run.stderr
+    for metric in missed:
+        assert f"  {metric} (budget <= " in run.stdout.split("BUDGET MISSED:", 1)[1]
+
+
+def test_the_page_benchmark_refuses_to_time_a_page_left_with_its_promotions() -> None:
+    from micafence.errors import MicafenceError
+    from micafence_tools.bench import rewrite_speed
+
+    # Nothing in front of the page app: the "safety net" would be timed passing the page on.
+    with pytest.raises(MicafenceError, match="did not answer the page with its promotions "
+                                             "removed"):
+        rewrite_speed.run(lambda app: app, quick=True)
+
+
+def test_the_engine_yardstick_removes_every_promotion_and_keeps_every_other_byte() -> None:
+    import re
+
+    from micafence_tools.bench import pages
+    from micafence_tools.bench.rewrite_speed import engine
+
+    body = pages.numbered(pages.page(100_000).encode(), 7)
+    chunks = pages.split(body)
+    assert len(chunks) == 2 and len(chunks[0]) == pages.CHUNK
+    out = b"".join(bytes(piece) for piece in engine(chunks))
+    promotion = re.compile(rb'<div class="promo" data-promo id="promo-\d+">.*?</div>')
+    # the pattern finds every promotion the page has (one per ~5 KB)
+    assert len(promotion.findall(body)) == body.count(pages.PROMOTION) > 15
+    assert out == promotion.sub(b"", body)
+
+
+def test_the_loop_lag_probe_sees_a_safety_net_that_blocks_the_loop() -> None:
+    from micafence_tools.bench.rewrite_speed import engine, loop_lag
+
+    def blocking_net(app: Any) -> Any:
+        """Holds the page, then rewrites it with the event loop held for 30 ms more."""
+        async def guarded(scope: Any, receive: Any, send: Any) -> None:
+            held: list[bytes] = []
+
+            async def hold(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    await send({**message, "headers": [
+                        (name, value) for name, value in message["headers"]
+                        if name != b"content-length"]})
+                    return
+                held.append(message["body"])
+                if not message.get("more_body"):
+                    time.sleep(0.03)
+                    page = b"".join(bytes(piece) for piece in engine(held))
+                    await send({"type": "http.response.body", "body": page})
+
+            await app(scope, receive, hold)
+
+        return guarded
+
+    lag = loop_lag(blocking_net, 2)
+    assert lag.pages == 2
+    # A lower bound, not a speed: the probe's 1 ms sleep cannot end inside a 30 ms block.
+    assert lag.median_ms >= 30
+    assert lag.max_ms >= lag.median_ms

@@ -10,8 +10,9 @@ from importlib.util import find_spec
 from micafence.errors import MicafenceError
 
 # What the benchmark needs beyond micafence-tools itself (its bench extra): the naive peer's
-# geoip2 and the grant checks' redis client (micafence's redis extra); locust for --locust.
-_BENCH_EXTRA = ("geoip2", "redis")
+# geoip2, the grant checks' redis client (micafence's redis extra) and lol-html on its own (the
+# pages' yardstick); locust for --locust.
+_BENCH_EXTRA = ("geoip2", "redis", "lolhtml")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,7 +21,7 @@ from micafence.errors import MicafenceError
 from micafence.location.geo import GeoIPDatabase
 from micafence.policy.loader import load_policy
 from micafence.policy.model import Outcome
-from micafence_tools.bench import apps, grants, pages
+from micafence_tools.bench import apps, grants, rewrite_speed
 from micafence_tools.bench.http import (
     Row,
     paired_throughput,
@@ -67,6 +67,14 @@ BUDGET = (
          "HTTP throughput, every lookup a cache miss (rotating IPv6)", "of bare"),
     Line("http.neutral.times_naive", ">=", 4.0, "HTTP throughput vs the naive peer, neutral",
          "times the naive peer's"),
+    # Issue 19: the promotion safety net on a restricted visitor's uncompressed page, against
+    # its engine (lol-html) alone on the same bytes in the same run; and the event loop kept free.
+    *(Line(f"pages.plain_{size}.times_engine", "<=", 1.30,
+           f"promotion safety net, {size} page, middleware vs its engine alone on the same bytes",
+           "times the engine's") for size in ("10KB", "100KB", "1MB")),
+    Line("pages.loop_lag_ms", "<=", 5.0,
+         "event loop lag while a 1 MB page is rewritten (largest lateness of a 1 ms sleep, "
+         "median over pages)", "ms"),
 )
 # Compared with the baseline, and which way is worse: an overhead or a gap grows, a ratio falls.
 _LOWER_IS_BETTER = (".overhead", ".gap_to_floor")
@@ -118,17 +126,9 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
         "in_scope_grant": grants.orders(ordering, granted, grants.IN_SCOPE),
         "out_of_scope_grant": grants.orders(ordering, granted, grants.OUT_OF_SCOPE),
     }
-    page_classes = {  # fewer samples for larger pages: a 1 MB page takes milliseconds
-        f"page_{label.replace(' ', '')}": _requests(restricted[:max(5, count * 10 // size)],
-                                                   "GET", f"/pages/{size}")
-        for label, size in pages.SIZES
-    }
     trivial = apps.trivial_app()  # one app, bare and behind each middleware: the same routes
     behind = {"bare": trivial, "floor": apps.floor(trivial),
               "micafence": apps.guarded(trivial, watch=False), "naive": apps.naive(trivial)}
-    page = pages.page_app()
-    page_behind = {"bare": page, "floor": apps.floor(page),
-                   "micafence": apps.guarded(page, watch=False)}
 
     async def run_all() -> list[ClassResult]:
         # The set-up's objects (visitor pools, databases) out of the collector's way: otherwise
@@ -140,8 +140,6 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
             granting = {"bare": trivial, "floor": behind["floor"], "micafence": on_redis}
             results += [await measure(name, requests, granting)
                         for name, requests in grant_classes.items()]
-        results += [await measure(name, requests, page_behind)
-                    for name, requests in page_classes.items()]
         return results
 
     results = asyncio.run(run_all())
@@ -296,7 +294,8 @@ def _fraction(value: float) -> str:
 
 
 def render(inprocess: list[ClassResult], http: list[Any], metrics: dict[str, float],
-           budget: tuple[Line, ...] = BUDGET) -> str:
+           budget: tuple[Line, ...] = BUDGET,
+           speed: rewrite_speed.PageSpeed | None = None) -> str:
     lines = ["In-process, a trivial Starlette route (PlainTextResponse(\"ok\")) bare and behind "
              "each middleware, same run",
              "µs per request (medians over paired rounds); overhead = (app - bare) / bare, "
@@ -304,10 +303,7 @@ def render(inprocess: list[ClassResult], http: list[Any], metrics: dict[str, flo
              f"{'class':<22}{'bare µs':>9}{'floor µs':>10}{'overhead':>9}{'mica µs':>9}"
              f"{'mica p99':>10}{'+µs':>8}{'overhead':>9}{'naive µs':>10}{'overhead':>9}"
              f"{'vs naive':>9}"]
-    page_rows = [r for r in inprocess if r.name.startswith("page_")]
     for r in inprocess:
-        if r in page_rows:
-            continue
         naive = (f"{r.naive.p50_us:>10.2f}{_fraction(r.overhead('naive')):>9}"
                  f"{r.naive.p50_us / r.micafence.p50_us:>8.1f}x" if r.naive else "")
         lines.append(f"{r.name:<22}{r.bare.p50_us:>9.2f}{r.timings['floor'].p50_us:>10.2f}"
@@ -315,14 +311,8 @@ def render(inprocess: list[ClassResult], http: list[Any], metrics: dict[str, flo
                      f"{r.micafence.p99_us:>10.2f}{r.overhead_us():>+8.2f}"
                      f"{_fraction(r.overhead()):>9}{naive}")
     lines.append("A negative overhead: micafence answered 451 without running the route.")
-    if page_rows:
-        lines += ["", "Restricted visitor's HTML page through the promotion rewriter "
-                  "(µs per page; outside the budget; bare = a route serving the page)",
-                  f"{'page':<22}{'bare µs':>9}{'floor µs':>10}{'mica µs':>9}{'mica p99':>10}"
-                  f"{'+µs':>9}{'overhead':>10}"]
-        lines += [f"{r.name:<22}{r.bare.p50_us:>9.0f}{r.timings['floor'].p50_us:>10.0f}"
-                  f"{r.micafence.p50_us:>9.0f}{r.micafence.p99_us:>10.0f}"
-                  f"{r.overhead_us():>+9.0f}{r.overhead():>+10.1f}" for r in page_rows]
+    if speed is not None:
+        lines += ["", *rewrite_speed.render(speed)]
     if http:
         lines += ["", "HTTP under uvicorn (the demo exchange), wrk paired rounds "
                   "(requests/s, medians; ratios within a round)",
@@ -377,8 +367,9 @@ def main(args: Any) -> int:
     started = time.monotonic()
     count = 3000 if args.quick else 20000
     inprocess = run_inprocess(enforcer, count)
+    speed = rewrite_speed.run(lambda app: apps.guarded(app, watch=False), args.quick)
     http = [] if args.quick else run_http(enforcer, rounds=5, seconds=2)
-    metrics = metrics_of(inprocess, http)
+    metrics = metrics_of(inprocess, http) | speed.metrics()
     verdicts = check_budget(metrics, budget)
     report: dict[str, Any] = {
         "quick": args.quick,
@@ -391,7 +382,7 @@ def main(args: Any) -> int:
     if args.locust and not args.quick:
         report["locust"] = run_locust(Path(args.locustfile), 15, Path(args.results_dir))
     report["seconds"] = round(time.monotonic() - started, 1)
-    print(render(inprocess, http, metrics, budget))
+    print(render(inprocess, http, metrics, budget, speed))
     if "locust" in report:
         print(f"\nLocust mix latency (ms, micafence): {report['locust']}")
     print("\nLimits: in-process figures are the wall-clock time of calls in one Python process "
