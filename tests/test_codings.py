@@ -394,11 +394,10 @@ def test_a_bomb_under_stacked_codings_costs_no_memory() -> None:
     bomb = zlib.compress(zero_bomb("zstd"))  # deflate outside, zstd inside
     decoder = Decoder(["zstd", "deflate"])
     before = vm_rss_kib()
-    total, count, peak = 0, 0, before
-    for out in decoder.feed(bomb):
+    total, peak = 0, before
+    for count, out in enumerate(decoder.feed(bomb), 1):
         total += len(out)
         assert len(out) <= CHUNK
-        count += 1
         if count % 256 == 0:
             peak = max(peak, vm_rss_kib())
     total += sum(len(out) for out in decoder.finish())

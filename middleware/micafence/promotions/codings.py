@@ -64,7 +64,7 @@ class CodingError(Exception):
 
 
 def parse_codings(values: Iterable[bytes | str]) -> list[str]:
-    """Every ``Content-Encoding`` line, combined in order: ``[b"gzip", b"BR"]`` → ``["gzip", "br"]``.
+    """Every ``Content-Encoding`` line, combined: ``[b"gzip", b"BR"]`` → ``["gzip", "br"]``.
 
     Lines are comma-split, trimmed and ASCII lower-cased; ``identity`` and empty entries are
     dropped. Unknown names are kept: :class:`Decoder` refuses them, so the caller learns of them.
@@ -98,6 +98,7 @@ class _Stage:
     def __init__(self) -> None:
         self._input = b""
         self._ready = b""  # decoded output not yet handed on (when a codec call gave > CHUNK)
+        self._ready_at = 0
 
     def push(self, data: bytes) -> None:
         self._input = self._input + data if self._input else data
@@ -105,15 +106,23 @@ class _Stage:
     def pull(self) -> bytes | None:
         """The next decoded piece (at most CHUNK bytes), or None when more input is needed."""
         if self._ready:
-            return self._emit(b"")
+            return self._next_ready()
         return self._decode()
 
     def _emit(self, out: bytes) -> bytes:
-        if self._ready:
-            out, self._ready = self._ready, out
-        if len(out) > CHUNK:
-            out, self._ready = out[:CHUNK], out[CHUNK:] + self._ready
-        return out
+        """``out`` as a piece of at most CHUNK bytes; the rest waits for the next pulls."""
+        if len(out) <= CHUNK:
+            return out
+        self._ready, self._ready_at = out, 0
+        return self._next_ready()
+
+    def _next_ready(self) -> bytes:
+        start = self._ready_at
+        piece = self._ready[start:start + CHUNK]
+        self._ready_at = start + len(piece)
+        if self._ready_at >= len(self._ready):
+            self._ready, self._ready_at = b"", 0
+        return piece
 
     def _decode(self) -> bytes | None:
         raise NotImplementedError
