@@ -254,6 +254,23 @@ def test_every_zstd_frame_is_decoded_skippable_frames_too() -> None:
     assert decode(["zstd"], body) == b"one,two,two,"
 
 
+def test_zstd_many_tiny_blocks() -> None:
+    # Empty raw blocks and one-byte RLE blocks, built by hand (RFC 8878 3.1.1.2): batched, yet
+    # every byte is right.
+    def block(kind: int, size: int, content: bytes, last: int = 0) -> bytes:
+        return (size << 3 | kind << 1 | last).to_bytes(3, "little") + content
+
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0x00, 13 << 3])
+    frame += block(0, 0, b"") * 5000 + block(1, 1, b"x") * 3000 + block(1, 0, b"y") * 10
+    frame += block(1, 70_000, b"z") * 3 + block(0, 3, b"end", last=1)
+    page = b"x" * 3000 + b"z" * 210_000 + b"end"
+    assert zstd_decompress(frame) == page
+    for sizes in ([len(frame)], [1], [5, 4096]):
+        pieces = decode_all(["zstd"], chunks(frame, sizes))
+        assert b"".join(pieces) == page
+        assert max(map(len, pieces)) <= CHUNK
+
+
 def test_zstd_window_over_8_mib_is_refused() -> None:
     params = zstandard.ZstdCompressionParameters.from_level(3, window_log=24)
     compressor = zstandard.ZstdCompressor(compression_params=params).compressobj()

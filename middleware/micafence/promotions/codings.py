@@ -243,13 +243,20 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_TAIL = b"\x2a\x4d\x18"  # 0x184D2A50..0x184D2A5F, little-endian
 
 
+_ZSTD_BLOCK_MAX = 128 << 10  # what one block may decode to (RFC 8878 section 3.1.1.2.3)
+
+
 class _Zstd(_Stage):
-    """zstd, every frame, handed to the decompressor one block at a time.
+    """zstd, every frame, handed to the decompressor a few blocks at a time.
 
     python-zstandard's ``decompressobj().decompress()`` has no output limit: it returns all
-    that its input decodes to. A block decodes to at most 128 KiB (RFC 8878 section 3.1.1.2.3),
-    so reading the frame and block headers (RFC 8878 section 3.1) and never handing over more
-    than the rest of one block bounds every call. The decompressor still checks everything.
+    that its input decodes to. But a block decodes to at most 128 KiB, and its header says how
+    long it is (RFC 8878 section 3.1). So this stage reads the frame and block headers and hands
+    over whole units (frame header, block, checksum, skippable frame) only while what they may
+    decode to stays within one block's worth: each call then gives at most a few hundred KiB
+    (the block begun in an earlier call, plus this budget, plus the unit that crosses it). Units
+    that decode to nothing, such as empty blocks, go in batches, so a body of tiny units costs
+    few calls. The decompressor still checks everything.
     """
 
     def __init__(self) -> None:
@@ -261,14 +268,10 @@ class _Zstd(_Stage):
         self._checksum = False
 
     def _decode(self) -> bytes | None:
-        for _ in range(2 * len(self._input) + 8):  # each pass hands over bytes or reads a header
-            if not self._todo and not self._next_unit():
+        for _ in range(len(self._input) + 1):  # each pass hands over at least one byte
+            part = self._gather()
+            if not part:
                 return None
-            take = min(self._todo, len(self._input))
-            if not take:
-                return None
-            part, self._input = self._input[:take], self._input[take:]
-            self._todo -= take
             try:
                 out = self._obj.decompress(part)
             except zstandard.ZstdError as exc:
@@ -277,44 +280,61 @@ class _Zstd(_Stage):
                 return self._emit(out)
         raise CodingError("zstd decoder made no progress")
 
-    def _next_unit(self) -> bool:
-        """Size the next unit from its header; False until enough of the header is here."""
+    def _gather(self) -> bytes:
+        """Take from the input the next bytes to hand over, within the output budget."""
         data = self._input
+        taken = spent = 0
+        # Each pass takes at least one byte (every unit is 3 bytes or more) or stops.
+        while taken < len(data) and spent < _ZSTD_BLOCK_MAX:
+            if not self._todo:
+                cost = self._next_unit(data[taken:taken + 8])
+                if cost is None:
+                    break
+                spent += cost
+            step = min(self._todo, len(data) - taken)
+            taken += step
+            self._todo -= step
+        part, self._input = data[:taken], data[taken:]
+        return part
+
+    def _next_unit(self, head: bytes) -> int | None:
+        """Size the unit starting with ``head``; its most output, or None until more is here."""
         if self._phase == "checksum":
             self._todo, self._phase = 4, "frame"
-        elif self._phase == "block":
-            if len(data) < 3:
-                return False
-            header = int.from_bytes(data[:3], "little")
+            return 0
+        if self._phase == "block":
+            if len(head) < 3:
+                return None
+            header = int.from_bytes(head[:3], "little")
             last, kind, size = header & 1, header >> 1 & 3, header >> 3
             if kind == 3:
                 raise CodingError("bad zstd body: reserved block type")
             self._todo = 3 + (1 if kind == 1 else size)
             if last:
                 self._phase = "checksum" if self._checksum else "frame"
-        else:
-            if len(data) < 4:
-                return False
-            if data[:4] == _ZSTD_MAGIC:
-                if len(data) < 5:
-                    return False
-                descriptor = data[4]
-                if descriptor & 0x08:
-                    raise CodingError("bad zstd body: reserved frame header bit")
-                single = descriptor >> 5 & 1
-                fcs_flag = descriptor >> 6
-                dictionary = (0, 1, 2, 4)[descriptor & 3]
-                content_size = (single, 2, 4, 8)[fcs_flag]
-                self._todo = 5 + (1 - single) + dictionary + content_size
-                self._checksum = bool(descriptor & 0x04)
-                self._phase = "block"
-            elif data[0] & 0xF0 == 0x50 and data[1:4] == _SKIPPABLE_TAIL:
-                if len(data) < 8:
-                    return False
-                self._todo = 8 + int.from_bytes(data[4:8], "little")
-            else:
-                raise CodingError("bad zstd body: not a zstd frame")
-        return True
+            # Raw and RLE blocks decode to their stated size, a compressed one to a block at most.
+            return _ZSTD_BLOCK_MAX if kind == 2 else size
+        if len(head) < 4:
+            return None
+        if head[:4] == _ZSTD_MAGIC:
+            if len(head) < 5:
+                return None
+            descriptor = head[4]
+            if descriptor & 0x08:
+                raise CodingError("bad zstd body: reserved frame header bit")
+            single = descriptor >> 5 & 1
+            dictionary = (0, 1, 2, 4)[descriptor & 3]
+            content_size = (single, 2, 4, 8)[descriptor >> 6]
+            self._todo = 5 + (1 - single) + dictionary + content_size
+            self._checksum = bool(descriptor & 0x04)
+            self._phase = "block"
+            return 0
+        if head[0] & 0xF0 == 0x50 and head[1:4] == _SKIPPABLE_TAIL:
+            if len(head) < 8:
+                return None
+            self._todo = 8 + int.from_bytes(head[4:8], "little")
+            return 0
+        raise CodingError("bad zstd body: not a zstd frame")
 
     def end(self) -> None:
         if self._todo or self._input or self._phase != "frame":
