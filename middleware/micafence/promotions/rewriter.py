@@ -30,9 +30,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
-from micafence.promotions._pending import CodingError, Decoder, Encoder, parse_codings
 from micafence.promotions.cache_safety import CacheSafety
 from micafence.promotions.charsets import EXTENDED_PRESCAN, encoding_name, encoding_problem
+from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
 from micafence.promotions.engine import PageRewriter, RewriteError
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.mime import (
@@ -172,18 +172,16 @@ class RewritingSend:
         if status == 206:
             await self._fail("partial content (206) cannot be rewritten")
             return
+        self._codings = parse_codings(v for n, v in headers if n.lower() == b"content-encoding")
         try:
-            self._codings = parse_codings(v for n, v in headers
-                                          if n.lower() == b"content-encoding")
-        except CodingError as exc:
+            self._decoder = Decoder(self._codings)
+        except CodingError as exc:  # a coding we cannot undo
             await self._fail(str(exc))
             return
         declared = _header(headers, b"content-length")
         if declared is not None and not self._codings and declared.strip().isdigit() \
                 and int(declared) > self._limit:
             await self._fail(f"page larger than {self._limit} bytes")
-            return
-        self._decoder = Decoder(self._codings)
 
     # -- the body --------------------------------------------------------------------------------
 
