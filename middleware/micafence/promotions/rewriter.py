@@ -249,7 +249,9 @@ class RewritingSend:
             return
         self._raw.clear()
         utf8 = encoding_name(self._mime, prefix, kind) == "UTF-8"
-        self._rewriter = self._filter.rewriter(utf8=utf8)
+        xml = kind is Kind.XML or (self._mime is not None
+                                   and self._mime.essence == "application/xhtml+xml")
+        self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml)
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
