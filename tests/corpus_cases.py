@@ -435,6 +435,10 @@ CODING_CASES = [
     coded("ce-zstd", "zstd", b"zstd", zstandard.ZstdCompressor().compress(CODED_PAGE)),
     coded("ce-gzip-br", "stacked 'gzip, br': brotli of gzip", b"gzip, br",
           brotli.compress(gzip.compress(CODED_PAGE))),
+    coded("ce-gzip-members-br", "'gzip, br' whose gzip has three members (kept only for gzip "
+          "alone: refused)", b"gzip, br",
+          brotli.compress(members("<!DOCTYPE html><html><body><p>first</p>" + PROMO,
+                                  "<p>second member</p>", _LATER))),
     coded("ce-identity", "Content-Encoding: identity", b"identity", CODED_PAGE),
     coded("ce-empty", "an empty Content-Encoding", b"", CODED_PAGE),
     coded("ce-unknown", "an unknown coding on plain bytes", b"x-unknown", CODED_PAGE),

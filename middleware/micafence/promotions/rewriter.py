@@ -124,8 +124,10 @@ class RewritingSend:
         self._encoder: Encoder | None = None
         self._rewriter: PageRewriter | None = None
         self._raw: list[bytes] = []  # the app's bytes while the type is not settled
-        self._held: list[bytes] = []  # ... decoded
+        self._held: list[bytes] = []  # ... decoded (MEMBER_END marks included)
         self._held_size = 0
+        self._pending: list[bytes] = []  # encoded output of a page rewritten before its start
+        self._member_end = False  # a gzip member of the app's body ended; ours ends before more
         self._size = 0  # decoded bytes so far
         self._opened = False  # the response start has gone out
         self._untyped = False
@@ -210,7 +212,7 @@ class RewritingSend:
             if self._size > self._limit:
                 raise _TooLarge
             if self._state == _HOLDING:
-                self._held.append(piece)
+                self._held.append(piece)  # (a MEMBER_END too: it is empty)
                 self._held_size += len(piece)
                 if self._held_size >= HOLD_BYTES:
                     await self._settle(complete=False, more=more)
@@ -220,17 +222,32 @@ class RewritingSend:
             await self._rewrite(piece)
 
     async def _rewrite(self, piece: bytes) -> None:
+        """Rewrite and encode one decoded piece; an empty one (MEMBER_END) is the end of a gzip
+        member of the app's body: our member ends there too, once something follows it (the
+        last member also takes what the rewriter still holds at the end of the page)."""
         rewriter, encoder = self._rewriter, self._encoder
         assert rewriter is not None and encoder is not None
+        if not piece:
+            self._member_end = True
+            return
+        if self._member_end:
+            self._member_end = False
+            await self._emit(encoder.end_member())
         for start in range(0, len(piece), PIECE):
             if start:
                 await asyncio.sleep(0)  # a turn for the event loop between pieces
             out = rewriter.write(piece[start:start + PIECE])
             if out:
-                data = encoder.feed(out)
-                if data:
-                    await self._send({"type": "http.response.body", "body": data,
-                                      "more_body": True})
+                await self._emit(encoder.feed(out))
+
+    async def _emit(self, data: bytes) -> None:
+        """Send encoded bytes, or keep them until the start goes out with the page's length."""
+        if not data:
+            return
+        if self._opened:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            self._pending.append(data)
 
     async def _settle(self, *, complete: bool, more: bool) -> None:
         """Type and charset from the bytes held; then pass the response, refuse it, or start
@@ -255,11 +272,9 @@ class RewritingSend:
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
-        if complete:  # _finish sends it all, with its length
-            self._held = [self._rewriter.write(piece) for piece in held]
-            return
-        self._opened = True
-        await self._send({**self._start, "headers": self._page_headers(None, kind)})
+        if not complete:  # else _finish sends it all, with its length
+            self._opened = True
+            await self._send({**self._start, "headers": self._page_headers(None, kind)})
         for piece in held:
             await self._rewrite(piece)
 
@@ -272,13 +287,12 @@ class RewritingSend:
         assert rewriter is not None and encoder is not None
         tail = rewriter.end()
         self._state = _DONE
+        body = (encoder.feed(tail) if tail else b"") + encoder.finish()
         if not self._opened:
-            body = encoder.feed(b"".join([*self._held, tail])) + encoder.finish()
-            self._held = []
+            body = b"".join([*self._pending, body])
+            self._pending = []
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(len(body), self._kind)})
-        else:
-            body = (encoder.feed(tail) if tail else b"") + encoder.finish()
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _pass_held(self, more: bool) -> None:
@@ -312,7 +326,7 @@ class RewritingSend:
             await self._fail(problem)
             return
         self._state = _ABORTED
-        self._held = self._raw = []
+        self._held, self._raw, self._pending = [], [], []
         ABORTS[reason] += 1
         logger.error("promotion rewriter: %s after the page started; aborting the response",
                      problem)
@@ -321,7 +335,7 @@ class RewritingSend:
     async def _fail(self, problem: str) -> None:
         logger.warning("promotion rewriter: %s; sending the on_unrewritable answer", problem)
         self._state = _REFUSED
-        self._held = self._raw = []
+        self._held, self._raw, self._pending = [], [], []
         await self._refuse(problem)
 
 
