@@ -21,6 +21,7 @@ from micafence.promotions.codings import (
     CodingError,
     Decoder,
     Encoder,
+    accepted_codings,
     parse_codings,
 )
 
@@ -152,6 +153,16 @@ def test_unknown_codings_are_refused(name: str) -> None:
         Decoder(["gzip", name])
     with pytest.raises(CodingError, match="unknown content coding"):
         Encoder([name])
+
+
+@pytest.mark.parametrize(("value", "kept"), [
+    (b"gzip, deflate, br, zstd, dcb, dcz", b"gzip, deflate, br, zstd"),
+    (b" x-gzip ;q=0.5 ,identity;q=0, compress", b"x-gzip ;q=0.5, identity;q=0"),
+    (b"*", None), (b"*;q=0.000", b"*;q=0.000"), (b"*; Q = 0", b"*; Q = 0"), (b"*;q=0.5", None),
+    (b"", None), (b",,", None), (b"\xff\xfe", None), (b"gzip;q=\xff", b"gzip;q=\xff"),
+])
+def test_accept_encoding_is_cut_to_known_codings(value: bytes, kept: bytes | None) -> None:
+    assert accepted_codings(value) == kept
 
 
 # --- round trips ------------------------------------------------------------------------------

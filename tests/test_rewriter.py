@@ -294,18 +294,52 @@ async def test_gzip_members_are_kept_so_each_browser_sees_what_it_would(
     assert len(ours) == 3 and b"".join(ours) == kept
 
 
-async def test_restricted_request_reaches_the_app_without_accept_encoding_or_ranges() -> None:
+async def test_restricted_request_reaches_the_app_without_ranges_or_validators() -> None:
     app = RawApp([PAGE])
     await fetch(guarded(app), headers={
         "Accept-Encoding": "gzip, br", "Range": "bytes=0-10", "If-Range": '"v1"',
         "If-None-Match": '"v1"', "If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT",
     })
-    for name in (b"accept-encoding", b"range", b"if-range", b"if-none-match",
-                 b"if-modified-since"):
+    for name in (b"range", b"if-range", b"if-none-match", b"if-modified-since"):
         assert name not in app.seen_headers
+    # The net re-encodes in the app's own coding: the app may compress for this client.
+    assert app.seen_headers[b"accept-encoding"] == b"gzip, br"
     swiss = RawApp([PAGE])
     await fetch(guarded(swiss), CH, headers={"Accept-Encoding": "gzip", "Range": "bytes=0-10"})
     assert swiss.seen_headers[b"range"] == b"bytes=0-10"  # unrestricted: untouched
+
+
+@pytest.mark.parametrize(("asked", "seen"), [
+    pytest.param("gzip, deflate, br, zstd, dcb, dcz", b"gzip, deflate, br, zstd", id="chromium"),
+    pytest.param("br;q=1.0, GZIP;q=0.5, compress, *;q=0.1", b"br;q=1.0, GZIP;q=0.5", id="q"),
+    pytest.param("gzip, *;q=0", b"gzip, *;q=0", id="refusing-the-rest"),
+    pytest.param("dcb, sdch", None, id="nothing-left"),
+])
+async def test_accept_encoding_keeps_only_the_codings_the_net_reads(
+        asked: str, seen: bytes | None) -> None:
+    app = RawApp([PAGE])
+    await fetch(guarded(app), headers={"Accept-Encoding": asked})
+    assert app.seen_headers.get(b"accept-encoding") == seen
+
+
+@pytest.mark.parametrize("asked", ["gzip, br", "identity", None])
+async def test_the_app_compresses_for_the_client_it_serves(asked: str | None) -> None:
+    """An app that compresses as the request asks (Starlette's GZip): a restricted visitor
+    gets the page in the coding it accepted, or none, never one it did not ask for."""
+    from starlette.middleware.gzip import GZipMiddleware
+
+    page = PAGE + b"<!-- padding -->" * 100
+    app = GZipMiddleware(RawApp([page]), minimum_size=100)
+    start, body = await exchange(app, headers=[(b"accept-encoding", asked.encode())]
+                                 if asked else [])
+    headers = {name.lower(): value for name, value in start["headers"]}
+    kept = page.replace(b'<div id="banner" data-promo>0% fees</div>', b"")
+    if asked == "gzip, br":
+        assert headers[b"content-encoding"] == b"gzip"
+        assert gzip.decompress(body) == kept
+    else:
+        assert b"content-encoding" not in headers
+        assert body == kept
 
 
 async def test_file_sending_extension_is_hidden_from_restricted_requests() -> None:

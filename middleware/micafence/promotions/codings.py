@@ -45,6 +45,7 @@ as "cannot check this page" (the failure posture), never as "pass it through".
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 
@@ -87,6 +88,30 @@ def parse_codings(values: Iterable[bytes | str]) -> list[str]:
             if name and name != "identity":
                 codings.append(name)
     return codings
+
+
+_ACCEPTABLE = frozenset({b"gzip", b"x-gzip", b"deflate", b"br", b"zstd", b"identity"})
+_Q_ZERO = re.compile(rb"[ \t]*q[ \t]*=[ \t]*0(\.0{0,3})?[ \t]*", re.IGNORECASE)
+
+
+def accepted_codings(value: bytes) -> bytes | None:
+    """A request's ``Accept-Encoding`` cut to the codings the safety net can undo and redo.
+
+    The app then compresses a restricted visitor's page in a coding the visitor accepted (the
+    net re-encodes in the app's own coding) and never in one the net cannot read (``dcb`` and
+    ``dcz``, Chromium's dictionary codings, or ``compress``), which would cost the visitor the
+    failure posture. Elements naming a known coding are kept as written (with their ``q``);
+    ``*`` is kept only as a refusal (``*;q=0``), so nothing is ever accepted that the client
+    did not accept. None when nothing is left: the header goes (most apps then send identity).
+    """
+    kept = []
+    for element in value.split(b","):
+        name, _, parameters = element.partition(b";")
+        coding = name.strip(b" \t").lower()
+        if coding in _ACCEPTABLE or (coding == b"*" and any(
+                _Q_ZERO.fullmatch(parameter) for parameter in parameters.split(b";"))):
+            kept.append(element.strip(b" \t"))
+    return b", ".join(kept) or None
 
 
 def _check_known(codings: list[str]) -> None:
