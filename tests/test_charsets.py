@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from micafence.promotions.charsets import (
     LABELS,
+    encoding,
     encoding_name,
     encoding_problem,
     get_encoding,
@@ -175,6 +176,7 @@ def test_the_browsers_encoding(
     assert (problem is None) is ok, problem
     if problem is not None:
         assert "not ASCII-compatible" in problem
+    assert encoding(mime, prefix, kind) == (name, problem)  # both from one pass
 
 
 @pytest.mark.parametrize(
@@ -299,3 +301,4 @@ def test_fuzz_never_raises(mime: MimeType | None, prefix: bytes, kind: Kind) -> 
     problem = encoding_problem(mime, prefix, kind)
     assert problem is None or isinstance(problem, str)
     assert encoding_name(mime, prefix, kind) in set(LABELS.values())
+    assert encoding(mime, prefix, kind) == (encoding_name(mime, prefix, kind), problem)

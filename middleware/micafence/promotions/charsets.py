@@ -4,7 +4,8 @@ The promotion rewriter tokenizes bytes as ASCII/UTF-8. That finds the same tags 
 names as the browser only when the browser decodes the page in an encoding where every byte
 below 0x80 that is markup (``<``, ``>``, ``/``, ``=``, quotes, whitespace, and ASCII letters at
 token boundaries) is the same ASCII character. :func:`encoding_problem` follows the browser's
-choice of encoding and answers ``None`` when that holds, or a short reason when it does not.
+choice of encoding and answers ``None`` when that holds, or a short reason when it does not;
+:func:`encoding` gives that answer and the encoding's name together.
 
 The browser's choice, in order (HTML Standard "encoding sniffing algorithm", Blink's
 ``TextResourceDecoder``):
@@ -61,6 +62,7 @@ from micafence.promotions.mime import Kind, MimeType
 __all__ = [
     "EXTENDED_PRESCAN",
     "LABELS",
+    "encoding",
     "encoding_name",
     "encoding_problem",
     "get_encoding",
@@ -534,6 +536,13 @@ def _choices(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[_Choice,
     return declared, others
 
 
+def encoding(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[str, str | None]:
+    """(the encoding's WHATWG name, the problem or None): :func:`encoding_name` and
+    :func:`encoding_problem` from one pass over ``prefix`` (the rewriter needs both)."""
+    declared, others = _choices(mime, prefix, kind)
+    return declared[0], _problem(mime, prefix, declared, others)
+
+
 def encoding_name(mime: MimeType | None, prefix: bytes, kind: Kind) -> str:
     """The WHATWG name of the encoding the browser decodes the page in (undeclared HTML:
     windows-1252, though Chromium may detect another)."""
@@ -546,12 +555,18 @@ def encoding_problem(mime: MimeType | None, prefix: bytes, kind: Kind) -> str | 
     ``prefix`` is the start of the decoded body (after content codings): the first 1024 bytes
     at least, unless the body is shorter. Never raises.
     """
+    declared, others = _choices(mime, prefix, kind)
+    return _problem(mime, prefix, declared, others)
+
+
+def _problem(
+    mime: MimeType | None, prefix: bytes, declared: _Choice, others: list[_Choice]
+) -> str | None:
     if mime is not None and mime.essence == "multipart/x-mixed-replace":
         return (
             "multipart/x-mixed-replace: each part has its own type and charset, "
             "which the safety net does not read"
         )
-    declared, others = _choices(mime, prefix, kind)
     for name, source in (declared, *others):
         reason = _NOT_ASCII_COMPATIBLE.get(name)
         if reason is not None:

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
 from micafence.promotions.cache_safety import CacheSafety
-from micafence.promotions.charsets import EXTENDED_PRESCAN, encoding_name, encoding_problem
+from micafence.promotions.charsets import EXTENDED_PRESCAN, encoding
 from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
 from micafence.promotions.engine import PageRewriter, RewriteError
 from micafence.promotions.filter import PromotionFilter
@@ -260,12 +260,12 @@ class RewritingSend:
         if kind is not Kind.HTML and kind is not Kind.XML:
             await self._pass_held(more)
             return
-        problem = encoding_problem(self._mime, prefix, kind)
+        name, problem = encoding(self._mime, prefix, kind)
         if problem is not None:
             await self._fail(problem)
             return
         self._raw.clear()
-        utf8 = encoding_name(self._mime, prefix, kind) == "UTF-8"
+        utf8 = name == "UTF-8"
         xml = kind is Kind.XML or (self._mime is not None
                                    and self._mime.essence == "application/xhtml+xml")
         self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml)
