@@ -3,7 +3,11 @@
 What a response is gets settled before its first byte goes out: its type (the ``Content-Type``
 as Fetch reads it, or, untyped, a sniff of the first 1445 decoded bytes), its charset (only
 pages whose markup a browser decodes as ASCII are rewritten) and its content coding. For that
-this wrapper holds the first :data:`HOLD_BYTES` decoded bytes (64 KB), and no more. Then the
+this wrapper holds the page's first decoded bytes: the 1445 the sniff reads, and then until the
+charset is settled (:class:`~micafence.promotions.charsets.HeadWatch`: for a page typed with
+its charset, at once; for one that declares it in ``<head>``, once the head is over), at most
+:data:`HOLD_BYTES` (64 KB), so a page that sends its head and then waits on data gets its
+first bytes out without waiting. Then the
 page streams: each body message is decoded, rewritten by a
 :class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB (the event loop
 gets a turn between pieces), encoded again in the same coding and sent. Bytes outside removed
@@ -31,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
 from micafence.promotions.cache_safety import CacheSafety
-from micafence.promotions.charsets import EXTENDED_PRESCAN, encoding
+from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding
 from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
 from micafence.promotions.engine import PageRewriter, RewriteError
 from micafence.promotions.filter import PromotionFilter
@@ -56,9 +60,10 @@ ABORTS: dict[str, int] = dict.fromkeys(ABORT_REASONS, 0)
 
 #: The most bytes given to lol-html at once: a 64 KB piece takes well under a millisecond.
 PIECE = 65536
-#: Decoded bytes held before the type and charset are settled: the sniff needs 1445, the
-#: charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond them
-#: (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). A page this short or shorter is
+#: The most decoded bytes held before the type and charset are settled: the sniff needs 1445,
+#: the charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond
+#: them (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). The hold ends sooner when
+#: the bytes held settle both (:meth:`RewritingSend._settled`). A page that ends while held is
 #: rewritten whole before its first byte goes out, and sent with its ``Content-Length``.
 HOLD_BYTES = max(SNIFF_BYTES, EXTENDED_PRESCAN)
 
@@ -128,6 +133,7 @@ class RewritingSend:
         self._held_size = 0
         self._pending: list[bytes] = []  # encoded output of a page rewritten before its start
         self._member_end = False  # a gzip member of the app's body ended; ours ends before more
+        self._watch = HeadWatch()
         self._size = 0  # decoded bytes so far
         self._opened = False  # the response start has gone out
         self._untyped = False
@@ -199,6 +205,8 @@ class RewritingSend:
             if not more and self._state in (_HOLDING, _STREAMING):
                 await self._consume(decoder.finish(), more)
                 await self._finish()
+            elif self._state == _HOLDING and self._settled():
+                await self._settle(complete=False, more=more)
         except CodingError as exc:
             await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
         except RewriteError as exc:
@@ -248,6 +256,18 @@ class RewritingSend:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
         else:
             self._pending.append(data)
+
+    def _settled(self) -> bool:
+        """Do the bytes held so far settle the type and the charset (the hold may end)?"""
+        if self._held_size < SNIFF_BYTES:
+            return False
+        prefix = b"".join(self._held)
+        kind = self._kind
+        if kind is Kind.UNTYPED:
+            kind = sniff(prefix, False)
+        if kind is not Kind.HTML and kind is not Kind.XML:
+            return True  # passed on as it came: nothing more to read
+        return self._watch.settled(self._mime, prefix, kind)
 
     async def _settle(self, *, complete: bool, more: bool) -> None:
         """Type and charset from the bytes held; then pass the response, refuse it, or start
