@@ -18,15 +18,22 @@ own: ``<noscript>`` content (text to lol-html, markup to a browser without JavaS
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 import lolhtml
 
 from micafence.policy.selectors import decode_attribute
 
-if TYPE_CHECKING:
-    from micafence.promotions.filter import PromotionFilter
+
+class PromotionFilter(Protocol):
+    """What the engine asks of :class:`micafence.promotions.filter.PromotionFilter` (which
+    builds engines, so this module does not import it)."""
+
+    @property
+    def engine_selectors(self) -> list[str]: ...
+
+    def removes(self, tag: str, attributes: Mapping[str, str]) -> bool: ...
 
 
 class RewriteError(Exception):
