@@ -156,6 +156,10 @@ MARKUP_CASES = [
     markup("iframe-srcdoc", "a promotion in an <iframe srcdoc> document",
            '<iframe srcdoc="<div id=promo data-promo>fees</div>'
            '<script>report(&quot;srcdoc&quot;)</script>"></iframe>'),
+    markup("iframe-srcdoc-nested", "a promotion in a srcdoc document inside a srcdoc document",
+           '<iframe srcdoc="<p title=&quot;a&amp;amp;b&quot;>outer</p><iframe srcdoc=&quot;'
+           '<div id=promo data-promo>fees</div><script>report(&amp;quot;inner&amp;quot;)'
+           '</script>&quot;></iframe>"></iframe>'),
     markup("iframe-rawtext", "<iframe> content is raw text, </iframe> ends it",
            '<iframe><div data-promo>text</div></iframe>' + PROMO),
     markup("textarea-title-rcdata", "RCDATA in <textarea> and <title>, then a live promotion",
@@ -254,6 +258,10 @@ TYPE_CASES = [
     typed_case("ct-space-in-type", "'text /html' is no MIME type", [(CT, b"text /html")]),
     typed_case("ct-uppercase", "TEXT/HTML with odd spacing", [(CT, b"  TEXT/HTML ;Charset=UTF-8")]),
     typed_case("ct-xhtml", "application/xhtml+xml", [(CT, b"application/xhtml+xml")], XHTML),
+    typed_case("ct-xhtml-srcdoc", "XHTML with a promotion in an <iframe srcdoc>",
+               [(CT, b"application/xhtml+xml")],
+               XHTML.replace(b"<p>before</p>", b'<p>before</p><iframe srcdoc="&lt;div id=p2 '
+                             b'data-promo&gt;fees&lt;/div&gt;"></iframe>')),
     typed_case("ct-application-xml-xhtml", "application/xml carrying XHTML",
                [(CT, b"application/xml")], XHTML),
     typed_case("ct-text-xml-xhtml", "text/xml carrying XHTML", [(CT, b"text/xml")], XHTML),
@@ -318,6 +326,10 @@ CHARSET_CASES = [
     charset_case("cs-big5", "Big5 text", "零手續費交易", "big5", b"text/html; charset=Big5"),
     charset_case("cs-euc-kr", "EUC-KR text", "수수료 무료", "euc_kr",
                  b"text/html; charset=EUC-KR"),
+    Case("cs-windows-1252-srcdoc", "a promotion in an <iframe srcdoc> on a windows-1252 page",
+         typed(b"text/html; charset=windows-1252"), html_page(
+             '<p>Prämie</p><iframe srcdoc="<p>Prämie</p><div id=promo data-promo>0%</div>">'
+             '</iframe>', meta=None).encode("cp1252"), group="charset"),
     charset_case("cs-utf8-bom", "a UTF-8 BOM", "Prämie", "utf-8",
                  b"text/html; charset=utf-8", bom=b"\xef\xbb\xbf"),
     charset_case("cs-utf16le-bom", "UTF-16LE with its BOM", "Prämie 手数料", "utf-16-le",
@@ -423,6 +435,10 @@ CODING_CASES = [
     coded("ce-zstd", "zstd", b"zstd", zstandard.ZstdCompressor().compress(CODED_PAGE)),
     coded("ce-gzip-br", "stacked 'gzip, br': brotli of gzip", b"gzip, br",
           brotli.compress(gzip.compress(CODED_PAGE))),
+    coded("ce-gzip-members-br", "'gzip, br' whose gzip has three members (kept only for gzip "
+          "alone: refused)", b"gzip, br",
+          brotli.compress(members("<!DOCTYPE html><html><body><p>first</p>" + PROMO,
+                                  "<p>second member</p>", _LATER))),
     coded("ce-identity", "Content-Encoding: identity", b"identity", CODED_PAGE),
     coded("ce-empty", "an empty Content-Encoding", b"", CODED_PAGE),
     coded("ce-unknown", "an unknown coding on plain bytes", b"x-unknown", CODED_PAGE),

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from micafence.promotions.charsets import (
     LABELS,
+    HeadWatch,
+    encoding,
     encoding_name,
     encoding_problem,
     get_encoding,
@@ -175,6 +177,7 @@ def test_the_browsers_encoding(
     assert (problem is None) is ok, problem
     if problem is not None:
         assert "not ASCII-compatible" in problem
+    assert encoding(mime, prefix, kind) == (name, problem)  # both from one pass
 
 
 @pytest.mark.parametrize(
@@ -299,3 +302,76 @@ def test_fuzz_never_raises(mime: MimeType | None, prefix: bytes, kind: Kind) -> 
     problem = encoding_problem(mime, prefix, kind)
     assert problem is None or isinstance(problem, str)
     assert encoding_name(mime, prefix, kind) in set(LABELS.values())
+    assert encoding(mime, prefix, kind) == (encoding_name(mime, prefix, kind), problem)
+
+
+# --- HeadWatch: when the rewriter may stop holding (issue 19) ----------------------------------
+
+PAD = b"<link rel=preload href=/a.js>" * 40  # past the 1024 bytes Blink always reads
+BODY = b"<body><p>" + b"x" * 500
+
+
+@pytest.mark.parametrize(("mime", "prefix", "kind", "settled"), [
+    pytest.param(html("utf-8"), b"<p>" + b"x" * 2000, Kind.HTML, True, id="header"),
+    pytest.param(html("utf-8"), b"<p>" + b"x" * 1000, Kind.HTML, False, id="under-1024-bytes"),
+    pytest.param(MimeType("text/html", (("charset", "utf-8"),), ("x-bogus",)),
+                 b"<head>" + PAD, Kind.HTML, False, id="header-chromium-reads-otherwise"),
+    pytest.param(html("bogus"), b"<p>" + b"x" * 2000, Kind.HTML, False, id="unknown-label"),
+    pytest.param(HTML, b"\xef\xbb\xbf<p>" + b"x" * 2000, Kind.HTML, True, id="bom"),
+    pytest.param(HTML, b"<head><meta charset=utf-8>" + PAD + BODY, Kind.HTML, True,
+                 id="meta-and-body"),
+    pytest.param(HTML, b"<head><meta charset=utf-8>" + PAD, Kind.HTML, False,
+                 id="meta-head-not-over"),
+    pytest.param(HTML, b"<head>" + PAD + BODY, Kind.HTML, False, id="undeclared"),
+    pytest.param(HTML, b"<meta charset=utf-8><body>" + b"x" * 1000 + b"<meta charset='x",
+                 Kind.HTML, True, id="meta-after-1024-unread"),
+    pytest.param(HTML, b"<meta charset=utf-8><body>" + b"x" * 980 + b"<meta charset=utf-8>"
+                 + b"y" * 500, Kind.HTML, True, id="meta-crossing-1024-complete"),
+    pytest.param(HTML, b"<meta charset=utf-8><body>" + b"x" * 980 + b"<meta charset='utf-8"
+                 + b"y" * 500, Kind.HTML, False, id="meta-crossing-1024-cut"),
+    pytest.param(HTML, b"<body>" + b"x" * 1000 + b"<meta charset=utf-8>" + b"y" * 500,
+                 Kind.HTML, False, id="only-a-meta-crossing-1024-is-undeclared-to-the-prescan"),
+    pytest.param(MimeType("application/xhtml+xml"), b'<?xml version="1.0" encoding="utf-8"?>'
+                 + PAD, Kind.HTML, True, id="xhtml-declared"),
+    pytest.param(MimeType("text/xml"), b"<a>" + PAD, Kind.XML, False, id="xml-undeclared"),
+])
+def test_the_prefix_settles_the_charset(
+    mime: MimeType, prefix: bytes, kind: Kind, settled: bool
+) -> None:
+    assert HeadWatch().settled(mime, prefix, kind) is settled
+
+
+PAGES = [
+    b"<!doctype html><html><head><meta charset=utf-8><title>a<b</title><!-- c --!>"
+    + PAD + b"<script>var s='<body>';</script><style>p{}</style>" + BODY,
+    b"<html><head><meta http-equiv=content-type content='text/html; charset=utf-8'>"
+    + PAD + b"<noscript><link rel=x></noscript></head>" + BODY,
+    b"<meta charset=utf-8>" + PAD + b"<title>x" + b"y" * 3000 + b"</title><div>",
+]
+
+
+@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("step", [1, 7, 300])
+def test_a_growing_prefix_is_judged_as_a_fresh_one(page: bytes, step: int) -> None:
+    """The walk resumes where it stopped: fed a growing prefix, the watch answers as a new
+    watch does for each prefix, and says yes at last."""
+    watch = HeadWatch()
+    answers = []
+    for size in range(1024, len(page) + step, step):
+        prefix = page[:size]
+        answer = watch.settled(HTML, prefix, Kind.HTML)
+        assert answer == HeadWatch().settled(HTML, prefix, Kind.HTML), size
+        answers.append(answer)
+    assert answers[-1] and answers == sorted(answers)  # no, no, ..., yes, yes
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000) | st.builds(
+    lambda a, b: a + b,
+    st.sampled_from([b"<meta charset=utf-8><noscript>", b"<!--", b"<title>", b"<script><!--",
+                     b"</", b"<body", b"<a b='", b"<head><style>"]),
+    st.binary(max_size=2000)))
+def test_head_watch_fuzz_never_raises(prefix: bytes) -> None:
+    watch = HeadWatch()
+    for size in (1024, 1500, len(prefix)):
+        assert watch.settled(HTML, prefix[:size], Kind.HTML) in (True, False)

@@ -15,7 +15,15 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from micafence.promotions.codings import CHUNK, CodingError, Decoder, Encoder, parse_codings
+from micafence.promotions.codings import (
+    CHUNK,
+    MEMBER_END,
+    CodingError,
+    Decoder,
+    Encoder,
+    accepted_codings,
+    parse_codings,
+)
 
 SINGLE = ["gzip", "x-gzip", "deflate", "br", "zstd"]
 PAGE = b"<!doctype html><title>fees</title>" + b"<p data-promo>0% fees</p><p>spot</p>\n" * 400
@@ -147,6 +155,16 @@ def test_unknown_codings_are_refused(name: str) -> None:
         Encoder([name])
 
 
+@pytest.mark.parametrize(("value", "kept"), [
+    (b"gzip, deflate, br, zstd, dcb, dcz", b"gzip, deflate, br, zstd"),
+    (b" x-gzip ;q=0.5 ,identity;q=0, compress", b"x-gzip ;q=0.5, identity;q=0"),
+    (b"*", None), (b"*;q=0.000", b"*;q=0.000"), (b"*; Q = 0", b"*; Q = 0"), (b"*;q=0.5", None),
+    (b"", None), (b",,", None), (b"\xff\xfe", None), (b"gzip;q=\xff", b"gzip;q=\xff"),
+])
+def test_accept_encoding_is_cut_to_known_codings(value: bytes, kept: bytes | None) -> None:
+    assert accepted_codings(value) == kept
+
+
 # --- round trips ------------------------------------------------------------------------------
 
 
@@ -158,7 +176,10 @@ def test_encoder_then_decoder_round_trip(
     body = encode(codings, data, feed_sizes)
     pieces = decode_all(codings, chunks(body, body_sizes))
     assert b"".join(pieces) == data
-    assert all(0 < len(piece) <= CHUNK for piece in pieces)
+    # One member, so one MEMBER_END when gzip is the only coding, at the end; no other empties.
+    alone = codings in (["gzip"], ["x-gzip"])
+    assert pieces.count(MEMBER_END) == alone and (not alone or pieces[-1] == MEMBER_END)
+    assert all(0 < len(piece) <= CHUNK for piece in pieces if piece != MEMBER_END)
 
 
 @settings(max_examples=40, deadline=None)
@@ -221,11 +242,49 @@ def test_feed_after_finish_is_refused() -> None:
 # --- gzip members, zstd frames ----------------------------------------------------------------
 
 
-def test_every_gzip_member_is_decoded() -> None:
-    parts = [b"<p>first member</p>", b"<p data-promo>second member</p>", b"<p>third</p>" * 5000]
+def members_of(pieces: list[bytes]) -> list[bytes]:
+    """The decoded pieces joined per member (split at MEMBER_END)."""
+    found, current = [], b""
+    for piece in pieces:
+        if piece == MEMBER_END:
+            found.append(current)
+            current = b""
+        else:
+            current += piece
+    assert current == b"", "output after the last MEMBER_END"
+    return found
+
+
+def test_every_gzip_member_is_decoded_and_its_end_marked() -> None:
+    parts = [b"<p>first member</p>", b"<p data-promo>second member</p>", b"<p>third</p>" * 5000,
+             b""]
     body = b"".join(gzip.compress(part) for part in parts)
     for sizes in ([len(body)], [1], [3, 17, 4096]):
-        assert decode(["gzip"], body, sizes) == b"".join(parts)
+        assert members_of(decode_all(["gzip"], chunks(body, sizes))) == parts
+
+
+def test_a_second_gzip_member_in_a_stack_is_refused() -> None:
+    """Chromium would give the next coding the first member's bytes only: not kept, refused."""
+    two = gzip.compress(b"<p>one</p>") + gzip.compress(b"<p>two</p>")
+    with pytest.raises(CodingError, match="second gzip member"):
+        decode(["gzip", "br"], brotli.compress(two))
+    inner = zlib.compress(b"<p>one</p><p>two</p>")  # gzip last: its members split the stream
+    with pytest.raises(CodingError, match="second gzip member"):
+        decode(["deflate", "gzip"], gzip.compress(inner[:5]) + gzip.compress(inner[5:]))
+    assert decode(["gzip", "br"], brotli.compress(gzip.compress(b"<p>one</p>"))) == b"<p>one</p>"
+
+
+def test_encoder_ends_a_member_where_asked() -> None:
+    encoder = Encoder(["gzip"])
+    body = encoder.feed(b"<p>one</p>") + encoder.feed(b"<p>two") + encoder.end_member()
+    body += encoder.end_member()  # twice: nothing more
+    body += encoder.feed(b"") + encoder.feed(b"</p><p>three</p>") + encoder.end_member()
+    body += encoder.finish()  # after an ended member: no empty member
+    assert members_of(decode_all(["gzip"], [body])) == [b"<p>one</p><p>two", b"</p><p>three</p>"]
+    assert gzip.decompress(body) == b"<p>one</p><p>two</p><p>three</p>"
+    assert Encoder([]).end_member() == b""
+    with pytest.raises(CodingError):
+        Encoder(["gzip", "br"]).end_member()
 
 
 def test_nul_padding_after_a_gzip_member_is_skipped() -> None:

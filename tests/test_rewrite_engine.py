@@ -20,7 +20,13 @@ import pytest
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from micafence.policy.selectors import decode_attribute
-from micafence.promotions.engine import PageRewriter, RewriteError, rewrite
+from micafence.promotions.engine import (
+    SRCDOC_DEPTH,
+    PageRewriter,
+    RewriteError,
+    escape_attribute,
+    rewrite,
+)
 from micafence.promotions.filter import PromotionFilter
 
 CORPUS = Path(__file__).parent / "data" / "html5lib-tests"
@@ -282,6 +288,51 @@ def test_noscript_on_a_page_not_in_utf8_passes_as_it_came() -> None:
     """(lol-html would give its text back from a UTF-8 reading: a documented limit.)"""
     page = "<noscript>café<div data-promo>x</div></noscript>".encode("latin-1")
     assert rewrite(DEFAULT, page, utf8=False) == page
+
+
+@pytest.mark.parametrize(("page", "out"), [
+    pytest.param(b'<iframe srcdoc="<p>a</p><div data-promo>x</div>"></iframe>',
+                 b'<iframe srcdoc="<p>a</p>"></iframe>', id="promotion"),
+    pytest.param(b"<iframe SRCDOC='<b title=\"t\">&amp;amp;</b><i data-promo>x</i>' id=f>",
+                 b'<iframe SRCDOC="<b title=&quot;t&quot;>&amp;amp;</b>" id=f>', id="quotes"),
+    pytest.param(b'<iframe srcdoc="a&#13;b\r\nc<div data-promo>x</div>">',
+                 b'<iframe srcdoc="a&#13;b\nc">', id="cr"),
+    pytest.param(b'<iframe srcdoc="<iframe srcdoc=&quot;<p data-promo>x</p>y&quot;>">',
+                 b'<iframe srcdoc="<iframe srcdoc=&quot;y&quot;>">', id="nested"),
+    pytest.param(b'<noscript><iframe srcdoc="<p data-promo>x</p>y"></iframe></noscript>',
+                 b'<noscript><iframe srcdoc="y"></iframe></noscript>', id="in-noscript"),
+    pytest.param(b'<iframe srcdoc="<p>&amp;copy=1 &copy</p>">',
+                 b'<iframe srcdoc="<p>&amp;copy=1 &copy</p>">', id="untouched"),
+    pytest.param(b'<iframe data-promo srcdoc="<p>x</p>"></iframe><p>y',
+                 b"<p>y", id="iframe-itself"),
+])
+def test_srcdoc_documents_are_cleaned_and_written_back(page: bytes, out: bytes) -> None:
+    """(Chromium reads the value back exactly: tests/test_srcdoc_browser.py.)"""
+    assert rewrite(DEFAULT, page) == out
+
+
+def test_srcdoc_that_cannot_be_written_back_exactly_is_emptied() -> None:
+    """On a page not in UTF-8 (lol-html read the value as UTF-8) or parsed as XML (other
+    attribute rules) a srcdoc holding a promotion becomes an empty document."""
+    page = '<iframe srcdoc="café<p data-promo>x</p>"></iframe><p>café'.encode("latin-1")
+    assert rewrite(DEFAULT, page, utf8=False) == '<iframe srcdoc=""></iframe><p>café'.encode(
+        "latin-1")
+    page = b'<iframe srcdoc="<p>a</p><p data-promo>x</p>"/><p>b</p>'
+    assert rewrite(DEFAULT, page, xml=True) == b'<iframe srcdoc="" /><p>b</p>'
+    clean = '<iframe srcdoc="café"></iframe>'.encode("latin-1")
+    assert rewrite(DEFAULT, clean, utf8=False) == clean
+
+
+def test_srcdoc_nested_past_the_depth_limit_is_emptied_unread() -> None:
+    inner = "<p>deep</p>"
+    for _ in range(SRCDOC_DEPTH + 1):
+        inner = f'<iframe srcdoc="{escape_attribute(inner)}"></iframe>'
+    out = rewrite(DEFAULT, inner.encode()).decode()
+    for _ in range(SRCDOC_DEPTH):
+        found = re.fullmatch(r'<iframe srcdoc="(.*)"></iframe>', out)
+        assert found is not None
+        out = decode_attribute(found.group(1))
+    assert out == '<iframe srcdoc=""></iframe>'
 
 
 def test_a_refused_page_leaves_the_rewriter_unusable_not_crashed() -> None:

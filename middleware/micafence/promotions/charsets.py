@@ -4,7 +4,8 @@ The promotion rewriter tokenizes bytes as ASCII/UTF-8. That finds the same tags 
 names as the browser only when the browser decodes the page in an encoding where every byte
 below 0x80 that is markup (``<``, ``>``, ``/``, ``=``, quotes, whitespace, and ASCII letters at
 token boundaries) is the same ASCII character. :func:`encoding_problem` follows the browser's
-choice of encoding and answers ``None`` when that holds, or a short reason when it does not.
+choice of encoding and answers ``None`` when that holds, or a short reason when it does not;
+:func:`encoding` gives that answer and the encoding's name together.
 
 The browser's choice, in order (HTML Standard "encoding sniffing algorithm", Blink's
 ``TextResourceDecoder``):
@@ -61,6 +62,8 @@ from micafence.promotions.mime import Kind, MimeType
 __all__ = [
     "EXTENDED_PRESCAN",
     "LABELS",
+    "HeadWatch",
+    "encoding",
     "encoding_name",
     "encoding_problem",
     "get_encoding",
@@ -431,6 +434,190 @@ def prescan(data: bytes) -> str | None:
     return _scan(data)[0] or xml_encoding(data)
 
 
+# --- when the browser has stopped looking (Blink's HTMLMetaCharsetParser) -------------------
+
+# Blink keeps looking for a <meta> charset while "in the head": until a start or end tag other
+# than these (start tags of html and head too), then for the rest of the first 1024 bytes.
+# Text does not end it. It tokenizes as the HTML tokenizer does, with title (RCDATA), style
+# (RAWTEXT) and script (script data) content read as text; noscript's depends on a scripting
+# flag, so both readings are followed (HeadWatch).
+_IN_HEAD = frozenset({b"script", b"noscript", b"style", b"link", b"meta", b"object", b"title",
+                      b"base"})
+_IN_HEAD_START = _IN_HEAD | {b"html", b"head"}
+_TAG_NAME = re.compile(rb"[^\t\n\x0c\r />]*")
+_CLOSE = {name: re.compile(b"</" + name + rb"[\t\n\x0c\r />]", re.IGNORECASE)
+          for name in (b"title", b"style", b"script", b"noscript")}
+_SCRIPT_START = re.compile(rb"<script[\t\n\x0c\r />]", re.IGNORECASE)
+
+
+class _Unsure(Exception):
+    """Markup the head walk does not follow exactly (it stops: the page is held as before)."""
+
+
+def _end_of_tag(data: bytes, pos: int) -> int:
+    """From after a tag's name: the position after its ``>`` (attributes read as the tokenizer
+    reads them, quoted values holding '>'); :class:`_OutOfBytes` when it is not in ``data``."""
+    end = len(data)
+    for _ in range(end - pos + 1):  # every attribute consumes at least one byte
+        pos = _skip(_SKIP_BEFORE_NAME, data, pos)
+        if pos >= end:
+            raise _OutOfBytes
+        if data[pos] == 0x3E:
+            return pos + 1
+        attribute = _attribute(data, pos)
+        if attribute is None:  # (cannot be: data[pos] is not '>')
+            return pos + 1
+        pos = attribute[2]
+    raise _OutOfBytes
+
+
+def _comment_end(data: bytes, lt: int) -> int:
+    """The end of the comment opened by ``<!--`` at ``lt``: its first ``-->`` (``<!-->`` and
+    ``<!--->`` included) or ``--!>`` (never the dashes of the opening)."""
+    found = [at + 3 for at in (data.find(b"-->", lt + 2),) if at >= 0]
+    found += [at + 4 for at in (data.find(b"--!>", lt + 4),) if at >= 0]
+    if not found:
+        raise _OutOfBytes
+    return min(found)
+
+
+def _head_walk(data: bytes, pos: int, where: list[int]) -> int | None:
+    """Blink's meta charset scan over ``data`` from ``pos``, in the head: the position after
+    the tag that ends the head, or None when ``data`` ends first with every construct closed.
+
+    Raises :class:`_OutOfBytes` for a construct running past the end (``where[0]`` is then
+    where it starts: the walk can resume there with more bytes) and :class:`_Unsure` for
+    markup it does not follow.
+    """
+    end = len(data)
+    for _ in range(end - pos + 1):  # each round moves past at least one byte
+        lt = data.find(b"<", pos)
+        if lt < 0:
+            where[0] = end
+            return None
+        where[0] = lt
+        if lt + 1 >= end:
+            raise _OutOfBytes
+        after = data[lt + 1]
+        if data.startswith(b"<!--", lt):
+            pos = _comment_end(data, lt)
+            continue
+        if after in (0x21, 0x3F) or (after == 0x2F and lt + 2 < end
+                                      and not _is_letter(data[lt + 2])):
+            if data.startswith(b"</>", lt):
+                pos = lt + 3
+                continue
+            close = data.find(b">", lt + 1)  # a doctype or a bogus comment
+            if close < 0:
+                raise _OutOfBytes
+            pos = close + 1
+            continue
+        closing = after == 0x2F
+        start = lt + 2 if closing else lt + 1
+        if start >= end:
+            raise _OutOfBytes
+        if not _is_letter(data[start]):
+            pos = lt + 1  # '<' as text
+            continue
+        stop = _skip(_TAG_NAME, data, start)
+        if stop >= end:
+            raise _OutOfBytes
+        name = data[start:stop].lower()
+        pos = _end_of_tag(data, stop)
+        if name not in (_IN_HEAD if closing else _IN_HEAD_START):
+            return pos
+        if not closing and name in _CLOSE:
+            pos = _content_end(data, name, pos)
+    where[0] = end
+    return None
+
+
+def _content_end(data: bytes, name: bytes, pos: int) -> int:
+    """Where the text content of a title, style, script or noscript opened before ``pos`` ends
+    (the start of its end tag), the same under every reading Blink may give it."""
+    found = _CLOSE[name].search(data, pos)
+    if found is None:
+        raise _OutOfBytes
+    close = found.start()
+    if name == b"script" and b"<!--" in data[pos:close] and _SCRIPT_START.search(data, pos,
+                                                                                 close):
+        raise _Unsure  # '<!--<script': that first '</script>' may not end it
+    if name == b"noscript":
+        # Text to a browser running scripts, markup to one that does not: read as markup, it
+        # must close every construct before that end tag (a tag ending the head inside it is
+        # fine: in that reading the head is over even sooner).
+        try:
+            _head_walk(data[:close], pos, [pos])
+        except _OutOfBytes:
+            raise _Unsure from None
+    return close
+
+
+class HeadWatch:
+    """Follows a page's first bytes as they arrive and tells when they hold all that the
+    browser reads to choose the encoding, so the rewriter need not hold more (issue 19).
+
+    Blink honours a late ``<meta charset>`` while its meta scan is "in the head" (above), and
+    for the first 1024 bytes in any case. So the prefix is enough once it shows the head over
+    (a tag Blink does not allow there, the markup before it followed exactly; where the walk
+    cannot follow it, the caller holds on as before) and every ``<meta`` that starts before
+    that tag's end or before byte 1024 is complete in it. A charset from a byte order mark or
+    the ``Content-Type`` needs no more than the first 1024 bytes, nor an XML page's (its XML
+    declaration decides). An undeclared page is never enough: Chromium's encoding detector,
+    which the ESC and NUL test of :func:`encoding_problem` stands in for, may read further.
+    The walk resumes where it stopped, so a growing prefix costs its new bytes.
+    """
+
+    __slots__ = ("_over", "_resume")
+
+    def __init__(self) -> None:
+        self._resume: int | None = 0  # None: the walk gave up
+        self._over: int | None = None
+
+    def settled(self, mime: MimeType | None, prefix: bytes, kind: Kind) -> bool:
+        """Does ``prefix`` (the page's first decoded bytes, all of them so far) hold all that
+        the browser reads to choose the page's encoding?"""
+        if len(prefix) < _PRESCAN:
+            return False
+        if prefix.startswith((b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")):
+            return True
+        if mime is not None:
+            label = mime.param("charset")
+            if label is not None and get_encoding(label) is not None and all(
+                    get_encoding(other) is not None for other in mime.other_charsets):
+                return True
+        xml = kind is Kind.XML or (mime is not None and mime.essence == "application/xhtml+xml")
+        if not xml and not self.head_over(prefix):
+            return False
+        return not _choices(mime, prefix, kind)[0][1].startswith("the default")
+
+    def head_over(self, prefix: bytes) -> bool:
+        """Has Blink's meta scan left the head within ``prefix``, with every ``<meta`` it may
+        still read complete in it? (HTML; called again as the prefix grows.)"""
+        if self._over is None:
+            if self._resume is None:
+                return False
+            where = [self._resume]
+            try:
+                self._over = _head_walk(prefix, self._resume, where)
+            except _OutOfBytes:
+                self._resume = where[0]
+                return False
+            except _Unsure:
+                self._resume = None
+                return False
+            self._resume = where[0]
+            if self._over is None:
+                return False
+        limit = max(self._over, _PRESCAN)
+        for found in _META_START.finditer(prefix, 0, limit):
+            try:
+                _meta(prefix, found.start() + 5)
+            except _OutOfBytes:
+                return False
+        return True
+
+
 # --- the decision ---------------------------------------------------------------------------
 
 _Choice = tuple[str, str]  # (encoding name, where it came from)
@@ -534,6 +721,13 @@ def _choices(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[_Choice,
     return declared, others
 
 
+def encoding(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[str, str | None]:
+    """(the encoding's WHATWG name, the problem or None): :func:`encoding_name` and
+    :func:`encoding_problem` from one pass over ``prefix`` (the rewriter needs both)."""
+    declared, others = _choices(mime, prefix, kind)
+    return declared[0], _problem(mime, prefix, declared, others)
+
+
 def encoding_name(mime: MimeType | None, prefix: bytes, kind: Kind) -> str:
     """The WHATWG name of the encoding the browser decodes the page in (undeclared HTML:
     windows-1252, though Chromium may detect another)."""
@@ -546,12 +740,18 @@ def encoding_problem(mime: MimeType | None, prefix: bytes, kind: Kind) -> str | 
     ``prefix`` is the start of the decoded body (after content codings): the first 1024 bytes
     at least, unless the body is shorter. Never raises.
     """
+    declared, others = _choices(mime, prefix, kind)
+    return _problem(mime, prefix, declared, others)
+
+
+def _problem(
+    mime: MimeType | None, prefix: bytes, declared: _Choice, others: list[_Choice]
+) -> str | None:
     if mime is not None and mime.essence == "multipart/x-mixed-replace":
         return (
             "multipart/x-mixed-replace: each part has its own type and charset, "
             "which the safety net does not read"
         )
-    declared, others = _choices(mime, prefix, kind)
     for name, source in (declared, *others):
         reason = _NOT_ASCII_COMPATIBLE.get(name)
         if reason is not None:

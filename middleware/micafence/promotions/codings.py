@@ -15,10 +15,16 @@ browser whose rendering the safety net must match):
 
 - **gzip** (and ``x-gzip``): every member is decoded, one after another, each with its CRC and
   length checked. Chromium decodes only the first member and silently ignores every byte after
-  its footer; it never checks the CRC. We are stricter: NUL padding after a member is skipped
-  (as ``gzip -d`` and Python's :mod:`gzip` do), and anything else after a member must be another
-  whole gzip member, or the body is refused. Our output is re-encoded by us, so the browser
-  sees exactly what we decoded.
+  its footer (it never checks the CRC); Firefox decodes every member. So the member boundaries
+  are kept: when gzip is the body's only coding, :class:`Decoder` yields an empty piece
+  (:data:`MEMBER_END`) where a member ends, and the caller ends a member of its own output
+  there (:meth:`Encoder.end_member`): Chromium then shows the rewrite of the first member,
+  Firefox the rewrite of them all, and a later member never shows in Chromium what the
+  original did not. In a stack of codings that cannot be kept (Chromium would hand the next
+  coding the first member's bytes only, a truncated stream), so a second member there is
+  refused with :class:`CodingError`. We are stricter than Chromium: NUL padding after a member
+  is skipped (as ``gzip -d`` and Python's :mod:`gzip` do), and anything else after a member
+  must be another whole gzip member, or the body is refused.
 - **deflate**: zlib-wrapped as RFC 9110 says, or raw deflate as some servers send. Chromium
   tries zlib first and replays as raw when that fails; we decide from the first two bytes (a
   valid zlib header means zlib), which agrees for every stream a real encoder writes: a raw
@@ -39,6 +45,7 @@ as "cannot check this page" (the failure posture), never as "pass it through".
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 
@@ -47,6 +54,10 @@ import zstandard
 
 CHUNK = 65536
 """The largest piece :meth:`Decoder.feed` and :meth:`Decoder.finish` yield."""
+
+MEMBER_END = b""
+"""What :class:`Decoder` yields where a gzip member ends (gzip the only coding): the one empty
+piece it ever yields."""
 
 _KNOWN = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -79,6 +90,30 @@ def parse_codings(values: Iterable[bytes | str]) -> list[str]:
     return codings
 
 
+_ACCEPTABLE = frozenset({b"gzip", b"x-gzip", b"deflate", b"br", b"zstd", b"identity"})
+_Q_ZERO = re.compile(rb"[ \t]*q[ \t]*=[ \t]*0(\.0{0,3})?[ \t]*", re.IGNORECASE)
+
+
+def accepted_codings(value: bytes) -> bytes | None:
+    """A request's ``Accept-Encoding`` cut to the codings the safety net can undo and redo.
+
+    The app then compresses a restricted visitor's page in a coding the visitor accepted (the
+    net re-encodes in the app's own coding) and never in one the net cannot read (``dcb`` and
+    ``dcz``, Chromium's dictionary codings, or ``compress``), which would cost the visitor the
+    failure posture. Elements naming a known coding are kept as written (with their ``q``);
+    ``*`` is kept only as a refusal (``*;q=0``), so nothing is ever accepted that the client
+    did not accept. None when nothing is left: the header goes (most apps then send identity).
+    """
+    kept = []
+    for element in value.split(b","):
+        name, _, parameters = element.partition(b";")
+        coding = name.strip(b" \t").lower()
+        if coding in _ACCEPTABLE or (coding == b"*" and any(
+                _Q_ZERO.fullmatch(parameter) for parameter in parameters.split(b";"))):
+            kept.append(element.strip(b" \t"))
+    return b", ".join(kept) or None
+
+
 def _check_known(codings: list[str]) -> None:
     for coding in codings:
         if coding not in _KNOWN:
@@ -99,6 +134,7 @@ class _Stage:
         self._input = b""
         self._ready = b""  # decoded output not yet handed on (when a codec call gave > CHUNK)
         self._ready_at = 0
+        self.member_ended = False  # the last piece pulled was the end of a gzip member
 
     def push(self, data: bytes) -> None:
         self._input = self._input + data if self._input else data
@@ -148,11 +184,14 @@ def _is_zlib_header(first: bytes) -> bool:
 
 
 class _Inflate(_Stage):
-    """gzip (every member) or deflate (zlib-wrapped or raw)."""
+    """gzip (every member, or only one when ``several`` is false) or deflate (zlib-wrapped or
+    raw). A pull that ends a gzip member returns that member's last output (maybe empty) and
+    sets :attr:`member_ended`, so no output of the next member comes with it."""
 
-    def __init__(self, gzip: bool) -> None:
+    def __init__(self, gzip: bool, several: bool = True) -> None:
         super().__init__()
         self._gzip = gzip
+        self._several = several
         self._name = "gzip" if gzip else "deflate"
         self._inflater: zlib._Decompress | None = None
         self._members = 0  # complete members (gzip) or streams (deflate) so far
@@ -165,6 +204,9 @@ class _Inflate(_Stage):
                 self._input = self._input.lstrip(b"\x00")  # NUL padding after a member
             if not self._input:
                 return False
+            if self._members and not self._several:
+                raise CodingError("a second gzip member in a stack of codings (Chromium would "
+                                  "decode the first only, handing the next coding a part)")
             wbits = 16 + zlib.MAX_WBITS
         else:
             if self._members and self._input:
@@ -194,8 +236,9 @@ class _Inflate(_Stage):
                 self._inflater = None
                 self._members += 1
                 self._more = False
-            else:
-                self._input = inflater.unconsumed_tail
+                self.member_ended = self._gzip
+                return out
+            self._input = inflater.unconsumed_tail
             if out:
                 return out
         raise CodingError(f"{self._name} decoder made no progress")
@@ -341,9 +384,9 @@ class _Zstd(_Stage):
             raise CodingError("truncated zstd body")
 
 
-def _decode_stage(coding: str) -> _Stage:
+def _decode_stage(coding: str, alone: bool) -> _Stage:
     if coding in ("gzip", "x-gzip"):
-        return _Inflate(gzip=True)
+        return _Inflate(gzip=True, several=alone)
     if coding == "deflate":
         return _Inflate(gzip=False)
     if coding == "br":
@@ -356,12 +399,14 @@ class Decoder:
 
     Iterate each :meth:`feed` and the :meth:`finish` result to the end before the next call
     (input is never lost if you do not, but output waits). Nothing yielded is larger than
-    :data:`CHUNK`; an error surfaces as :class:`CodingError`, possibly after some pieces.
+    :data:`CHUNK`; an error surfaces as :class:`CodingError`, possibly after some pieces. When
+    gzip is the only coding, :data:`MEMBER_END` (an empty piece) follows each member's output.
     """
 
     def __init__(self, codings: list[str]) -> None:
         _check_known(codings)
-        stages = [_decode_stage(coding) for coding in reversed(codings)]
+        alone = len(codings) == 1
+        stages = [_decode_stage(coding, alone) for coding in reversed(codings)]
         self._stages: list[_Stage] = stages or [_Identity()]
         self._finished = False
 
@@ -397,6 +442,10 @@ class Decoder:
                 if index == last:
                     if piece:
                         yield piece
+                    if stages[index].member_ended:
+                        stages[index].member_ended = False
+                        if index == 0:  # the only coding: its member boundaries are kept
+                            yield MEMBER_END
                 else:
                     stages[index + 1].push(piece)
                 break
@@ -478,17 +527,42 @@ class Encoder:
 
     def __init__(self, codings: list[str]) -> None:
         _check_known(codings)
-        stages = [_encode_stage(coding) for coding in codings]
-        self._stages: list[_EncodeStage] = stages or [_IdentityOut()]
+        self._codings = codings
+        self._stages: list[_EncodeStage] = self._new_stages()
         self._finished = False
+        self._between = False  # a member was ended and the next not begun
+
+    def _new_stages(self) -> list[_EncodeStage]:
+        return [_encode_stage(coding) for coding in self._codings] or [_IdentityOut()]
 
     def feed(self, data: bytes) -> bytes:
         """Encoded bytes for ``data``, ready to send."""
         if self._finished:
             raise CodingError("feed after finish")
+        if self._between:
+            if not data:
+                return b""
+            self._stages, self._between = self._new_stages(), False
         out = bytes(data)
         for stage in self._stages:
             out = stage.feed(out)
+        return out
+
+    def end_member(self) -> bytes:
+        """Close the current gzip member (its trailer); the next :meth:`feed` begins another.
+
+        For a body whose only coding is gzip (the decoder's :data:`MEMBER_END`); with no coding
+        it does nothing. A member ended twice, or one ended and then finished, adds nothing."""
+        if self._finished:
+            raise CodingError("end_member after finish")
+        if self._between or not self._codings:
+            return b""
+        if self._codings not in (["gzip"], ["x-gzip"]):
+            raise CodingError("members are kept for a body coded with gzip alone")
+        self._between = True
+        out = b""
+        for stage in self._stages:
+            out = stage.finish(out)
         return out
 
     def finish(self) -> bytes:
@@ -496,6 +570,8 @@ class Encoder:
         if self._finished:
             raise CodingError("finish called twice")
         self._finished = True
+        if self._between:
+            return b""
         out = b""
         for stage in self._stages:
             out = stage.finish(out)

@@ -10,19 +10,30 @@ a write comes back from that write, so a page streams; lol-html holds at most an
 What lol-html cannot decide alone (character references in attribute values, approvals,
 incentives) is decided here, in Python, per matching start tag: see
 :mod:`micafence.policy.selectors`.
+
+Two places hold markup lol-html reads as something else, and get a nested rewriter of their
+own: ``<noscript>`` content (text to lol-html, markup to a browser without JavaScript) and the
+``srcdoc`` attribute of an ``<iframe>`` (a whole document, which the browser parses as one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 import lolhtml
 
 from micafence.policy.selectors import decode_attribute
 
-if TYPE_CHECKING:
-    from micafence.promotions.filter import PromotionFilter
+
+class PromotionFilter(Protocol):
+    """What the engine asks of :class:`micafence.promotions.filter.PromotionFilter` (which
+    builds engines, so this module does not import it)."""
+
+    @property
+    def engine_selectors(self) -> list[str]: ...
+
+    def removes(self, tag: str, attributes: Mapping[str, str]) -> bool: ...
 
 
 class RewriteError(Exception):
@@ -64,10 +75,11 @@ class _NoScript:
     only when the page is UTF-8 (invalid bytes become U+FFFD, as the browser shows them).
     """
 
-    __slots__ = ("held", "page_filter", "size")
+    __slots__ = ("depth", "held", "page_filter", "size")
 
-    def __init__(self, page_filter: PromotionFilter) -> None:
+    def __init__(self, page_filter: PromotionFilter, depth: int) -> None:
         self.page_filter = page_filter
+        self.depth = depth
         self.held: list[str] = []
         self.size = 0
 
@@ -87,10 +99,67 @@ class _NoScript:
         content = "".join(self.held)
         self.held.clear()
         self.size = 0
-        nested = PageRewriter(self.page_filter, utf8=False)  # no <noscript> inside <noscript>
+        nested = PageRewriter(self.page_filter, noscript=False, depth=self.depth)
         cleaned = nested.write(content.encode("utf-8", "surrogatepass")) + nested.end()
         chunk.replace(cleaned.decode("utf-8", "surrogatepass") if nested.removed else content,
                       lolhtml.ContentType.HTML)
+
+
+#: How deep ``srcdoc`` documents nest before the net stops reading them (see :class:`_SrcDoc`).
+SRCDOC_DEPTH = 4
+# What set_attribute needs escaped for the browser to read the value back exactly: lol-html
+# writes it between double quotes and escapes '"' alone (as &quot;); '&' would start a character
+# reference and a CR would become LF in the browser's input stream (NUL cannot occur: the value
+# comes from decode_attribute, which makes it U+FFFD).
+_ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", '"': "&quot;", "\r": "&#13;"})
+
+
+def escape_attribute(value: str) -> str:
+    """``value`` written so that an HTML attribute value in double quotes reads it back as is."""
+    return value.translate(_ATTRIBUTE_ESCAPES)
+
+
+class _SrcDoc:
+    """``<iframe srcdoc="...">``: the attribute's value is a whole HTML document, which the
+    browser parses and renders in the frame; lol-html sees one attribute value.
+
+    The value is read as the DOM holds it (character references decoded), rewritten by a nested
+    :class:`PageRewriter` (whose own ``<iframe srcdoc>`` get the same, up to
+    :data:`SRCDOC_DEPTH` levels) and, when that removed anything, written back escaped so the
+    browser reads exactly the rewritten document (:func:`escape_attribute`). Written back only
+    where that round trip is exact: on a UTF-8 HTML page. On a page in another charset lol-html
+    read the value through UTF-8 (non-ASCII bytes became U+FFFD), and in a page parsed as XML
+    the attribute obeys XML's rules (``<`` is an error, whitespace is normalised); there the
+    frame gets an empty document instead (``srcdoc=""``: no promotion and no script, and no
+    fall-back to its ``src``). Past the depth limit every ``srcdoc`` is emptied, unread.
+    """
+
+    __slots__ = ("depth", "exact", "page_filter", "removed")
+
+    def __init__(self, page_filter: PromotionFilter, *, exact: bool, depth: int) -> None:
+        self.page_filter = page_filter
+        self.exact = exact
+        self.depth = depth
+        self.removed = 0
+
+    def element(self, element: lolhtml.Element) -> None:
+        if element.removed:  # the iframe itself was a promotion
+            return
+        raw = element.get_attribute("srcdoc")
+        if raw is None:
+            return
+        if self.depth >= SRCDOC_DEPTH:
+            element.set_attribute("srcdoc", "")
+            self.removed += 1
+            return
+        document = decode_attribute(raw)
+        nested = PageRewriter(self.page_filter, depth=self.depth + 1)
+        cleaned = nested.write(document.encode("utf-8", "surrogatepass")) + nested.end()
+        if not nested.removed:
+            return
+        self.removed += nested.removed
+        value = escape_attribute(cleaned.decode("utf-8", "surrogatepass")) if self.exact else ""
+        element.set_attribute("srcdoc", value)
 
 
 class PageRewriter:
@@ -99,26 +168,32 @@ class PageRewriter:
     Both return the bytes ready to send (maybe none). After a :class:`RewriteError` the
     rewriter refuses every call: lol-html must not be used after a fatal error. ``utf8``: the
     page is in UTF-8, so ``<noscript>`` content can be cleaned too (:class:`_NoScript`); on a
-    page in another charset it passes as it came.
+    page in another charset it passes as it came. ``xml``: the browser parses the page as XML
+    (XHTML, SVG): ``srcdoc`` is not written back (:class:`_SrcDoc`). ``noscript``: clean
+    ``<noscript>`` content (off for that content's own rewriter); ``depth``: how many ``srcdoc``
+    documents this one is nested in.
     """
 
-    __slots__ = ("_decide", "_done", "_out", "_rewriter")
+    __slots__ = ("_decide", "_done", "_out", "_rewriter", "_srcdoc")
 
-    def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True) -> None:
+    def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True, xml: bool = False,
+                 noscript: bool = True, depth: int = 0) -> None:
         self._out: list[bytes] = []
         self._decide = _Decide(page_filter)
         # lol-html hands the sink bytes (the stub is wider than the binding).
         self._rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
         for selector in page_filter.engine_selectors:
             self._rewriter.on(selector, self._decide)
-        if utf8:
-            self._rewriter.on("noscript", _NoScript(page_filter))
+        if utf8 and noscript:
+            self._rewriter.on("noscript", _NoScript(page_filter, depth))
+        self._srcdoc = _SrcDoc(page_filter, exact=utf8 and not xml, depth=depth)
+        self._rewriter.on("iframe[srcdoc]", self._srcdoc)
         self._done = False
 
     @property
     def removed(self) -> int:
-        """Elements removed so far."""
-        return self._decide.removed
+        """Elements removed so far (in ``srcdoc`` documents too; an emptied one counts)."""
+        return self._decide.removed + self._srcdoc.removed
 
     def write(self, chunk: bytes) -> bytes:
         """Rewrite the next piece of the page; the bytes that can go out now."""
@@ -157,7 +232,8 @@ def _problem(exc: RuntimeError) -> str:
         "RewriteError: ")
 
 
-def rewrite(page_filter: PromotionFilter, page: bytes, *, utf8: bool = True) -> bytes:
+def rewrite(page_filter: PromotionFilter, page: bytes, *, utf8: bool = True,
+            xml: bool = False) -> bytes:
     """The whole of ``page`` rewritten (tests, benchmarks; the server streams)."""
-    rewriter = PageRewriter(page_filter, utf8=utf8)
+    rewriter = PageRewriter(page_filter, utf8=utf8, xml=xml)
     return rewriter.write(page) + rewriter.end()

@@ -57,6 +57,7 @@ class PromotionFilter:
             return True
         return not all(approval.matches(tag, attributes) for approval in self.approvals)
 
-    def rewriter(self, *, utf8: bool = True) -> PageRewriter:
-        """A fresh streaming rewriter for one response (``utf8``: the page is in UTF-8)."""
-        return PageRewriter(self, utf8=utf8)
+    def rewriter(self, *, utf8: bool = True, xml: bool = False) -> PageRewriter:
+        """A fresh streaming rewriter for one response (``utf8``: the page is in UTF-8;
+        ``xml``: the browser parses it as XML)."""
+        return PageRewriter(self, utf8=utf8, xml=xml)

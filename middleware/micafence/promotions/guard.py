@@ -5,11 +5,14 @@
   ``POST``, routes some rule treats by zone) private; other methods are not wrapped at all.
 - Visitors who may not: solicitation evidence when they arrive through a promotion route or a
   marketing marker; promotion routes answer ``empty``, ``no_content`` or ``block`` as the policy
-  says; everything else goes to the app without ``Accept-Encoding``, ranges or validators, and
-  its pages come back through the :class:`~micafence.promotions.rewriter.RewritingSend` safety net.
+  says; everything else goes to the app without ranges or validators (and with only the
+  content codings the net can read in ``Accept-Encoding``), and its pages come back through the
+  :class:`~micafence.promotions.rewriter.RewritingSend` safety net.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from micafence.answers import Refusal, Refused, send_block, send_empty, send_no_content
 from micafence.asgi import Message, Scope, Send
@@ -20,6 +23,7 @@ from micafence.policy.model import Policy, PromotionStance
 from micafence.policy.promotions import EMPTY_BODIES, EmptyFormat, PromotionRoute, RouteOutcome
 from micafence.policy.routes import PATH_KEY_CHARS, route_paths
 from micafence.promotions.cache_safety import CacheSafety
+from micafence.promotions.codings import accepted_codings
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.mime import may_be_page
@@ -38,11 +42,14 @@ from micafence.store.base import Store
 
 Header = tuple[bytes, bytes]
 
-# Request headers a restricted request loses: compressed, partial or "not modified" answers
-# could not be rewritten (a 304 would let the browser show a copy cached with promotions).
+# Request headers a restricted request loses: partial or "not modified" answers could not be
+# rewritten (a 304 would let the browser show a copy cached with promotions). Accept-Encoding
+# stays, cut to the codings the net reads (codings.accepted_codings): the net decodes and
+# re-encodes a page in the app's own coding, one the client accepted.
 _STRIPPED_REQUEST_HEADERS = frozenset({
-    b"accept-encoding", b"range", b"if-range", b"if-none-match", b"if-modified-since",
+    b"range", b"if-range", b"if-none-match", b"if-modified-since",
 })
+_ACCEPT_ENCODING = b"accept-encoding"
 # Server extensions that send a file without passing its bytes through ``send``.
 _FILE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 # Enum members bound once: looking one up on its class costs ~90 ns on Python 3.11, and the
@@ -298,12 +305,25 @@ class PromotionGuard:
 def _strip_request(scope: Scope) -> None:
     headers = scope.get("headers") or ()
     for header in headers:
-        if header[0] in _STRIPPED_REQUEST_HEADERS:
-            scope["headers"] = [h for h in headers if h[0] not in _STRIPPED_REQUEST_HEADERS]
+        if header[0] in _STRIPPED_REQUEST_HEADERS or header[0] == _ACCEPT_ENCODING:
+            scope["headers"] = _request_headers(headers)
             break
     extensions = scope.get("extensions")
     if extensions and any(name in extensions for name in _FILE_EXTENSIONS):
         scope["extensions"] = {k: v for k, v in extensions.items() if k not in _FILE_EXTENSIONS}
+
+
+def _request_headers(headers: Iterable[Header]) -> list[Header]:
+    """The headers a restricted request keeps (see :data:`_STRIPPED_REQUEST_HEADERS`)."""
+    kept = []
+    for name, value in headers:
+        if name == _ACCEPT_ENCODING:
+            accepted = accepted_codings(bytes(value))
+            if accepted is not None:
+                kept.append((name, accepted))
+        elif name not in _STRIPPED_REQUEST_HEADERS:
+            kept.append((name, value))
+    return kept
 
 
 def _private(send: Send, cache: CacheSafety, personal: bool) -> Send:

@@ -3,7 +3,11 @@
 What a response is gets settled before its first byte goes out: its type (the ``Content-Type``
 as Fetch reads it, or, untyped, a sniff of the first 1445 decoded bytes), its charset (only
 pages whose markup a browser decodes as ASCII are rewritten) and its content coding. For that
-this wrapper holds the first :data:`HOLD_BYTES` decoded bytes (64 KB), and no more. Then the
+this wrapper holds the page's first decoded bytes: the 1445 the sniff reads, and then until the
+charset is settled (:class:`~micafence.promotions.charsets.HeadWatch`: for a page typed with
+its charset, at once; for one that declares it in ``<head>``, once the head is over), at most
+:data:`HOLD_BYTES` (64 KB), so a page that sends its head and then waits on data gets its
+first bytes out without waiting. Then the
 page streams: each body message is decoded, rewritten by a
 :class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB (the event loop
 gets a turn between pieces), encoded again in the same coding and sent. Bytes outside removed
@@ -31,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
 from micafence.promotions.cache_safety import CacheSafety
-from micafence.promotions.charsets import EXTENDED_PRESCAN, encoding_name, encoding_problem
+from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding
 from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
 from micafence.promotions.engine import PageRewriter, RewriteError
 from micafence.promotions.filter import PromotionFilter
@@ -56,9 +60,10 @@ ABORTS: dict[str, int] = dict.fromkeys(ABORT_REASONS, 0)
 
 #: The most bytes given to lol-html at once: a 64 KB piece takes well under a millisecond.
 PIECE = 65536
-#: Decoded bytes held before the type and charset are settled: the sniff needs 1445, the
-#: charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond them
-#: (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). A page this short or shorter is
+#: The most decoded bytes held before the type and charset are settled: the sniff needs 1445,
+#: the charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond
+#: them (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). The hold ends sooner when
+#: the bytes held settle both (:meth:`RewritingSend._settled`). A page that ends while held is
 #: rewritten whole before its first byte goes out, and sent with its ``Content-Length``.
 HOLD_BYTES = max(SNIFF_BYTES, EXTENDED_PRESCAN)
 
@@ -124,8 +129,11 @@ class RewritingSend:
         self._encoder: Encoder | None = None
         self._rewriter: PageRewriter | None = None
         self._raw: list[bytes] = []  # the app's bytes while the type is not settled
-        self._held: list[bytes] = []  # ... decoded
+        self._held: list[bytes] = []  # ... decoded (MEMBER_END marks included)
         self._held_size = 0
+        self._pending: list[bytes] = []  # encoded output of a page rewritten before its start
+        self._member_end = False  # a gzip member of the app's body ended; ours ends before more
+        self._watch = HeadWatch()
         self._size = 0  # decoded bytes so far
         self._opened = False  # the response start has gone out
         self._untyped = False
@@ -197,6 +205,8 @@ class RewritingSend:
             if not more and self._state in (_HOLDING, _STREAMING):
                 await self._consume(decoder.finish(), more)
                 await self._finish()
+            elif self._state == _HOLDING and self._settled():
+                await self._settle(complete=False, more=more)
         except CodingError as exc:
             await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
         except RewriteError as exc:
@@ -210,7 +220,7 @@ class RewritingSend:
             if self._size > self._limit:
                 raise _TooLarge
             if self._state == _HOLDING:
-                self._held.append(piece)
+                self._held.append(piece)  # (a MEMBER_END too: it is empty)
                 self._held_size += len(piece)
                 if self._held_size >= HOLD_BYTES:
                     await self._settle(complete=False, more=more)
@@ -220,17 +230,44 @@ class RewritingSend:
             await self._rewrite(piece)
 
     async def _rewrite(self, piece: bytes) -> None:
+        """Rewrite and encode one decoded piece; an empty one (MEMBER_END) is the end of a gzip
+        member of the app's body: our member ends there too, once something follows it (the
+        last member also takes what the rewriter still holds at the end of the page)."""
         rewriter, encoder = self._rewriter, self._encoder
         assert rewriter is not None and encoder is not None
+        if not piece:
+            self._member_end = True
+            return
+        if self._member_end:
+            self._member_end = False
+            await self._emit(encoder.end_member())
         for start in range(0, len(piece), PIECE):
             if start:
                 await asyncio.sleep(0)  # a turn for the event loop between pieces
             out = rewriter.write(piece[start:start + PIECE])
             if out:
-                data = encoder.feed(out)
-                if data:
-                    await self._send({"type": "http.response.body", "body": data,
-                                      "more_body": True})
+                await self._emit(encoder.feed(out))
+
+    async def _emit(self, data: bytes) -> None:
+        """Send encoded bytes, or keep them until the start goes out with the page's length."""
+        if not data:
+            return
+        if self._opened:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            self._pending.append(data)
+
+    def _settled(self) -> bool:
+        """Do the bytes held so far settle the type and the charset (the hold may end)?"""
+        if self._held_size < SNIFF_BYTES:
+            return False
+        prefix = b"".join(self._held)
+        kind = self._kind
+        if kind is Kind.UNTYPED:
+            kind = sniff(prefix, False)
+        if kind is not Kind.HTML and kind is not Kind.XML:
+            return True  # passed on as it came: nothing more to read
+        return self._watch.settled(self._mime, prefix, kind)
 
     async def _settle(self, *, complete: bool, more: bool) -> None:
         """Type and charset from the bytes held; then pass the response, refuse it, or start
@@ -243,21 +280,21 @@ class RewritingSend:
         if kind is not Kind.HTML and kind is not Kind.XML:
             await self._pass_held(more)
             return
-        problem = encoding_problem(self._mime, prefix, kind)
+        name, problem = encoding(self._mime, prefix, kind)
         if problem is not None:
             await self._fail(problem)
             return
         self._raw.clear()
-        utf8 = encoding_name(self._mime, prefix, kind) == "UTF-8"
-        self._rewriter = self._filter.rewriter(utf8=utf8)
+        utf8 = name == "UTF-8"
+        xml = kind is Kind.XML or (self._mime is not None
+                                   and self._mime.essence == "application/xhtml+xml")
+        self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml)
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
-        if complete:  # _finish sends it all, with its length
-            self._held = [self._rewriter.write(piece) for piece in held]
-            return
-        self._opened = True
-        await self._send({**self._start, "headers": self._page_headers(None, kind)})
+        if not complete:  # else _finish sends it all, with its length
+            self._opened = True
+            await self._send({**self._start, "headers": self._page_headers(None, kind)})
         for piece in held:
             await self._rewrite(piece)
 
@@ -270,13 +307,12 @@ class RewritingSend:
         assert rewriter is not None and encoder is not None
         tail = rewriter.end()
         self._state = _DONE
+        body = (encoder.feed(tail) if tail else b"") + encoder.finish()
         if not self._opened:
-            body = encoder.feed(b"".join([*self._held, tail])) + encoder.finish()
-            self._held = []
+            body = b"".join([*self._pending, body])
+            self._pending = []
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(len(body), self._kind)})
-        else:
-            body = (encoder.feed(tail) if tail else b"") + encoder.finish()
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _pass_held(self, more: bool) -> None:
@@ -310,7 +346,7 @@ class RewritingSend:
             await self._fail(problem)
             return
         self._state = _ABORTED
-        self._held = self._raw = []
+        self._held, self._raw, self._pending = [], [], []
         ABORTS[reason] += 1
         logger.error("promotion rewriter: %s after the page started; aborting the response",
                      problem)
@@ -319,7 +355,7 @@ class RewritingSend:
     async def _fail(self, problem: str) -> None:
         logger.warning("promotion rewriter: %s; sending the on_unrewritable answer", problem)
         self._state = _REFUSED
-        self._held = self._raw = []
+        self._held, self._raw, self._pending = [], [], []
         await self._refuse(problem)
 
 
