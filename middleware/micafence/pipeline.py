@@ -43,7 +43,7 @@ from micafence.policy.model import Mode, Outcome, PromotionStance
 from micafence.policy.routes import PATH_KEY_CHARS
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
-from micafence.records import NO_STANDING, UNKNOWN_STANDING
+from micafence.records import NO_STANDING, UNKNOWN_STANDING, Standing
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -82,8 +82,8 @@ class Pipeline:
     """Settles and acts on the decisions of one middleware: its app, store, grants gate,
     onboarding gate, solicitation evidence budget and observers (audit log, metrics)."""
 
-    __slots__ = ("_plans", "_plans_of", "_settled", "app", "arrivals", "audit", "clients", "dry",
-                 "evidence", "grants", "metrics", "onboarding", "store")
+    __slots__ = ("_knowns", "_plans", "_plans_of", "_settled", "app", "arrivals", "audit",
+                 "clients", "dry", "evidence", "grants", "metrics", "onboarding", "store")
 
     def __init__(
         self, app: ASGIApp, store: Store, *, clock: Clock = utc_now, dry: bool = False,
@@ -102,6 +102,9 @@ class Pipeline:
         self.metrics = metrics  # micafence.metrics: Prometheus counters
         self.dry = dry
         self._settled: BoundedCache[tuple[int, int], tuple[Decision, ScopeVerdict, Decision]] = (
+            BoundedCache(_SETTLED_ENTRIES))
+        # (decision, standing) -> the decision with the standing (_known).
+        self._knowns: BoundedCache[tuple[int, int], tuple[Decision, Standing, Decision]] = (
             BoundedCache(_SETTLED_ENTRIES))
         # Path -> _PLAIN, _ZONE_ROUTE or _SIGN_UP, for the enforcer that made them (passing).
         self._plans: BoundedCache[object, int] = BoundedCache(_PLAN_ENTRIES)
@@ -125,8 +128,10 @@ class Pipeline:
         if sign_up and (source := enforcer.declaration(scope)) is not None:
             declared, receive = await read_declaration(
                 source, scope, receive, enforcer.policy.catalogue.max_body_bytes)
-        if standing is not NO_STANDING or declared is not None:  # standing_of's empty one
+        if declared is not None:
             decision = enforcer.decide(scope, standing, declared)
+        elif standing is not NO_STANDING:  # standing_of's empty one
+            decision = self._known(enforcer, decision, scope, standing)
         # Settle (inline: an awaited call per step costs on every grant check).
         if decision.outcome is _REQUIRE_GRANT:  # the client's grants
             verdict, receive = await self.grants.check(enforcer.policy, decision, scope, receive)
@@ -189,13 +194,24 @@ class Pipeline:
     def passing(
         self, enforcer: Enforcer, decision: Decision, scope: Scope, send: Send
     ) -> Send | None:
-        """:meth:`run`'s common case without an await: an ``http`` request by an unidentified
-        visitor that the decision lets through and that needs nothing settled, read or
-        awaited first (no sign-up route, no grant, no promotion arrival, no audit record).
+        """:meth:`run`'s common case without an await: an ``http`` request that the decision
+        lets through and that needs nothing read, settled or awaited first (its client's
+        standing known here, no sign-up route, grant, arrival cookie, promotion arrival or
+        audit record).
 
         Does what :meth:`run` does before calling the app and returns the ``send`` to call it
-        with; ``None`` (having done nothing) when the request needs :meth:`run`."""
-        if decision.client_id is not None or decision.outcome is not _ALLOW or self.dry:
+        with; ``None`` (having done nothing :meth:`run` would do again) when the request needs
+        :meth:`run`."""
+        if self.dry:
+            return None
+        client_id = decision.client_id
+        if client_id is not None:
+            standing = self.clients.cached(client_id)
+            if standing is None or self.arrivals.cookie_header(enforcer.policy, scope) is not None:
+                return None  # the store to read, an arrival to link
+            if standing is not NO_STANDING:
+                decision = self._known(enforcer, decision, scope, standing)
+        if decision.outcome is not _ALLOW:
             return None
         if decision.restricted and self.audit is not None:  # recorded (and may be refused)
             return None
@@ -229,6 +245,24 @@ class Pipeline:
         if metrics is not None:
             metrics.count(decision)
         return send
+
+    def _known(
+        self, enforcer: Enforcer, decision: Decision, scope: Scope, standing: Standing
+    ) -> Decision:
+        """The request decided again with what the registry says of its client: shared while
+        both are the same objects. Only a restricted visitor's ``decision`` is one request
+        line's (the engine keeps one per visitor and route); a non-restricted visitor's serves
+        every route, so it is decided again."""
+        if not decision.restricted:
+            return enforcer.decide(scope, standing)
+        key = (id(decision), id(standing))
+        held = self._knowns.get(key)
+        # Identity, not equality: the entry holds both objects, so their ids cannot be reused.
+        if held is not None and held[0] is decision and held[1] is standing:
+            return held[2]
+        known = enforcer.decide(scope, standing)
+        self._knowns.put(key, (decision, standing, known))
+        return known
 
     def _granted(self, decision: Decision, verdict: ScopeVerdict) -> Decision:
         """``decision`` settled by ``verdict``: shared while both are the same objects (the
