@@ -202,7 +202,9 @@ class Pipeline:
         Does what :meth:`run` does before calling the app and returns the ``send`` to call it
         with; ``None`` (having done nothing :meth:`run` would do again) when the request needs
         :meth:`run`."""
-        if self.dry:
+        if self.dry or decision.outcome is not _ALLOW:
+            # Not let through as it stands (a grant to check, a block): run() settles it. (A
+            # client's standing only adds zones, so it does not let it through either.)
             return None
         client_id = decision.client_id
         if client_id is not None:
