@@ -40,6 +40,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,19 @@ from micafence_tools.bench.inprocess import ASGIApp, Request, _scope, _time_bloc
 from micafence_tools.bench.traffic import skewed_visits, visitor_pools
 
 _BLOCK = 250
-_COUNT = 10_000  # timed requests per class and row
-_STREAM_WARM = 200_000  # the sampled 1 M population: requests decided before timing
-_STREAM_TIMED = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How many requests each row takes."""
+
+    count: int = 10_000  # timed requests per class and policy row
+    stream_warm: int = 200_000  # a visitor row's stream: requests decided before timing
+    stream_timed: int = 20_000  # and then timed
+
+
+FULL = Sizes()
+QUICK = Sizes(count=1000, stream_warm=20_000, stream_timed=2000)  # a smoke test: seconds
 #: The default policy's entries the measured requests need (sign-up, orders, the promo feed).
 _KEPT_ROUTES = ("accounts.api", "service.orders", "promotions.feed", "neutral.static",
                 "wind-down.cancel-orders")
@@ -196,10 +207,11 @@ def _hit_share(stream: Sequence[str], warm: int, limit: int) -> float:
 
 def _row(label: str, bare: float, mica: float, extra: str = "") -> str:
     added = mica - bare
-    return f"{label:34} {bare:8.2f} {mica:8.2f} {added:+7.2f} {added / bare:+8.3f} {extra}"
+    return f"{label:36} {bare:8.2f} {mica:8.2f} {added:+7.2f} {added / bare:+8.3f} {extra}"
 
 
-async def _policy_rows(label: str, path: Path, database: GeoIPDatabase) -> list[str]:
+async def _policy_rows(label: str, path: Path, database: GeoIPDatabase, sizes: Sizes
+                       ) -> list[str]:
     enforcer = Enforcer(load_policy(path), database)
     pools = visitor_pools(enforcer, per_network=8)
     trivial = apps.trivial_app()
@@ -208,9 +220,9 @@ async def _policy_rows(label: str, path: Path, database: GeoIPDatabase) -> list[
     rows = []
     for kind, pool in (("non-restricted", pools.unrestricted), ("restricted", pools.restricted)):
         if not pool:
-            rows.append(f"{label + ', ' + kind:34} (no such visitor in the database)")
+            rows.append(f"{label + ', ' + kind:36} (no such visitor in the database)")
             continue
-        visits = skewed_visits(pool, _COUNT)
+        visits = skewed_visits(pool, sizes.count)
         requests = [Request(ip, "GET", "/healthz") for ip in visits]
         bare, mica = await _paired(trivial, guarded, requests)
         rows.append(_row(f"{label}, {kind}", bare, mica,
@@ -218,34 +230,35 @@ async def _policy_rows(label: str, path: Path, database: GeoIPDatabase) -> list[
     return rows
 
 
-async def _visitor_row(size: int, database: GeoIPDatabase) -> str:
+async def _visitor_row(size: int, database: GeoIPDatabase, sizes: Sizes) -> str:
     people = population(size)
-    stream = skewed_visits(people, _STREAM_WARM + _STREAM_TIMED, seed=17)
+    warm = sizes.stream_warm
+    stream = skewed_visits(people, warm + sizes.stream_timed, seed=17)
     trivial = apps.trivial_app()
     guarded = MicafenceMiddleware(trivial, policy=apps.policy_path(), geoip_db=database,
                                   watch=False)
-    for address in stream[:_STREAM_WARM]:  # a worker's traffic so far: the caches' state
+    for address in stream[:warm]:  # a worker's traffic so far: the caches' state
         guarded.enforcer.decide(build_scope(address, "GET", "/healthz"))
-    requests = [Request(ip, "GET", "/healthz") for ip in stream[_STREAM_WARM:]]
+    requests = [Request(ip, "GET", "/healthz") for ip in stream[warm:]]
     bare, mica = await _paired(trivial, guarded, requests, warm=False)
-    share = _hit_share(stream, _STREAM_WARM, VISITOR_CACHE_ENTRIES)
-    distinct = len(set(stream[_STREAM_WARM:]))
+    share = _hit_share(stream, warm, VISITOR_CACHE_ENTRIES)
+    distinct = len(set(stream[warm:]))
     return _row(f"{size:,} visitors (mixed)", bare, mica,
                 f"{'':8} held {share:.0%}, {distinct:,} distinct of {len(requests):,}")
 
 
-def run() -> str:
+def run(sizes: Sizes = FULL) -> str:
     logging.getLogger("micafence").setLevel(logging.ERROR)  # start-up warnings: not ours here
     started = time.monotonic()
     load = os.getloadavg()
     database = GeoIPDatabase(apps.database_path())
     lines = [
-        "# python -m micafence_tools.bench.scaling",
+        "# python -m micafence_tools.bench.scaling" + (" --quick" if sizes == QUICK else ""),
         f"# load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} "
         "cores; µs per request, medians of paired blocks of 250 (bare and micafence "
         "alternating); overhead = (micafence - bare) / bare, the bare trivial route in the "
         "same row; cold = Enforcer.decide on an unseen restricted visitor (a cache miss)",
-        f"{'row':34} {'bare µs':>8} {'mica µs':>8} {'+µs':>7} {'overhead':>8} {'cold µs':>8}",
+        f"{'row':36} {'bare µs':>8} {'mica µs':>8} {'+µs':>7} {'overhead':>8} {'cold µs':>8}",
     ]
 
     async def rows() -> list[str]:
@@ -253,14 +266,14 @@ def run() -> str:
         with tempfile.TemporaryDirectory(prefix="micafence-scaling-") as folder:
             for count in (10, 100, 1000):
                 path = _write(routes_policy(count), Path(folder), f"routes-{count}")
-                out += await _policy_rows(f"{count:,} route entries", path, database)
+                out += await _policy_rows(f"{count:,} route entries", path, database, sizes)
             for count in (1, 10, 100):
                 path = _write(zones_policy(count), Path(folder), f"zones-{count}")
                 out += await _policy_rows(f"{count} zone{'s' if count > 1 else ''}", path,
-                                          database)
+                                          database, sizes)
         gc.collect()
         for size in (10_000, 1_000_000):
-            out.append(await _visitor_row(size, database))
+            out.append(await _visitor_row(size, database, sizes))
         return out
 
     lines += asyncio.run(rows())
@@ -273,8 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m micafence_tools.bench.scaling",
                                      description="the overhead as the policy and visitors grow")
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tenth of the requests per row (a smoke test, not a figure)")
     args = parser.parse_args(argv)
-    table = run()
+    table = run(QUICK if args.quick else FULL)
     print(table, end="")
     if args.out:
         Path(args.out).write_text(table)
