@@ -322,3 +322,43 @@ def test_the_loop_lag_probe_sees_a_safety_net_that_blocks_the_loop() -> None:
     # A lower bound, not a speed: the probe's 1 ms sleep cannot end inside a 30 ms block.
     assert lag.median_ms >= 30
     assert lag.max_ms >= lag.median_ms
+
+
+def test_scaling_table_has_every_row_computed_from_its_own_figures(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.txt"
+    run = subprocess.run([sys.executable, "-m", "micafence_tools.bench.scaling", "--quick",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert out.read_text() == run.stdout
+    rows = [line for line in run.stdout.splitlines() if line and not line.startswith("#")]
+    assert rows[0].split()[:3] == ["row", "bare", "µs"]
+    labels = [f"{count} route entries" for count in ("10", "100", "1,000")] + [
+        "1 zone", "10 zones", "100 zones"]
+    expected = [f"{label}, {kind}" for label in labels
+                for kind in ("non-restricted", "restricted")]
+    expected += ["10,000 visitors (mixed)", "1,000,000 visitors (mixed)"]
+    table = rows[1:]
+    assert [line[:36].strip() for line in table] == expected
+    for line in table:
+        bare, mica, added, overhead = (float(cell) for cell in line[36:].split()[:4])
+        assert bare > 0 and mica > 0
+        assert added == pytest.approx(mica - bare, abs=0.011)
+        assert overhead == pytest.approx((mica - bare) / bare, abs=0.003)
+        if line.startswith(("1", "10", "100")) and ", restricted" in line:
+            assert float(line[36:].split()[4]) > 0  # the cold decision, µs
+        if "visitors" in line:
+            assert " held " in line and " distinct of 2,000" in line
+
+
+def test_hot_path_tool_times_a_class_and_the_metrics_count() -> None:
+    run = subprocess.run([sys.executable, "-m", "micafence_tools.bench.hotpath", "--count",
+                          "1000", "--classes", "neutral_unrestricted"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    [row] = [line for line in run.stdout.splitlines() if line.startswith("neutral_unrestricted")]
+    bare, floor, mica, added, overhead, p99 = (float(cell) for cell in row.split()[1:])
+    assert bare > 0 and floor > 0 and p99 >= mica > 0
+    assert added == pytest.approx(mica - bare, abs=0.011)
+    assert overhead == pytest.approx((mica - bare) / bare, abs=0.003)
+    [count] = [line for line in run.stdout.splitlines() if line.startswith("Metrics.count")]
+    assert float(count.split(": ")[1].removesuffix(" ns")) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -120,6 +121,27 @@ async def test_a_neutral_rule_makes_every_response_zone_dependent() -> None:
     response = await get(guarded(app_answering("application/json", APP_HEADERS), policy), CH,
                          "/api/prices")
     assert response.headers["cache-control"] == "max-age=600, private"
+
+
+async def test_a_route_a_reload_makes_zone_dependent_is_private_at_once(
+        tmp_path: Path) -> None:
+    # The middleware remembers per path what cache safety thinks of it: a reload that puts a
+    # rule on the route must be seen by the very next answer, for a visitor served before.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DEFAULT_POLICY.read_text(), encoding="utf-8")
+    app = MicafenceMiddleware(app_answering("application/json", APP_HEADERS),
+                              policy=str(policy), geoip_db=COUNTRY_DB, watch=False)
+    for _ in range(2):  # the second answer comes from what the first one taught it
+        before = await get(app, CH, "/api/prices")
+        assert before.headers["cache-control"] == "public, max-age=600"
+    policy.write_text(DEFAULT_POLICY.read_text().replace(
+        "routes:\n", "routes:\n  - {id: promo.prices, class: promotion, path: /api/prices}\n",
+        1), encoding="utf-8")
+    assert app.reloader.check() is True
+    after = await get(app, CH, "/api/prices")
+    assert after.headers["cache-control"] == "max-age=600, private"
+    assert VARY in after.headers["vary"]
+    assert "cdn-cache-control" not in after.headers
 
 
 async def test_blocked_and_suppressed_answers_are_no_store() -> None:

@@ -347,3 +347,23 @@ def test_fuzz_extract_and_may_be_page(headers: list[tuple[bytes, bytes]]) -> Non
 @given(st.binary(max_size=2000), st.booleans())
 def test_fuzz_sniff(body: bytes, complete: bool) -> None:
     assert sniff(body, complete) in (Kind.HTML, Kind.XML, Kind.OTHER)
+
+
+# The hot path remembers its answer per Content-Type value: the second answer, and answers
+# after the memo has started over, are the first one's, and the full extraction's.
+REMEMBERED = [b"text/plain; charset=utf-8", b"text/plain, text/html", b"text/html",
+              b'text/plain; x="("', b"application/json", b"TEXT/PLAIN", b"text /html",
+              b"application/json; charset=utf-8, text/html", b"image/svg+xml", b""]
+
+
+def test_answers_per_content_type_value_are_remembered_faithfully() -> None:
+    expected = {value: kind_of(extract(ct(value))) is not Kind.OTHER for value in REMEMBERED}
+    assert expected[b"text/plain; charset=utf-8"] is False  # both kinds are in the list
+    assert expected[b"text/plain, text/html"] is True
+    for _ in range(2):
+        assert {value: may_be_page(ct(value)) for value in REMEMBERED} == expected
+    for number in range(600):  # more values than the memo keeps: it starts over
+        assert may_be_page(ct(b"application/x-bench-%d" % number)) is False
+    assert {value: may_be_page(ct(value)) for value in REMEMBERED} == expected
+    long = b"text/plain; " + b"a" * 400  # longer than the memo keeps: answered all the same
+    assert may_be_page(ct(long)) is may_be_page(ct(long)) is False

@@ -80,6 +80,7 @@ from micafence.records import NO_STANDING, Standing
 
 _STANCE_ORDER = (PromotionStance.ALLOWED, PromotionStance.APPROVED_ONLY, PromotionStance.FORBIDDEN)
 _CACHE_LIMIT = 4096
+_NO_CLIENT = (None, None)  # a scope without "client"
 _AMBIGUOUS = b""  # a repeated edge country header with different values: read as none
 # A client id header sent twice with different values: the app reads one of them, micafence
 # cannot tell which (never a header value: servers refuse NUL).
@@ -192,9 +193,11 @@ class Enforcer:
         "_restricted_zones",
         "_rules_by_class",
         "_screen",
-        "_sign_up_paths", "_sign_ups",
+        "_sign_up_paths",
+        "_sign_ups",
         "_signal_headers",
         "_stances",
+        "_supplies",
         "_timestamp",
         "_trusted",
         "_verdicts",
@@ -240,6 +243,7 @@ class Enforcer:
         self._screen = AnonymizerScreen(policy.anonymizers, anonymizer, breakglass.shadow_rules)
         self._breakglass_tag = breakglass.tag
         self._identify = identify
+        self._supplies = policy.client_identity.source in ("scope_user", "callable")
         self.rewrite_alarm = rewrite_alarm or ClientRewriteAlarm()
         self._trusted = TrustedProxies(policy.client_ip.trusted_proxies)
         self._forwarded_header = policy.client_ip.header.encode("latin-1")
@@ -342,14 +346,17 @@ class Enforcer:
                     if signals is None:
                         signals = []
                     signals.append(header)
-        client = scope.get("client") or (None, None)
-        peer = client[0] if isinstance(client[0], str) else None
-        if peer is not None and client[1] == 0:  # no TCP peer has port 0: a rewritten client?
+        client = scope.get("client") or _NO_CLIENT
+        peer = client[0]
+        if not isinstance(peer, str):
+            peer = None
+        elif client[1] == 0:  # no TCP peer has port 0: a rewritten client?
             rewritten_from = forwarded_header_in(scope.get("headers") or ())
             if rewritten_from is not None:
                 self.rewrite_alarm.trip(rewritten_from)
                 peer = None  # who connected is unknown: decided as an unknown address
-        supplied = self._supplied_identity(scope)
+        # The host's identity (scope["user"], identify=): a call only when the policy asks.
+        supplied = self._supplied_identity(scope) if self._supplies else None
         # Decisions are cached per visitor, keyed only by what decides (never by header text a
         # client writes, such as the left of X-Forwarded-For). A visitor no rule applies to gets
         # the same decision whatever the route, so the entry is that decision: the common case

@@ -260,16 +260,18 @@ class MicafenceMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-            return
         if kind != "http" and kind != "websocket":
-            await self.app(scope, receive, send)
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        own = self._own_paths.get(scope["path"])  # health and metrics: never decided
-        if own is not None and scope.get("method") in _OWN_METHODS:
-            await own(scope, receive, send)
-            return
+        own_paths = self._own_paths
+        if own_paths:  # health and metrics: never decided
+            own = own_paths.get(scope["path"])
+            if own is not None and scope.get("method") in _OWN_METHODS:
+                await own(scope, receive, send)
+                return
         # One enforcer for the whole request: a hot reload swaps the attribute, never the
         # policy, database or promotion settings under a request already being decided.
         enforcer = self.enforcer
@@ -279,6 +281,11 @@ class MicafenceMiddleware:
             decision = metrics.timed_decide(enforcer, scope)
         else:
             decision = enforcer.decide(scope)
+        # The common case (nothing to settle, read or record first) in this frame: an awaited
+        # call per request is a coroutine made and run, on every request.
+        if kind == "http" and (passing := pipeline.passing(enforcer, decision, scope, send)):
+            await self.app(scope, receive, passing)
+            return
         await pipeline.run(enforcer, decision, scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -40,9 +40,10 @@ from micafence.grants.gate import ScopeGate, ScopeVerdict
 from micafence.grants.onboarding import OnboardingGate
 from micafence.instants import Clock, utc_now
 from micafence.policy.model import Mode, Outcome, PromotionStance
+from micafence.policy.routes import PATH_KEY_CHARS
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.reasons import Reason, RouteClass, reason_code
-from micafence.records import NO_STANDING, UNKNOWN_STANDING
+from micafence.records import NO_STANDING, UNKNOWN_STANDING, Standing
 
 if TYPE_CHECKING:
     from micafence.audit.log import AuditLog
@@ -60,6 +61,10 @@ _PROMOTIONS_ALLOWED = PromotionStance.ALLOWED
 _ACCOUNT_CREATION = RouteClass.ACCOUNT_CREATION
 #: Settled decisions kept, so a client's repeated in-scope orders share one.
 _SETTLED_ENTRIES = 4096
+#: What a request's path says to :meth:`Pipeline.passing` (paths up to PATH_KEY_CHARS long
+#: only are kept, so the entry ceiling bounds the bytes too).
+_PLAIN, _ZONE_ROUTE, _SIGN_UP = 0, 1, 2
+_PLAN_ENTRIES = 4096
 
 
 class Action(Enum):
@@ -77,8 +82,8 @@ class Pipeline:
     """Settles and acts on the decisions of one middleware: its app, store, grants gate,
     onboarding gate, solicitation evidence budget and observers (audit log, metrics)."""
 
-    __slots__ = ("_settled", "app", "arrivals", "audit", "clients", "dry", "evidence", "grants",
-                 "metrics", "onboarding", "store")
+    __slots__ = ("_knowns", "_plans", "_plans_of", "_settled", "app", "arrivals", "audit",
+                 "clients", "dry", "evidence", "grants", "metrics", "onboarding", "store")
 
     def __init__(
         self, app: ASGIApp, store: Store, *, clock: Clock = utc_now, dry: bool = False,
@@ -98,6 +103,12 @@ class Pipeline:
         self.dry = dry
         self._settled: BoundedCache[tuple[int, int], tuple[Decision, ScopeVerdict, Decision]] = (
             BoundedCache(_SETTLED_ENTRIES))
+        # (decision, standing) -> the decision with the standing (_known).
+        self._knowns: BoundedCache[tuple[int, int], tuple[Decision, Standing, Decision]] = (
+            BoundedCache(_SETTLED_ENTRIES))
+        # Path -> _PLAIN, _ZONE_ROUTE or _SIGN_UP, for the enforcer that made them (passing).
+        self._plans: BoundedCache[object, int] = BoundedCache(_PLAN_ENTRIES)
+        self._plans_of: Enforcer | None = None
 
     async def run(
         self, enforcer: Enforcer, decision: Decision, scope: Scope, receive: Receive, send: Send
@@ -117,8 +128,10 @@ class Pipeline:
         if sign_up and (source := enforcer.declaration(scope)) is not None:
             declared, receive = await read_declaration(
                 source, scope, receive, enforcer.policy.catalogue.max_body_bytes)
-        if standing is not NO_STANDING or declared is not None:  # standing_of's empty one
+        if declared is not None:
             decision = enforcer.decide(scope, standing, declared)
+        elif standing is not NO_STANDING:  # standing_of's empty one
+            decision = self._known(enforcer, decision, scope, standing)
         # Settle (inline: an awaited call per step costs on every grant check).
         if decision.outcome is _REQUIRE_GRANT:  # the client's grants
             verdict, receive = await self.grants.check(enforcer.policy, decision, scope, receive)
@@ -178,6 +191,81 @@ class Pipeline:
         await self.app(scope, receive, send)
         return _PASS if send is given else _PASS_WRAPPED
 
+    def passing(
+        self, enforcer: Enforcer, decision: Decision, scope: Scope, send: Send
+    ) -> Send | None:
+        """:meth:`run`'s common case without an await: an ``http`` request that the decision
+        lets through and that needs nothing read, settled or awaited first (its client's
+        standing known here, no sign-up route, grant, arrival cookie, promotion arrival or
+        audit record).
+
+        Does what :meth:`run` does before calling the app and returns the ``send`` to call it
+        with; ``None`` (having done nothing :meth:`run` would do again) when the request needs
+        :meth:`run`."""
+        if self.dry or decision.outcome is not _ALLOW:
+            # Not let through as it stands (a grant to check, a block): run() settles it. (A
+            # client's standing only adds zones, so it does not let it through either.)
+            return None
+        client_id = decision.client_id
+        if client_id is not None:
+            standing = self.clients.cached(client_id)
+            if standing is None or self.arrivals.cookie_header(enforcer.policy, scope) is not None:
+                return None  # the store to read, an arrival to link
+            if standing is not NO_STANDING:
+                decision = self._known(enforcer, decision, scope, standing)
+        if decision.outcome is not _ALLOW:
+            return None
+        if decision.restricted and self.audit is not None:  # recorded (and may be refused)
+            return None
+        # What the path says, one look-up: a sign-up route's (declared residence, onboarding
+        # token: run() reads them), or whether cache safety holds the route zone-dependent.
+        if enforcer is not self._plans_of:  # a policy (re)load: the routes changed
+            self._plans_of = enforcer
+            self._plans.clear()
+        path = scope.get("path")
+        plan = None if scope.get("root_path") else self._plans.get(path)
+        if plan is None:
+            plan = _plan(enforcer, scope)
+            if not scope.get("root_path") and path.__class__ is str \
+                    and len(path) <= PATH_KEY_CHARS:
+                self._plans.put(path, plan)
+        if plan is _SIGN_UP:
+            return None
+        promotions = enforcer.promotions
+        if decision.promotion_stance is _PROMOTIONS_ALLOWED:
+            send = promotions.cache_safe(scope, send, decision, plan is _ZONE_ROUTE)
+        elif promotions.arrival(scope, decision) is None:
+            send = promotions.page_safe(scope, send, decision)
+        else:  # solicitation evidence to record
+            return None
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {STATE_KEY: decision}
+        else:
+            state[STATE_KEY] = decision
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.count(decision)
+        return send
+
+    def _known(
+        self, enforcer: Enforcer, decision: Decision, scope: Scope, standing: Standing
+    ) -> Decision:
+        """The request decided again with what the registry says of its client: shared while
+        both are the same objects. Only a restricted visitor's ``decision`` is one request
+        line's (the engine keeps one per visitor and route); a non-restricted visitor's serves
+        every route, so it is decided again."""
+        if not decision.restricted:
+            return enforcer.decide(scope, standing)
+        key = (id(decision), id(standing))
+        held = self._knowns.get(key)
+        # Identity, not equality: the entry holds both objects, so their ids cannot be reused.
+        if held is not None and held[0] is decision and held[1] is standing:
+            return held[2]
+        known = enforcer.decide(scope, standing)
+        self._knowns.put(key, (decision, standing, known))
+        return known
+
     def _granted(self, decision: Decision, verdict: ScopeVerdict) -> Decision:
         """``decision`` settled by ``verdict``: shared while both are the same objects (the
         gate hands out one verdict per decision and requested scope while it holds)."""
@@ -189,6 +277,14 @@ class Pipeline:
         settled = _settled(decision, verdict.reason, ",".join(verdict.grant_ids) or None)
         self._settled.put(key, (decision, verdict, settled))
         return settled
+
+
+def _plan(enforcer: Enforcer, scope: Scope) -> int:
+    """What the request's path says: an account-creation route may handle it (under any
+    method), or a rule makes its answer zone-dependent (cache safety, for GET and HEAD)."""
+    if enforcer.on_sign_up_path(scope):
+        return _SIGN_UP
+    return _ZONE_ROUTE if enforcer.promotions.zone_route(scope) else _PLAIN
 
 
 def _presents(scope: Scope, header: str) -> bool:

@@ -95,7 +95,18 @@ def _requests(visits: list[str], method: str, path: str, body: str = "") -> list
     return [Request(ip, method, path, body.encode()) for ip in visits]
 
 
-def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
+@dataclass(frozen=True, slots=True)
+class InprocessClasses:
+    """The in-process traffic classes: those any app answers, and the grant checks (which
+    need micafence on a Redis store holding the clients' grants)."""
+
+    plain: dict[str, list[Request]]
+    granted: dict[str, list[Request]]
+    clients: list[str]
+
+
+def inprocess_classes(enforcer: Enforcer, count: int) -> InprocessClasses:
+    """``count`` requests per class, visitors drawn from the database with a Zipf-like skew."""
     pools = visitor_pools(enforcer)
     unrestricted = skewed_visits(pools.unrestricted, count)
     restricted = skewed_visits(pools.restricted, count)
@@ -126,6 +137,12 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
         "in_scope_grant": grants.orders(ordering, granted, grants.IN_SCOPE),
         "out_of_scope_grant": grants.orders(ordering, granted, grants.OUT_OF_SCOPE),
     }
+    return InprocessClasses(classes, grant_classes, clients)
+
+
+def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
+    made = inprocess_classes(enforcer, count)
+    classes, grant_classes, clients = made.plain, made.granted, made.clients
     trivial = apps.trivial_app()  # one app, bare and behind each middleware: the same routes
     behind = {"bare": trivial, "floor": apps.floor(trivial),
               "micafence": apps.guarded(trivial, watch=False), "naive": apps.naive(trivial)}

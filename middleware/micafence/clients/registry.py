@@ -86,6 +86,11 @@ class ClientRegistry:
                                  " logged at most every %g s)", _LOG_EVERY)
             entry = self._known.get(client_id)
             return entry[0] if entry is not None else UNKNOWN_STANDING
+        entry = self._known.get(client_id)
+        if entry is not None and entry[0] == standing:
+            # The same object while nothing changed: the pipeline remembers decisions per
+            # standing object (Pipeline._known), and a refresh must not forget them.
+            standing = entry[0]
         self._known.put(client_id, (standing, self._monotonic() + FRESH_SECONDS))
         return standing
 

@@ -180,22 +180,14 @@ class ArrivalLinker:
     def seen(self, policy: Policy, client_id: str, scope: Scope) -> Awaitable[None] | None:
         """What to await for a request identified as ``client_id``: ``None`` (the common
         case) when it has no arrival cookie or this process handled the pair already."""
-        cookie = policy.promotions.visitor_cookie
-        if cookie is not self._cookie:  # a policy (re)load
-            self._cookie = cookie
-            self._name = cookie.name.encode("latin-1") if cookie.enabled else None
+        value = self.cookie_header(policy, scope)
+        if value is None:
+            return None
         name = self._name
-        if name is None:
-            return None
-        headers = scope.get("headers") or ()
-        for header, value in headers:  # inlined: most identified requests carry no such cookie
-            if header == b"cookie" and name in value:
-                break
-        else:
-            return None
+        assert name is not None  # cookie_header found it
         subject = self._subjects.get(value)  # a client's Cookie header is mostly the same
         if subject is None:
-            visitor = arrival_cookie(headers, name)
+            visitor = arrival_cookie(scope.get("headers") or (), name)
             subject = "" if visitor is None else COOKIE_SUBJECT + visitor
             self._subjects.put(value, subject, len(value) + 100)
         if not subject:
@@ -206,6 +198,22 @@ class ArrivalLinker:
             return None
         self._seen.put(key, _NEVER)  # concurrent requests of the pair do not link it twice
         return self._start(key)
+
+    def cookie_header(self, policy: Policy, scope: Scope) -> bytes | None:
+        """The first ``Cookie`` header that names the policy's arrival cookie: ``None`` (the
+        common case) when there is none, so :meth:`seen` has nothing to link. No side effect:
+        the pipeline asks it before deciding whether a request needs to await."""
+        cookie = policy.promotions.visitor_cookie
+        if cookie is not self._cookie:  # a policy (re)load
+            self._cookie = cookie
+            self._name = cookie.name.encode("latin-1") if cookie.enabled else None
+        name = self._name
+        if name is None:
+            return None
+        for header, value in scope.get("headers") or ():  # most requests carry no such cookie
+            if header == b"cookie" and name in value:
+                return bytes(value)
+        return None
 
     async def _start(self, key: tuple[str, str]) -> None:
         task = asyncio.ensure_future(self._link(key))

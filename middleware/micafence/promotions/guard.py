@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from micafence.answers import Refusal, Refused, send_block, send_empty, send_no_content
 from micafence.asgi import Message, Scope, Send
@@ -117,31 +117,42 @@ class PromotionGuard:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def cache_safe(self, scope: Scope, send: Send, decision: Decision) -> Send:
+    def cache_safe(
+        self, scope: Scope, send: Send, decision: Decision, zone_route: bool | None = None
+    ) -> Send:
         """``send`` for a visitor who may see promotions: zone-dependent answers made private.
 
         A page (HTML, XML, or untyped, which a browser may sniff into one) depends on the zone:
         another zone's visitor gets it without its promotions. It is made private on every
         method a cache may store (``GET``, ``HEAD``, and ``POST`` with explicit freshness);
-        other methods are not wrapped at all. This runs for most traffic, so it stays small:
+        other methods are not wrapped at all. So is every answer of a ``GET`` or ``HEAD`` on a
+        route some rule treats by zone (:meth:`zone_route`; ``zone_route`` when the caller
+        has asked it already). This runs for most traffic, so it stays small:
         :func:`~micafence.promotions.mime.may_be_page` answers the usual types from a table.
         """
         method = scope.get("method")
         if method != "GET" and method != "HEAD" and method != "POST":
             return send
         cache = self.cache
-        personal = _personal(decision)
-        if method != "POST" and self._zone_route(scope):
+        personal = decision.client_id is not None or decision.residence_country is not None
+        if method != "POST" and (self.zone_route(scope) if zone_route is None else zone_route):
             return _private(send, cache, personal)
 
-        async def send_private_if_page(message: Message) -> None:
+        # Not a coroutine function: it hands back the server's own awaitable, so a response
+        # message costs one call, not one more coroutine (``await send(m)`` is all ASGI asks).
+        def send_private_if_page(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 headers = message.get("headers") or ()
                 if may_be_page(headers):
                     message = {**message, "headers": cache.mark(headers, personal)}
-            await send(message)
+            return send(message)
 
         return send_private_if_page
+
+    def zone_route(self, scope: Scope) -> bool:
+        """Is the request's path, in any spelling a router may match, a route some rule treats
+        by zone (its ``GET`` and ``HEAD`` answers are made private whatever their type)?"""
+        return self._zone_route(scope)
 
     def _zone_route(self, scope: Scope) -> bool:
         """Is the request's path, in any spelling a router may match, a zone-dependent route?"""

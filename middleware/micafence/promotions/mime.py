@@ -414,8 +414,13 @@ _NOT_PAGES = frozenset({
     b"application/wasm", b"text/event-stream", b"application/pdf", b"text/csv",
 })
 _PAGES = frozenset({b"text/html", b"application/xhtml+xml", b"image/svg+xml", b"application/xml"})
-# Bytes after the type that could make Chromium or Fetch read another value: fall back then.
-_ODD = frozenset(b',"(')
+# Bytes after the type that could make Chromium or Fetch read another value (``,`` ``"``
+# ``(``): :func:`extract` reads those.
+# A response's one Content-Type value -> may it be a page: an app sends a handful of values.
+# Bounded (entries and value length): the values are the app's, but a ceiling costs nothing.
+_ONE_LINE: dict[bytes, bool] = {}
+_ONE_LINE_ENTRIES = 256
+_ONE_LINE_BYTES = 256
 
 
 def may_be_page(headers: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -436,12 +441,32 @@ def may_be_page(headers: Iterable[tuple[bytes, bytes]]) -> bool:
         if count == 0:
             return True
         if count == 1 and found is not None:
-            essence, _, rest = found.partition(b";")
-            if not _ODD.intersection(rest):
-                if essence in _NOT_PAGES:
-                    return False
-                if essence in _PAGES:
-                    return True
+            if type(found) is not bytes:  # not as ASGI gives them: not memoised
+                return _one_line(found, lines)
+            known = _ONE_LINE.get(found)
+            if known is not None:
+                return known
+            verdict = _one_line(found, lines)
+            if len(found) <= _ONE_LINE_BYTES:
+                if len(_ONE_LINE) >= _ONE_LINE_ENTRIES:
+                    _ONE_LINE.clear()
+                _ONE_LINE[found] = verdict
+            return verdict
+        return kind_of(extract(lines)) is not Kind.OTHER
+    except Exception:  # headers not as ASGI gives them: judge the response rather than crash
+        return True
+
+
+def _one_line(value: bytes, lines: list[tuple[bytes, bytes]]) -> bool:
+    """:func:`may_be_page` of a response with one ``Content-Type`` line, ``value``: a
+    function of that value alone, so it is memoised per value."""
+    try:
+        essence, _, rest = value.partition(b";")
+        if b"," not in rest and b'"' not in rest and b"(" not in rest:
+            if essence in _NOT_PAGES:
+                return False
+            if essence in _PAGES:
+                return True
         return kind_of(extract(lines)) is not Kind.OTHER
     except Exception:  # headers not as ASGI gives them: judge the response rather than crash
         return True

@@ -130,6 +130,13 @@ class Store(ABC):
         on every call, which is correct but never lets a verdict be reused."""
         return tuple(fold(await self.holdings(client_id)))
 
+    def cached_grant_states(self, client_id: str) -> tuple[GrantState, ...] | None:
+        """What :meth:`grant_states` would answer now from this process's own copy, without
+        an await; ``None`` when there is none (then ask :meth:`grant_states`). The service
+        check asks it first on every request. A store that overrides :meth:`grant_states`
+        must override this too (this default holds no copy)."""
+        return None
+
     async def start(self, settings: StoreSettings = DEFAULT_STORE_SETTINGS) -> None:
         """Start background work with the server's lifespan (the Redis store's cache
         invalidation and production checks); ``settings`` are the policy's."""

@@ -275,6 +275,10 @@ class RedisStore(Store):
         self.cache.put(client_id, tuple(events), generation)
         return events
 
+    def cached_grant_states(self, client_id: str) -> tuple[GrantState, ...] | None:
+        self._refuse_if_untrusted("grant_states")  # as grant_states: refused, it raises
+        return self.cache.states(client_id)
+
     async def grant_states(self, client_id: str) -> tuple[GrantState, ...]:
         self._refuse_if_untrusted("grant_states")
         cached = self.cache.states(client_id)
