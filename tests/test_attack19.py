@@ -395,12 +395,6 @@ def test_compressed_padding_is_not_held_in_memory(scenarios: tuple[str, Scenario
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "X-Accel-Expires passes untouched on zone-dependent pages: nginx's proxy_cache gives it "
-    "priority over Cache-Control (a positive value caches the response whatever "
-    "Cache-Control says, private included), so an nginx cache in front stores the Swiss page "
-    "and serves it to EU visitors. Proposed fix: drop X-Accel-Expires with the targeted CDN "
-    "headers in cache_safety.TARGETED_CACHE_HEADERS (or set it to 0)"))
 @pytest.mark.parametrize("visitor", [SWISS_HEADERS, SWEDISH_HEADERS], ids=["swiss", "swedish"])
 def test_nginx_cache_override_is_dropped(scenarios: tuple[str, Scenarios],
                                          visitor: dict[str, str]) -> None:
