@@ -443,16 +443,6 @@ def test_the_app_sees_the_visitor_leave_mid_page(scenarios: tuple[str, Scenarios
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "python-lolhtml's HTMLRewriter is a PyO3 'unsendable' class: dropped on another thread than "
-    "the one that made it, it is leaked (its Rust buffers never freed) and an unraisable "
-    "RuntimeError is reported. An aborted response's traceback holds RewritingSend -> "
-    "PageRewriter -> HTMLRewriter, so whoever releases that traceback elsewhere (an error "
-    "reporter's worker thread, a log handler, the cyclic GC run by another thread) leaks it. "
-    "Seen first in this file's own run, from pytest's log capture. Proposed fix: drop the "
-    "lol-html rewriter as soon as a page is finished, refused or aborted (RewritingSend sets "
-    "_rewriter = None before raising; PageRewriter.end() and a failed write release "
-    "_rewriter), so only the loop thread ever frees it"))
 def test_an_aborted_rewriter_is_not_left_for_another_thread_to_free(
         scenarios: tuple[str, Scenarios]) -> None:
     import sys

@@ -166,7 +166,11 @@ class PageRewriter:
     """One response's rewriter: :meth:`write` each piece of the page, then :meth:`end`.
 
     Both return the bytes ready to send (maybe none). After a :class:`RewriteError` the
-    rewriter refuses every call: lol-html must not be used after a fatal error. ``utf8``: the
+    rewriter refuses every call: lol-html must not be used after a fatal error. The lol-html
+    rewriter is released as soon as the page is ended, fails or is closed (:meth:`close`): it is a
+    PyO3 "unsendable" object, leaked (with an unraisable error) if freed on another thread than
+    the one that made it, so nothing that outlives the response (an exception's traceback kept
+    by an error reporter) may keep it alive. ``utf8``: the
     page is in UTF-8, so ``<noscript>`` content can be cleaned too (:class:`_NoScript`); on a
     page in another charset it passes as it came. ``xml``: the browser parses the page as XML
     (XHTML, SVG): ``srcdoc`` is not written back (:class:`_SrcDoc`). ``noscript``: clean
@@ -174,21 +178,21 @@ class PageRewriter:
     documents this one is nested in.
     """
 
-    __slots__ = ("_decide", "_done", "_out", "_rewriter", "_srcdoc")
+    __slots__ = ("_decide", "_out", "_rewriter", "_srcdoc")
 
     def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True, xml: bool = False,
                  noscript: bool = True, depth: int = 0) -> None:
         self._out: list[bytes] = []
         self._decide = _Decide(page_filter)
         # lol-html hands the sink bytes (the stub is wider than the binding).
-        self._rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
+        rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
         for selector in page_filter.engine_selectors:
-            self._rewriter.on(selector, self._decide)
+            rewriter.on(selector, self._decide)
         if utf8 and noscript:
-            self._rewriter.on("noscript", _NoScript(page_filter, depth))
+            rewriter.on("noscript", _NoScript(page_filter, depth))
         self._srcdoc = _SrcDoc(page_filter, exact=utf8 and not xml, depth=depth)
-        self._rewriter.on("iframe[srcdoc]", self._srcdoc)
-        self._done = False
+        rewriter.on("iframe[srcdoc]", self._srcdoc)
+        self._rewriter: lolhtml.HTMLRewriter | None = rewriter
 
     @property
     def removed(self) -> int:
@@ -197,25 +201,37 @@ class PageRewriter:
 
     def write(self, chunk: bytes) -> bytes:
         """Rewrite the next piece of the page; the bytes that can go out now."""
-        if self._done:
+        rewriter = self._rewriter
+        if rewriter is None:
             raise RewriteError("the rewriter was ended or failed")
         try:
-            self._rewriter.write(chunk)
+            rewriter.write(chunk)
         except RuntimeError as exc:
-            self._done = True
-            raise RewriteError(_problem(exc)) from exc
-        return self._take()
+            problem = _problem(exc)
+        else:
+            return self._take()
+        self.close()
+        del rewriter
+        raise RewriteError(problem)  # not chained: lol-html's error keeps nothing alive
 
     def end(self) -> bytes:
         """The page is complete: the last bytes."""
-        if self._done:
+        rewriter = self._rewriter
+        if rewriter is None:
             raise RewriteError("the rewriter was ended or failed")
-        self._done = True
+        self.close()
         try:
-            self._rewriter.end()
+            rewriter.end()
         except RuntimeError as exc:
-            raise RewriteError(_problem(exc)) from exc
-        return self._take()
+            problem = _problem(exc)
+        else:
+            return self._take()
+        del rewriter
+        raise RewriteError(problem)
+
+    def close(self) -> None:
+        """Release lol-html (the page is over, or abandoned); every later call is refused."""
+        self._rewriter = None
 
     def _take(self) -> bytes:
         out = self._out

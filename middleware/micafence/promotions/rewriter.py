@@ -213,6 +213,9 @@ class RewritingSend:
             await self._trouble("engine", f"lol-html refused the page: {exc}")
         except _TooLarge:
             await self._trouble("too_large", f"page larger than {self._limit} bytes")
+        except BaseException:
+            self._release()  # the send failed, or the task was cancelled: the page is over
+            raise
 
     async def _consume(self, pieces: Iterator[bytes], more: bool) -> None:
         for piece in pieces:
@@ -305,6 +308,7 @@ class RewritingSend:
                 return
         rewriter, encoder = self._rewriter, self._encoder
         assert rewriter is not None and encoder is not None
+        self._rewriter = None
         tail = rewriter.end()
         self._state = _DONE
         body = (encoder.feed(tail) if tail else b"") + encoder.finish()
@@ -347,6 +351,7 @@ class RewritingSend:
             return
         self._state = _ABORTED
         self._held, self._raw, self._pending = [], [], []
+        self._release()
         ABORTS[reason] += 1
         logger.error("promotion rewriter: %s after the page started; aborting the response",
                      problem)
@@ -356,7 +361,15 @@ class RewritingSend:
         logger.warning("promotion rewriter: %s; sending the on_unrewritable answer", problem)
         self._state = _REFUSED
         self._held, self._raw, self._pending = [], [], []
+        self._release()
         await self._refuse(problem)
+
+    def _release(self) -> None:
+        """Drop the engine now, on the loop's thread (see ``PageRewriter``: lol-html's rewriter
+        must not be freed by whoever later drops an exception that reaches this object)."""
+        rewriter, self._rewriter = self._rewriter, None
+        if rewriter is not None:
+            rewriter.close()
 
 
 def touches(start: Message) -> bool:
