@@ -348,13 +348,6 @@ def scenarios() -> Iterator[tuple[str, Scenarios]]:
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "codings._Inflate copies the rest of the input at every gzip member "
-    "(unused_data, lstrip) and empty members decode to nothing, so max_rewrite_bytes never "
-    "stops them: a 2.5 MB body of empty members, handed over in one message as Starlette's "
-    "Response does, holds the event loop ~10 s (quadratic). Proposed fix: keep an offset "
-    "(memoryview) instead of re-slicing, hand the loop a turn every N members or every 64 KB "
-    "of input, and bound the compressed bytes (or members) per page as well"))
 def test_empty_gzip_members_do_not_stall_the_event_loop(
         scenarios: tuple[str, Scenarios]) -> None:
     url, app = scenarios
@@ -380,12 +373,6 @@ def test_empty_gzip_members_do_not_stall_the_event_loop(
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "the net holds the app's raw bytes until 64 KB have been DECODED: a compressed body that "
-    "decodes to little (NUL padding after a gzip member, empty members or stored blocks, "
-    "skippable zstd frames) is held whole, 160 MiB here for a 70-byte page, which breaks "
-    "'memory per response is bounded by a chunk'. Proposed fix: settle (or refuse) once the "
-    "raw bytes held pass a bound too (e.g. 64 KB or max_rewrite_bytes), not only the decoded"))
 def test_compressed_padding_is_not_held_in_memory(scenarios: tuple[str, Scenarios]) -> None:
     url, app = scenarios
     response = httpx.get(f"{url}/nul-padding", headers=SWEDISH_HEADERS, timeout=60)
@@ -467,13 +454,6 @@ def test_an_aborted_rewriter_is_not_left_for_another_thread_to_free(
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "RewritingSend._rewrite yields to the loop between 64 KB pieces of ONE decoded piece, but "
-    "the Decoder never yields pieces over 64 KB, so a body handed over in one message is "
-    "decoded, rewritten and re-encoded without a single turn of the loop (measured: a 1 MB "
-    "gzip page stalls the loop 48 ms, a 4 MB page with many promotions 140 ms; the issue "
-    "allows 5 ms). Proposed fix: await asyncio.sleep(0) in _consume after every 64 KB of "
-    "decoded input, not inside _rewrite"))
 @pytest.mark.parametrize("coding", ["identity", "gzip"])
 def test_a_large_single_message_gives_the_loop_turns(scenarios: tuple[str, Scenarios],
                                                       coding: str) -> None:

@@ -443,6 +443,12 @@ BIG_PAGE = b"<html><body>" + b"<p>" + b"x" * 4000 + b"</p></body></html>"
     pytest.param(RawApp([PAGE], content_type=b"text/html; charset=utf-16"),
                  "utf-16", id="charset-not-ascii-compatible"),
     pytest.param(RawApp([PAGE[:40]], status=206), "partial", id="partial-206"),
+    # 2 MiB of NUL padding after a short undeclared page's member: too little decoded to settle
+    # the charset, too much to hold (RAW_HOLD_BYTES).
+    pytest.param(RawApp([gzip.compress(PAGE.replace(b'<meta charset="utf-8">', b"")),
+                         bytes(1 << 20), bytes(1 << 20), bytes(1 << 20)],
+                        content_type=b"text/html", headers=[(b"content-encoding", b"gzip")]),
+                 "padding", id="gzip-padding-undeclared"),
 ])
 async def test_unrewritable_page_gets_451_never_the_original(app: RawApp, why: str) -> None:
     response = await fetch(guarded(app, SMALL), headers={"Accept": "application/json"})
@@ -465,6 +471,16 @@ async def test_on_unrewritable_outcome_is_a_policy_setting(
     assert response.content.startswith(body)
     assert b"xxxx" not in response.content
     assert response.headers["micafence-reason"] == "eu.promotion.unrewritable"
+
+
+async def test_a_typed_page_followed_by_padding_is_rewritten_not_held() -> None:
+    """Typed with its charset, a few decoded bytes settle it: past RAW_HOLD_BYTES of padding
+    the page streams (the padding is skipped, never held)."""
+    app = RawApp([gzip.compress(PAGE), *[bytes(1 << 20)] * 3],
+                 headers=[(b"content-encoding", b"gzip")])
+    response = await fetch(guarded(app))
+    assert response.status_code == 200
+    assert response.content == PAGE.replace(b'<div id="banner" data-promo>0% fees</div>', b"")
 
 
 async def test_swiss_visitor_gets_a_large_page_unchanged() -> None:

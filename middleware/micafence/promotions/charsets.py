@@ -67,6 +67,7 @@ __all__ = [
     "encoding_name",
     "encoding_problem",
     "get_encoding",
+    "header_decides",
     "prescan",
     "xml_encoding",
 ]
@@ -553,6 +554,17 @@ def _content_end(data: bytes, name: bytes, pos: int) -> int:
     return close
 
 
+def header_decides(mime: MimeType | None) -> bool:
+    """Does the ``Content-Type`` settle the encoding (a known ``charset``, and every other
+    charset Chromium may read there known too)? Only a byte order mark can override it, so the
+    first three bytes of the page are all the browser still reads to choose."""
+    if mime is None:
+        return False
+    label = mime.param("charset")
+    return label is not None and get_encoding(label) is not None and all(
+        get_encoding(other) is not None for other in mime.other_charsets)
+
+
 class HeadWatch:
     """Follows a page's first bytes as they arrive and tells when they hold all that the
     browser reads to choose the encoding, so the rewriter need not hold more (issue 19).
@@ -579,13 +591,8 @@ class HeadWatch:
         the browser reads to choose the page's encoding?"""
         if len(prefix) < _PRESCAN:
             return False
-        if prefix.startswith((b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")):
+        if prefix.startswith((b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")) or header_decides(mime):
             return True
-        if mime is not None:
-            label = mime.param("charset")
-            if label is not None and get_encoding(label) is not None and all(
-                    get_encoding(other) is not None for other in mime.other_charsets):
-                return True
         xml = kind is Kind.XML or (mime is not None and mime.essence == "application/xhtml+xml")
         if not xml and not self.head_over(prefix):
             return False

@@ -7,11 +7,17 @@ this wrapper holds the page's first decoded bytes: the 1445 the sniff reads, and
 charset is settled (:class:`~micafence.promotions.charsets.HeadWatch`: for a page typed with
 its charset, at once; for one that declares it in ``<head>``, once the head is over), at most
 :data:`HOLD_BYTES` (64 KB), so a page that sends its head and then waits on data gets its
-first bytes out without waiting. Then the
-page streams: each body message is decoded, rewritten by a
-:class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB (the event loop
-gets a turn between pieces), encoded again in the same coding and sent. Bytes outside removed
-elements go out as they came.
+first bytes out without waiting. The app's (still encoded) bytes are held too, for a response
+that turns out not to be a page and goes out as it came; at most :data:`RAW_HOLD_BYTES`
+(1 MiB): a compressed body that decodes to too little to decide by then (NUL padding, empty gzip
+members, skippable zstd frames) gets the failure posture rather than being held whole. Then
+the page streams: each body message is decoded, rewritten by a
+:class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB, encoded again in
+the same coding and sent. Bytes outside removed elements go out as they came. The event loop
+gets a turn after every 64 KB of decoded page (a gzip member's end counts as
+:data:`_END_COST` bytes) and, for a compressed body, between steps of :data:`CODED_STEP` bytes
+of its input, so one large body message (as Starlette's ``Response`` hands over) never holds
+the loop for long.
 
 The headers of a page: no ``Content-Length`` (unless the whole body had arrived before the
 first byte went out, then the length of what is sent), no ``ETag`` or other validators or
@@ -35,7 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
 from micafence.promotions.cache_safety import CacheSafety
-from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding
+from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding, header_decides
 from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
 from micafence.promotions.engine import PageRewriter, RewriteError
 from micafence.promotions.filter import PromotionFilter
@@ -58,8 +64,17 @@ ABORT_REASONS = ("coding", "engine", "too_large")
 #: Aborts so far in this process, by reason (:mod:`micafence.metrics` exports them).
 ABORTS: dict[str, int] = dict.fromkeys(ABORT_REASONS, 0)
 
-#: The most bytes given to lol-html at once: a 64 KB piece takes well under a millisecond.
+#: Decoded bytes handled between two turns of the event loop: rewriting and re-encoding 64 KB
+#: takes a millisecond or two.
 PIECE = 65536
+#: What the end of a gzip member counts as, in decoded bytes, towards the next turn: a body of
+#: empty members decodes to nothing but costs a codec call each.
+_END_COST = 256
+#: The most compressed bytes handed to the decoder between two turns of the event loop, so a
+#: body that decodes to little (padding, empty members) cannot hold it either.
+CODED_STEP = 16384
+#: The most raw (still encoded) bytes held while the type and charset are not settled.
+RAW_HOLD_BYTES = 1 << 20
 #: The most decoded bytes held before the type and charset are settled: the sniff needs 1445,
 #: the charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond
 #: them (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). The hold ends sooner when
@@ -131,6 +146,8 @@ class RewritingSend:
         self._raw: list[bytes] = []  # the app's bytes while the type is not settled
         self._held: list[bytes] = []  # ... decoded (MEMBER_END marks included)
         self._held_size = 0
+        self._raw_size = 0
+        self._work = 0  # decoded bytes (and member ends) since the loop's last turn
         self._pending: list[bytes] = []  # encoded output of a page rewritten before its start
         self._member_end = False  # a gzip member of the app's body ended; ours ends before more
         self._watch = HeadWatch()
@@ -200,13 +217,27 @@ class RewritingSend:
         assert decoder is not None
         if self._state == _HOLDING:
             self._raw.append(body)
+            self._raw_size += len(body)
+        step = CODED_STEP if self._codings else max(len(body), 1)
         try:
-            await self._consume(decoder.feed(body), more)
+            for start in range(0, len(body), step):
+                if start:
+                    await asyncio.sleep(0)  # a turn for the loop between steps of input
+                    if self._state not in (_HOLDING, _STREAMING):
+                        break
+                await self._consume(decoder.feed(body[start:start + step]), more)
             if not more and self._state in (_HOLDING, _STREAMING):
                 await self._consume(decoder.finish(), more)
                 await self._finish()
             elif self._state == _HOLDING and self._settled():
                 await self._settle(complete=False, more=more)
+            elif self._state == _HOLDING and self._raw_size > RAW_HOLD_BYTES:
+                if self._decidable():
+                    await self._settle(complete=False, more=more)
+                    return
+                await self._fail(f"{self._raw_size} bytes of {', '.join(self._codings)} body "
+                                 f"decode to {self._held_size}: too little to settle the "
+                                 "page's type and charset")
         except CodingError as exc:
             await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
         except RewriteError as exc:
@@ -223,14 +254,21 @@ class RewritingSend:
             if self._size > self._limit:
                 raise _TooLarge
             if self._state == _HOLDING:
-                self._held.append(piece)  # (a MEMBER_END too: it is empty)
+                # A MEMBER_END (empty) too, but not twice in a row: members that decode to
+                # nothing must not pile up (one empty member already ends the first).
+                if piece or not self._held or self._held[-1]:
+                    self._held.append(piece)
                 self._held_size += len(piece)
                 if self._held_size >= HOLD_BYTES:
                     await self._settle(complete=False, more=more)
-                continue
-            if self._state != _STREAMING:
+            elif self._state == _STREAMING:
+                await self._rewrite(piece)
+            else:
                 return  # passed on as it came, or refused
-            await self._rewrite(piece)
+            self._work += len(piece) or _END_COST
+            if self._work >= PIECE:
+                self._work = 0
+                await asyncio.sleep(0)  # a turn for the event loop
 
     async def _rewrite(self, piece: bytes) -> None:
         """Rewrite and encode one decoded piece; an empty one (MEMBER_END) is the end of a gzip
@@ -244,12 +282,9 @@ class RewritingSend:
         if self._member_end:
             self._member_end = False
             await self._emit(encoder.end_member())
-        for start in range(0, len(piece), PIECE):
-            if start:
-                await asyncio.sleep(0)  # a turn for the event loop between pieces
-            out = rewriter.write(piece[start:start + PIECE])
-            if out:
-                await self._emit(encoder.feed(out))
+        out = rewriter.write(piece)  # (at most CHUNK bytes, as the decoder gives them)
+        if out:
+            await self._emit(encoder.feed(out))
 
     async def _emit(self, data: bytes) -> None:
         """Send encoded bytes, or keep them until the start goes out with the page's length."""
@@ -271,6 +306,12 @@ class RewritingSend:
         if kind is not Kind.HTML and kind is not Kind.XML:
             return True  # passed on as it came: nothing more to read
         return self._watch.settled(self._mime, prefix, kind)
+
+    def _decidable(self) -> bool:
+        """Do the few bytes held settle type and charset all the same (a page typed HTML or XML
+        with its charset in the header: only a byte order mark could still change it)?"""
+        return (self._kind is Kind.HTML or self._kind is Kind.XML) and self._held_size >= 3 \
+            and header_decides(self._mime)
 
     async def _settle(self, *, complete: bool, more: bool) -> None:
         """Type and charset from the bytes held; then pass the response, refuse it, or start
