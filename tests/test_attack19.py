@@ -162,13 +162,6 @@ def test_xml_document_promotion_hidden_from_the_html_tokenizer(
 
 @pytest.mark.browser
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "the charset is settled on the first 64 KB, but Blink honours a <meta charset> anywhere in "
-    "<head> (HTMLMetaCharsetParser stops only when it leaves <head>): a late ISO-2022-JP meta "
-    "makes the browser decode markup the net read as ASCII. Proposed fix: keep scanning for "
-    "<meta> while lol-html is still in <head> (an element handler on head meta can refuse/abort "
-    "on an ASCII-incompatible charset), or refuse an undeclared page whose <head> outlives the "
-    "64 KB hold"))
 @pytest.mark.parametrize("case", CHARSET_FINDINGS, ids=lambda case: case.id)
 def test_late_meta_charset_beyond_the_hold(
         case: Case, attack_corpus: str, attack_visitors: tuple[Visitor, Visitor]) -> None:

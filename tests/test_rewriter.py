@@ -727,3 +727,42 @@ async def test_head_of_an_untyped_response_is_judged_as_a_page() -> None:
     assert response.headers["cache-control"] == "private"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "etag" not in response.headers
+
+
+LATE_META = (b"<!DOCTYPE html><html><head><title>t</title><script>/*" + b"x" * 70_000
+             + b"*/</script><meta @></head><body>" + PAGE + b"</body></html>")
+
+
+async def test_a_late_meta_charset_that_is_not_ascii_compatible_aborts_a_streaming_page() -> None:
+    """Past the 64 KB hold of an undeclared page, Blink still obeys a <meta charset> in <head>:
+    ISO-2022-JP there fails the page (aborted: its first bytes are out), counted."""
+    page = LATE_META.replace(b"@", b'charset="iso-2022-jp"')
+    before = ABORTS["engine"]
+    with pytest.raises(RewriteAborted):
+        await fetch(guarded(RawApp(chunked(page), content_type=b"text/html")))
+    assert ABORTS["engine"] == before + 1
+
+
+async def test_a_late_meta_in_the_last_message_is_refused_not_aborted() -> None:
+    for meta in (b'charset="ISO-2022-JP"', b'charset="&#105;so-2022-jp"',
+                 b'http-equiv=Content-Type content="text/html; charset=csISO2022JP"'):
+        app = RawApp([LATE_META.replace(b"@", meta)], content_type=b"text/html")
+        response = await fetch(guarded(app))
+        assert response.status_code == 451, meta
+        assert b"0% fees" not in response.content
+
+
+@pytest.mark.parametrize(("content_type", "meta"), [
+    pytest.param(b"text/html", b"charset=windows-1251", id="ascii-compatible"),
+    pytest.param(b"text/html", b"charset=utf-16", id="utf-16-means-utf-8"),
+    pytest.param(b"text/html", b'charset=x http-equiv=content-type content="charset=iso-2022-jp"',
+                 id="charset-attribute-first"),
+    pytest.param(b"text/html", b'content="charset=iso-2022-jp"', id="no-pragma"),
+    pytest.param(b"text/html; charset=utf-8", b"charset=iso-2022-jp", id="header-decides"),
+])
+async def test_a_late_meta_the_browser_reads_as_ascii_is_no_problem(
+        content_type: bytes, meta: bytes) -> None:
+    page = LATE_META.replace(b"@", meta)
+    response = await fetch(guarded(RawApp(chunked(page), content_type=content_type)))
+    assert response.status_code == 200
+    assert response.content == page.replace(b'<div id="banner" data-promo>0% fees</div>', b"")

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Mapping
 
 from micafence.promotions.mime import Kind, MimeType
 
@@ -68,6 +69,7 @@ __all__ = [
     "encoding_problem",
     "get_encoding",
     "header_decides",
+    "meta_problem",
     "prescan",
     "xml_encoding",
 ]
@@ -552,6 +554,29 @@ def _content_end(data: bytes, name: bytes, pos: int) -> int:
         except _OutOfBytes:
             raise _Unsure from None
     return close
+
+
+def meta_problem(attributes: Mapping[str, str]) -> str | None:
+    """Why the encoding one ``<meta>`` element declares is not ASCII-compatible, or None.
+
+    ``attributes``: the element's attributes as a tokenizer reads them (names lower case, the
+    first of each name). Read as the prescan and Blink's meta charset parser read them: a
+    ``charset`` attribute, else ``content`` with ``http-equiv=content-type``; UTF-16 there means
+    UTF-8 and x-user-defined windows-1252. For a page whose encoding its bytes may still change
+    after the hold (Blink obeys a ``<meta>`` anywhere in ``<head>``): the rewriter watches
+    every ``<meta>`` of such a page as it streams.
+    """
+    label = attributes.get("charset")
+    if label is not None:
+        name = get_encoding(label)
+    elif attributes.get("http-equiv", "").strip(_ASCII_WHITESPACE).lower() == "content-type":
+        name = _charset_from_content(attributes.get("content", ""))
+    else:
+        return None
+    reason = _NOT_ASCII_COMPATIBLE.get(name or "")
+    if reason is None or name in _UTF16:
+        return None
+    return f"a <meta> past the hold gives {name}, which is not ASCII-compatible ({reason})"
 
 
 def header_decides(mime: MimeType | None) -> bool:

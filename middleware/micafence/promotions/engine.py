@@ -24,6 +24,7 @@ from typing import Any, Protocol, cast
 import lolhtml
 
 from micafence.policy.selectors import decode_attribute
+from micafence.promotions.charsets import meta_problem
 
 
 class PromotionFilter(Protocol):
@@ -59,6 +60,27 @@ class _Decide:
         if self.page_filter.removes(element.tag_name, attributes):
             element.remove()
             self.removed += 1
+
+
+class _MetaCharset:
+    """Every ``<meta>`` of a page whose encoding its own bytes may still change (no BOM, no
+    charset in the ``Content-Type``): Blink obeys a ``<meta charset>`` anywhere in ``<head>``,
+    past the bytes the rewriter held to settle the charset, and one naming an encoding whose
+    markup bytes are not ASCII (ISO-2022-JP) makes the browser read markup that lol-html read
+    otherwise. Such a ``<meta>`` (in ``<head>`` or not: a superset) fails the page. The value is
+    judged as written and with its character references decoded (Blink's tokenizer decodes
+    them, the prescan does not)."""
+
+    __slots__ = ()
+
+    def element(self, element: lolhtml.Element) -> None:
+        raw: dict[str, str] = {}
+        for name, value in element.attributes:
+            raw.setdefault(name.lower(), value)
+        decoded = {name: decode_attribute(value) for name, value in raw.items()}
+        problem = meta_problem(raw) or meta_problem(decoded)
+        if problem is not None:
+            raise RewriteError(problem)
 
 
 #: The most text one ``<noscript>`` may hold (it is held whole, see :class:`_NoScript`).
@@ -175,13 +197,15 @@ class PageRewriter:
     page in another charset it passes as it came. ``xml``: the browser parses the page as XML
     (XHTML, SVG): ``srcdoc`` is not written back (:class:`_SrcDoc`). ``noscript``: clean
     ``<noscript>`` content (off for that content's own rewriter); ``depth``: how many ``srcdoc``
-    documents this one is nested in.
+    documents this one is nested in. ``meta_charset``: the page's encoding was not fixed by a
+    byte order mark or the ``Content-Type``, so a ``<meta>`` naming an encoding that is not
+    ASCII-compatible fails it (:class:`_MetaCharset`).
     """
 
     __slots__ = ("_decide", "_out", "_rewriter", "_srcdoc")
 
     def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True, xml: bool = False,
-                 noscript: bool = True, depth: int = 0) -> None:
+                 noscript: bool = True, depth: int = 0, meta_charset: bool = False) -> None:
         self._out: list[bytes] = []
         self._decide = _Decide(page_filter)
         # lol-html hands the sink bytes (the stub is wider than the binding).
@@ -192,6 +216,8 @@ class PageRewriter:
             rewriter.on("noscript", _NoScript(page_filter, depth))
         self._srcdoc = _SrcDoc(page_filter, exact=utf8 and not xml, depth=depth)
         rewriter.on("iframe[srcdoc]", self._srcdoc)
+        if meta_charset:
+            rewriter.on("meta", _MetaCharset())
         self._rewriter: lolhtml.HTMLRewriter | None = rewriter
 
     @property
@@ -249,7 +275,7 @@ def _problem(exc: RuntimeError) -> str:
 
 
 def rewrite(page_filter: PromotionFilter, page: bytes, *, utf8: bool = True,
-            xml: bool = False) -> bytes:
+            xml: bool = False, meta_charset: bool = False) -> bytes:
     """The whole of ``page`` rewritten (tests, benchmarks; the server streams)."""
-    rewriter = PageRewriter(page_filter, utf8=utf8, xml=xml)
+    rewriter = PageRewriter(page_filter, utf8=utf8, xml=xml, meta_charset=meta_charset)
     return rewriter.write(page) + rewriter.end()

@@ -57,7 +57,9 @@ class PromotionFilter:
             return True
         return not all(approval.matches(tag, attributes) for approval in self.approvals)
 
-    def rewriter(self, *, utf8: bool = True, xml: bool = False) -> PageRewriter:
+    def rewriter(self, *, utf8: bool = True, xml: bool = False,
+                 meta_charset: bool = False) -> PageRewriter:
         """A fresh streaming rewriter for one response (``utf8``: the page is in UTF-8;
-        ``xml``: the browser parses it as XML)."""
-        return PageRewriter(self, utf8=utf8, xml=xml)
+        ``xml``: the browser parses it as XML; ``meta_charset``: its encoding was not fixed by a
+        BOM or the ``Content-Type``, so a late ``<meta>`` may still change it)."""
+        return PageRewriter(self, utf8=utf8, xml=xml, meta_charset=meta_charset)

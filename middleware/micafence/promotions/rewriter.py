@@ -78,8 +78,10 @@ RAW_HOLD_BYTES = 1 << 20
 #: The most decoded bytes held before the type and charset are settled: the sniff needs 1445,
 #: the charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond
 #: them (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). The hold ends sooner when
-#: the bytes held settle both (:meth:`RewritingSend._settled`). A page that ends while held is
-#: rewritten whole before its first byte goes out, and sent with its ``Content-Length``.
+#: the bytes held settle both (:meth:`RewritingSend._settled`). A page that ends while held, or
+#: whose last message is in hand when the hold ends (one message of a megabyte, as Starlette's
+#: ``Response`` sends), is rewritten whole before its first byte goes out, and sent with its
+#: ``Content-Length``: a failure in it still gets the ``on_unrewritable`` answer.
 HOLD_BYTES = max(SNIFF_BYTES, EXTENDED_PRESCAN)
 
 # Headers that describe the body as the app made it, or let a cache revalidate it.
@@ -88,6 +90,7 @@ _BODY_HEADERS = frozenset({
     b"repr-digest", b"accept-ranges", b"content-range",
 })
 _NO_BODY_STATUSES = frozenset({204, 304})
+_BOMS = (b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 #: The type an untyped response goes out with, once judged.
 _JUDGED_TYPES = {Kind.HTML: b"text/html", Kind.XML: b"text/xml"}
@@ -332,11 +335,15 @@ class RewritingSend:
         utf8 = name == "UTF-8"
         xml = kind is Kind.XML or (self._mime is not None
                                    and self._mime.essence == "application/xhtml+xml")
-        self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml)
+        fixed = prefix.startswith(_BOMS) or header_decides(self._mime)
+        self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml,
+                                               meta_charset=not xml and not fixed)
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
-        if not complete:  # else _finish sends it all, with its length
+        # The start goes out now unless the app's last message is in hand: then _finish sends
+        # the whole page with its length, and a failure in it can still be refused, not aborted.
+        if more:
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(None, kind)})
         for piece in held:
