@@ -152,7 +152,6 @@ XML_REASON = ("lol-html tokenizes XML documents (XHTML, application/xml, SVG) as
 
 @pytest.mark.browser
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=XML_REASON)
 @pytest.mark.parametrize("case", XML_FINDINGS, ids=lambda case: case.id)
 def test_xml_document_promotion_hidden_from_the_html_tokenizer(
         case: Case, attack_corpus: str, attack_visitors: tuple[Visitor, Visitor]) -> None:

@@ -18,6 +18,9 @@ own: ``<noscript>`` content (text to lol-html, markup to a browser without JavaS
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
@@ -202,7 +205,7 @@ class PageRewriter:
     ASCII-compatible fails it (:class:`_MetaCharset`).
     """
 
-    __slots__ = ("_decide", "_out", "_rewriter", "_srcdoc")
+    __slots__ = ("_decide", "_loop", "_out", "_rewriter", "_srcdoc", "_thread")
 
     def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True, xml: bool = False,
                  noscript: bool = True, depth: int = 0, meta_charset: bool = False) -> None:
@@ -219,6 +222,11 @@ class PageRewriter:
         if meta_charset:
             rewriter.on("meta", _MetaCharset())
         self._rewriter: lolhtml.HTMLRewriter | None = rewriter
+        self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # made outside an event loop (tests, benchmarks)
+            self._loop = None
 
     @property
     def removed(self) -> int:
@@ -258,6 +266,21 @@ class PageRewriter:
     def close(self) -> None:
         """Release lol-html (the page is over, or abandoned); every later call is refused."""
         self._rewriter = None
+
+    def __del__(self) -> None:
+        # A page nobody ended (the app failed half way, and its exception, whose traceback
+        # holds this rewriter, was logged and dropped by another thread): lol-html goes back to
+        # the loop of the thread that made it, to be freed there.
+        rewriter = getattr(self, "_rewriter", None)
+        if rewriter is None or threading.get_ident() == self._thread:
+            return
+        loop, box = self._loop, [rewriter]
+        self._rewriter = None
+        del rewriter
+        if loop is not None and not loop.is_closed():
+            # The loop empties the box; whoever drops the box last drops an empty list.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(box.clear)
 
     def _take(self) -> bytes:
         out = self._out

@@ -1,4 +1,5 @@
-"""The safety net: a ``send`` wrapper that streams a restricted visitor's page through lol-html.
+"""The safety net: a ``send`` wrapper that streams a restricted visitor's page through lol-html
+(HTML) or expat (pages a browser parses as XML: :mod:`~micafence.promotions.xml_rewriter`).
 
 What a response is gets settled before its first byte goes out: its type (the ``Content-Type``
 as Fetch reads it, or, untyped, a sniff of the first 1445 decoded bytes), its charset (only
@@ -12,12 +13,12 @@ that turns out not to be a page and goes out as it came; at most :data:`RAW_HOLD
 (1 MiB): a compressed body that decodes to too little to decide by then (NUL padding, empty gzip
 members, skippable zstd frames) gets the failure posture rather than being held whole. Then
 the page streams: each body message is decoded, rewritten by a
-:class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB, encoded again in
-the same coding and sent. Bytes outside removed elements go out as they came. The event loop
-gets a turn after every 64 KB of decoded page (a gzip member's end counts as
-:data:`_END_COST` bytes) and, for a compressed body, between steps of :data:`CODED_STEP` bytes
-of its input, so one large body message (as Starlette's ``Response`` hands over) never holds
-the loop for long.
+:class:`~micafence.promotions.engine.PageRewriter` (or an ``XmlRewriter``) in pieces of at most
+64 KB, encoded again in the same coding and sent. Bytes outside removed elements go out as
+they came. The event loop gets a turn after every 64 KB of decoded page (a gzip member's end
+counts as :data:`_END_COST` bytes) and, for a compressed body, between steps of
+:data:`CODED_STEP` bytes of its input, so one large body message (as Starlette's ``Response``
+hands over) never holds the loop for long.
 
 The headers of a page: no ``Content-Length`` (unless the whole body had arrived before the
 first byte went out, then the length of what is sent), no ``ETag`` or other validators or
@@ -43,8 +44,8 @@ from micafence.asgi import Message, Send
 from micafence.promotions.cache_safety import CacheSafety
 from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding, header_decides
 from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
-from micafence.promotions.engine import PageRewriter, RewriteError
-from micafence.promotions.filter import PromotionFilter
+from micafence.promotions.engine import RewriteError
+from micafence.promotions.filter import PromotionFilter, Rewriter
 from micafence.promotions.mime import (
     SNIFF_BYTES,
     Kind,
@@ -145,7 +146,7 @@ class RewritingSend:
         self._codings: list[str] = []
         self._decoder: Decoder | None = None
         self._encoder: Encoder | None = None
-        self._rewriter: PageRewriter | None = None
+        self._rewriter: Rewriter | None = None
         self._raw: list[bytes] = []  # the app's bytes while the type is not settled
         self._held: list[bytes] = []  # ... decoded (MEMBER_END marks included)
         self._held_size = 0
@@ -244,7 +245,7 @@ class RewritingSend:
         except CodingError as exc:
             await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
         except RewriteError as exc:
-            await self._trouble("engine", f"lol-html refused the page: {exc}")
+            await self._trouble("engine", f"the rewriter refused the page: {exc}")
         except _TooLarge:
             await self._trouble("too_large", f"page larger than {self._limit} bytes")
         except BaseException:
@@ -341,13 +342,17 @@ class RewritingSend:
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
-        # The start goes out now unless the app's last message is in hand: then _finish sends
-        # the whole page with its length, and a failure in it can still be refused, not aborted.
+        # The bytes held are rewritten before the start goes out (their output waits in
+        # _pending), so what they show wrong (a DOCTYPE the XML rewriter refuses, markup
+        # lol-html cannot take) is refused, not aborted. The start goes out now unless the
+        # app's last message is in hand: then _finish sends the whole page with its length.
+        for piece in held:
+            await self._rewrite(piece)
         if more:
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(None, kind)})
-        for piece in held:
-            await self._rewrite(piece)
+            pending, self._pending = b"".join(self._pending), []
+            await self._emit(pending)
 
     async def _finish(self) -> None:
         if self._state == _HOLDING:
