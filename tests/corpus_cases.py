@@ -54,6 +54,8 @@ class Case:
     ``shows_promo`` is false). ``page``: the response may be a page (typed or sniffed), so the
     restricted answer must say ``nosniff`` and no answer may be shared-cacheable.
     ``untouched``: the restricted visitor must get exactly these bytes (JSON, an icon).
+    ``keeps``: the ``report`` names whose scripts must run for the restricted visitor too (the
+    content around a removed promotion that must stay).
     """
 
     id: str
@@ -66,6 +68,7 @@ class Case:
     untouched: bool = False
     group: str = "markup"
     tags: frozenset[str] = field(default_factory=frozenset)
+    keeps: frozenset[str] = frozenset()
 
 
 def html_page(body: str, *, head: str = "", doctype: bool = True, meta: str | None = "utf-8",
@@ -445,6 +448,67 @@ CODING_CASES = [
 ]
 
 
+# -- documents Chromium parses as XML: what an HTML tokenizer reads otherwise ------------------
+
+XML_HEAD = ('<?xml version="1.0" encoding="utf-8"?>\n'
+            '<html xmlns="http://www.w3.org/1999/xhtml"><head><title>xml</title></head><body>')
+XML_TAIL = '<p id="after">after</p>' + PAGE_SCRIPT + "</body></html>"
+XML_PROMO = '<div id="promo" data-promo="">0% fees</div>'
+# Character references in an entity value are expanded when it is declared: the bytes never
+# spell the start tag, only an XML parser makes the element where &promo; is referenced.
+# ('%' would start a parameter entity reference in an entity value: "zero fees".)
+XML_ENTITY = ("<!ENTITY promo \"&#60;div id='promo' data-&#112;romo=''&#62;zero fees"
+              '&#60;/div&#62;">')
+XSLT_SHEET = ('<?xml version="1.0"?>\n<xsl:stylesheet version="1.0" '
+              'xmlns:xsl="http://www.w3.org/1999/XSL/Transform" '
+              'xmlns="http://www.w3.org/1999/xhtml"><xsl:template match="/"><html><body>'
+              '<xsl:element name="div"><xsl:attribute name="id">promo</xsl:attribute>'
+              '<xsl:attribute name="data-promo"/><xsl:value-of select="offers/offer"/>'
+              '</xsl:element>' + PAGE_SCRIPT + "</body></html></xsl:template></xsl:stylesheet>")
+ILLUSTRATOR_ICON = (b'<?xml version="1.0" encoding="utf-8"?>\n<!DOCTYPE svg PUBLIC '
+                    b'"-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd"'
+                    b' [\n\t<!ENTITY ns_svg "http://www.w3.org/2000/svg">\n'
+                    b'\t<!ENTITY st0 "fill:#0a0;">\n]>\n<svg xmlns="&ns_svg;" width="16" '
+                    b'height="16" viewBox="0 0 16 16"><circle style="&st0;" cx="8" cy="8" r="7"/>'
+                    b"</svg>\n")
+
+
+def xhtml_case(case_id: str, why: str, body: str, *, dtd: str = "",
+               content_type: bytes = b"application/xhtml+xml", **options: Any) -> Case:
+    head = XML_HEAD
+    if dtd:
+        head = head.replace("\n", f"\n<!DOCTYPE html [ {dtd} ]>\n", 1)
+    return Case(case_id, why, typed(content_type), (head + body + XML_TAIL).encode(),
+                group="xml", **options)
+
+
+XML_CASES = [
+    xhtml_case("xml-xhtml-xmp", "<xmp> is raw text to an HTML tokenizer; in XHTML its children "
+               "are elements and render", f"<xmp>{XML_PROMO}</xmp>"),
+    xhtml_case("xml-xhtml-plaintext", "<plaintext/> turns the rest into text for an HTML "
+               "tokenizer; in XHTML it is an empty element and what follows renders",
+               f"<plaintext/>{XML_PROMO}"),
+    xhtml_case("xml-xhtml-entity", "a promotion in an internal DTD entity: no start tag in the "
+               "bytes spells it", "&promo;", dtd=XML_ENTITY),
+    xhtml_case("xml-application-xml-entity", "the same served as application/xml", "&promo;",
+               dtd=XML_ENTITY, content_type=b"application/xml"),
+    xhtml_case("xml-xhtml-self-closing", "<div data-promo/> is an empty element in XHTML: the "
+               "content after it stays", '<div id="promo" data-promo=""/><p>kept</p>'
+               '<script>report("after-promo")</script>', keeps=frozenset({"after-promo"})),
+    Case("xml-xslt", "an XML document styled by XSLT that makes the promotion with "
+         "<xsl:attribute name=\"data-promo\"/> (no start tag carries it)",
+         typed(b"application/xml"),
+         b'<?xml version="1.0"?>\n<?xml-stylesheet type="text/xsl" href="/case/xml-xslt-sheet"?>'
+         b"\n<offers><offer>0% fees</offer></offers>", group="xml"),
+    Case("xml-xslt-sheet", "the stylesheet of xml-xslt", typed(b"text/xsl"), XSLT_SHEET.encode(),
+         shows_promo=False, group="xml"),  # (text/xsl is XML to Chromium: rendered)
+    # An icon as illustration programs export it: a DOCTYPE internal subset of text entities.
+    Case("xml-svg-icon-entities", "an SVG icon with text entities in its DOCTYPE stays an image",
+         typed(b"image/svg+xml"), ILLUSTRATOR_ICON,
+         shows_promo=False, page=False, untouched=True, group="xml"),
+]
+
+
 # -- html5lib-tests tree-construction inputs, each followed by a promotion --------------------
 
 def html5lib_inputs(path: Path = HTML5LIB) -> list[tuple[str, str]]:
@@ -480,7 +544,8 @@ def html5lib_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    cases = [*MARKUP_CASES, *TYPE_CASES, *CHARSET_CASES, *CODING_CASES, *html5lib_cases()]
+    cases = [*MARKUP_CASES, *TYPE_CASES, *XML_CASES, *CHARSET_CASES, *CODING_CASES,
+             *html5lib_cases()]
     ids = [case.id for case in cases]
     assert len(ids) == len(set(ids)), "case ids must be unique"
     return cases

@@ -142,33 +142,22 @@ def _load_both(url: str, visitors: tuple[Visitor, Visitor], case: Case) -> list[
     return check_case(case, swiss, swedish)
 
 
-XML_REASON = ("lol-html tokenizes XML documents (XHTML, application/xml, SVG) as HTML: raw-text "
-              "elements (<xmp>, <plaintext>) hide their children from it, DTD entities and XSLT "
-              "make elements no start tag spells. Proposed fix: read XML kinds with an XML "
-              "tokenizer (expat reports byte offsets) and refuse (on_unrewritable) a DOCTYPE "
-              "with an internal subset and an <?xml-stylesheet?>, or refuse every XML page that "
-              "holds any of these constructs")
-
-
 @pytest.mark.browser
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=XML_REASON)
 @pytest.mark.parametrize("case", XML_FINDINGS, ids=lambda case: case.id)
 def test_xml_document_promotion_hidden_from_the_html_tokenizer(
         case: Case, attack_corpus: str, attack_visitors: tuple[Visitor, Visitor]) -> None:
+    """Was a finding: lol-html tokenized XML documents (XHTML, application/xml, SVG) as HTML:
+    raw-text elements (<xmp>, <plaintext>) hid their children from it, DTD entities and XSLT
+    made elements no start tag spells. Fixed: XML kinds are read by expat
+    (promotions/xml_rewriter.py), which refuses an <?xml-stylesheet?> and DOCTYPE
+    declarations that make markup."""
     problems = _load_both(attack_corpus, attack_visitors, case)
     assert not problems, f"case {case.id} ({case.why}):\n  " + "\n  ".join(problems)
 
 
 @pytest.mark.browser
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "the charset is settled on the first 64 KB, but Blink honours a <meta charset> anywhere in "
-    "<head> (HTMLMetaCharsetParser stops only when it leaves <head>): a late ISO-2022-JP meta "
-    "makes the browser decode markup the net read as ASCII. Proposed fix: keep scanning for "
-    "<meta> while lol-html is still in <head> (an element handler on head meta can refuse/abort "
-    "on an ASCII-incompatible charset), or refuse an undeclared page whose <head> outlives the "
-    "64 KB hold"))
 @pytest.mark.parametrize("case", CHARSET_FINDINGS, ids=lambda case: case.id)
 def test_late_meta_charset_beyond_the_hold(
         case: Case, attack_corpus: str, attack_visitors: tuple[Visitor, Visitor]) -> None:
@@ -348,13 +337,6 @@ def scenarios() -> Iterator[tuple[str, Scenarios]]:
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "codings._Inflate copies the rest of the input at every gzip member "
-    "(unused_data, lstrip) and empty members decode to nothing, so max_rewrite_bytes never "
-    "stops them: a 2.5 MB body of empty members, handed over in one message as Starlette's "
-    "Response does, holds the event loop ~10 s (quadratic). Proposed fix: keep an offset "
-    "(memoryview) instead of re-slicing, hand the loop a turn every N members or every 64 KB "
-    "of input, and bound the compressed bytes (or members) per page as well"))
 def test_empty_gzip_members_do_not_stall_the_event_loop(
         scenarios: tuple[str, Scenarios]) -> None:
     url, app = scenarios
@@ -380,12 +362,6 @@ def test_empty_gzip_members_do_not_stall_the_event_loop(
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "the net holds the app's raw bytes until 64 KB have been DECODED: a compressed body that "
-    "decodes to little (NUL padding after a gzip member, empty members or stored blocks, "
-    "skippable zstd frames) is held whole, 160 MiB here for a 70-byte page, which breaks "
-    "'memory per response is bounded by a chunk'. Proposed fix: settle (or refuse) once the "
-    "raw bytes held pass a bound too (e.g. 64 KB or max_rewrite_bytes), not only the decoded"))
 def test_compressed_padding_is_not_held_in_memory(scenarios: tuple[str, Scenarios]) -> None:
     url, app = scenarios
     response = httpx.get(f"{url}/nul-padding", headers=SWEDISH_HEADERS, timeout=60)
@@ -395,12 +371,6 @@ def test_compressed_padding_is_not_held_in_memory(scenarios: tuple[str, Scenario
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "X-Accel-Expires passes untouched on zone-dependent pages: nginx's proxy_cache gives it "
-    "priority over Cache-Control (a positive value caches the response whatever "
-    "Cache-Control says, private included), so an nginx cache in front stores the Swiss page "
-    "and serves it to EU visitors. Proposed fix: drop X-Accel-Expires with the targeted CDN "
-    "headers in cache_safety.TARGETED_CACHE_HEADERS (or set it to 0)"))
 @pytest.mark.parametrize("visitor", [SWISS_HEADERS, SWEDISH_HEADERS], ids=["swiss", "swedish"])
 def test_nginx_cache_override_is_dropped(scenarios: tuple[str, Scenarios],
                                          visitor: dict[str, str]) -> None:
@@ -449,16 +419,6 @@ def test_the_app_sees_the_visitor_leave_mid_page(scenarios: tuple[str, Scenarios
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "python-lolhtml's HTMLRewriter is a PyO3 'unsendable' class: dropped on another thread than "
-    "the one that made it, it is leaked (its Rust buffers never freed) and an unraisable "
-    "RuntimeError is reported. An aborted response's traceback holds RewritingSend -> "
-    "PageRewriter -> HTMLRewriter, so whoever releases that traceback elsewhere (an error "
-    "reporter's worker thread, a log handler, the cyclic GC run by another thread) leaks it. "
-    "Seen first in this file's own run, from pytest's log capture. Proposed fix: drop the "
-    "lol-html rewriter as soon as a page is finished, refused or aborted (RewritingSend sets "
-    "_rewriter = None before raising; PageRewriter.end() and a failed write release "
-    "_rewriter), so only the loop thread ever frees it"))
 def test_an_aborted_rewriter_is_not_left_for_another_thread_to_free(
         scenarios: tuple[str, Scenarios]) -> None:
     import sys
@@ -483,13 +443,6 @@ def test_an_aborted_rewriter_is_not_left_for_another_thread_to_free(
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason=(
-    "RewritingSend._rewrite yields to the loop between 64 KB pieces of ONE decoded piece, but "
-    "the Decoder never yields pieces over 64 KB, so a body handed over in one message is "
-    "decoded, rewritten and re-encoded without a single turn of the loop (measured: a 1 MB "
-    "gzip page stalls the loop 48 ms, a 4 MB page with many promotions 140 ms; the issue "
-    "allows 5 ms). Proposed fix: await asyncio.sleep(0) in _consume after every 64 KB of "
-    "decoded input, not inside _rewrite"))
 @pytest.mark.parametrize("coding", ["identity", "gzip"])
 def test_a_large_single_message_gives_the_loop_turns(scenarios: tuple[str, Scenarios],
                                                       coding: str) -> None:

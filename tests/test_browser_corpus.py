@@ -243,6 +243,13 @@ def check_case(case: Case, swiss: Load, swedish: Load) -> list[str]:
                         f"{swedish.status})")
     if swedish.hidden:
         problems.append(f"Swedish load has promotions in its DOM, not rendered: {swedish.hidden}")
+    if case.keeps - swiss.scripts:
+        problems.append(f"Swiss load did not run {sorted(case.keeps - swiss.scripts)}: the "
+                        "case is dead")
+    lost = case.keeps - swedish.scripts
+    if lost:
+        problems.append(f"Swedish load lost content around the promotion: {sorted(lost)} did "
+                        f"not run (ran {sorted(swedish.scripts)})")
     extra_scripts = swedish.scripts - swiss.scripts
     if extra_scripts:
         problems.append(f"Swedish load ran scripts the original did not: {sorted(extra_scripts)} "

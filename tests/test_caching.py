@@ -71,6 +71,7 @@ def guarded(app: Any, policy: str | None = None) -> MicafenceMiddleware:
 APP_HEADERS = {
     "Cache-Control": "public, max-age=600", "Vary": "Accept-Encoding",
     "CDN-Cache-Control": "max-age=3600", "Surrogate-Control": "max-age=3600",
+    "X-Accel-Expires": "600",
 }
 
 
@@ -81,6 +82,7 @@ async def test_html_page_is_private_for_every_visitor(peer: str) -> None:
     assert response.headers["vary"] == f"Accept-Encoding, {VARY}"
     assert "cdn-cache-control" not in response.headers
     assert "surrogate-control" not in response.headers
+    assert "x-accel-expires" not in response.headers
 
 
 async def test_no_store_set_by_the_app_survives() -> None:

@@ -24,6 +24,7 @@ from micafence.promotions.charsets import (
     encoding_name,
     encoding_problem,
     get_encoding,
+    meta_problem,
     prescan,
 )
 from micafence.promotions.mime import Kind, MimeType, extract
@@ -375,3 +376,18 @@ def test_head_watch_fuzz_never_raises(prefix: bytes) -> None:
     watch = HeadWatch()
     for size in (1024, 1500, len(prefix)):
         assert watch.settled(HTML, prefix[:size], Kind.HTML) in (True, False)
+
+
+@pytest.mark.parametrize(("attributes", "problem"), [
+    ({"charset": "iso-2022-jp"}, True),
+    ({"charset": " ISO-2022-JP "}, True),
+    ({"charset": "utf-16"}, False),  # UTF-16 in a <meta> means UTF-8
+    ({"charset": "shift_jis"}, False),
+    ({"charset": "bogus", "http-equiv": "content-type", "content": "charset=iso-2022-jp"}, False),
+    ({"http-equiv": "Content-Type", "content": "text/html; charset=csiso2022jp"}, True),
+    ({"content": "text/html; charset=iso-2022-jp"}, False),  # no pragma
+    ({"name": "viewport"}, False),
+])
+def test_meta_problem_reads_a_meta_as_the_prescan_does(
+        attributes: dict[str, str], problem: bool) -> None:
+    assert (meta_problem(attributes) is not None) == problem

@@ -287,6 +287,13 @@ def test_encoder_ends_a_member_where_asked() -> None:
         Encoder(["gzip", "br"]).end_member()
 
 
+def test_many_empty_gzip_members_each_end_a_member() -> None:
+    """Every empty member is decoded and marked (in pieces of input of any size)."""
+    body = gzip.compress(b"", mtime=0) * 5000 + gzip.compress(PAGE, mtime=0)
+    for sizes in ([len(body)], [7], [16385]):
+        assert members_of(decode_all(["gzip"], chunks(body, sizes))) == [b""] * 5000 + [PAGE]
+
+
 def test_nul_padding_after_a_gzip_member_is_skipped() -> None:
     body = gzip.compress(b"one") + b"\x00" * 10 + gzip.compress(b"two") + b"\x00" * 3
     assert decode(["gzip"], body, [1]) == b"onetwo"

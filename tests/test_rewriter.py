@@ -443,6 +443,12 @@ BIG_PAGE = b"<html><body>" + b"<p>" + b"x" * 4000 + b"</p></body></html>"
     pytest.param(RawApp([PAGE], content_type=b"text/html; charset=utf-16"),
                  "utf-16", id="charset-not-ascii-compatible"),
     pytest.param(RawApp([PAGE[:40]], status=206), "partial", id="partial-206"),
+    # 2 MiB of NUL padding after a short undeclared page's member: too little decoded to settle
+    # the charset, too much to hold (RAW_HOLD_BYTES).
+    pytest.param(RawApp([gzip.compress(PAGE.replace(b'<meta charset="utf-8">', b"")),
+                         bytes(1 << 20), bytes(1 << 20), bytes(1 << 20)],
+                        content_type=b"text/html", headers=[(b"content-encoding", b"gzip")]),
+                 "padding", id="gzip-padding-undeclared"),
 ])
 async def test_unrewritable_page_gets_451_never_the_original(app: RawApp, why: str) -> None:
     response = await fetch(guarded(app, SMALL), headers={"Accept": "application/json"})
@@ -465,6 +471,16 @@ async def test_on_unrewritable_outcome_is_a_policy_setting(
     assert response.content.startswith(body)
     assert b"xxxx" not in response.content
     assert response.headers["micafence-reason"] == "eu.promotion.unrewritable"
+
+
+async def test_a_typed_page_followed_by_padding_is_rewritten_not_held() -> None:
+    """Typed with its charset, a few decoded bytes settle it: past RAW_HOLD_BYTES of padding
+    the page streams (the padding is skipped, never held)."""
+    app = RawApp([gzip.compress(PAGE), *[bytes(1 << 20)] * 3],
+                 headers=[(b"content-encoding", b"gzip")])
+    response = await fetch(guarded(app))
+    assert response.status_code == 200
+    assert response.content == PAGE.replace(b'<div id="banner" data-promo>0% fees</div>', b"")
 
 
 async def test_swiss_visitor_gets_a_large_page_unchanged() -> None:
@@ -711,3 +727,42 @@ async def test_head_of_an_untyped_response_is_judged_as_a_page() -> None:
     assert response.headers["cache-control"] == "private"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "etag" not in response.headers
+
+
+LATE_META = (b"<!DOCTYPE html><html><head><title>t</title><script>/*" + b"x" * 70_000
+             + b"*/</script><meta @></head><body>" + PAGE + b"</body></html>")
+
+
+async def test_a_late_meta_charset_that_is_not_ascii_compatible_aborts_a_streaming_page() -> None:
+    """Past the 64 KB hold of an undeclared page, Blink still obeys a <meta charset> in <head>:
+    ISO-2022-JP there fails the page (aborted: its first bytes are out), counted."""
+    page = LATE_META.replace(b"@", b'charset="iso-2022-jp"')
+    before = ABORTS["engine"]
+    with pytest.raises(RewriteAborted):
+        await fetch(guarded(RawApp(chunked(page), content_type=b"text/html")))
+    assert ABORTS["engine"] == before + 1
+
+
+async def test_a_late_meta_in_the_last_message_is_refused_not_aborted() -> None:
+    for meta in (b'charset="ISO-2022-JP"', b'charset="&#105;so-2022-jp"',
+                 b'http-equiv=Content-Type content="text/html; charset=csISO2022JP"'):
+        app = RawApp([LATE_META.replace(b"@", meta)], content_type=b"text/html")
+        response = await fetch(guarded(app))
+        assert response.status_code == 451, meta
+        assert b"0% fees" not in response.content
+
+
+@pytest.mark.parametrize(("content_type", "meta"), [
+    pytest.param(b"text/html", b"charset=windows-1251", id="ascii-compatible"),
+    pytest.param(b"text/html", b"charset=utf-16", id="utf-16-means-utf-8"),
+    pytest.param(b"text/html", b'charset=x http-equiv=content-type content="charset=iso-2022-jp"',
+                 id="charset-attribute-first"),
+    pytest.param(b"text/html", b'content="charset=iso-2022-jp"', id="no-pragma"),
+    pytest.param(b"text/html; charset=utf-8", b"charset=iso-2022-jp", id="header-decides"),
+])
+async def test_a_late_meta_the_browser_reads_as_ascii_is_no_problem(
+        content_type: bytes, meta: bytes) -> None:
+    page = LATE_META.replace(b"@", meta)
+    response = await fetch(guarded(RawApp(chunked(page), content_type=content_type)))
+    assert response.status_code == 200
+    assert response.content == page.replace(b'<div id="banner" data-promo>0% fees</div>', b"")

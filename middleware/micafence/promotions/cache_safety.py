@@ -3,8 +3,8 @@
 A CDN cannot key its cache on an IP-derived zone, so zone-dependent responses are made
 ``Cache-Control: private`` (merged into the app's own directives, never dropping ``no-store``)
 and ``Vary`` names the request headers the decision reads. Targeted CDN cache headers
-(``CDN-Cache-Control``, ``Surrogate-Control``, …) are dropped: a CDN that honours them would
-ignore ``private``.
+(``CDN-Cache-Control``, ``Surrogate-Control``, nginx's ``X-Accel-Expires``, …) are dropped: a
+CDN or proxy cache that honours them would ignore ``private``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ from micafence.policy.routes import RouteTable
 
 Headers = list[tuple[bytes, bytes]]
 
-#: Cache-Control targeted at CDNs (RFC 9213 and vendor spellings): they override Cache-Control.
+#: Cache-Control targeted at CDNs and reverse proxies (RFC 9213 and vendor spellings): they
+#: override Cache-Control. ``X-Accel-Expires`` is nginx's: its ``proxy_cache`` gives it priority
+#: over ``Cache-Control``, ``private`` included.
 TARGETED_CACHE_HEADERS = frozenset({
     b"cdn-cache-control", b"surrogate-control", b"cloudflare-cdn-cache-control", b"edge-control",
+    b"x-accel-expires",
 })
 _DIRECTIVE = re.compile(r'\s*([^,=\s]+)(?:\s*=\s*("(?:[^"\\]|\\.)*"|[^,]*))?\s*(?:,|$)')
 # Directives that would let a shared cache keep the response, or only limit private caching.

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Mapping
 
 from micafence.promotions.mime import Kind, MimeType
 
@@ -67,6 +68,8 @@ __all__ = [
     "encoding_name",
     "encoding_problem",
     "get_encoding",
+    "header_decides",
+    "meta_problem",
     "prescan",
     "xml_encoding",
 ]
@@ -553,6 +556,40 @@ def _content_end(data: bytes, name: bytes, pos: int) -> int:
     return close
 
 
+def meta_problem(attributes: Mapping[str, str]) -> str | None:
+    """Why the encoding one ``<meta>`` element declares is not ASCII-compatible, or None.
+
+    ``attributes``: the element's attributes as a tokenizer reads them (names lower case, the
+    first of each name). Read as the prescan and Blink's meta charset parser read them: a
+    ``charset`` attribute, else ``content`` with ``http-equiv=content-type``; UTF-16 there means
+    UTF-8 and x-user-defined windows-1252. For a page whose encoding its bytes may still change
+    after the hold (Blink obeys a ``<meta>`` anywhere in ``<head>``): the rewriter watches
+    every ``<meta>`` of such a page as it streams.
+    """
+    label = attributes.get("charset")
+    if label is not None:
+        name = get_encoding(label)
+    elif attributes.get("http-equiv", "").strip(_ASCII_WHITESPACE).lower() == "content-type":
+        name = _charset_from_content(attributes.get("content", ""))
+    else:
+        return None
+    reason = _NOT_ASCII_COMPATIBLE.get(name or "")
+    if reason is None or name in _UTF16:
+        return None
+    return f"a <meta> past the hold gives {name}, which is not ASCII-compatible ({reason})"
+
+
+def header_decides(mime: MimeType | None) -> bool:
+    """Does the ``Content-Type`` settle the encoding (a known ``charset``, and every other
+    charset Chromium may read there known too)? Only a byte order mark can override it, so the
+    first three bytes of the page are all the browser still reads to choose."""
+    if mime is None:
+        return False
+    label = mime.param("charset")
+    return label is not None and get_encoding(label) is not None and all(
+        get_encoding(other) is not None for other in mime.other_charsets)
+
+
 class HeadWatch:
     """Follows a page's first bytes as they arrive and tells when they hold all that the
     browser reads to choose the encoding, so the rewriter need not hold more (issue 19).
@@ -579,13 +616,8 @@ class HeadWatch:
         the browser reads to choose the page's encoding?"""
         if len(prefix) < _PRESCAN:
             return False
-        if prefix.startswith((b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")):
+        if prefix.startswith((b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")) or header_decides(mime):
             return True
-        if mime is not None:
-            label = mime.param("charset")
-            if label is not None and get_encoding(label) is not None and all(
-                    get_encoding(other) is not None for other in mime.other_charsets):
-                return True
         xml = kind is Kind.XML or (mime is not None and mime.essence == "application/xhtml+xml")
         if not xml and not self.head_over(prefix):
             return False

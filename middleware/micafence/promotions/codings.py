@@ -127,17 +127,25 @@ class _Stage:
     """One coding being undone. Input is pushed in; output is pulled a piece at a time.
 
     All state lives on the object (never in a generator's locals), so input handed over is never
-    lost, even when a caller stops iterating half way.
+    lost, even when a caller stops iterating half way. A stage that reads its input a step at a
+    time keeps an offset into it (``_at``) rather than re-slicing the rest at every step.
     """
 
     def __init__(self) -> None:
         self._input = b""
+        self._at = 0  # how much of _input has been used
         self._ready = b""  # decoded output not yet handed on (when a codec call gave > CHUNK)
         self._ready_at = 0
         self.member_ended = False  # the last piece pulled was the end of a gzip member
 
     def push(self, data: bytes) -> None:
+        if self._at:
+            self._input, self._at = self._input[self._at:], 0
         self._input = self._input + data if self._input else data
+
+    def _left(self) -> int:
+        """Input bytes not used yet."""
+        return len(self._input) - self._at
 
     def pull(self) -> bytes | None:
         """The next decoded piece (at most CHUNK bytes), or None when more input is needed."""
@@ -177,6 +185,12 @@ class _Identity(_Stage):
         return None
 
 
+#: The most input one codec call is handed (gzip, deflate, zstd): bounds the work of a call
+#: whatever the input decodes to (nothing, for padding, empty members or skippable frames).
+_STEP = 16384
+_NOT_NUL = re.compile(rb"[^\x00]")
+
+
 def _is_zlib_header(first: bytes) -> bool:
     """RFC 1950: method 8, window ≤ 32 KiB, and the two bytes a multiple of 31."""
     cmf, flg = first[0], first[1]
@@ -200,51 +214,58 @@ class _Inflate(_Stage):
     def _start(self) -> bool:
         """Begin the next member when its first bytes are here; False when they are not yet."""
         if self._gzip:
-            if self._members:
-                self._input = self._input.lstrip(b"\x00")  # NUL padding after a member
-            if not self._input:
+            if self._members:  # NUL padding after a member: skipped where it lies, not copied
+                found = _NOT_NUL.search(self._input, self._at)
+                self._at = found.start() if found is not None else len(self._input)
+            if not self._left():
+                self._input, self._at = b"", 0  # (padding only: nothing of it is kept)
                 return False
             if self._members and not self._several:
                 raise CodingError("a second gzip member in a stack of codings (Chromium would "
                                   "decode the first only, handing the next coding a part)")
             wbits = 16 + zlib.MAX_WBITS
         else:
-            if self._members and self._input:
+            if self._members and self._left():
                 raise CodingError("bytes after the end of the deflate stream")
-            if len(self._input) < 2:
+            if self._left() < 2:
                 return False
-            wbits = zlib.MAX_WBITS if _is_zlib_header(self._input) else -zlib.MAX_WBITS
+            first = self._input[self._at:self._at + 2]
+            wbits = zlib.MAX_WBITS if _is_zlib_header(first) else -zlib.MAX_WBITS
         self._inflater = zlib.decompressobj(wbits)
         return True
 
     def _decode(self) -> bytes | None:
-        # Each pass consumes input, ends a member or yields output; the bound is never reached.
-        for _ in range(2 * len(self._input) + 8):
+        # zlib is handed at most _STEP input bytes a call: what it copies back (the unconsumed
+        # tail, the bytes after a member) stays that small, so a body of many tiny members costs
+        # its length, not its length times its members. Each pass consumes input, ends a member
+        # or yields output; the bound is never reached.
+        for _ in range(2 * self._left() + 8):
             if self._inflater is None and not self._start():
                 return None
             inflater = self._inflater
             assert inflater is not None
-            if not self._input and not self._more:
+            if not self._left() and not self._more:
                 return None
+            given = memoryview(self._input)[self._at:self._at + _STEP]
             try:
-                out = inflater.decompress(self._input, CHUNK)
+                out = inflater.decompress(given, CHUNK)
             except zlib.error as exc:
                 raise CodingError(f"bad {self._name} body: {exc}") from exc
             self._more = len(out) == CHUNK
             if inflater.eof:
-                self._input = inflater.unused_data
+                self._at += len(given) - len(inflater.unused_data)
                 self._inflater = None
                 self._members += 1
                 self._more = False
                 self.member_ended = self._gzip
                 return out
-            self._input = inflater.unconsumed_tail
+            self._at += len(given) - len(inflater.unconsumed_tail)
             if out:
                 return out
         raise CodingError(f"{self._name} decoder made no progress")
 
     def end(self) -> None:
-        if self._inflater is not None or self._input:
+        if self._inflater is not None or self._left():
             raise CodingError(f"truncated {self._name} body")
 
 
@@ -256,17 +277,19 @@ class _Brotli(_Stage):
         self._drain = False  # the decompressor may still hold output for input it has taken
 
     def _decode(self) -> bytes | None:
-        for _ in range(8):  # drain, feed, drain again: a handful of passes at most
+        # Drain, feed a step of input, drain again: two passes a step at most.
+        for _ in range(2 * (self._left() // _STEP) + 8):
             try:
                 if self._decompressor.is_finished():
-                    if self._input:
+                    if self._left():
                         raise CodingError("bytes after the end of the br stream")
                     return None
                 if self._drain:
                     out = self._decompressor.process(b"", output_buffer_limit=CHUNK)
-                elif self._input:
+                elif self._left():
                     self._seen = True
-                    data, self._input = self._input, b""
+                    data = self._input[self._at:self._at + _STEP]
+                    self._at += len(data)
                     out = self._decompressor.process(data, output_buffer_limit=CHUNK)
                 else:
                     return None
@@ -311,7 +334,7 @@ class _Zstd(_Stage):
         self._checksum = False
 
     def _decode(self) -> bytes | None:
-        for _ in range(len(self._input) + 1):  # each pass hands over at least one byte
+        for _ in range(self._left() + 1):  # each pass hands over at least one byte
             part = self._gather()
             if not part:
                 return None
@@ -324,21 +347,23 @@ class _Zstd(_Stage):
         raise CodingError("zstd decoder made no progress")
 
     def _gather(self) -> bytes:
-        """Take from the input the next bytes to hand over, within the output budget."""
-        data = self._input
-        taken = spent = 0
+        """Take from the input the next bytes to hand over, within the output budget and at
+        most :data:`_STEP` bytes (units that decode to nothing cost their length, not more)."""
+        data, start = self._input, self._at
+        end = min(len(data), start + _STEP)
+        taken, spent = start, 0
         # Each pass takes at least one byte (every unit is 3 bytes or more) or stops.
-        while taken < len(data) and spent < _ZSTD_BLOCK_MAX:
+        while taken < end and spent < _ZSTD_BLOCK_MAX:
             if not self._todo:
                 cost = self._next_unit(data[taken:taken + 8])
                 if cost is None:
                     break
                 spent += cost
-            step = min(self._todo, len(data) - taken)
+            step = min(self._todo, end - taken)
             taken += step
             self._todo -= step
-        part, self._input = data[:taken], data[taken:]
-        return part
+        self._at = taken
+        return data[start:taken]
 
     def _next_unit(self, head: bytes) -> int | None:
         """Size the unit starting with ``head``; its most output, or None until more is here."""
@@ -380,7 +405,7 @@ class _Zstd(_Stage):
         raise CodingError("bad zstd body: not a zstd frame")
 
     def end(self) -> None:
-        if self._todo or self._input or self._phase != "frame":
+        if self._todo or self._left() or self._phase != "frame":
             raise CodingError("truncated zstd body")
 
 

@@ -18,12 +18,16 @@ own: ``<noscript>`` content (text to lol-html, markup to a browser without JavaS
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import lolhtml
 
 from micafence.policy.selectors import decode_attribute
+from micafence.promotions.charsets import meta_problem
 
 
 class PromotionFilter(Protocol):
@@ -59,6 +63,27 @@ class _Decide:
         if self.page_filter.removes(element.tag_name, attributes):
             element.remove()
             self.removed += 1
+
+
+class _MetaCharset:
+    """Every ``<meta>`` of a page whose encoding its own bytes may still change (no BOM, no
+    charset in the ``Content-Type``): Blink obeys a ``<meta charset>`` anywhere in ``<head>``,
+    past the bytes the rewriter held to settle the charset, and one naming an encoding whose
+    markup bytes are not ASCII (ISO-2022-JP) makes the browser read markup that lol-html read
+    otherwise. Such a ``<meta>`` (in ``<head>`` or not: a superset) fails the page. The value is
+    judged as written and with its character references decoded (Blink's tokenizer decodes
+    them, the prescan does not)."""
+
+    __slots__ = ()
+
+    def element(self, element: lolhtml.Element) -> None:
+        raw: dict[str, str] = {}
+        for name, value in element.attributes:
+            raw.setdefault(name.lower(), value)
+        decoded = {name: decode_attribute(value) for name, value in raw.items()}
+        problem = meta_problem(raw) or meta_problem(decoded)
+        if problem is not None:
+            raise RewriteError(problem)
 
 
 #: The most text one ``<noscript>`` may hold (it is held whole, see :class:`_NoScript`).
@@ -166,29 +191,42 @@ class PageRewriter:
     """One response's rewriter: :meth:`write` each piece of the page, then :meth:`end`.
 
     Both return the bytes ready to send (maybe none). After a :class:`RewriteError` the
-    rewriter refuses every call: lol-html must not be used after a fatal error. ``utf8``: the
+    rewriter refuses every call: lol-html must not be used after a fatal error. The lol-html
+    rewriter is released as soon as the page is ended, fails or is closed (:meth:`close`): it is a
+    PyO3 "unsendable" object, leaked (with an unraisable error) if freed on another thread than
+    the one that made it, so nothing that outlives the response (an exception's traceback kept
+    by an error reporter) may keep it alive. ``utf8``: the
     page is in UTF-8, so ``<noscript>`` content can be cleaned too (:class:`_NoScript`); on a
     page in another charset it passes as it came. ``xml``: the browser parses the page as XML
     (XHTML, SVG): ``srcdoc`` is not written back (:class:`_SrcDoc`). ``noscript``: clean
     ``<noscript>`` content (off for that content's own rewriter); ``depth``: how many ``srcdoc``
-    documents this one is nested in.
+    documents this one is nested in. ``meta_charset``: the page's encoding was not fixed by a
+    byte order mark or the ``Content-Type``, so a ``<meta>`` naming an encoding that is not
+    ASCII-compatible fails it (:class:`_MetaCharset`).
     """
 
-    __slots__ = ("_decide", "_done", "_out", "_rewriter", "_srcdoc")
+    __slots__ = ("_decide", "_loop", "_out", "_rewriter", "_srcdoc", "_thread")
 
     def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True, xml: bool = False,
-                 noscript: bool = True, depth: int = 0) -> None:
+                 noscript: bool = True, depth: int = 0, meta_charset: bool = False) -> None:
         self._out: list[bytes] = []
         self._decide = _Decide(page_filter)
         # lol-html hands the sink bytes (the stub is wider than the binding).
-        self._rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
+        rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
         for selector in page_filter.engine_selectors:
-            self._rewriter.on(selector, self._decide)
+            rewriter.on(selector, self._decide)
         if utf8 and noscript:
-            self._rewriter.on("noscript", _NoScript(page_filter, depth))
+            rewriter.on("noscript", _NoScript(page_filter, depth))
         self._srcdoc = _SrcDoc(page_filter, exact=utf8 and not xml, depth=depth)
-        self._rewriter.on("iframe[srcdoc]", self._srcdoc)
-        self._done = False
+        rewriter.on("iframe[srcdoc]", self._srcdoc)
+        if meta_charset:
+            rewriter.on("meta", _MetaCharset())
+        self._rewriter: lolhtml.HTMLRewriter | None = rewriter
+        self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # made outside an event loop (tests, benchmarks)
+            self._loop = None
 
     @property
     def removed(self) -> int:
@@ -197,25 +235,52 @@ class PageRewriter:
 
     def write(self, chunk: bytes) -> bytes:
         """Rewrite the next piece of the page; the bytes that can go out now."""
-        if self._done:
+        rewriter = self._rewriter
+        if rewriter is None:
             raise RewriteError("the rewriter was ended or failed")
         try:
-            self._rewriter.write(chunk)
+            rewriter.write(chunk)
         except RuntimeError as exc:
-            self._done = True
-            raise RewriteError(_problem(exc)) from exc
-        return self._take()
+            problem = _problem(exc)
+        else:
+            return self._take()
+        self.close()
+        del rewriter
+        raise RewriteError(problem)  # not chained: lol-html's error keeps nothing alive
 
     def end(self) -> bytes:
         """The page is complete: the last bytes."""
-        if self._done:
+        rewriter = self._rewriter
+        if rewriter is None:
             raise RewriteError("the rewriter was ended or failed")
-        self._done = True
+        self.close()
         try:
-            self._rewriter.end()
+            rewriter.end()
         except RuntimeError as exc:
-            raise RewriteError(_problem(exc)) from exc
-        return self._take()
+            problem = _problem(exc)
+        else:
+            return self._take()
+        del rewriter
+        raise RewriteError(problem)
+
+    def close(self) -> None:
+        """Release lol-html (the page is over, or abandoned); every later call is refused."""
+        self._rewriter = None
+
+    def __del__(self) -> None:
+        # A page nobody ended (the app failed half way, and its exception, whose traceback
+        # holds this rewriter, was logged and dropped by another thread): lol-html goes back to
+        # the loop of the thread that made it, to be freed there.
+        rewriter = getattr(self, "_rewriter", None)
+        if rewriter is None or threading.get_ident() == self._thread:
+            return
+        loop, box = self._loop, [rewriter]
+        self._rewriter = None
+        del rewriter
+        if loop is not None and not loop.is_closed():
+            # The loop empties the box; whoever drops the box last drops an empty list.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(box.clear)
 
     def _take(self) -> bytes:
         out = self._out
@@ -233,7 +298,7 @@ def _problem(exc: RuntimeError) -> str:
 
 
 def rewrite(page_filter: PromotionFilter, page: bytes, *, utf8: bool = True,
-            xml: bool = False) -> bytes:
+            xml: bool = False, meta_charset: bool = False) -> bytes:
     """The whole of ``page`` rewritten (tests, benchmarks; the server streams)."""
-    rewriter = PageRewriter(page_filter, utf8=utf8, xml=xml)
+    rewriter = PageRewriter(page_filter, utf8=utf8, xml=xml, meta_charset=meta_charset)
     return rewriter.write(page) + rewriter.end()

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from micafence.policy.selectors import SelectorList, parse_selectors
 from micafence.promotions.engine import PageRewriter
+from micafence.promotions.xml_rewriter import XmlRewriter
+
+#: One response's streaming rewriter: ``write``, ``end``, ``close``, ``removed``.
+Rewriter = PageRewriter | XmlRewriter
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,12 @@ class PromotionFilter:
             return True
         return not all(approval.matches(tag, attributes) for approval in self.approvals)
 
-    def rewriter(self, *, utf8: bool = True, xml: bool = False) -> PageRewriter:
+    def rewriter(self, *, utf8: bool = True, xml: bool = False,
+                 meta_charset: bool = False) -> Rewriter:
         """A fresh streaming rewriter for one response (``utf8``: the page is in UTF-8;
-        ``xml``: the browser parses it as XML)."""
-        return PageRewriter(self, utf8=utf8, xml=xml)
+        ``xml``: the browser parses it as XML, so expat reads it, not lol-html;
+        ``meta_charset``: its encoding was not fixed by a BOM or the ``Content-Type``, so a late
+        ``<meta>`` may still change it)."""
+        if xml:
+            return XmlRewriter(self, utf8=utf8)
+        return PageRewriter(self, utf8=utf8, meta_charset=meta_charset)

@@ -1,4 +1,5 @@
-"""The safety net: a ``send`` wrapper that streams a restricted visitor's page through lol-html.
+"""The safety net: a ``send`` wrapper that streams a restricted visitor's page through lol-html
+(HTML) or expat (pages a browser parses as XML: :mod:`~micafence.promotions.xml_rewriter`).
 
 What a response is gets settled before its first byte goes out: its type (the ``Content-Type``
 as Fetch reads it, or, untyped, a sniff of the first 1445 decoded bytes), its charset (only
@@ -7,11 +8,17 @@ this wrapper holds the page's first decoded bytes: the 1445 the sniff reads, and
 charset is settled (:class:`~micafence.promotions.charsets.HeadWatch`: for a page typed with
 its charset, at once; for one that declares it in ``<head>``, once the head is over), at most
 :data:`HOLD_BYTES` (64 KB), so a page that sends its head and then waits on data gets its
-first bytes out without waiting. Then the
-page streams: each body message is decoded, rewritten by a
-:class:`~micafence.promotions.engine.PageRewriter` in pieces of at most 64 KB (the event loop
-gets a turn between pieces), encoded again in the same coding and sent. Bytes outside removed
-elements go out as they came.
+first bytes out without waiting. The app's (still encoded) bytes are held too, for a response
+that turns out not to be a page and goes out as it came; at most :data:`RAW_HOLD_BYTES`
+(1 MiB): a compressed body that decodes to too little to decide by then (NUL padding, empty gzip
+members, skippable zstd frames) gets the failure posture rather than being held whole. Then
+the page streams: each body message is decoded, rewritten by a
+:class:`~micafence.promotions.engine.PageRewriter` (or an ``XmlRewriter``) in pieces of at most
+64 KB, encoded again in the same coding and sent. Bytes outside removed elements go out as
+they came. The event loop gets a turn after every 64 KB of decoded page (a gzip member's end
+counts as :data:`_END_COST` bytes) and, for a compressed body, between steps of
+:data:`CODED_STEP` bytes of its input, so one large body message (as Starlette's ``Response``
+hands over) never holds the loop for long.
 
 The headers of a page: no ``Content-Length`` (unless the whole body had arrived before the
 first byte went out, then the length of what is sent), no ``ETag`` or other validators or
@@ -35,10 +42,10 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from micafence.asgi import Message, Send
 from micafence.promotions.cache_safety import CacheSafety
-from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding
+from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding, header_decides
 from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
-from micafence.promotions.engine import PageRewriter, RewriteError
-from micafence.promotions.filter import PromotionFilter
+from micafence.promotions.engine import RewriteError
+from micafence.promotions.filter import PromotionFilter, Rewriter
 from micafence.promotions.mime import (
     SNIFF_BYTES,
     Kind,
@@ -58,13 +65,24 @@ ABORT_REASONS = ("coding", "engine", "too_large")
 #: Aborts so far in this process, by reason (:mod:`micafence.metrics` exports them).
 ABORTS: dict[str, int] = dict.fromkeys(ABORT_REASONS, 0)
 
-#: The most bytes given to lol-html at once: a 64 KB piece takes well under a millisecond.
+#: Decoded bytes handled between two turns of the event loop: rewriting and re-encoding 64 KB
+#: takes a millisecond or two.
 PIECE = 65536
+#: What the end of a gzip member counts as, in decoded bytes, towards the next turn: a body of
+#: empty members decodes to nothing but costs a codec call each.
+_END_COST = 256
+#: The most compressed bytes handed to the decoder between two turns of the event loop, so a
+#: body that decodes to little (padding, empty members) cannot hold it either.
+CODED_STEP = 16384
+#: The most raw (still encoded) bytes held while the type and charset are not settled.
+RAW_HOLD_BYTES = 1 << 20
 #: The most decoded bytes held before the type and charset are settled: the sniff needs 1445,
 #: the charset the first 1024, and Blink reads a late ``<meta charset>`` in ``<head>`` beyond
 #: them (:data:`~micafence.promotions.charsets.EXTENDED_PRESCAN`). The hold ends sooner when
-#: the bytes held settle both (:meth:`RewritingSend._settled`). A page that ends while held is
-#: rewritten whole before its first byte goes out, and sent with its ``Content-Length``.
+#: the bytes held settle both (:meth:`RewritingSend._settled`). A page that ends while held, or
+#: whose last message is in hand when the hold ends (one message of a megabyte, as Starlette's
+#: ``Response`` sends), is rewritten whole before its first byte goes out, and sent with its
+#: ``Content-Length``: a failure in it still gets the ``on_unrewritable`` answer.
 HOLD_BYTES = max(SNIFF_BYTES, EXTENDED_PRESCAN)
 
 # Headers that describe the body as the app made it, or let a cache revalidate it.
@@ -73,6 +91,7 @@ _BODY_HEADERS = frozenset({
     b"repr-digest", b"accept-ranges", b"content-range",
 })
 _NO_BODY_STATUSES = frozenset({204, 304})
+_BOMS = (b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 #: The type an untyped response goes out with, once judged.
 _JUDGED_TYPES = {Kind.HTML: b"text/html", Kind.XML: b"text/xml"}
@@ -127,10 +146,12 @@ class RewritingSend:
         self._codings: list[str] = []
         self._decoder: Decoder | None = None
         self._encoder: Encoder | None = None
-        self._rewriter: PageRewriter | None = None
+        self._rewriter: Rewriter | None = None
         self._raw: list[bytes] = []  # the app's bytes while the type is not settled
         self._held: list[bytes] = []  # ... decoded (MEMBER_END marks included)
         self._held_size = 0
+        self._raw_size = 0
+        self._work = 0  # decoded bytes (and member ends) since the loop's last turn
         self._pending: list[bytes] = []  # encoded output of a page rewritten before its start
         self._member_end = False  # a gzip member of the app's body ended; ours ends before more
         self._watch = HeadWatch()
@@ -200,19 +221,36 @@ class RewritingSend:
         assert decoder is not None
         if self._state == _HOLDING:
             self._raw.append(body)
+            self._raw_size += len(body)
+        step = CODED_STEP if self._codings else max(len(body), 1)
         try:
-            await self._consume(decoder.feed(body), more)
+            for start in range(0, len(body), step):
+                if start:
+                    await asyncio.sleep(0)  # a turn for the loop between steps of input
+                    if self._state not in (_HOLDING, _STREAMING):
+                        break
+                await self._consume(decoder.feed(body[start:start + step]), more)
             if not more and self._state in (_HOLDING, _STREAMING):
                 await self._consume(decoder.finish(), more)
                 await self._finish()
             elif self._state == _HOLDING and self._settled():
                 await self._settle(complete=False, more=more)
+            elif self._state == _HOLDING and self._raw_size > RAW_HOLD_BYTES:
+                if self._decidable():
+                    await self._settle(complete=False, more=more)
+                    return
+                await self._fail(f"{self._raw_size} bytes of {', '.join(self._codings)} body "
+                                 f"decode to {self._held_size}: too little to settle the "
+                                 "page's type and charset")
         except CodingError as exc:
             await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
         except RewriteError as exc:
-            await self._trouble("engine", f"lol-html refused the page: {exc}")
+            await self._trouble("engine", f"the rewriter refused the page: {exc}")
         except _TooLarge:
             await self._trouble("too_large", f"page larger than {self._limit} bytes")
+        except BaseException:
+            self._release()  # the send failed, or the task was cancelled: the page is over
+            raise
 
     async def _consume(self, pieces: Iterator[bytes], more: bool) -> None:
         for piece in pieces:
@@ -220,14 +258,21 @@ class RewritingSend:
             if self._size > self._limit:
                 raise _TooLarge
             if self._state == _HOLDING:
-                self._held.append(piece)  # (a MEMBER_END too: it is empty)
+                # A MEMBER_END (empty) too, but not twice in a row: members that decode to
+                # nothing must not pile up (one empty member already ends the first).
+                if piece or not self._held or self._held[-1]:
+                    self._held.append(piece)
                 self._held_size += len(piece)
                 if self._held_size >= HOLD_BYTES:
                     await self._settle(complete=False, more=more)
-                continue
-            if self._state != _STREAMING:
+            elif self._state == _STREAMING:
+                await self._rewrite(piece)
+            else:
                 return  # passed on as it came, or refused
-            await self._rewrite(piece)
+            self._work += len(piece) or _END_COST
+            if self._work >= PIECE:
+                self._work = 0
+                await asyncio.sleep(0)  # a turn for the event loop
 
     async def _rewrite(self, piece: bytes) -> None:
         """Rewrite and encode one decoded piece; an empty one (MEMBER_END) is the end of a gzip
@@ -241,12 +286,9 @@ class RewritingSend:
         if self._member_end:
             self._member_end = False
             await self._emit(encoder.end_member())
-        for start in range(0, len(piece), PIECE):
-            if start:
-                await asyncio.sleep(0)  # a turn for the event loop between pieces
-            out = rewriter.write(piece[start:start + PIECE])
-            if out:
-                await self._emit(encoder.feed(out))
+        out = rewriter.write(piece)  # (at most CHUNK bytes, as the decoder gives them)
+        if out:
+            await self._emit(encoder.feed(out))
 
     async def _emit(self, data: bytes) -> None:
         """Send encoded bytes, or keep them until the start goes out with the page's length."""
@@ -269,6 +311,12 @@ class RewritingSend:
             return True  # passed on as it came: nothing more to read
         return self._watch.settled(self._mime, prefix, kind)
 
+    def _decidable(self) -> bool:
+        """Do the few bytes held settle type and charset all the same (a page typed HTML or XML
+        with its charset in the header: only a byte order mark could still change it)?"""
+        return (self._kind is Kind.HTML or self._kind is Kind.XML) and self._held_size >= 3 \
+            and header_decides(self._mime)
+
     async def _settle(self, *, complete: bool, more: bool) -> None:
         """Type and charset from the bytes held; then pass the response, refuse it, or start
         rewriting (sending the start unless the whole body is already here)."""
@@ -288,15 +336,23 @@ class RewritingSend:
         utf8 = name == "UTF-8"
         xml = kind is Kind.XML or (self._mime is not None
                                    and self._mime.essence == "application/xhtml+xml")
-        self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml)
+        fixed = prefix.startswith(_BOMS) or header_decides(self._mime)
+        self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml,
+                                               meta_charset=not xml and not fixed)
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
-        if not complete:  # else _finish sends it all, with its length
-            self._opened = True
-            await self._send({**self._start, "headers": self._page_headers(None, kind)})
+        # The bytes held are rewritten before the start goes out (their output waits in
+        # _pending), so what they show wrong (a DOCTYPE the XML rewriter refuses, markup
+        # lol-html cannot take) is refused, not aborted. The start goes out now unless the
+        # app's last message is in hand: then _finish sends the whole page with its length.
         for piece in held:
             await self._rewrite(piece)
+        if more:
+            self._opened = True
+            await self._send({**self._start, "headers": self._page_headers(None, kind)})
+            pending, self._pending = b"".join(self._pending), []
+            await self._emit(pending)
 
     async def _finish(self) -> None:
         if self._state == _HOLDING:
@@ -305,6 +361,7 @@ class RewritingSend:
                 return
         rewriter, encoder = self._rewriter, self._encoder
         assert rewriter is not None and encoder is not None
+        self._rewriter = None
         tail = rewriter.end()
         self._state = _DONE
         body = (encoder.feed(tail) if tail else b"") + encoder.finish()
@@ -347,6 +404,7 @@ class RewritingSend:
             return
         self._state = _ABORTED
         self._held, self._raw, self._pending = [], [], []
+        self._release()
         ABORTS[reason] += 1
         logger.error("promotion rewriter: %s after the page started; aborting the response",
                      problem)
@@ -356,7 +414,15 @@ class RewritingSend:
         logger.warning("promotion rewriter: %s; sending the on_unrewritable answer", problem)
         self._state = _REFUSED
         self._held, self._raw, self._pending = [], [], []
+        self._release()
         await self._refuse(problem)
+
+    def _release(self) -> None:
+        """Drop the engine now, on the loop's thread (see ``PageRewriter``: lol-html's rewriter
+        must not be freed by whoever later drops an exception that reaches this object)."""
+        rewriter, self._rewriter = self._rewriter, None
+        if rewriter is not None:
+            rewriter.close()
 
 
 def touches(start: Message) -> bool:
