@@ -89,6 +89,17 @@ class Compound:
             return False
         return all(condition.holds(attributes) for condition in self.conditions)
 
+    @property
+    def exact(self) -> bool:
+        """Does lol-html's own match of :meth:`css` equal :meth:`matches`? True when every
+        condition is an attribute's presence: names are ASCII case-insensitive for both, and
+        no value (so no character reference) is read."""
+        return all(condition.operator is None for condition in self.conditions)
+
+    def css(self) -> str:
+        """The compound as a CSS selector."""
+        return (self.tag or "") + "".join(c.css() for c in self.conditions) or "*"
+
     def engine_selectors(self) -> list[str]:
         """Selectors lol-html runs on raw values that together catch every element this one
         matches once the values are decoded.

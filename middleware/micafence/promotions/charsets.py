@@ -738,12 +738,14 @@ def _choices(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[_Choice,
         name = get_encoding(label)
         if name is not None:
             others.append((name, f"charset {label!r} as Chromium reads the Content-Type"))
-    document, late = _from_document(prefix, xml)
+    # The document's own declarations are read only when the browser may use them: a charset
+    # in the header wins over them (the common case skips the prescan).
     if declared is None:
-        declared = document
+        declared, late = _from_document(prefix, xml)
         others.extend(late)
     elif mime is not None and any(get_encoding(label) is None for label in mime.other_charsets):
         # Chromium read a label it does not know and falls back to the document's own.
+        document, late = _from_document(prefix, xml)
         if document is not None:
             others.append(document)
         others.extend(late)

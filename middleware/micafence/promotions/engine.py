@@ -35,7 +35,7 @@ class PromotionFilter(Protocol):
     builds engines, so this module does not import it)."""
 
     @property
-    def engine_selectors(self) -> list[str]: ...
+    def engine_plan(self) -> tuple[str | None, str | None]: ...
 
     def removes(self, tag: str, attributes: Mapping[str, str]) -> bool: ...
 
@@ -63,6 +63,19 @@ class _Decide:
         if self.page_filter.removes(element.tag_name, attributes):
             element.remove()
             self.removed += 1
+
+
+class _Remove:
+    """lol-html's element handler for selectors whose match is exact: the element goes."""
+
+    __slots__ = ("removed",)
+
+    def __init__(self) -> None:
+        self.removed = 0
+
+    def element(self, element: lolhtml.Element) -> None:
+        element.remove()
+        self.removed += 1
 
 
 class _MetaCharset:
@@ -205,7 +218,7 @@ class PageRewriter:
     ASCII-compatible fails it (:class:`_MetaCharset`).
     """
 
-    __slots__ = ("_decide", "_loop", "_out", "_rewriter", "_srcdoc", "_thread")
+    __slots__ = ("_decide", "_loop", "_out", "_remove", "_rewriter", "_srcdoc", "_thread")
 
     def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True, xml: bool = False,
                  noscript: bool = True, depth: int = 0, meta_charset: bool = False) -> None:
@@ -213,8 +226,13 @@ class PageRewriter:
         self._decide = _Decide(page_filter)
         # lol-html hands the sink bytes (the stub is wider than the binding).
         rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
-        for selector in page_filter.engine_selectors:
-            rewriter.on(selector, self._decide)
+        # Each list in one call: lol-html matches a list in one pass, not one per selector.
+        exact, checked = page_filter.engine_plan
+        self._remove = _Remove()
+        if exact is not None:
+            rewriter.on(exact, self._remove)
+        if checked is not None:
+            rewriter.on(checked, self._decide)
         if utf8 and noscript:
             rewriter.on("noscript", _NoScript(page_filter, depth))
         self._srcdoc = _SrcDoc(page_filter, exact=utf8 and not xml, depth=depth)
@@ -231,7 +249,7 @@ class PageRewriter:
     @property
     def removed(self) -> int:
         """Elements removed so far (in ``srcdoc`` documents too; an emptied one counts)."""
-        return self._decide.removed + self._srcdoc.removed
+        return self._remove.removed + self._decide.removed + self._srcdoc.removed
 
     def write(self, chunk: bytes) -> bytes:
         """Rewrite the next piece of the page; the bytes that can go out now."""

@@ -7,7 +7,7 @@ The selectors come from the policy (:mod:`micafence.policy.selectors`, compound 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from micafence.policy.selectors import SelectorList, parse_selectors
 from micafence.promotions.engine import PageRewriter
@@ -30,6 +30,11 @@ class PromotionFilter:
     remove: SelectorList
     approvals: tuple[SelectorList, ...] = ()
     incentive: SelectorList | None = None
+    #: What the engine runs, as two lol-html selector lists: ``(exact, checked)``. ``exact``
+    #: matches only elements that go, so lol-html removes them without asking Python (most
+    #: promotions: ``[data-promo]``, when no approval can keep one); ``checked`` finds the
+    #: other candidates, each decided by :meth:`removes`.
+    engine_plan: tuple[str | None, str | None] = field(init=False, compare=False)
 
     @classmethod
     def build(
@@ -50,6 +55,14 @@ class PromotionFilter:
     def engine_selectors(self) -> list[str]:
         """The selectors lol-html runs: a superset of what :meth:`removes` may say yes to."""
         return self.remove.engine_selectors()
+
+    def __post_init__(self) -> None:
+        exact = [] if self.approvals else [c for c in self.remove.compounds if c.exact]
+        checked = [s for c in self.remove.compounds if c not in exact
+                   for s in c.engine_selectors()]
+        object.__setattr__(self, "engine_plan", (
+            ", ".join(dict.fromkeys(c.css() for c in exact)) or None,
+            ", ".join(dict.fromkeys(checked)) or None))
 
     def removes(self, tag: str, attributes: Mapping[str, str]) -> bool:
         """Does the element go (``attributes``: lower-case names, decoded values)?"""

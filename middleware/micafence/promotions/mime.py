@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 __all__ = [
     "SNIFF_BYTES",
@@ -207,17 +208,6 @@ def _split(text: str) -> list[str]:
         position += 1  # the ','
 
 
-def _content_type_values(headers: Iterable[tuple[bytes, bytes]]) -> list[str] | None:
-    lines = [
-        value
-        for name, value in headers
-        if name == _CONTENT_TYPE or (len(name) == 12 and name.lower() == _CONTENT_TYPE)
-    ]
-    if not lines:
-        return None
-    return _split(b", ".join(lines).decode("latin-1"))
-
-
 def _fetch_extract(values: list[str]) -> MimeType | None:
     charset: str | None = None
     essence: str | None = None
@@ -324,9 +314,26 @@ def extract(headers: Iterable[tuple[bytes, bytes]]) -> MimeType | None:
     browsers sniff (``unknown/unknown``, and Chromium's slash-less ``text`` from ``text /html``,
     which is returned so that its charset still counts).
     """
-    values = _content_type_values(headers)
-    if values is None:
+    lines = [
+        value
+        for name, value in headers
+        if name == _CONTENT_TYPE or (len(name) == 12 and name.lower() == _CONTENT_TYPE)
+    ]
+    if not lines:
         return None
+    joined = b", ".join(lines)
+    # A function of the joined value alone: remembered per value (a MimeType is immutable).
+    found = _EXTRACTED.get(joined, _UNSEEN)
+    if found is _UNSEEN:
+        found = _extract(_split(joined.decode("latin-1")))
+        if len(joined) <= _ONE_LINE_BYTES:
+            if len(_EXTRACTED) >= _ONE_LINE_ENTRIES:
+                _EXTRACTED.clear()
+            _EXTRACTED[joined] = found
+    return cast("MimeType | None", found)
+
+
+def _extract(values: list[str]) -> MimeType | None:
     fetch = _fetch_extract(values)
     chromium = _chromium_extract(values)
     fetch_kind = kind_of(fetch)
@@ -421,6 +428,9 @@ _PAGES = frozenset({b"text/html", b"application/xhtml+xml", b"image/svg+xml", b"
 _ONE_LINE: dict[bytes, bool] = {}
 _ONE_LINE_ENTRIES = 256
 _ONE_LINE_BYTES = 256
+#: extract()'s answers per joined Content-Type value (as bounded as _ONE_LINE).
+_EXTRACTED: dict[bytes, MimeType | None] = {}
+_UNSEEN = object()
 
 
 def may_be_page(headers: Iterable[tuple[bytes, bytes]]) -> bool:
