@@ -766,3 +766,25 @@ async def test_a_late_meta_the_browser_reads_as_ascii_is_no_problem(
     response = await fetch(guarded(RawApp(chunked(page), content_type=content_type)))
     assert response.status_code == 200
     assert response.content == page.replace(b'<div id="banner" data-promo>0% fees</div>', b"")
+
+
+async def test_head_request_never_carries_the_page_an_app_sends_anyway() -> None:
+    # Some apps (Starlette's HTMLResponse among them) send the body to a HEAD request too and
+    # leave it to the server to drop: the safety net judges no body for HEAD, so it sends none.
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "HEAD", "scheme": "http", "path": "/", "raw_path": b"/",
+             "query_string": b"", "root_path": "", "headers": [(b"host", b"exchange.test")],
+             "client": (SE, 40000), "server": ("exchange.test", 80)}
+    await guarded(RawApp([PAGE[:100], PAGE[100:]]))(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert [m["type"] for m in sent[1:]] == ["http.response.body"] * 2
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b""
+    assert sent[-1].get("more_body", False) is False

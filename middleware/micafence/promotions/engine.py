@@ -301,12 +301,7 @@ class PageRewriter:
                 loop.call_soon_threadsafe(box.clear)
 
     def _take(self) -> bytes:
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return bytes(data)
+        return take(self._out)
 
 
 def _problem(exc: RuntimeError) -> str:
@@ -320,3 +315,12 @@ def rewrite(page_filter: PromotionFilter, page: bytes, *, utf8: bool = True,
     """The whole of ``page`` rewritten (tests, benchmarks; the server streams)."""
     rewriter = PageRewriter(page_filter, utf8=utf8, xml=xml, meta_charset=meta_charset)
     return rewriter.write(page) + rewriter.end()
+
+
+def take(out: list[bytes]) -> bytes:
+    """Everything a rewriter's sink collected since the last call (the list is emptied)."""
+    if not out:
+        return b""
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    return bytes(data)

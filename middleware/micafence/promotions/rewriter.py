@@ -95,7 +95,7 @@ _BOMS = (b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 #: The type an untyped response goes out with, once judged.
 _JUDGED_TYPES = {Kind.HTML: b"text/html", Kind.XML: b"text/xml"}
-_WAITING, _PASSING, _HOLDING, _STREAMING, _DONE, _REFUSED, _ABORTED = range(7)
+_WAITING, _PASSING, _HOLDING, _STREAMING, _DONE, _REFUSED, _ABORTED, _HEAD_ONLY = range(8)
 
 
 class RewriteAborted(Exception):
@@ -172,6 +172,10 @@ class RewritingSend:
             else:  # not a page, nothing to add: pass it on untouched (the common case)
                 self._state = _PASSING
                 await self._send(message)
+        elif state == _HEAD_ONLY:  # a body to a HEAD request goes nowhere, however judged
+            if kind == "http.response.body":
+                message = {**message, "body": b""}
+            await self._send(message)
         elif state == _ABORTED:
             raise RewriteAborted("the response was aborted")
         elif state != _REFUSED:
@@ -193,8 +197,9 @@ class RewritingSend:
         self._kind = kind_of(self._mime)
         self._untyped = self._kind is Kind.UNTYPED
         if self._head:
-            # No body to judge: headers as for a page, without the length of one we do not make.
-            self._state = _PASSING
+            # No body to judge: headers as for a page, without the length of one we do not
+            # make; a body the app sends all the same is dropped (the server should drop it).
+            self._state = _HEAD_ONLY
             await self._send({**message, "headers": self._page_headers(None, None)})
             return
         self._state = _HOLDING

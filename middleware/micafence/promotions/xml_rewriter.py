@@ -39,7 +39,13 @@ import re
 from typing import Any
 from xml.parsers import expat
 
-from micafence.promotions.engine import SRCDOC_DEPTH, PageRewriter, PromotionFilter, RewriteError
+from micafence.promotions.engine import (
+    SRCDOC_DEPTH,
+    PageRewriter,
+    PromotionFilter,
+    RewriteError,
+    take,
+)
 
 _ATTRIBUTE = re.compile(rb"""([^\s=<>/"']+)\s*=\s*("[^"]*"|'[^']*')""")
 
@@ -125,12 +131,7 @@ class XmlRewriter:
         raise RewriteError(problem)
 
     def _take(self) -> bytes:
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
+        return take(self._out)
 
     def _send_to(self, offset: int) -> None:
         count = offset - self._base
