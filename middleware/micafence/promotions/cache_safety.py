@@ -10,6 +10,7 @@ CDN or proxy cache that honours them would ignore ``private``.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Iterable, Sequence
 
 from micafence.policy.cache import CacheSetup
@@ -86,11 +87,23 @@ def make_private(
         elif lower not in TARGETED_CACHE_HEADERS:
             out.append((name, value))
     if private:
-        out.append((b"cache-control", merge_cache_control(cache_control)))
-    merged_vary = merge_vary(vary_values, vary)
+        out.append((b"cache-control", _merged_cache_control(tuple(cache_control))))
+    merged_vary = _merged_vary(tuple(vary_values), tuple(vary))
     if merged_vary:
         out.append((b"vary", merged_vary))
     return out
+
+
+# A response's directives and Vary are one of a handful per app: the merges (a regex pass each)
+# are remembered per value, bounded.
+@lru_cache(maxsize=256)
+def _merged_cache_control(values: tuple[bytes, ...]) -> bytes:
+    return merge_cache_control(values)
+
+
+@lru_cache(maxsize=256)
+def _merged_vary(values: tuple[bytes, ...], names: tuple[str, ...]) -> bytes:
+    return merge_vary(values, names)
 
 
 class CacheSafety:

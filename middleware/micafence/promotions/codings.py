@@ -176,15 +176,6 @@ class _Stage:
         raise NotImplementedError
 
 
-class _Identity(_Stage):
-    def _decode(self) -> bytes | None:
-        out, self._input = self._input, b""
-        return self._emit(out) if out else None
-
-    def end(self) -> None:
-        return None
-
-
 #: The most input one codec call is handed (gzip, deflate, zstd): bounds the work of a call
 #: whatever the input decodes to (nothing, for padding, empty members or skippable frames).
 _STEP = 16384
@@ -432,20 +423,32 @@ class Decoder:
         _check_known(codings)
         alone = len(codings) == 1
         stages = [_decode_stage(coding, alone) for coding in reversed(codings)]
-        self._stages: list[_Stage] = stages or [_Identity()]
+        self._stages: list[_Stage] = stages
+        # No coding (most pages): the bytes are their own decoding, cut in CHUNK pieces here
+        # with no stage and no generator (the safety net's cost on a small page is in such
+        # per-call work, issue 19).
+        self._identity = not stages
         self._finished = False
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """Take the next bytes of the encoded body; yield what they decode to."""
+    def feed(self, data: bytes) -> Iterable[bytes]:
+        """Take the next bytes of the encoded body; what they decode to, piece by piece."""
         if self._finished:
             raise CodingError("feed after finish")
+        if self._identity:
+            if len(data) <= CHUNK:
+                return (bytes(data),) if data else ()
+            whole = bytes(data)
+            return [whole[start:start + CHUNK] for start in range(0, len(whole), CHUNK)]
         if data:
             self._stages[0].push(bytes(data))
         return self._pump()
 
-    def finish(self) -> Iterator[bytes]:
-        """The body is complete: yield the rest, then raise if any coding was cut short."""
+    def finish(self) -> Iterable[bytes]:
+        """The body is complete: the rest, piece by piece, then raise if any coding was cut
+        short."""
         self._finished = True
+        if self._identity:
+            return ()
         return self._finish()
 
     def _finish(self) -> Iterator[bytes]:
@@ -522,15 +525,7 @@ class _ZstdOut:
         return self._compressor.compress(data) + self._compressor.flush(flush)
 
 
-class _IdentityOut:
-    def feed(self, data: bytes) -> bytes:
-        return data
-
-    def finish(self, data: bytes) -> bytes:
-        return data
-
-
-_EncodeStage = _Deflate | _BrotliOut | _ZstdOut | _IdentityOut
+_EncodeStage = _Deflate | _BrotliOut | _ZstdOut
 
 
 def _encode_stage(coding: str) -> _EncodeStage:
@@ -558,12 +553,14 @@ class Encoder:
         self._between = False  # a member was ended and the next not begun
 
     def _new_stages(self) -> list[_EncodeStage]:
-        return [_encode_stage(coding) for coding in self._codings] or [_IdentityOut()]
+        return [_encode_stage(coding) for coding in self._codings]
 
     def feed(self, data: bytes) -> bytes:
         """Encoded bytes for ``data``, ready to send."""
         if self._finished:
             raise CodingError("feed after finish")
+        if not self._codings:  # no coding: the bytes as they are, no stage to call
+            return bytes(data)
         if self._between:
             if not data:
                 return b""

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 
 from micafence.asgi import Message, Send
 from micafence.promotions.cache_safety import CacheSafety
@@ -257,7 +257,7 @@ class RewritingSend:
             self._release()  # the send failed, or the task was cancelled: the page is over
             raise
 
-    async def _consume(self, pieces: Iterator[bytes], more: bool) -> None:
+    async def _consume(self, pieces: Iterable[bytes], more: bool) -> None:
         for piece in pieces:
             self._size += len(piece)
             if self._size > self._limit:
