@@ -10,8 +10,8 @@ CDN or proxy cache that honours them would ignore ``private``.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from micafence.policy.cache import CacheSetup
 from micafence.policy.model import Outcome, Policy

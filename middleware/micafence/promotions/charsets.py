@@ -57,6 +57,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 from micafence.promotions.mime import Kind, MimeType
 
@@ -585,6 +586,12 @@ def header_decides(mime: MimeType | None) -> bool:
     first three bytes of the page are all the browser still reads to choose."""
     if mime is None:
         return False
+    return _header_decides(mime)
+
+
+@lru_cache(maxsize=256)
+def _header_decides(mime: MimeType) -> bool:
+    # A function of the (immutable, memoised) MimeType alone, asked twice per page.
     label = mime.param("charset")
     return label is not None and get_encoding(label) is not None and all(
         get_encoding(other) is not None for other in mime.other_charsets)
@@ -758,8 +765,23 @@ def _choices(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[_Choice,
 def encoding(mime: MimeType | None, prefix: bytes, kind: Kind) -> tuple[str, str | None]:
     """(the encoding's WHATWG name, the problem or None): :func:`encoding_name` and
     :func:`encoding_problem` from one pass over ``prefix`` (the rewriter needs both)."""
+    if header_decides(mime) and not prefix.startswith(_BOMS):
+        assert mime is not None
+        return _by_header(mime, kind)
     declared, others = _choices(mime, prefix, kind)
     return declared[0], _problem(mime, prefix, declared, others)
+
+
+_BOMS = (b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")
+
+
+@lru_cache(maxsize=256)
+def _by_header(mime: MimeType, kind: Kind) -> tuple[str, str | None]:
+    """:func:`encoding` of a page whose ``Content-Type`` decides and that has no byte order
+    mark: the bytes are not read (no prescan, no default), so the answer is the header's, and
+    remembered per header (the common case costs a dictionary look-up, issue 19)."""
+    declared, others = _choices(mime, b"", kind)
+    return declared[0], _problem(mime, b"", declared, others)
 
 
 def encoding_name(mime: MimeType | None, prefix: bytes, kind: Kind) -> str:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 
 import brotli
 import zstandard
@@ -104,6 +105,22 @@ def accepted_codings(value: bytes) -> bytes | None:
     ``*`` is kept only as a refusal (``*;q=0``), so nothing is ever accepted that the client
     did not accept. None when nothing is left: the header goes (most apps then send identity).
     """
+    # Browsers send a handful of values: remembered per value (a short one), as every
+    # restricted request asks.
+    if len(value) <= _ACCEPT_MEMO_BYTES:
+        return _accepted_memo(value)
+    return _accepted(value)
+
+
+_ACCEPT_MEMO_BYTES = 256
+
+
+@lru_cache(maxsize=256)
+def _accepted_memo(value: bytes) -> bytes | None:
+    return _accepted(value)
+
+
+def _accepted(value: bytes) -> bytes | None:
     kept = []
     for element in value.split(b","):
         name, _, parameters = element.partition(b";")

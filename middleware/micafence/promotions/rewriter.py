@@ -90,6 +90,7 @@ _BODY_HEADERS = frozenset({
     b"content-length", b"etag", b"last-modified", b"content-md5", b"digest", b"content-digest",
     b"repr-digest", b"accept-ranges", b"content-range",
 })
+_BODY_AND_TYPE_HEADERS = _BODY_HEADERS | {b"content-type"}
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BOMS = (b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -206,13 +207,20 @@ class RewritingSend:
         if status == 206:
             await self._fail("partial content (206) cannot be rewritten")
             return
-        self._codings = parse_codings(v for n, v in headers if n.lower() == b"content-encoding")
+        codings: list[bytes] = []
+        declared: bytes | None = None
+        for name, value in headers:  # one pass for both
+            lower = name.lower()
+            if lower == b"content-encoding":
+                codings.append(value)
+            elif lower == b"content-length" and declared is None:
+                declared = value
+        self._codings = parse_codings(codings) if codings else []
         try:
             self._decoder = Decoder(self._codings)
         except CodingError as exc:  # a coding we cannot undo
             await self._fail(str(exc))
             return
-        declared = _header(headers, b"content-length")
         if declared is not None and not self._codings and declared.strip().isdigit() \
                 and int(declared) > self._limit:
             await self._fail(f"page larger than {self._limit} bytes")
@@ -391,13 +399,20 @@ class RewritingSend:
         await self._send({"type": "http.response.body", "body": raw, "more_body": more})
 
     def _page_headers(self, length: int | None, kind: Kind | None) -> list[Header]:
-        headers = [(n, v) for n, v in self._headers if n.lower() not in _BODY_HEADERS]
-        if self._untyped and kind is not None and kind in _JUDGED_TYPES:
-            headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
-            headers.append((b"content-type", _JUDGED_TYPES[kind]))
+        judged = _JUDGED_TYPES.get(kind) if self._untyped and kind is not None else None
+        dropped = _BODY_HEADERS if judged is None else _BODY_AND_TYPE_HEADERS
+        headers: list[Header] = []
+        nosniff = False
+        for name, value in self._headers:  # one pass: what goes, and is nosniff there
+            lower = name.lower()
+            if lower not in dropped:
+                headers.append((name, value))
+                nosniff = nosniff or lower == _NOSNIFF[0]
+        if judged is not None:
+            headers.append((b"content-type", judged))
         if length is not None:
-            headers.append((b"content-length", str(length).encode("ascii")))
-        if _NOSNIFF[0] not in (name.lower() for name, _ in headers):
+            headers.append((b"content-length", b"%d" % length))
+        if not nosniff:
             headers.append(_NOSNIFF)
         return self._cache.mark(headers, self._personal) + self._extra
 
@@ -435,9 +450,3 @@ def touches(start: Message) -> bool:
     would sniff it), or an interim one? Anything else passes the safety net untouched."""
     return may_be_page(start.get("headers") or ()) or int(start.get("status", 200)) < 200
 
-
-def _header(headers: Iterable[Header], name: bytes) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
