@@ -200,6 +200,10 @@ class _SrcDoc:
         element.set_attribute("srcdoc", value)
 
 
+#: What lol-html's stub says its sink is (spelt once: a subscript made per page costs).
+_Sink = Callable[[Any], Any]
+
+
 class PageRewriter:
     """One response's rewriter: :meth:`write` each piece of the page, then :meth:`end`.
 
@@ -225,7 +229,7 @@ class PageRewriter:
         self._out: list[bytes] = []
         self._decide = _Decide(page_filter)
         # lol-html hands the sink bytes (the stub is wider than the binding).
-        rewriter = lolhtml.HTMLRewriter(cast(Callable[[Any], Any], self._out.append))
+        rewriter = lolhtml.HTMLRewriter(cast(_Sink, self._out.append))
         # Each list in one call: lol-html matches a list in one pass, not one per selector.
         exact, checked = page_filter.engine_plan
         self._remove = _Remove()

@@ -244,7 +244,9 @@ class RewritingSend:
                         break
                 await self._consume(decoder.feed(body[start:start + step]), more)
             if not more and self._state in (_HOLDING, _STREAMING):
-                await self._consume(decoder.finish(), more)
+                rest = decoder.finish()
+                if rest:  # (nothing, for an uncoded body: no call for it)
+                    await self._consume(rest, more)
                 await self._finish()
             elif self._state == _HOLDING and self._settled():
                 await self._settle(complete=False, more=more)
@@ -301,7 +303,10 @@ class RewritingSend:
             await self._emit(encoder.end_member())
         out = rewriter.write(piece)  # (at most CHUNK bytes, as the decoder gives them)
         if out:
-            await self._emit(encoder.feed(out))
+            if self._opened:
+                await self._emit(encoder.feed(out))
+            else:  # (what _emit does before the start: no call for it)
+                self._pending.append(encoder.feed(out))
 
     async def _emit(self, data: bytes) -> None:
         """Send encoded bytes, or keep them until the start goes out with the page's length."""
