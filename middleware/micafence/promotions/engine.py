@@ -204,6 +204,31 @@ class _SrcDoc:
 _Sink = Callable[[Any], Any]
 
 
+class _Nested:
+    """``<noscript>`` (:class:`_NoScript`) and ``<iframe srcdoc>`` (:class:`_SrcDoc`) matched
+    by one selector list, each element handed to its own handler. Text reaches the handler only
+    inside a ``<noscript>``: an ``<iframe>``'s content (raw text to the browser too) is left as
+    it is, and nothing matches inside a ``<noscript>``, whose content lol-html reads as text."""
+
+    __slots__ = ("in_noscript", "noscript", "srcdoc")
+
+    def __init__(self, noscript: _NoScript, srcdoc: _SrcDoc) -> None:
+        self.noscript = noscript
+        self.srcdoc = srcdoc
+        self.in_noscript = False
+
+    def element(self, element: lolhtml.Element) -> None:
+        self.in_noscript = element.tag_name.lower() == "noscript"
+        if self.in_noscript:
+            self.noscript.element(element)
+        else:
+            self.srcdoc.element(element)
+
+    def text(self, chunk: lolhtml.TextChunk) -> None:
+        if self.in_noscript:
+            self.noscript.text(chunk)
+
+
 class PageRewriter:
     """One response's rewriter: :meth:`write` each piece of the page, then :meth:`end`.
 
@@ -237,10 +262,12 @@ class PageRewriter:
             rewriter.on(exact, self._remove)
         if checked is not None:
             rewriter.on(checked, self._decide)
-        if utf8 and noscript:
-            rewriter.on("noscript", _NoScript(page_filter, depth))
         self._srcdoc = _SrcDoc(page_filter, exact=utf8 and not xml, depth=depth)
-        rewriter.on("iframe[srcdoc]", self._srcdoc)
+        if utf8 and noscript:  # both in one list: one matching pass, not two
+            rewriter.on("noscript, iframe[srcdoc]",
+                        _Nested(_NoScript(page_filter, depth), self._srcdoc))
+        else:
+            rewriter.on("iframe[srcdoc]", self._srcdoc)
         if meta_charset:
             rewriter.on("meta", _MetaCharset())
         self._rewriter: lolhtml.HTMLRewriter | None = rewriter
