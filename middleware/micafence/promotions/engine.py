@@ -206,26 +206,38 @@ _Sink = Callable[[Any], Any]
 
 class _Nested:
     """``<noscript>`` (:class:`_NoScript`) and ``<iframe srcdoc>`` (:class:`_SrcDoc`) matched
-    by one selector list, each element handed to its own handler. Text reaches the handler only
-    inside a ``<noscript>``: an ``<iframe>``'s content (raw text to the browser too) is left as
-    it is, and nothing matches inside a ``<noscript>``, whose content lol-html reads as text."""
+    by one selector list (one matching pass), each element handed to its own handler, made when
+    the first such element comes (most pages have none). Text reaches the handler only inside a
+    ``<noscript>``: an ``<iframe>``'s content (raw text to the browser too) is left as it is,
+    and nothing matches inside a ``<noscript>``, whose content lol-html reads as text."""
 
-    __slots__ = ("in_noscript", "noscript", "srcdoc")
+    __slots__ = ("depth", "exact", "in_noscript", "noscript", "page_filter", "srcdoc")
 
-    def __init__(self, noscript: _NoScript, srcdoc: _SrcDoc) -> None:
-        self.noscript = noscript
-        self.srcdoc = srcdoc
+    def __init__(self, page_filter: PromotionFilter, *, exact: bool, depth: int) -> None:
+        self.page_filter = page_filter
+        self.exact = exact
+        self.depth = depth
+        self.noscript: _NoScript | None = None
+        self.srcdoc: _SrcDoc | None = None
         self.in_noscript = False
+
+    @property
+    def removed(self) -> int:
+        return 0 if self.srcdoc is None else self.srcdoc.removed
 
     def element(self, element: lolhtml.Element) -> None:
         self.in_noscript = element.tag_name.lower() == "noscript"
         if self.in_noscript:
+            if self.noscript is None:
+                self.noscript = _NoScript(self.page_filter, self.depth)
             self.noscript.element(element)
         else:
+            if self.srcdoc is None:
+                self.srcdoc = _SrcDoc(self.page_filter, exact=self.exact, depth=self.depth)
             self.srcdoc.element(element)
 
     def text(self, chunk: lolhtml.TextChunk) -> None:
-        if self.in_noscript:
+        if self.in_noscript and self.noscript is not None:
             self.noscript.text(chunk)
 
 
@@ -247,12 +259,11 @@ class PageRewriter:
     ASCII-compatible fails it (:class:`_MetaCharset`).
     """
 
-    __slots__ = ("_decide", "_loop", "_out", "_remove", "_rewriter", "_srcdoc", "_thread")
+    __slots__ = ("_decide", "_loop", "_nested", "_out", "_remove", "_rewriter", "_thread")
 
     def __init__(self, page_filter: PromotionFilter, *, utf8: bool = True, xml: bool = False,
                  noscript: bool = True, depth: int = 0, meta_charset: bool = False) -> None:
         self._out: list[bytes] = []
-        self._decide = _Decide(page_filter)
         # lol-html hands the sink bytes (the stub is wider than the binding).
         rewriter = lolhtml.HTMLRewriter(cast(_Sink, self._out.append))
         # Each list in one call: lol-html matches a list in one pass, not one per selector.
@@ -260,14 +271,14 @@ class PageRewriter:
         self._remove = _Remove()
         if exact is not None:
             rewriter.on(exact, self._remove)
+        self._decide: _Decide | None = None
         if checked is not None:
+            self._decide = _Decide(page_filter)
             rewriter.on(checked, self._decide)
-        self._srcdoc = _SrcDoc(page_filter, exact=utf8 and not xml, depth=depth)
-        if utf8 and noscript:  # both in one list: one matching pass, not two
-            rewriter.on("noscript, iframe[srcdoc]",
-                        _Nested(_NoScript(page_filter, depth), self._srcdoc))
-        else:
-            rewriter.on("iframe[srcdoc]", self._srcdoc)
+        # <noscript> content is cleaned on a UTF-8 page only (see _NoScript).
+        self._nested = _Nested(page_filter, exact=utf8 and not xml, depth=depth)
+        rewriter.on("noscript, iframe[srcdoc]" if utf8 and noscript else "iframe[srcdoc]",
+                    self._nested)
         if meta_charset:
             rewriter.on("meta", _MetaCharset())
         self._rewriter: lolhtml.HTMLRewriter | None = rewriter
@@ -280,7 +291,8 @@ class PageRewriter:
     @property
     def removed(self) -> int:
         """Elements removed so far (in ``srcdoc`` documents too; an emptied one counts)."""
-        return self._remove.removed + self._decide.removed + self._srcdoc.removed
+        decided = 0 if self._decide is None else self._decide.removed
+        return self._remove.removed + decided + self._nested.removed
 
     def write(self, chunk: bytes) -> bytes:
         """Rewrite the next piece of the page; the bytes that can go out now."""

@@ -39,7 +39,7 @@ standards; when the two readings disagree, the one that renders more is taken):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import cast
 
@@ -75,6 +75,14 @@ class MimeType:
     params: tuple[tuple[str, str], ...] = ()
     #: Charset labels another browser reads from the same header (see the module docstring, 2).
     other_charsets: tuple[str, ...] = ()
+    # The hash, made once: a page's MimeType keys the charset memos several times per page.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.essence, self.params, self.other_charsets)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def param(self, name: str) -> str | None:
         """The first parameter called ``name`` (lower case), or ``None``."""
