@@ -384,7 +384,8 @@ class RewritingSend:
         self._state = _DONE
         body = (encoder.feed(tail) if tail else b"") + encoder.finish()
         if not self._opened:
-            body = b"".join([*self._pending, body])
+            parts = [*self._pending, body] if body else self._pending
+            body = parts[0] if len(parts) == 1 else b"".join(parts)  # (one: no copy)
             self._pending = []
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(len(body), self._kind)})
