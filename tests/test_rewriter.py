@@ -19,6 +19,7 @@ import pytest
 import zstandard
 
 from micafence import MicafenceMiddleware, load_policy_text
+from micafence.policy.probe import build_scope
 from micafence.promotions.rewriter import ABORTS, RewriteAborted
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 
@@ -559,10 +560,7 @@ async def test_output_starts_before_the_app_has_sent_its_page() -> None:
     async def receive() -> Any:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-             "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"",
-             "root_path": "", "headers": [(b"host", b"exchange.test")],
-             "client": (SE, 40000), "server": ("exchange.test", 80)}
+    scope = build_scope(SE, "GET", "/", [("host", "exchange.test")])
     await guarded(app)(scope, receive, send)
     assert b"".join(got) == kept
 
@@ -625,10 +623,7 @@ async def test_a_page_that_waits_after_its_head_gets_its_first_bytes_out(
     async def receive() -> Any:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-             "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"",
-             "root_path": "", "headers": [(b"host", b"exchange.test")],
-             "client": (SE, 40000), "server": ("exchange.test", 80)}
+    scope = build_scope(SE, "GET", "/", [("host", "exchange.test")])
     await guarded(app)(scope, receive, send)
     assert waited == [True], "the first bytes never reached the visitor while the app waited"
     body = b"".join(got)
@@ -779,10 +774,7 @@ async def test_head_request_never_carries_the_page_an_app_sends_anyway() -> None
     async def receive() -> Any:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "HEAD", "scheme": "http", "path": "/", "raw_path": b"/",
-             "query_string": b"", "root_path": "", "headers": [(b"host", b"exchange.test")],
-             "client": (SE, 40000), "server": ("exchange.test", 80)}
+    scope = build_scope(SE, "HEAD", "/", [("host", "exchange.test")])
     await guarded(RawApp([PAGE[:100], PAGE[100:]]))(scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     assert [m["type"] for m in sent[1:]] == ["http.response.body"] * 2
