@@ -165,3 +165,14 @@ class Load:
 
     async def run_for(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """A raw test app's whole lifespan: start-up and shutdown both complete."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return

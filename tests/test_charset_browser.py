@@ -18,6 +18,7 @@ import pytest
 
 from micafence.promotions.charsets import HeadWatch
 from tests.conftest import ServerThread
+from tests.live import answer_lifespan
 from tests.test_browser import browser  # noqa: F401  (the shared Chromium fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -67,13 +68,8 @@ def page(markup: bytes) -> bytes:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     last = scope["path"].rsplit("/", 1)[1]
     if not last.isdigit():  # /favicon.ico
         await send({"type": "http.response.start", "status": 404, "headers": []})

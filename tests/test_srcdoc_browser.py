@@ -19,6 +19,7 @@ import pytest
 from micafence.promotions.engine import rewrite
 from micafence.promotions.filter import PromotionFilter
 from tests.conftest import ServerThread
+from tests.live import answer_lifespan
 from tests.test_browser import browser  # noqa: F401  (the shared Chromium fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -57,13 +58,8 @@ REWRITTEN = rewrite(FILTER, ORIGINAL)
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     assert scope["type"] in ("http", "lifespan")
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
+        return
     body = REWRITTEN if scope["path"] == "/rewritten" else ORIGINAL
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/html; charset=utf-8")]})
