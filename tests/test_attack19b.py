@@ -41,7 +41,8 @@ _ODD_PAGES = [
     b"<div data-promo data-approved-uk>approved</div><div data-promo data-approved-uk "
     b"data-incentive>incentive</div><div data-incentive>inc2</div>",
     b"<ASIDE DATA-AD>ad</ASIDE><aside data-ad='&amp;'>ad2</aside><div data-ad>keep</div>",
-    b"<div data-promo\x00>nul</div><div data-pro\xc3\xa9mo>keep</div><div data-\xe2\x84\xaapromo>k</div>",
+    b"<div data-promo\x00>nul</div><div data-pro\xc3\xa9mo>keep</div>"
+    b"<div data-\xe2\x84\xaapromo>k</div>",
     b"<table><tr data-promo><td>r</td></tr><td data-promo>c</td></table><select>"
     b"<option data-promo>o</option></select>",
 ]
@@ -87,3 +88,51 @@ async def test_a_bytearray_vary_from_the_app_does_not_crash_the_page() -> None:
     assert response.status_code == 200
     assert b"0% fees" not in response.content
     assert "Accept-Language" in response.headers["vary"]
+
+
+_NOSCRIPT_PAGE = (b"<!doctype html><body><noscript><div data-promo>NOSCRIPT-PROMO</div></noscript>"
+                  b"<p>keep \xc3\xa9</p></body>")
+
+
+async def test_a_bom_page_after_a_page_without_one_is_read_by_its_bom_not_the_memo() -> None:
+    # The charset memo keys on the Content-Type alone: a later UTF-8 BOM under the same
+    # windows-1252 header must still be read as UTF-8 (its <noscript> cleaned), and a UTF-16
+    # BOM refused, though the header's answer was remembered by the pages before.
+    content_type = b"text/html; charset=windows-1252"
+    middleware = guarded(RawApp([_NOSCRIPT_PAGE], content_type=content_type))
+    assert (await fetch(middleware, peer=SE)).status_code == 200  # warms the memos
+    bom = guarded(RawApp([b"\xef\xbb\xbf" + _NOSCRIPT_PAGE], content_type=content_type))
+    response = await fetch(bom, peer=SE)
+    assert response.status_code == 200 and b"NOSCRIPT-PROMO" not in response.content
+    utf16 = ("\ufeff" + PAGE.decode()).encode("utf-16-le")
+    response = await fetch(guarded(RawApp([utf16], content_type=content_type)), peer=SE)
+    assert response.status_code == 451 and "0% fees" not in response.text
+
+
+_UK_PAGE = (b'<html><body><div id="plain" data-promo>unapproved</div>'
+            b'<div id="uk-ok" data-promo data-promo-approved="uk">GBP deposits</div>'
+            b'<p id="prices">BTC</p></body></html>')
+
+
+async def test_visitors_take_turns_on_one_middleware_without_sharing_answers() -> None:
+    # One middleware, one Content-Type and Cache-Control: the memos are warm after the first
+    # request; each visitor still gets its own page, and an anonymous answer never loses the
+    # private marking a restricted one got.
+    app = RawApp([_UK_PAGE], headers=[(b"cache-control", b"max-age=60")])
+    middleware = guarded(app)
+    for _ in range(2):
+        swedish = await fetch(middleware, peer=SE)
+        uk = await fetch(middleware, peer=UK)
+        swiss = await fetch(middleware, peer="2a02:d000::1")
+        assert b"GBP deposits" not in swedish.content and b"unapproved" not in swedish.content
+        assert b"GBP deposits" in uk.content and b"unapproved" not in uk.content
+        assert swiss.content == _UK_PAGE
+        for response in (swedish, uk, swiss):
+            assert "private" in response.headers["cache-control"]
+
+
+async def test_head_through_the_net_after_a_get_carries_no_body() -> None:
+    middleware = guarded(RawApp([PAGE]))
+    assert b"0% fees" not in (await fetch(middleware, peer=UK)).content
+    response = await fetch(middleware, peer=UK, method="HEAD")
+    assert response.status_code == 200 and response.content == b""
