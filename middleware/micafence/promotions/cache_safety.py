@@ -86,9 +86,10 @@ def make_private(
             cache_control.append(value)
         elif lower not in TARGETED_CACHE_HEADERS:
             out.append((name, value))
+    # The memos key on the values: bytes, whatever bytes-like object the app gave.
     if private:
-        out.append((b"cache-control", _merged_cache_control(tuple(cache_control))))
-    merged_vary = _merged_vary(tuple(vary_values), tuple(vary))
+        out.append((b"cache-control", _merged_cache_control(tuple(map(bytes, cache_control)))))
+    merged_vary = _merged_vary(tuple(map(bytes, vary_values)), tuple(vary))
     if merged_vary:
         out.append((b"vary", merged_vary))
     return out

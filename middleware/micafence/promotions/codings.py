@@ -454,8 +454,8 @@ class Decoder:
         if self._identity:
             if len(data) <= CHUNK:
                 return (bytes(data),) if data else ()
-            whole = bytes(data)
-            return [whole[start:start + CHUNK] for start in range(0, len(whole), CHUNK)]
+            # Sliced as the pieces are taken: a large message is never copied whole at once.
+            return (bytes(data[start:start + CHUNK]) for start in range(0, len(data), CHUNK))
         if data:
             self._stages[0].push(bytes(data))
         return self._pump()
