@@ -780,3 +780,31 @@ async def test_head_request_never_carries_the_page_an_app_sends_anyway() -> None
     assert [m["type"] for m in sent[1:]] == ["http.response.body"] * 2
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b""
     assert sent[-1].get("more_body", False) is False
+
+
+@pytest.mark.parametrize(("content_type", "page"), [
+    (HTML, PAGE),
+    (None, PAGE),  # untyped: sniffed, sent as text/html
+    (b"application/xhtml+xml", b'<html xmlns="http://www.w3.org/1999/xhtml"><body>'
+     b'<p data-promo="">0% fees</p><p>BTC</p></body></html>'),
+    (b"text/html", b'<html><head><meta charset="utf-8"></head><body><div data-promo>x</div>'
+     b"<noscript><div data-promo>y</div></noscript><p>z</p></body></html>"),
+    (None, b'{"price": 61250}'),  # untyped, not markup: as it came
+])
+async def test_a_page_in_one_message_is_answered_as_the_same_page_in_pieces(
+    content_type: bytes | None, page: bytes
+) -> None:
+    """A small page the app sends whole (as ``Response`` does) and the same page sent in
+    pieces reach the visitor as the same body and headers, the whole one with its length."""
+    whole = await fetch(guarded(RawApp([page], content_type=content_type)))
+    pieces = await fetch(guarded(RawApp([page[:7], page[7:20], page[20:]],
+                                        content_type=content_type)))
+    assert whole.status_code == pieces.status_code == 200
+    assert whole.content == pieces.content
+    assert b"data-promo" not in whole.content or (content_type is None and page.startswith(b"{"))
+    assert whole.headers.get("content-type") == pieces.headers.get("content-type")
+    assert whole.headers.get("x-content-type-options") == "nosniff"
+    if page.startswith(b"{"):  # passed as the app sent it: no length added
+        assert whole.headers.get("content-length") == pieces.headers.get("content-length")
+    else:
+        assert whole.headers["content-length"] == str(len(whole.content))

@@ -164,7 +164,12 @@ class RewritingSend:
         kind = message.get("type")
         state = self._state
         if kind == "http.response.body" and state in (_HOLDING, _STREAMING):
-            await self._body(message)
+            body = message.get("body") or b""
+            if state == _HOLDING and not self._raw and not self._codings \
+                    and len(body) < PIECE and not message.get("more_body", False):
+                await self._whole(body if type(body) is bytes else bytes(body))
+            else:
+                await self._body(message)
         elif kind == "http.response.start" and state == _WAITING:
             headers = list(message.get("headers") or ())
             page = may_be_page(headers)
@@ -216,11 +221,12 @@ class RewritingSend:
             elif lower == b"content-length" and declared is None:
                 declared = value
         self._codings = parse_codings(codings) if codings else []
-        try:
-            self._decoder = Decoder(self._codings)
-        except CodingError as exc:  # a coding we cannot undo
-            await self._fail(str(exc))
-            return
+        if self._codings:  # (an uncoded body gets its decoder when it needs one: _body)
+            try:
+                self._decoder = Decoder(self._codings)
+            except CodingError as exc:  # a coding we cannot undo
+                await self._fail(str(exc))
+                return
         if declared is not None and not self._codings and declared.strip().isdigit() \
                 and int(declared) > self._limit:
             await self._fail(f"page larger than {self._limit} bytes")
@@ -231,7 +237,8 @@ class RewritingSend:
         body = bytes(message.get("body") or b"")
         more = bool(message.get("more_body", False))
         decoder = self._decoder
-        assert decoder is not None
+        if decoder is None:
+            decoder = self._decoder = Decoder([])
         if self._state == _HOLDING:
             self._raw.append(body)
             self._raw_size += len(body)
@@ -335,28 +342,39 @@ class RewritingSend:
         return (self._kind is Kind.HTML or self._kind is Kind.XML) and self._held_size >= 3 \
             and header_decides(self._mime)
 
-    async def _settle(self, *, complete: bool, more: bool) -> None:
-        """Type and charset from the bytes held; then pass the response, refuse it, or start
-        rewriting (sending the start unless the whole body is already here)."""
-        prefix = b"".join(self._held)
+    def _judge(self, prefix: bytes, complete: bool) -> str | None:
+        """The rules that settle a response from its first decoded bytes, for both paths (the
+        hold and :meth:`_whole`): its kind (sniffed when untyped, kept in ``_kind``), and for a
+        page its charset and the rewriter for it (``_rewriter``). Returns the problem that
+        refuses the page, if any; no problem and no rewriter: not a page, it passes as it came.
+        """
         kind = self._kind
         if kind is Kind.UNTYPED:
             kind = sniff(prefix, complete)
             self._kind = kind
         if kind is not Kind.HTML and kind is not Kind.XML:
-            await self._pass_held(more)
-            return
-        name, problem = encoding(self._mime, prefix, kind)
+            return None
+        mime = self._mime
+        name, problem = encoding(mime, prefix, kind)
+        if problem is not None:
+            return problem
+        xml = kind is Kind.XML or (mime is not None and mime.essence == "application/xhtml+xml")
+        fixed = prefix.startswith(_BOMS) or header_decides(mime)
+        self._rewriter = self._filter.rewriter(utf8=name == "UTF-8", xml=xml,
+                                               meta_charset=not xml and not fixed)
+        return None
+
+    async def _settle(self, *, complete: bool, more: bool) -> None:
+        """Type and charset from the bytes held; then pass the response, refuse it, or start
+        rewriting (sending the start unless the whole body is already here)."""
+        problem = self._judge(b"".join(self._held), complete)
         if problem is not None:
             await self._fail(problem)
             return
+        if self._rewriter is None:
+            await self._pass_held(more)
+            return
         self._raw.clear()
-        utf8 = name == "UTF-8"
-        xml = kind is Kind.XML or (self._mime is not None
-                                   and self._mime.essence == "application/xhtml+xml")
-        fixed = prefix.startswith(_BOMS) or header_decides(self._mime)
-        self._rewriter = self._filter.rewriter(utf8=utf8, xml=xml,
-                                               meta_charset=not xml and not fixed)
         self._encoder = Encoder(self._codings)
         self._state = _STREAMING
         held, self._held = self._held, []
@@ -368,7 +386,7 @@ class RewritingSend:
             await self._rewrite(piece)
         if more:
             self._opened = True
-            await self._send({**self._start, "headers": self._page_headers(None, kind)})
+            await self._send({**self._start, "headers": self._page_headers(None, self._kind)})
             pending, self._pending = b"".join(self._pending), []
             await self._emit(pending)
 
@@ -390,6 +408,40 @@ class RewritingSend:
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(len(body), self._kind)})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _whole(self, body: bytes) -> None:
+        """The whole page in one message, uncoded and under :data:`PIECE` bytes (a small page
+        as ``Response`` sends it): the rules of the hold (:meth:`_judge`, the size limit, the
+        failures) in one go, with no hold, decoder or encoder, and one send of the start with the
+        page's length and one of the body."""
+        try:
+            if len(body) > self._limit:
+                raise _TooLarge
+            problem = self._judge(body, True)
+            if problem is not None:
+                await self._fail(problem)
+                return
+            rewriter = self._rewriter
+            if rewriter is None:  # not a page after all: as it came
+                self._raw = [body]
+                await self._pass_held(False)
+                return
+            out = rewriter.write(body) if body else b""
+            self._rewriter = None
+            tail = rewriter.end()
+            self._state = _DONE
+            if tail:
+                out += tail
+            self._opened = True
+            await self._send({**self._start, "headers": self._page_headers(len(out), self._kind)})
+            await self._send({"type": "http.response.body", "body": out, "more_body": False})
+        except RewriteError as exc:
+            await self._trouble("engine", f"the rewriter refused the page: {exc}")
+        except _TooLarge:
+            await self._trouble("too_large", f"page larger than {self._limit} bytes")
+        except BaseException:
+            self._release()  # the send failed, or the task was cancelled: the page is over
+            raise
 
     async def _pass_held(self, more: bool) -> None:
         """Not a page after all (an untyped body that does not sniff as markup): as it came."""
