@@ -4,6 +4,7 @@ the command walks, and apps it must refuse."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.endpoints import HTTPEndpoint
@@ -35,8 +36,10 @@ class Orders(HTTPEndpoint):
         return PlainTextResponse("placed")
 
 
-async def raw_asgi(scope: object, receive: object, send: object) -> None:
-    """An app mounted whole: the command cannot see what it serves."""
+async def raw_asgi(scope: Any, receive: Any, send: Any) -> None:
+    """An app mounted whole: the command cannot see what it serves (it answers 404 to all)."""
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 admin = Starlette(routes=[Route("/users/{user_id:int}", ok, methods=["DELETE"])],
