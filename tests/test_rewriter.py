@@ -67,6 +67,16 @@ class RawApp:
                         "more_body": index < len(self.chunks) - 1})
 
 
+async def call_in_process(app: Any, send: Any, method: str = "GET") -> None:
+    """``app`` behind micafence, called once by a Swedish visitor with no request body;
+    ``send`` takes every message micafence sends."""
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await guarded(app)(build_scope(SE, method, "/", [("host", "exchange.test")]), receive, send)
+
+
 def guarded(app: Any, policy_text: str | None = None) -> MicafenceMiddleware:
     policy = load_policy_text(policy_text, "test.yaml") if policy_text else DEFAULT_POLICY
     return MicafenceMiddleware(app, policy=policy, geoip_db=COUNTRY_DB)
@@ -557,11 +567,7 @@ async def test_output_starts_before_the_app_has_sent_its_page() -> None:
             if message.get("body"):
                 received.set()
 
-    async def receive() -> Any:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope = build_scope(SE, "GET", "/", [("host", "exchange.test")])
-    await guarded(app)(scope, receive, send)
+    await call_in_process(app, send)
     assert b"".join(got) == kept
 
 
@@ -620,11 +626,7 @@ async def test_a_page_that_waits_after_its_head_gets_its_first_bytes_out(
             if message.get("body"):
                 received.set()
 
-    async def receive() -> Any:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope = build_scope(SE, "GET", "/", [("host", "exchange.test")])
-    await guarded(app)(scope, receive, send)
+    await call_in_process(app, send)
     assert waited == [True], "the first bytes never reached the visitor while the app waited"
     body = b"".join(got)
     page = gzip.decompress(body) if coding else body
@@ -771,11 +773,7 @@ async def test_head_request_never_carries_the_page_an_app_sends_anyway() -> None
     async def send(message: Any) -> None:
         sent.append(message)
 
-    async def receive() -> Any:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope = build_scope(SE, "HEAD", "/", [("host", "exchange.test")])
-    await guarded(RawApp([PAGE[:100], PAGE[100:]]))(scope, receive, send)
+    await call_in_process(RawApp([PAGE[:100], PAGE[100:]]), send, method="HEAD")
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     assert [m["type"] for m in sent[1:]] == ["http.response.body"] * 2
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b""

@@ -264,15 +264,8 @@ class RewritingSend:
                 await self._fail(f"{self._raw_size} bytes of {', '.join(self._codings)} body "
                                  f"decode to {self._held_size}: too little to settle the "
                                  "page's type and charset")
-        except CodingError as exc:
-            await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
-        except RewriteError as exc:
-            await self._trouble("engine", f"the rewriter refused the page: {exc}")
-        except _TooLarge:
-            await self._trouble("too_large", f"page larger than {self._limit} bytes")
-        except BaseException:
-            self._release()  # the send failed, or the task was cancelled: the page is over
-            raise
+        except BaseException as exc:
+            await self._failed(exc)
 
     async def _consume(self, pieces: Iterable[bytes], more: bool) -> None:
         for piece in pieces:
@@ -435,13 +428,8 @@ class RewritingSend:
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(len(out), self._kind)})
             await self._send({"type": "http.response.body", "body": out, "more_body": False})
-        except RewriteError as exc:
-            await self._trouble("engine", f"the rewriter refused the page: {exc}")
-        except _TooLarge:
-            await self._trouble("too_large", f"page larger than {self._limit} bytes")
-        except BaseException:
-            self._release()  # the send failed, or the task was cancelled: the page is over
-            raise
+        except BaseException as exc:
+            await self._failed(exc)
 
     async def _pass_held(self, more: bool) -> None:
         """Not a page after all (an untyped body that does not sniff as markup): as it came."""
@@ -475,6 +463,20 @@ class RewritingSend:
         return self._cache.mark(headers, self._personal) + self._extra
 
     # -- failures --------------------------------------------------------------------------------
+
+    async def _failed(self, exc: BaseException) -> None:
+        """What a failure while reading or rewriting the body means: the on_unrewritable
+        answer before the first byte, an abort after (:meth:`_trouble`); anything else (the
+        send failed, the task was cancelled) ends the page and goes on up."""
+        if isinstance(exc, CodingError):
+            await self._trouble("coding", f"bad {', '.join(self._codings)} body: {exc}")
+        elif isinstance(exc, RewriteError):
+            await self._trouble("engine", f"the rewriter refused the page: {exc}")
+        elif isinstance(exc, _TooLarge):
+            await self._trouble("too_large", f"page larger than {self._limit} bytes")
+        else:
+            self._release()
+            raise exc
 
     async def _trouble(self, reason: str, problem: str) -> None:
         if not self._opened:
