@@ -26,7 +26,13 @@ from micafence import MicafenceMiddleware
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, ServerThread
 from tests.corpus_cases import Case, guarded_corpus, typed
 from tests.test_browser import browser  # noqa: F401  (the shared Chromium fixture)
-from tests.test_browser_corpus import SWEDISH, SWISS, Visitor, check_case
+from tests.test_browser_corpus import (  # noqa: F401  (visitors: the shared fixture)
+    SWEDISH,
+    SWISS,
+    Visitor,
+    check_case,
+    visitors,
+)
 
 Scope = MutableMapping[str, Any]
 
@@ -126,19 +132,9 @@ def attack_corpus() -> Iterator[str]:
         yield server.url
 
 
-@pytest.fixture(scope="module")
-def attack_visitors(browser: Any) -> Iterator[tuple[Visitor, Visitor]]:  # noqa: F811
-    swiss, swedish = Visitor(browser, SWISS), Visitor(browser, SWEDISH)
-    try:
-        yield swiss, swedish
-    finally:
-        swiss.context.close()
-        swedish.context.close()
-
-
-def _load_both(url: str, visitors: tuple[Visitor, Visitor], case: Case) -> list[str]:
-    swiss = visitors[0].load(f"{url}/case/{case.id}")
-    swedish = visitors[1].load(f"{url}/case/{case.id}")
+def _load_both(url: str, pair: tuple[Visitor, Visitor], case: Case) -> list[str]:
+    swiss = pair[0].load(f"{url}/case/{case.id}")
+    swedish = pair[1].load(f"{url}/case/{case.id}")
     return check_case(case, swiss, swedish)
 
 
@@ -146,13 +142,14 @@ def _load_both(url: str, visitors: tuple[Visitor, Visitor], case: Case) -> list[
 @pytest.mark.server
 @pytest.mark.parametrize("case", XML_FINDINGS, ids=lambda case: case.id)
 def test_xml_document_promotion_hidden_from_the_html_tokenizer(
-        case: Case, attack_corpus: str, attack_visitors: tuple[Visitor, Visitor]) -> None:
+        case: Case, attack_corpus: str,
+        visitors: tuple[Visitor, Visitor]) -> None:  # noqa: F811
     """Was a finding: lol-html tokenized XML documents (XHTML, application/xml, SVG) as HTML:
     raw-text elements (<xmp>, <plaintext>) hid their children from it, DTD entities and XSLT
     made elements no start tag spells. Fixed: XML kinds are read by expat
     (promotions/xml_rewriter.py), which refuses an <?xml-stylesheet?> and DOCTYPE
     declarations that make markup."""
-    problems = _load_both(attack_corpus, attack_visitors, case)
+    problems = _load_both(attack_corpus, visitors, case)
     assert not problems, f"case {case.id} ({case.why}):\n  " + "\n  ".join(problems)
 
 
@@ -160,8 +157,9 @@ def test_xml_document_promotion_hidden_from_the_html_tokenizer(
 @pytest.mark.server
 @pytest.mark.parametrize("case", CHARSET_FINDINGS, ids=lambda case: case.id)
 def test_late_meta_charset_beyond_the_hold(
-        case: Case, attack_corpus: str, attack_visitors: tuple[Visitor, Visitor]) -> None:
-    problems = _load_both(attack_corpus, attack_visitors, case)
+        case: Case, attack_corpus: str,
+        visitors: tuple[Visitor, Visitor]) -> None:  # noqa: F811
+    problems = _load_both(attack_corpus, visitors, case)
     assert not problems, f"case {case.id} ({case.why}):\n  " + "\n  ".join(problems)
 
 
@@ -169,8 +167,8 @@ def test_late_meta_charset_beyond_the_hold(
 @pytest.mark.server
 @pytest.mark.parametrize("case", HELD, ids=lambda case: case.id)
 def test_held_in_chromium(case: Case, attack_corpus: str,
-                          attack_visitors: tuple[Visitor, Visitor]) -> None:
-    problems = _load_both(attack_corpus, attack_visitors, case)
+                          visitors: tuple[Visitor, Visitor]) -> None:  # noqa: F811
+    problems = _load_both(attack_corpus, visitors, case)
     assert not problems, f"case {case.id} ({case.why}):\n  " + "\n  ".join(problems)
 
 
