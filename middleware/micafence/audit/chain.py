@@ -139,6 +139,15 @@ class TornTail:
 
 
 @dataclass(slots=True)
+class Unsealed:
+    """The records after a chain's last signed one: where they start and end, how many."""
+
+    first: str
+    last: str
+    count: int
+
+
+@dataclass(slots=True)
 class ChainReport:
     """What :func:`verify_chain` found for one writer."""
 
@@ -151,8 +160,8 @@ class ChainReport:
     closed: bool = False
     last_signed_time: str | None = None
     problems: list[str] = field(default_factory=list)
-    #: Locations of records after the last signed one.
-    unsealed: list[str] = field(default_factory=list)
+    #: The records after the last signed one (None: the last record is signed).
+    unsealed: Unsealed | None = None
     torn: TornTail | None = None
     #: The writer whose recovery record accounts for this chain's missing close.
     recovered_by: str | None = None
@@ -190,35 +199,54 @@ def verify_chain(
     ``key``: the audit secret, or only the public key (then records signed the old way, with
     an HMAC, are reported as unverifiable). ``recoveries``: what recovery records (of any
     writer) say about this one. Returns the report and the records that parsed (for export and
-    reports, even when broken).
+    reports, even when broken). :class:`ChainScanner` does the same a line at a time.
     """
-    report, records = scan_chain(writer, lines, key, anchors=anchors)
+    scanner = ChainScanner(writer, key)
+    records = [r for location, raw in lines if (r := scanner.feed(location, raw)) is not None]
+    report = scanner.finish(anchors)
     judge_end(report, recoveries, now=now, stale_after=stale_after,
               require_closed=require_closed)
     return report, records
 
 
-def scan_chain(
-    writer: str,
-    lines: Iterable[tuple[str, bytes]],
-    key: Verifier,
-    *,
-    anchors: Mapping[str, Anchor] | None = None,
-) -> tuple[ChainReport, list[dict[str, Any]]]:
-    """The body of :func:`verify_chain`: every record checked, the end left to
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A chain's first record, judged once the prune anchors are known (:meth:`ChainScanner.
+    finish`): a prune record found later in the reading may say where the chain continues."""
+
+    at: int  # where its problems go in the report's list
+    location: str
+    seq: int
+    prev: str
+    opens: bool  # the record is an open record at seq 0
+    other_key: str | None  # the open record names another key
+
+
+class ChainScanner:
+    """Checks one writer's chain a line at a time, holding only the chain's running state
+    (expected ``seq`` and ``prev``, the last signed record): a log of any size is checked in
+    constant memory. :meth:`feed` each line in order, then :meth:`finish`; the end is judged by
     :func:`judge_end` (which may need recovery records found in other chains)."""
-    report = ChainReport(writer)
-    records: list[dict[str, Any]] = []
-    expected_seq, expected_prev = 0, GENESIS
-    started = False
-    for location, raw in lines:
+
+    def __init__(self, writer: str, key: Verifier) -> None:
+        self.report = ChainReport(writer)
+        #: Records that parsed so far (every one :meth:`feed` returned).
+        self.parsed = 0
+        self._key = key
+        self._expected_seq, self._expected_prev = 0, GENESIS
+        self._start: _Start | None = None
+
+    def feed(self, location: str, raw: bytes) -> dict[str, Any] | None:
+        """Check the next line (``location`` like ``file:12``); the record, if it parsed (even
+        when it is not sound: export and reports read broken logs too)."""
+        report = self.report
         if report.torn is not None:  # a partial line with more after it: not a crash's tear
             report.problems.append(f"{report.torn.location}: not a complete record (line cut "
                                    "short or edited)")
             report.torn = None
         if not raw.endswith(b"\n"):
             report.torn = TornTail(location, len(raw), hashlib.sha256(raw).hexdigest())
-            continue
+            return None
         try:
             record = json.loads(raw)
             if not isinstance(record, dict):
@@ -229,43 +257,31 @@ def scan_chain(
         except (ValueError, KeyError):
             report.problems.append(f"{location}: not a complete record (line cut short or "
                                    "edited)")
-            continue
-        records.append(record)
-        if record.get("writer") != writer:
+            return None
+        self.parsed += 1
+        if record.get("writer") != report.writer:
             report.problems.append(f"{location}: record of writer {record.get('writer')!r} in "
-                                   f"the chain of {writer!r} (moved or inserted)")
-            continue
+                                   f"the chain of {report.writer!r} (moved or inserted)")
+            return record
         hashed = record_hash(record) == digest
         if not hashed:
             report.problems.append(f"{location}: hash mismatch: the record was edited")
-        if not started:
-            started = True
-            anchor = (anchors or {}).get(writer)
-            if anchor is not None and seq == anchor.seq + 1:
-                expected_seq, expected_prev = seq, anchor.hash
-            elif seq != 0 or record.get("kind") != "open":
+        if self._start is None:
+            opens = seq == 0 and record.get("kind") == "open"
+            self._start = _Start(len(report.problems), location, seq, prev, opens,
+                                 _other_key(record, self._key) if opens else None)
+        else:
+            if report.closed:
+                report.problems.append(f"{location}: record after the close record (appended)")
+            if seq != self._expected_seq:
+                what = "deleted or moved" if seq > self._expected_seq else "duplicated or reordered"
                 report.problems.append(
-                    f"{location}: the chain starts at seq {seq} without its open record and "
-                    "without a prune record: earlier records were deleted"
+                    f"{location}: seq {seq} where {self._expected_seq} was expected: records "
+                    f"{what}"
                 )
-                expected_seq, expected_prev = seq, prev
-            else:
-                problem = _other_key(record, key)
-                if problem:
-                    report.problems.append(f"{location}: {problem}")
-        if report.closed:
-            report.problems.append(f"{location}: record after the close record (appended)")
-        if seq != expected_seq:
-            what = "deleted or moved" if seq > expected_seq else "duplicated or reordered"
-            report.problems.append(
-                f"{location}: seq {seq} where {expected_seq} was expected: records {what}"
-            )
-        elif prev != expected_prev:
-            report.problems.append(
-                f"{location}: prev does not match the previous record's hash: a record before "
-                "it was edited, deleted or inserted"
-            )
-        expected_seq, expected_prev = seq + 1, digest
+            elif prev != self._expected_prev:
+                report.problems.append(_prev_mismatch(location))
+        self._expected_seq, self._expected_prev = seq + 1, digest
         report.records += 1
         report.head, report.last_seq = digest, seq
         time = record.get("time")
@@ -273,20 +289,49 @@ def scan_chain(
             report.first_time = report.first_time or time
             report.last_time = time
         if record.get("kind") in SIGNED_KINDS:
-            problem = signature_problem(record, digest, key)
+            problem = signature_problem(record, digest, self._key)
             if problem:
                 report.problems.append(f"{location}: {problem}")
             elif hashed and record.get("kind") == "recovery":
                 recovery = Recovery.from_record(record, location)
                 if recovery is not None:
                     report.recoveries.append(recovery)
-            report.unsealed = []
+            report.unsealed = None
             report.last_signed_time = time if isinstance(time, str) else None
             if record.get("kind") == "close":
                 report.closed = True
+        elif report.unsealed is None:
+            report.unsealed = Unsealed(location, location, 1)
         else:
-            report.unsealed.append(location)
-    return report, records
+            report.unsealed.last = location
+            report.unsealed.count += 1
+        return record
+
+    def finish(self, anchors: Mapping[str, Anchor] | None = None) -> ChainReport:
+        """Judge the chain's start: at seq 0 with its open record, or where a prune record
+        (``anchors``: the last pruned record of each writer) says it continues."""
+        start, self._start = self._start, None
+        if start is not None:
+            self.report.problems[start.at:start.at] = _start_problems(
+                start, (anchors or {}).get(self.report.writer))
+        return self.report
+
+
+def _start_problems(start: _Start, anchor: Anchor | None) -> list[str]:
+    if anchor is not None and start.seq == anchor.seq + 1:
+        return [] if start.prev == anchor.hash else [_prev_mismatch(start.location)]
+    if not start.opens:
+        return [f"{start.location}: the chain starts at seq {start.seq} without its open record "
+                "and without a prune record: earlier records were deleted"]
+    problems = [f"{start.location}: {start.other_key}"] if start.other_key else []
+    if start.prev != GENESIS:
+        problems.append(_prev_mismatch(start.location))
+    return problems
+
+
+def _prev_mismatch(location: str) -> str:
+    return (f"{location}: prev does not match the previous record's hash: a record before it "
+            "was edited, deleted or inserted")
 
 
 def signature_problem(record: Mapping[str, Any], digest: str, key: Verifier) -> str | None:
@@ -333,9 +378,9 @@ def judge_end(
     if report.torn is not None:
         report.problems.append(f"{report.torn.location}: not a complete record (line cut short "
                                "or edited), and no recovery record names this writer's death")
-    if report.unsealed:
+    if report.unsealed is not None:
         report.problems.append(
-            f"{report.unsealed[0]}..{report.unsealed[-1]}: {len(report.unsealed)} record(s) "
+            f"{report.unsealed.first}..{report.unsealed.last}: {report.unsealed.count} record(s) "
             "after the last signed checkpoint: the file was cut short or its writer died "
             "mid-batch, and no recovery record names it"
         )

@@ -19,15 +19,26 @@ import json
 import os
 import secrets
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from micafence.audit.chain import ChainWriter, format_time
-from micafence.audit.export import sign_manifest, verify_export, write_csv, write_jsonl
+from micafence.audit.export import verify_export, write_csv, write_jsonl, write_manifest
 from micafence.audit.keys import KEY_ENV, KEY_FILE_ENV, AuditKey, AuditKeyError, AuditPublicKey
-from micafence.audit.reader import PRUNE_WRITER_PREFIX, LoadedLog, in_range, load_log
+from micafence.audit.progress import Progress, add_progress_argument
+from micafence.audit.reader import (
+    PRUNE_WRITER_PREFIX,
+    LoadedLog,
+    LogReader,
+    entry_time,
+    in_range,
+    load_log,
+)
 from micafence.audit.sinks import FileSink
+from micafence.audit.spill import SpillingSort, Spool
 from micafence.instants import instant_argument, parse_duration, parse_instant
 
 
@@ -118,13 +129,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "(ISO 8601 duration, default PT5M)")
     parser.add_argument("--require-closed", action="store_true",
                         help="every chain must end with a close record (workers stopped)")
-
-
-def _load(args: argparse.Namespace) -> tuple[AuditKey, LoadedLog]:
-    key = AuditKey.from_env(args.key_file)
-    log = load_log(args.targets, key, stale_after=args.stale_after,
-                   require_closed=args.require_closed)
-    return key, log
+    add_progress_argument(parser)
 
 
 def _key_facts(key: AuditKey | AuditPublicKey) -> str:
@@ -176,8 +181,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         key = AuditPublicKey.from_file(args.public_key)
     else:
         key = AuditKey.from_env(args.key_file)
-    log = load_log(args.targets, key, stale_after=args.stale_after,
-                   require_closed=args.require_closed)
+    progress = Progress.for_command("micafence audit verify", args.progress)
+    reader = LogReader(args.targets, key, progress=progress)
+    for _ in reader.records():
+        pass
+    log = reader.verdict(stale_after=args.stale_after, require_closed=args.require_closed)
     if args.json:
         public = key.public_key if isinstance(key, AuditKey) else key
         print(json.dumps({"ok": log.ok, "key_id": getattr(key, "key_id", None),
@@ -196,7 +204,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if log.ok else 1
 
 
-def _matches(record: dict[str, Any], args: argparse.Namespace, pseudonym: str | None) -> bool:
+def _matches(record: dict[str, Any], args: argparse.Namespace, pseudonym: str | None,
+             reason: str | None) -> bool:
     if not in_range(record, args.since, args.until):
         return False
     if args.client is not None:
@@ -205,18 +214,36 @@ def _matches(record: dict[str, Any], args: argparse.Namespace, pseudonym: str | 
                                              else None)
         if client not in (args.client, pseudonym):
             return False
-    if args.reason is not None:
+    if reason is not None:
         if record.get("kind") == "aggregate":
             counts = [c for c in record.get("counts", ())
-                      if fnmatch.fnmatchcase(str(c.get("reason")), args.reason)]
+                      if fnmatch.fnmatchcase(str(c.get("reason")), reason)]
             record["counts"] = counts  # the export keeps only the matching counts
             return bool(counts)
-        return fnmatch.fnmatchcase(str(record.get("reason")), args.reason)
+        return fnmatch.fnmatchcase(str(record.get("reason")), reason)
     return True
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    key, log = _load(args)
+    key = AuditKey.from_env(args.key_file)
+    progress = Progress.for_command("micafence audit export", args.progress)
+    # Records are sorted by time, and the manifest lists each of them: both on disk, not in
+    # memory, until written (under $TMPDIR; removed at the end).
+    with tempfile.TemporaryDirectory(prefix="micafence-export-") as spill:
+        return _export(args, key, Path(spill), progress)
+
+
+def _export(args: argparse.Namespace, key: AuditKey, spill: Path, progress: Progress) -> int:
+    pseudonym = key.pseudonym(args.client) if args.client else None
+    reader = LogReader(args.targets, key, progress=progress)
+    selected, grants = SpillingSort(spill, "records"), SpillingSort(spill, "grants")
+    for place, record in reader.entries():
+        if _is_grant(record):  # the grant history ignores --reason
+            if _matches(record, args, pseudonym, None):
+                grants.add((entry_time(record), *place), record)
+        elif _matches(record, args, pseudonym, args.reason):
+            selected.add((entry_time(record), *place), record)
+    log = reader.verdict(stale_after=args.stale_after, require_closed=args.require_closed)
     if not log.ok and not args.allow_broken:
         print("micafence: the audit log does not verify; nothing exported "
               "(see `micafence audit verify`, or pass --allow-broken):", file=sys.stderr)
@@ -228,21 +255,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if any(out.iterdir()):
         print(f"micafence: {out} is not empty", file=sys.stderr)
         return 1
-    pseudonym = key.pseudonym(args.client) if args.client else None
-    entries = log.entries()
-    selected = [r for r in entries if r.get("kind") != "event" or not _is_grant(r)]
-    selected = [r for r in selected if _matches(r, args, pseudonym)]
-    reason_filter, args.reason = args.reason, None  # the grant history ignores --reason
-    grants = [r for r in entries if _is_grant(r) and _matches(r, args, pseudonym)]
-    args.reason = reason_filter
+    counts = _ExportCounts()
     files: dict[str, dict[str, Any]] = {}
     name = f"records.{args.format}"
-    files[name] = (write_csv if args.format == "csv" else write_jsonl)(out / name, selected)
-    files["grants.jsonl"] = write_jsonl(out / "grants.jsonl", grants)
+    progress.begin(f"writing {name}", total_records=len(selected))
+    files[name] = (write_csv if args.format == "csv" else write_jsonl)(
+        out / name, counts.selected(selected, progress), Spool(spill / f"{name}.entries"))
+    progress.end()
+    files["grants.jsonl"] = write_jsonl(out / "grants.jsonl", counts.grants(grants),
+                                        Spool(spill / "grants.entries"))
     if args.store:
         history = _store_history(args.store, args.client)
         files["grant-store.jsonl"] = write_jsonl(out / "grant-store.jsonl", history)
-    times = [str(r["time"]) for r in selected + grants if "time" in r]
     manifest: dict[str, Any] = {
         "generated_at": format_time(dt.datetime.now(dt.UTC)),
         "sources": list(args.targets),
@@ -256,23 +280,59 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "chains": chain_summary(log),
         "counts": {
             "records": len(selected), "grant_events": len(grants),
-            "by_kind": dict(Counter(str(r.get("kind")) for r in selected)),
-            "by_class": dict(Counter(str(r.get("class")) for r in selected)),
-            "by_reason": dict(Counter(str(r["reason"]) for r in selected if "reason" in r)),
-            "aggregated_requests": sum(int(c.get("count", 0)) for r in selected
-                                       if r.get("kind") == "aggregate" for c in r["counts"]),
+            "by_kind": dict(counts.by_kind), "by_class": dict(counts.by_class),
+            "by_reason": dict(counts.by_reason),
+            "aggregated_requests": counts.aggregated_requests,
         },
-        "policy_revisions": sorted({str(r["policy_revision"]) for r in selected
-                                    if r.get("policy_revision")}),
-        "time_range": {"first": min(times, default=None), "last": max(times, default=None)},
+        "policy_revisions": sorted(counts.policy_revisions),
+        "time_range": {"first": counts.first, "last": counts.last},
         "files": files,
     }
-    sign_manifest(manifest, key)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_manifest(out / "manifest.json", manifest, key)
     print(f"{out}: {len(selected)} records, {len(grants)} grant events, manifest.json "
           f"({'verified' if log.ok else 'VERIFICATION FAILED'}), signed by the key "
           f"{key.public_key.fingerprint}")
     return 0
+
+
+class _ExportCounts:
+    """The manifest's counts, taken as the records are written (in the order written: the
+    manifest lists kinds, classes and reasons in the order they first appear)."""
+
+    def __init__(self) -> None:
+        self.by_kind: Counter[str] = Counter()
+        self.by_class: Counter[str] = Counter()
+        self.by_reason: Counter[str] = Counter()
+        self.aggregated_requests = 0
+        self.policy_revisions: set[str] = set()
+        self.first: str | None = None
+        self.last: str | None = None
+
+    def selected(self, records: Iterable[dict[str, Any]],
+                 progress: Progress) -> Iterator[dict[str, Any]]:
+        for record in records:
+            self.by_kind[str(record.get("kind"))] += 1
+            self.by_class[str(record.get("class"))] += 1
+            if "reason" in record:
+                self.by_reason[str(record["reason"])] += 1
+            if record.get("kind") == "aggregate":
+                self.aggregated_requests += sum(int(c.get("count", 0)) for c in record["counts"])
+            if record.get("policy_revision"):
+                self.policy_revisions.add(str(record["policy_revision"]))
+            self._time(record)
+            progress.advance()
+            yield record
+
+    def grants(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            self._time(record)
+            yield record
+
+    def _time(self, record: dict[str, Any]) -> None:
+        if "time" in record:
+            time = str(record["time"])
+            self.first = time if self.first is None else min(self.first, time)
+            self.last = time if self.last is None else max(self.last, time)
 
 
 def verify_manifest(path: Path, key: AuditKey) -> bool:

@@ -23,12 +23,13 @@ import hashlib
 import hmac
 import json
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from micafence.audit.keys import AuditKey, AuditKeyError, AuditPublicKey
+from micafence.audit.spill import Spool
 
 EXPORT_FORMAT = 2
 CSV_COLUMNS = (
@@ -46,28 +47,32 @@ _SIGNATURE = "signature"
 # -- writing -----------------------------------------------------------------------------------
 
 
-def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Write one record a line; the file's manifest entry."""
-    entries = []
-    with open(path, "w", encoding="utf-8") as out:
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]],
+                entries: Spool | None = None) -> dict[str, Any]:
+    """Write one record a line as they come; the file's manifest entry (its ``records`` list
+    kept in ``entries`` when given, else in memory)."""
+    listed: Spool | list[dict[str, Any]] = entries if entries is not None else []
+    with _HashedFile(path) as out:
         for record in records:
-            line = json.dumps(record, sort_keys=True, ensure_ascii=False)
-            out.write(line + "\n")
-            entries.append(_entry(record, hashlib.sha256(line.encode()).hexdigest()))
-    return _file_facts(path, entries)
+            line = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
+            out.write_bytes(line + b"\n")
+            listed.append(_entry(record, hashlib.sha256(line).hexdigest()))
+    return _file_facts(out, listed)
 
 
-def write_csv(path: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Write a header and one row a record (:data:`CSV_COLUMNS`); the file's manifest entry."""
-    entries = []
-    with open(path, "w", encoding="utf-8", newline="") as out:
+def write_csv(path: Path, records: Iterable[dict[str, Any]],
+              entries: Spool | None = None) -> dict[str, Any]:
+    """Write a header and one row a record (:data:`CSV_COLUMNS`) as they come; the file's
+    manifest entry (see :func:`write_jsonl`)."""
+    listed: Spool | list[dict[str, Any]] = entries if entries is not None else []
+    with _HashedFile(path) as out:
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
         for record in records:
             row = [_cell(record.get(column)) for column in CSV_COLUMNS]
             writer.writerow(row)
-            entries.append(_entry(record, _row_digest(row)))
-    return _file_facts(path, entries)
+            listed.append(_entry(record, _row_digest(row)))
+    return _file_facts(out, listed)
 
 
 def sign_manifest(manifest: dict[str, Any], key: AuditKey) -> None:
@@ -81,6 +86,81 @@ def sign_manifest(manifest: dict[str, Any], key: AuditKey) -> None:
     }
 
 
+def write_manifest(path: Path, manifest: dict[str, Any], key: AuditKey) -> None:
+    """Sign ``manifest`` and write it as ``json.dumps(manifest, indent=2)`` would, reading its
+    spooled record lists from disk (twice: once to sign, once to write)."""
+    sign_manifest(manifest, key)
+    with open(path, "w", encoding="utf-8") as out:
+        write_json(manifest, out.write, canonical=False)
+        out.write("\n")
+
+
+def write_json(value: Any, write: Callable[[str], object], *, canonical: bool,
+               depth: int = 0) -> None:
+    """Write ``value`` piece by piece as ``json.dumps`` would: canonical (sorted keys, no
+    spaces, UTF-8: what is signed) or pretty (``indent=2``, keys in order, ASCII). A
+    :class:`~micafence.audit.spill.Spool` is written as the list it holds, read as it goes."""
+    if isinstance(value, dict):
+        items = sorted(value.items()) if canonical else list(value.items())
+        if not items:
+            write("{}")
+            return
+        separator = ":" if canonical else ": "
+        for index, (name, item) in enumerate(items):
+            write(("{" if index == 0 else ",") + _gap(canonical, depth + 1)
+                  + _dumps(name, canonical, depth + 1) + separator)
+            write_json(item, write, canonical=canonical, depth=depth + 1)
+        write(_gap(canonical, depth) + "}")
+    elif isinstance(value, list | tuple | Spool):
+        if not len(value):
+            write("[]")
+            return
+        for index, item in enumerate(value):
+            write(("[" if index == 0 else ",") + _gap(canonical, depth + 1))
+            if isinstance(value, Spool):  # flat records: written whole, not piece by piece
+                write(_dumps(item, canonical, depth + 1))
+            else:
+                write_json(item, write, canonical=canonical, depth=depth + 1)
+        write(_gap(canonical, depth) + "]")
+    else:
+        write(_dumps(value, canonical, depth))
+
+
+def _gap(canonical: bool, depth: int) -> str:
+    return "" if canonical else "\n" + "  " * depth
+
+
+def _dumps(value: Any, canonical: bool, depth: int) -> str:
+    if canonical:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # A newline in json.dumps' output is always indentation (newlines in strings are escaped).
+    return json.dumps(value, indent=2).replace("\n", "\n" + "  " * depth)
+
+
+class _HashedFile:
+    """A file written as UTF-8 bytes and hashed on the way (csv.writer writes text to it)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by __exit__)
+        self._sha256 = hashlib.sha256()
+
+    def write(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def write_bytes(self, data: bytes) -> None:
+        self._sha256.update(data)
+        self._file.write(data)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+    def __enter__(self) -> _HashedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
 def _entry(record: dict[str, Any], digest: str) -> dict[str, Any]:
     if "writer" in record and "seq" in record:
         return {"writer": record["writer"], "seq": record["seq"], "hash": record.get("hash"),
@@ -88,9 +168,8 @@ def _entry(record: dict[str, Any], digest: str) -> dict[str, Any]:
     return {"sha256": digest}  # a grant-store record: not part of a chain
 
 
-def _file_facts(path: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"lines": len(entries), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "records": entries}
+def _file_facts(out: _HashedFile, entries: Spool | list[dict[str, Any]]) -> dict[str, Any]:
+    return {"lines": len(entries), "sha256": out.hexdigest(), "records": entries}
 
 
 def _cell(value: object) -> str:
@@ -115,8 +194,9 @@ def _row_digest(cells: Sequence[str]) -> str:
 
 def _manifest_digest(manifest: dict[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != _SIGNATURE}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False).encode()).hexdigest()
+    digest = hashlib.sha256()
+    write_json(body, lambda text: digest.update(text.encode()), canonical=True)
+    return digest.hexdigest()
 
 
 # -- checking ----------------------------------------------------------------------------------

@@ -27,16 +27,19 @@ import html
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from micafence.audit.keys import AuditKey
-from micafence.audit.reader import in_range, load_log
+from micafence.audit.progress import Progress, add_progress_argument
+from micafence.audit.reader import LogReader, entry_time, in_range
 from micafence.instants import instant_argument, parse_instant
 from micafence.policy.audit import ReportingThresholds
 from micafence.policy.grant_store import DEFAULT_RENEWAL_WINDOW
 
+_T = TypeVar("_T")
 DRIFT_WARNING = (
     "The EU book is drifting out of \"occasional\": the reverse-solicitation exemption "
     "(MiCA Art. 61) covers occasional, client-initiated contact only. Review with counsel "
@@ -93,7 +96,7 @@ class Exposure:
 
 
 def build_report(
-    entries: list[dict[str, Any]],
+    entries: Iterable[dict[str, Any]],
     grants: list[GrantFacts],
     thresholds: ReportingThresholds,
     *,
@@ -103,55 +106,81 @@ def build_report(
 ) -> Exposure:
     """Count, group by month and compare with ``thresholds`` (renewal chains are inferred
     with ``renewal_window``, the policy's ``scopes.renewal_window``)."""
-    report = Exposure(since.isoformat() if since else None, now.isoformat())
-    blocks: Counter[str] = Counter()
-    shadow: Counter[str] = Counter()
-    per_month: Counter[str] = Counter()
+    tally = ExposureTally(since)
     for record in entries:
-        if not in_range(record, since, None):
-            continue
+        tally.add(record)
+    return tally.report(grants, thresholds, now=now, renewal_window=renewal_window)
+
+
+class ExposureTally:
+    """The log's side of the report, counted a record at a time in any order: counters by
+    reason and month, never the records (a log of years is counted in little memory)."""
+
+    def __init__(self, since: dt.datetime | None = None) -> None:
+        self.since = since
+        self.blocks: Counter[str] = Counter()
+        self.shadow: Counter[str] = Counter()
+        self.per_month: Counter[str] = Counter()
+        self.figures: Counter[str] = Counter()  # the Exposure fields counted one by one
+
+    def add(self, record: dict[str, Any]) -> None:
+        if not in_range(record, self.since, None):
+            return
+        figures = self.figures
         kind, month = record.get("kind"), str(record.get("time", ""))[:7]
         if kind == "aggregate":
             for count in record.get("counts", ()):
-                blocks[str(count["reason"])] += int(count["count"])
-                per_month[month] += int(count["count"])
+                self.blocks[str(count["reason"])] += int(count["count"])
+                self.per_month[month] += int(count["count"])
         elif kind == "event":
             event = str(record.get("event", ""))
-            report.onboarding_tokens_used += event.startswith("onboarding.")
-            report.suppressed_promotion_pages += event == "promotions.suppressed"
+            figures["onboarding_tokens_used"] += event.startswith("onboarding.")
+            figures["suppressed_promotion_pages"] += event == "promotions.suppressed"
         elif kind == "decision":
             reason, route_class = str(record.get("reason")), record.get("route_class")
             if record.get("blocked"):
-                blocks[reason] += 1
-                per_month[month] += 1
-                report.promotion_routes_refused += route_class == "promotion"
+                self.blocks[reason] += 1
+                self.per_month[month] += 1
+                figures["promotion_routes_refused"] += route_class == "promotion"
             elif record.get("outcome") == "block":
-                shadow[reason] += 1
+                self.shadow[reason] += 1
             elif route_class == "service":
-                report.in_scope_passes += 1
+                figures["in_scope_passes"] += 1
             elif route_class == "wind_down":
-                report.wind_down_passes += 1
+                figures["wind_down_passes"] += 1
             elif route_class == "neutral" and record.get("promotions") != "allowed":
-                report.suppressed_promotion_pages += 1
-    report.blocks_by_reason = dict(sorted(blocks.items()))
-    report.shadow_would_block = dict(sorted(shadow.items()))
-    report.blocks_per_month = dict(sorted(per_month.items()))
-    opened = Counter(g.recorded_at.strftime("%Y-%m") for g in grants
-                     if since is None or g.recorded_at >= since)
-    report.grants_opened_per_month = dict(sorted(opened.items()))
-    active = [g for g in grants if not g.revoked and g.expires_at > now]
-    report.active_grants = len(active)
-    chains = renewal_chains(grants, renewal_window)
-    report.renewals = sum(len(chain) - 1 for chain in chains)
-    running = [chain for chain in chains
-               if any(not g.revoked and g.expires_at > now for g in chain)]
-    report.active_relationships = len(running)
-    report.long_running_grants = sum(
-        now - min(g.initiated_at for g in chain) > thresholds.long_running_grant
-        for chain in running
-    )
-    report.warnings = _compare(report, thresholds, now)
-    return report
+                figures["suppressed_promotion_pages"] += 1
+
+    def report(self, grants: list[GrantFacts], thresholds: ReportingThresholds, *,
+               now: dt.datetime,
+               renewal_window: dt.timedelta = DEFAULT_RENEWAL_WINDOW) -> Exposure:
+        """The figures counted so far with those of ``grants``, compared with ``thresholds``."""
+        since = self.since
+        report = Exposure(since.isoformat() if since else None, now.isoformat())
+        report.suppressed_promotion_pages = self.figures["suppressed_promotion_pages"]
+        report.promotion_routes_refused = self.figures["promotion_routes_refused"]
+        report.in_scope_passes = self.figures["in_scope_passes"]
+        report.wind_down_passes = self.figures["wind_down_passes"]
+        report.onboarding_tokens_used = self.figures["onboarding_tokens_used"]
+        report.blocks_by_reason = dict(sorted(self.blocks.items()))
+        report.shadow_would_block = dict(sorted(self.shadow.items()))
+        report.blocks_per_month = dict(sorted(self.per_month.items()))
+        opened = Counter(g.recorded_at.strftime("%Y-%m") for g in grants
+                         if since is None or g.recorded_at >= since)
+        report.grants_opened_per_month = dict(sorted(opened.items()))
+        active = [g for g in grants if not g.revoked and g.expires_at > now]
+        report.active_grants = len(active)
+        chains = renewal_chains(grants, renewal_window)
+        report.renewals = sum(len(chain) - 1 for chain in chains)
+        running = [chain for chain in chains
+                   if any(not g.revoked and g.expires_at > now for g in chain)]
+        report.active_relationships = len(running)
+        report.long_running_grants = sum(
+            now - min(g.initiated_at for g in chain) > thresholds.long_running_grant
+            for chain in running
+        )
+        report.warnings = _compare(report, thresholds, now)
+        return report
 
 
 def renewal_chains(
@@ -214,35 +243,59 @@ def _compare(report: Exposure, limits: ReportingThresholds, now: dt.datetime) ->
     return warnings
 
 
-def grants_from_log(entries: list[dict[str, Any]]) -> list[GrantFacts]:
-    """Grants as recorded by ``grant.recorded`` / ``grant.revoked`` events in the log."""
-    from micafence.instants import parse_duration
+def grants_from_log(entries: Iterable[dict[str, Any]]) -> list[GrantFacts]:
+    """Grants as recorded by ``grant.recorded`` / ``grant.revoked`` events in ``entries``
+    (in time order: a later event about the same grant wins)."""
+    history = GrantHistory()
+    for index, record in enumerate(entries):
+        history.add(record, (index,))
+    return history.grants()
 
-    grants: dict[str, GrantFacts] = {}
-    revoked: dict[str, dt.datetime | None] = {}
-    for record in entries:
+
+class GrantHistory:
+    """Grants as the log's ``grant.recorded`` / ``grant.revoked`` events record them, fed in
+    any order, each event with its rank (its time and place in the log): for each grant the
+    highest-ranked event of each kind wins. Holds one entry per grant, not the events."""
+
+    def __init__(self) -> None:
+        self._recorded: dict[str, tuple[tuple[Any, ...], GrantFacts]] = {}
+        self._revoked: dict[str, tuple[tuple[Any, ...], dt.datetime | None]] = {}
+
+    def add(self, record: dict[str, Any], rank: tuple[Any, ...]) -> None:
+        from micafence.instants import parse_duration
+
         data = record.get("data")
         if record.get("kind") != "event" or not isinstance(data, dict):
-            continue
+            return
         if record.get("event") == "grant.recorded":
             initiated = parse_instant(str(data["initiated_at"]), allow_date=False)
             recorded = parse_instant(str(data["recorded_at"]), allow_date=False)
             renews = data.get("renewal_of")
-            grants[str(data["id"])] = GrantFacts(
+            _keep_latest(self._recorded, str(data["id"]), rank, GrantFacts(
                 str(data["id"]), recorded, initiated,
                 initiated + parse_duration(str(data["term"])), False,
                 str(data.get("client_id") or ""), str(data.get("service") or ""),
-                renews if isinstance(renews, str) and renews else None)
+                renews if isinstance(renews, str) and renews else None))
         elif record.get("event") == "grant.revoked":
-            grant_id = str(data["grant_id"])
+            revoked_at: dt.datetime | None
             try:
-                revoked[grant_id] = parse_instant(str(data["revoked_at"]), allow_date=False)
+                revoked_at = parse_instant(str(data["revoked_at"]), allow_date=False)
             except (KeyError, ValueError):
-                revoked[grant_id] = None
-    for grant_id in revoked.keys() & grants.keys():
-        grants[grant_id].revoked = True
-        grants[grant_id].revoked_at = revoked[grant_id]
-    return list(grants.values())
+                revoked_at = None
+            _keep_latest(self._revoked, str(data["grant_id"]), rank, revoked_at)
+
+    def grants(self) -> list[GrantFacts]:
+        grants = {grant_id: facts for grant_id, (_, facts) in self._recorded.items()}
+        for grant_id in self._revoked.keys() & grants.keys():
+            grants[grant_id].revoked = True
+            grants[grant_id].revoked_at = self._revoked[grant_id][1]
+        return list(grants.values())
+
+
+def _keep_latest(latest: dict[str, tuple[tuple[Any, ...], _T]], key: str,
+                 rank: tuple[Any, ...], value: _T) -> None:
+    if key not in latest or rank > latest[key][0]:
+        latest[key] = (rank, value)
 
 
 def grants_from_store(url: str) -> list[GrantFacts]:
@@ -386,6 +439,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--html", metavar="FILE", help="also write an HTML page with a chart")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 3 when a threshold is crossed")
+    add_progress_argument(parser)
     parser.set_defaults(func=_cmd_report)
 
 
@@ -396,11 +450,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.policy or os.environ.get("MICAFENCE_POLICY")
                          or default_policy_path())
-    log = load_log(args.targets, AuditKey.from_env(args.key_file))
-    entries = log.entries()
+    progress = Progress.for_command("micafence report", args.progress)
+    reader = LogReader(args.targets, AuditKey.from_env(args.key_file), progress=progress)
+    tally, history = ExposureTally(args.since), GrantHistory()
+    for place, record in reader.entries():
+        tally.add(record)
+        if not args.store:  # the store's history is authoritative: the log's is not read then
+            history.add(record, (entry_time(record), *place))
+    log = reader.verdict()
     now = dt.datetime.now(dt.UTC)
-    grants = grants_from_store(args.store) if args.store else grants_from_log(entries)
-    report = build_report(entries, grants, policy.reporting, now=now, since=args.since,
+    grants = grants_from_store(args.store) if args.store else history.grants()
+    report = tally.report(grants, policy.reporting, now=now,
                           renewal_window=policy.grant_store.renewal_window)
     report.grant_source = f"store {args.store}" if args.store else "audit log"
     report.log_problems = log.problems

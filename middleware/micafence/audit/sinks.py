@@ -230,32 +230,30 @@ def file_lines(files: Sequence[Path]) -> Iterator[tuple[str, bytes]]:
                 yield f"{path}:{number}", line
 
 
-async def stream_chains(url: str) -> dict[str, list[tuple[str, bytes]]]:
-    """Every record of a Redis audit stream, by writer, as ``(url#stream@id, line)``."""
-    require("redis.asyncio", "redis", f"{url} (a Redis audit stream)", AuditSinkError)
-    import redis.asyncio as redis
+def stream_lines(url: str, *, page: int = 1000) -> Iterator[tuple[str, str, bytes]]:
+    """``(writer, url#stream@id, line)`` for every entry of a Redis audit stream, in stream
+    order, read ``page`` entries at a time (the writers' chains are interleaved)."""
+    require("redis", "redis", f"{url} (a Redis audit stream)", AuditSinkError)
+    import redis
     from redis.exceptions import RedisError
 
     base, _, stream = url.partition("#")
     stream = stream or DEFAULT_STREAM
     client: Any = redis.Redis.from_url(base)
-    chains: dict[str, list[tuple[str, bytes]]] = {}
     try:
         start = "-"
         while True:
-            entries = await client.xrange(stream, min=start, max="+", count=1000)
+            entries = client.xrange(stream, min=start, max="+", count=page)
             for entry_id, fields in entries:
-                name = entry_id.decode()
                 writer = fields.get(b"writer", b"?").decode("utf-8", "replace")
                 # A stream entry is always whole: given its newline, it reads as a complete line.
-                chains.setdefault(writer, []).append(
-                    (f"{base}#{stream}@{name}", fields.get(b"record", b"") + b"\n")
-                )
-            if len(entries) < 1000:
+                yield (writer, f"{base}#{stream}@{entry_id.decode()}",
+                       fields.get(b"record", b"") + b"\n")
+            if len(entries) < page:
                 break
             start = "(" + entries[-1][0].decode()
     except (RedisError, OSError) as exc:
         raise AuditSinkError(f"audit stream {base}#{stream}: {exc}") from exc
     finally:
-        await client.aclose()
-    return chains
+        client.close()
+
