@@ -43,13 +43,16 @@ from micafence.instants import parse_instant
 GENESIS = "0" * 64
 SIGNED_KINDS = frozenset({"open", "checkpoint", "close", "prune", "recovery"})
 _UNHASHED = frozenset({"hash", "sig", "mac"})
+#: Canonical JSON (sorted keys, no spaces; ``.encode(value).encode()`` gives its UTF-8), as
+#: records and export manifests are hashed: one encoder, built once (it is used per record).
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The bytes a record is hashed over: sorted keys, no spaces, UTF-8, without its hash and
     signature (``sig``, or the old ``mac``)."""
     body = {k: v for k, v in record.items() if k not in _UNHASHED}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return CANONICAL_JSON.encode(body).encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -76,8 +79,7 @@ class ChainWriter:
             record["sig"] = self.key.sign(digest)
         self.seq += 1
         self.head = digest
-        return json.dumps(record, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode() + b"\n"
+        return CANONICAL_JSON.encode(record).encode() + b"\n"
 
     def state(self) -> tuple[int, str]:
         return self.seq, self.head

@@ -259,11 +259,13 @@ def _export(args: argparse.Namespace, key: AuditKey, spill: Path, progress: Prog
     files: dict[str, dict[str, Any]] = {}
     name = f"records.{args.format}"
     progress.begin(f"writing {name}", total_records=len(selected))
+    # The manifest lists every record: read back from disk to sign it, then to write it.
+    listed = [Spool(spill / f"{name}.entries", progress=progress),
+              Spool(spill / "grants.entries", progress=progress)]
     files[name] = (write_csv if args.format == "csv" else write_jsonl)(
-        out / name, counts.selected(selected, progress), Spool(spill / f"{name}.entries"))
+        out / name, counts.selected(selected, progress), listed[0])
     progress.end()
-    files["grants.jsonl"] = write_jsonl(out / "grants.jsonl", counts.grants(grants),
-                                        Spool(spill / "grants.entries"))
+    files["grants.jsonl"] = write_jsonl(out / "grants.jsonl", counts.grants(grants), listed[1])
     if args.store:
         history = _store_history(args.store, args.client)
         files["grant-store.jsonl"] = write_jsonl(out / "grant-store.jsonl", history)
@@ -288,7 +290,10 @@ def _export(args: argparse.Namespace, key: AuditKey, spill: Path, progress: Prog
         "time_range": {"first": counts.first, "last": counts.last},
         "files": files,
     }
+    progress.begin("signing and writing manifest.json",
+                   total_records=2 * sum(len(spool) for spool in listed))
     write_manifest(out / "manifest.json", manifest, key)
+    progress.end()
     print(f"{out}: {len(selected)} records, {len(grants)} grant events, manifest.json "
           f"({'verified' if log.ok else 'VERIFICATION FAILED'}), signed by the key "
           f"{key.public_key.fingerprint}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from micafence.audit.chain import CANONICAL_JSON
 from micafence.audit.keys import AuditKey, AuditKeyError, AuditPublicKey
 from micafence.audit.spill import Spool
 
@@ -42,6 +43,7 @@ CSV_COLUMNS = (
 #: The columns of exports written before the ``signals`` column (record version 1): they verify.
 _EARLIER_COLUMNS = (tuple(c for c in CSV_COLUMNS if c != "signals"),)
 _SIGNATURE = "signature"
+_EXPORTED = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # a line of records.jsonl
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -54,7 +56,7 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]],
     listed: Spool | list[dict[str, Any]] = entries if entries is not None else []
     with _HashedFile(path) as out:
         for record in records:
-            line = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
+            line = _EXPORTED.encode(record).encode()
             out.write_bytes(line + b"\n")
             listed.append(_entry(record, hashlib.sha256(line).hexdigest()))
     return _file_facts(out, listed)
@@ -115,10 +117,12 @@ def write_json(value: Any, write: Callable[[str], object], *, canonical: bool,
         if not len(value):
             write("[]")
             return
+        # A spool's items (a record each) are written whole, not piece by piece.
+        whole = _item_writer(canonical, depth + 1) if isinstance(value, Spool) else None
         for index, item in enumerate(value):
             write(("[" if index == 0 else ",") + _gap(canonical, depth + 1))
-            if isinstance(value, Spool):  # flat records: written whole, not piece by piece
-                write(_dumps(item, canonical, depth + 1))
+            if whole is not None:
+                write(whole(item))
             else:
                 write_json(item, write, canonical=canonical, depth=depth + 1)
         write(_gap(canonical, depth) + "]")
@@ -132,9 +136,26 @@ def _gap(canonical: bool, depth: int) -> str:
 
 def _dumps(value: Any, canonical: bool, depth: int) -> str:
     if canonical:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return CANONICAL_JSON.encode(value)
     # A newline in json.dumps' output is always indentation (newlines in strings are escaped).
     return json.dumps(value, indent=2).replace("\n", "\n" + "  " * depth)
+
+
+def _item_writer(canonical: bool, depth: int) -> Callable[[Any], str]:
+    """:func:`_dumps` for the items of a spool, fast for a flat dict (the manifest lists
+    millions): json's C encoder with the indentation as its item separator."""
+    if canonical:
+        return CANONICAL_JSON.encode
+    pad = "\n" + "  " * depth
+    flat = json.JSONEncoder(separators=("," + pad + "  ", ": "))
+
+    def pretty(item: Any) -> str:
+        if isinstance(item, dict) and item and not any(
+                isinstance(v, dict | list | tuple) for v in item.values()):
+            return "{" + pad + "  " + flat.encode(item)[1:-1] + pad + "}"
+        return _dumps(item, False, depth)
+
+    return pretty
 
 
 class _HashedFile:

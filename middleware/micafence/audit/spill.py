@@ -15,25 +15,31 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from micafence.audit.progress import Progress
+
 #: Record bytes held in memory before a sorted run is written out (a few MiB of objects).
 SORT_BUDGET = 4 * 1024 * 1024
-#: Runs merged at once: open files during a merge, and how deep merges nest (64 runs of 4 MiB
-#: make one of 256 MiB, 64 of those one of 16 GiB).
-FAN_IN = 64
+#: Runs merged at once: open files during a merge, and how deep merges nest (128 runs of
+#: 4 MiB make one of 512 MiB, 128 of those one of 64 GiB).
+FAN_IN = 128
 SortKey = tuple[Any, ...]
+#: An item's key, its line in a run file, and the item itself once read back from a run
+#: (None while buffered). Keys are unique: lines and items are never compared.
+_Sorted = tuple[SortKey, str, dict[str, Any] | None]
 
 
 class Spool:
     """An append-only list of JSON values in a file: append, ``len``, iterate (any number of
     times). Values come back as they went in, dict keys in their order."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, progress: Progress | None = None) -> None:
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._file = open(path, "w", encoding="ascii")  # noqa: SIM115 (closed by close())
         self._count = 0
+        self._progress = progress  # advanced by every value read back
 
     def append(self, value: Any) -> None:
-        self._file.write(json.dumps(value).encode() + b"\n")
+        self._file.write(json.dumps(value) + "\n")
         self._count += 1
 
     def __len__(self) -> int:
@@ -42,8 +48,10 @@ class Spool:
     def __iter__(self) -> Iterator[Any]:
         if not self._file.closed:
             self._file.flush()
-        with open(self.path, "rb") as handle:
+        with open(self.path, encoding="ascii") as handle:
             for line in handle:
+                if self._progress is not None:
+                    self._progress.advance()
                 yield json.loads(line)
 
     def close(self) -> None:
@@ -61,15 +69,15 @@ class SpillingSort:
         self._name = name
         self._budget = budget
         self._fan_in = fan_in
-        self._buffer: list[tuple[SortKey, bytes]] = []
+        self._buffer: list[_Sorted] = []
         self._buffered = 0
         self._levels: list[list[Path]] = []  # runs by how many merges made them
         self._runs = 0
         self._count = 0
 
     def add(self, key: SortKey, item: dict[str, Any]) -> None:
-        line = json.dumps(list(key)).encode() + b"\t" + json.dumps(item).encode() + b"\n"
-        self._buffer.append((key, line))
+        line = json.dumps([key, item]) + "\n"
+        self._buffer.append((key, line, None))  # the line is much smaller than the dict
         self._buffered += len(line)
         self._count += 1
         if self._buffered >= self._budget:
@@ -83,8 +91,8 @@ class SpillingSort:
         runs = [_read_run(path) for level in self._levels for path in level]
         merged = heapq.merge(*runs, sorted(self._buffer)) if runs else sorted(self._buffer)
         self._buffer = []
-        for _, line in merged:
-            yield json.loads(line.partition(b"\t")[2])
+        for _, line, item in merged:
+            yield item if item is not None else json.loads(line)[1]
         for level in self._levels:
             for path in level:
                 path.unlink()
@@ -104,16 +112,17 @@ class SpillingSort:
                 path.unlink()
             level += 1
 
-    def _write_run(self, items: Iterable[tuple[SortKey, bytes]]) -> Path:
+    def _write_run(self, items: Iterable[_Sorted]) -> Path:
         self._runs += 1
         path = self._directory / f"{self._name}.{self._runs:06d}.run"
-        with open(path, "wb") as out:
-            for _, line in items:
+        with open(path, "w", encoding="ascii") as out:
+            for _, line, _ in items:
                 out.write(line)
         return path
 
 
-def _read_run(path: Path) -> Iterator[tuple[SortKey, bytes]]:
-    with open(path, "rb") as handle:
+def _read_run(path: Path) -> Iterator[_Sorted]:
+    with open(path, encoding="ascii") as handle:
         for line in handle:
-            yield tuple(json.loads(line.partition(b"\t")[0])), line
+            key, item = json.loads(line)
+            yield tuple(key), line, item
