@@ -294,6 +294,8 @@ def _export(args: argparse.Namespace, key: AuditKey, spill: Path, progress: Prog
                    total_records=2 * sum(len(spool) for spool in listed))
     write_manifest(out / "manifest.json", manifest, key)
     progress.end()
+    for spool in listed:
+        spool.close()
     print(f"{out}: {len(selected)} records, {len(grants)} grant events, manifest.json "
           f"({'verified' if log.ok else 'VERIFICATION FAILED'}), signed by the key "
           f"{key.public_key.fingerprint}")
