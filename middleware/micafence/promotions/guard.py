@@ -315,8 +315,10 @@ class PromotionGuard:
 
 def _strip_request(scope: Scope) -> None:
     headers = scope.get("headers") or ()
-    for header in headers:
-        if header[0] in _STRIPPED_REQUEST_HEADERS or header[0] == _ACCEPT_ENCODING:
+    for name, value in headers:
+        # (an Accept-Encoding the cut leaves as it is, as browsers send it, changes nothing)
+        if name in _STRIPPED_REQUEST_HEADERS or (
+                name == _ACCEPT_ENCODING and accepted_codings(bytes(value)) != value):
             scope["headers"] = _request_headers(headers)
             break
     extensions = scope.get("extensions")
