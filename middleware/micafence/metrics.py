@@ -40,8 +40,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
-from prometheus_client.registry import Collector
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from micafence.background import stop_task
 from micafence.decision import Decision
