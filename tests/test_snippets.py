@@ -28,9 +28,9 @@ of its opening fence). How each language is checked (docs/layout.md says the sam
     each ``run`` checked as ``sh``; ``groups`` is Prometheus alert rules, whose ``micafence_*``
     metrics must be ones micafence exports; ``containers``/``initContainers``/``volumes`` is a
     Kubernetes manifest, parsed only. Anything else is a policy fragment: it is merged into the
-    bundled default policy (a mapping key by key; any other value replaces the default's, but a list of entries with ``id``, such as ``routes``, is merged by id: an entry
-    replaces the default's of the same id, the others are added) and the result must load
-    without an error.
+    bundled default policy (a mapping key by key; a list of entries with ``id``, such as
+    ``routes``, by id: an entry replaces the default's of the same id, the others are added;
+    any other value replaces the default's) and the result must load without an error.
 ``json``
     Parsed.
 ``http``
