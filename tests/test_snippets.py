@@ -208,7 +208,8 @@ def check_yaml(text: str, tmp_path: Path) -> None:
         return
     data = YAML(typ="safe").load(text)
     if isinstance(data, list) and data and all(isinstance(i, dict) and "run" in i for i in data):
-        assert sum(check_shell(step["run"], console=False) for step in data) == len(data)
+        for step in data:
+            check_shell(step["run"], console=False)
     elif isinstance(data, dict) and "cases" in data:
         cases = tmp_path / "cases.yaml"
         cases.write_text(text, encoding="utf-8")
