@@ -23,14 +23,14 @@ of its opening fence). How each language is checked (docs/layout.md says the sam
     with extras they define, or other packages. In ``console`` output, reason codes
     (``micafence-reason: X``, ``"reason": "X"``) must be codes micafence gives.
 ``yaml``
-    By shape: ``--8<-- "file"`` (a file included by the site) is that policy file, loaded; a
-    mapping with ``cases`` is a ``micafence test`` cases file; a list of ``run:`` steps is CI,
-    each ``run`` checked as ``sh``; ``groups`` is Prometheus alert rules, whose ``micafence_*``
-    metrics must be ones micafence exports; ``containers``/``initContainers``/``volumes`` is a
-    Kubernetes manifest, parsed only. Anything else is a policy fragment: it is merged into the
-    bundled default policy (a mapping key by key; a list of entries with ``id``, such as
-    ``routes``, by id: an entry replaces the default's of the same id, the others are added;
-    any other value replaces the default's) and the result must load without an error.
+    By shape: a mapping with ``cases`` is a ``micafence test`` cases file; a list of ``run:`` steps,
+    or a workflow's ``jobs``, is CI, each ``run`` checked as ``sh``; ``groups`` is Prometheus alert
+    rules, whose ``micafence_*`` metrics must be ones micafence exports;
+    ``containers``/``initContainers``/``volumes`` is a Kubernetes manifest, parsed only. Anything
+    else is a policy fragment: it is merged into the bundled default policy (a mapping key by key; a
+    list of entries with ``id``, such as ``routes``, by id: an entry replaces the default's of the
+    same id, the others are added; any other value replaces the default's) and the result must load
+    without an error.
 ``json``
     Parsed.
 ``http``
@@ -38,6 +38,10 @@ of its opening fence). How each language is checked (docs/layout.md says the sam
 ``jinja``
     Parsed by Jinja2; every function it calls is a Jinja2 global once micafence's
     ``install_jinja2`` hook has run.
+
+A block that is only ``--8<-- "file"`` (the site shows that file of the repository) is checked
+as that file's text, where the file is: a whole policy file when no other shape fits; a
+python file is not run (the test of its example runs it).
 
 Not checked, with the reason: see :data:`NOT_CHECKED`. A fence without a language fails, as
 does a language in neither list. A block that cannot be checked goes in :data:`EXEMPT`, by
@@ -124,7 +128,7 @@ ALL_BLOCKS = [block for page in PAGES for block in blocks(page)]
 # -- python ---------------------------------------------------------------------------------
 
 
-def check_python(text: str) -> None:
+def check_python(text: str, run: bool = True) -> None:
     tree = compile(text, "<block>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     names: dict[str, Any] = {}
     for node in ast.walk(tree):
@@ -141,7 +145,7 @@ def check_python(text: str) -> None:
         _bind(call, names)
     awaits = any(isinstance(node, ast.Await) for node in ast.walk(tree))
     ellipsis = any(isinstance(n, ast.Constant) and n.value is Ellipsis for n in ast.walk(tree))
-    if not free and not ellipsis and not awaits:
+    if run and not free and not ellipsis and not awaits:
         done = subprocess.run([sys.executable, "-c", text], cwd=ROOT, capture_output=True,
                               text=True, timeout=120, check=False, env=_RUN_ENVIRONMENT)
         assert done.returncode == 0, f"the block fails when run:\n{done.stderr}"
@@ -201,20 +205,27 @@ def _bind(call: ast.Call, names: dict[str, Any]) -> None:
 _KUBERNETES = {"containers", "initContainers", "volumes"}
 
 
-def check_yaml(text: str, tmp_path: Path) -> None:
-    included = re.fullmatch(r'--8<-- "([^"]+)"\s*', text)
-    if included:
-        _policy_loads(ROOT / included[1])
-        return
+def check_yaml(text: str, tmp_path: Path, source: Path | None = None) -> None:
+    """``source``: the file the block includes (checked where it is, so its relative paths
+    hold); an included mapping that is no cases file, CI or rules is a whole policy file."""
     data = YAML(typ="safe").load(text)
     if isinstance(data, list) and data and all(isinstance(i, dict) and "run" in i for i in data):
         for step in data:
             check_shell(step["run"], console=False)
+    elif isinstance(data, dict) and isinstance(data.get("jobs"), dict):  # a CI workflow
+        for job in data["jobs"].values():
+            for step in job.get("steps") or ():
+                if "run" in step:
+                    check_shell(step["run"], console=False)
     elif isinstance(data, dict) and "cases" in data:
-        cases = tmp_path / "cases.yaml"
-        cases.write_text(text, encoding="utf-8")
+        cases = source
+        if cases is None:
+            cases = tmp_path / "cases.yaml"
+            cases.write_text(text, encoding="utf-8")
         _, errors = check_cases(str(cases))
         assert not errors, "\n".join(map(str, errors))
+    elif source is not None:
+        _policy_loads(source)
     elif isinstance(data, dict) and set(data) == {"groups"}:
         exported = _exported_metrics()
         named = set(re.findall(r"\bmicafence_[a-z_]+", text))
@@ -288,15 +299,20 @@ def check_jinja(text: str) -> None:
 
 
 def check_block(block: Block, tmp_path: Path) -> None:
+    # ``--8<-- "file"``: the site shows that file of the repository; its text is checked (a
+    # python module is not run: the test of its example imports and runs it).
+    included = re.fullmatch(r'--8<-- "([^"]+)"\s*', block.text)
+    source = ROOT / included[1] if included else None
+    text = block.text if source is None else source.read_text(encoding="utf-8")
     checks: dict[str, Callable[[], object]] = {
-        "python": lambda: check_python(block.text),
-        "sh": lambda: check_shell(block.text, console=False),
-        "bash": lambda: check_shell(block.text, console=False),
-        "console": lambda: (check_shell(block.text, console=True), check_reasons(block.text)),
-        "yaml": lambda: check_yaml(block.text, tmp_path),
-        "json": lambda: json.loads(block.text),
-        "http": lambda: check_reasons(block.text),
-        "jinja": lambda: check_jinja(block.text),
+        "python": lambda: check_python(text, run=source is None),
+        "sh": lambda: check_shell(text, console=False),
+        "bash": lambda: check_shell(text, console=False),
+        "console": lambda: (check_shell(text, console=True), check_reasons(text)),
+        "yaml": lambda: check_yaml(text, tmp_path, source),
+        "json": lambda: json.loads(text),
+        "http": lambda: check_reasons(text),
+        "jinja": lambda: check_jinja(text),
     }
     assert block.lang, "a code block names its language"
     if block.lang in NOT_CHECKED:
