@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
@@ -43,13 +43,12 @@ class _Mix:
     """The scenarios this run loads, their visits and what each visitor must be answered:
     filled once at start (``init``), from the policy and database given."""
 
-    scenarios: list[Scenario] = []
-    weights: list[int] = []
-    visits: dict[str, list[str]] = {}
-    expected: dict[str, dict[str, Expected]] = {}
+    scenarios: ClassVar[list[Scenario]] = []
+    weights: ClassVar[list[int]] = []
+    visits: ClassVar[dict[str, list[str]]] = {}
+    expected: ClassVar[dict[str, dict[str, Expected]]] = {}
 
 
-@events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     parser.add_argument("--policy", default=None,
                         help="the micafence policy the server runs with (default: "
@@ -59,7 +58,6 @@ def _options(parser: Any) -> None:
                         "$MICAFENCE_BENCH_DB, else the bundled test database)")
 
 
-@events.init.add_listener
 def _decide_the_mix(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
     policy = (options and options.policy) or policy_path()
@@ -81,6 +79,10 @@ def _decide_the_mix(environment: Any, **_: Any) -> None:
                    for scenario, addresses in loaded.items()}
     _Mix.expected = expectations(enforcer, loaded)
     logging.info("micafence mix: expectations decided with %s and %s", policy, database)
+
+
+events.init_command_line_parser.add_listener(_options)
+events.init.add_listener(_decide_the_mix)
 
 
 class ExchangeVisitor(FastHttpUser):
