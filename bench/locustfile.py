@@ -49,6 +49,7 @@ class _Mix:
     expected: ClassVar[dict[str, dict[str, Expected]]] = {}
 
 
+@events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     parser.add_argument("--policy", default=None,
                         help="the micafence policy the server runs with (default: "
@@ -58,6 +59,7 @@ def _options(parser: Any) -> None:
                         "$MICAFENCE_BENCH_DB, else the bundled test database)")
 
 
+@events.init.add_listener
 def _decide_the_mix(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
     policy = (options and options.policy) or policy_path()
@@ -79,10 +81,6 @@ def _decide_the_mix(environment: Any, **_: Any) -> None:
                    for scenario, addresses in loaded.items()}
     _Mix.expected = expectations(enforcer, loaded)
     logging.info("micafence mix: expectations decided with %s and %s", policy, database)
-
-
-events.init_command_line_parser.add_listener(_options)
-events.init.add_listener(_decide_the_mix)
 
 
 class ExchangeVisitor(FastHttpUser):
