@@ -108,7 +108,7 @@ def _frame(caption: str, groups: Sequence[tuple[str, Sequence[str]]], series: Se
             y += _ROW
         y += _GROUP_GAP
     height = y - _GROUP_GAP + _BOTTOM + 16
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+    parts = [f'<svg class="chart" role="img" '
              f'width="{_WIDTH}" height="{height:.0f}" viewBox="0 0 {_WIDTH} {height:.0f}" '
              f'aria-label="{escape(caption)}">', f"<title>{escape(caption)}</title>"]
     x = float(_LABELS)

@@ -270,7 +270,7 @@ def run_locust(locustfile: Path, seconds: int, results_dir: Path,
 
 def _number(cell: str) -> float | None:
     try:
-        return float(cell)
+        return int(cell) if cell.isdigit() else float(cell)
     except ValueError:
         return None  # "N/A": no request of that name
 
@@ -457,8 +457,8 @@ def main(args: Any) -> int:
     started = time.monotonic()
     count = 3000 if args.quick else 20000
     inprocess = run_inprocess(enforcer, count, progress)
-    progress("pages", f"{', '.join(label for label, _ in SIZES)} pages in "
-             f"{', '.join(CODINGS)}, bare, micafence and the engine alone, then the loop lag")
+    progress("pages", f"{', '.join(label for label, _ in SIZES)} pages ({', '.join(CODINGS)}): "
+             "bare, behind micafence and through the engine alone; then the loop lag")
     speed = rewrite_speed.run(lambda app: apps.guarded(app, watch=False), args.quick)
     http = [] if args.quick else run_http(enforcer, rounds=5, seconds=2, progress=progress)
     metrics = metrics_of(inprocess, http) | speed.metrics()
