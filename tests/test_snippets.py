@@ -23,8 +23,9 @@ of its opening fence). How each language is checked (docs/layout.md says the sam
     with extras they define, or other packages. In ``console`` output, reason codes
     (``micafence-reason: X``, ``"reason": "X"``) must be codes micafence gives.
 ``yaml``
-    By shape: a mapping with ``cases`` is a ``micafence test`` cases file; a list of ``run:`` steps,
-    or a workflow's ``jobs``, is CI, each ``run`` checked as ``sh``; ``groups`` is Prometheus alert
+    By shape: comments only must be an editor's schema line naming micafence's schema file; a
+    mapping with ``cases`` is a ``micafence test`` cases file; a list of ``run:`` steps, or a
+    workflow's ``jobs``, is CI, each ``run`` checked as ``sh``; ``groups`` is Prometheus alert
     rules, whose ``micafence_*`` metrics must be ones micafence exports;
     ``containers``/``initContainers``/``volumes`` is a Kubernetes manifest, parsed only. Anything
     else is a policy fragment: it is merged into the bundled default policy (a mapping key by key; a
@@ -74,6 +75,7 @@ import micafence
 from micafence.metrics import Metrics
 from micafence.policy.casefile import check_cases
 from micafence.policy.loader import check_policy, default_policy_path, load_policy
+from micafence.policy.schema import schema_path
 from micafence.promotions.templating import install_jinja2
 from micafence.reasons import RULE_CODES, Reason, RouteClass
 from tests.snippet_commands import ROOT, check_shell
@@ -209,7 +211,14 @@ def check_yaml(text: str, tmp_path: Path, source: Path | None = None) -> None:
     """``source``: the file the block includes (checked where it is, so its relative paths
     hold); an included mapping that is no cases file, CI or rules is a whole policy file."""
     data = YAML(typ="safe").load(text)
-    if isinstance(data, list) and data and all(isinstance(i, dict) and "run" in i for i in data):
+    if data is None:  # comments only: an editor's modeline naming the schema micafence ships
+        lines = [line for line in text.splitlines() if line.strip()]
+        named = [re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", line) for line in lines]
+        assert lines and all(named), "a yaml block of comments only (none is a schema modeline)"
+        for found in named:
+            assert found and Path(found[1]).name == schema_path().name, \
+                f"{found and found[1]}: not micafence's {schema_path().name}"
+    elif isinstance(data, list) and data and all(isinstance(i, dict) and "run" in i for i in data):
         for step in data:
             check_shell(step["run"], console=False)
     elif isinstance(data, dict) and isinstance(data.get("jobs"), dict):  # a CI workflow
@@ -360,6 +369,8 @@ BAD = [
     ("console", "$ curl -i http://127.0.0.1:8000/\nmicafence-reason: eu.no_such_reason"),
     ("http", 'HTTP/1.1 451 Unavailable For Legal Reasons\n\n{"reason": "eu.acount_creation"}'),
     ("yaml", "promotions: {no_such_key: 1}"),
+    ("yaml", "# yaml-language-server: $schema=https://example.com/other.schema.json"),
+    ("yaml", "# a comment and nothing else"),
     ("yaml", "routes:\n  - {id: r, class: no_such_class, path: /x}"),
     ("yaml", "cases:\n  - {name: n, request: {ip: 1.2.3.4}, expect: {no_such: 1}}"),
     ("yaml", "- run: micafence check --strict policies/*.yaml"),
