@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import micafence
-from micafence.cli import main
-from micafence.policy.casefile import load_cases
+from micafence.cli import bundled_test_database, main
+from micafence.policy.casefile import check_cases, load_cases
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DB = REPO / "tests" / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb"
@@ -374,6 +374,66 @@ def test_cases_without_a_database_say_which_one_is_used(
     assert f"{cases} names no database (geoip_db:)" in err
     assert "using the bundled MaxMind TEST database" in err
     assert "GeoLite2-Country-Test.mmdb)" in out.splitlines()[0]
+
+
+US_CASES = """\
+geoip_db: {db}
+cases:
+  - name: US sign-up passes
+    request: {{ip: 74.209.24.1, method: POST, path: /api/accounts}}
+    expect: {{blocked: false, zones: []}}
+  - name: Swedish sign-up passes (wrongly expected)
+    request: {{ip: 89.160.20.112, method: POST, path: /api/accounts}}
+    expect: {{blocked: false}}
+  - name: A local sign-up passes (wrongly expected)
+    request: {{ip: 127.0.0.1, method: POST, path: /api/accounts}}
+    expect: {{blocked: false}}
+"""
+
+
+def test_a_case_whose_address_the_database_lacks_names_the_database(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Cases written for MaxMind's GeoIP2 test database, run against the bundled GeoLite2 one
+    (which has no 74.209.24.1): the failure says which database was used and how to give the
+    right one; failures that have nothing to do with the database say nothing of it."""
+    bundled = bundled_test_database()
+    policy = write(tmp_path, "policy.yaml", GOOD)
+    cases = write(tmp_path, "cases.yaml", US_CASES.format(db=bundled))
+    report = tmp_path / "junit.xml"
+    code, out, _ = run(capsys, "test", str(policy), str(cases), "--junit-xml", str(report))
+    assert code == 1
+    hint = (f"74.209.24.1 is not in the database used, {bundled}: give the one these cases "
+            "are written for with --geoip-db, or name it in the cases file (geoip_db:)")
+    assert out.splitlines()[1:5] == [
+        f"FAIL US sign-up passes ({cases}:3)",
+        "     blocked: expected False, got True",
+        "     zones: expected [], got ['unknown_country']",
+        f"     {hint}",
+    ]
+    assert out.count("is not in the database used") == 1  # not for SE, nor for 127.0.0.1
+    assert out.splitlines()[-1] == "0 passed, 3 failed"
+    _, testcases = junit(report)
+    failure = testcases[0].find("failure")
+    assert failure is not None and (failure.get("message") or "").endswith(hint)
+
+    # the database the cases are written for, by option or by the cases file: the US case passes
+    code, out, _ = run(capsys, "test", str(policy), str(cases), "--geoip-db", str(TEST_DB))
+    assert "FAIL US sign-up passes" not in out and out.splitlines()[-1] == "1 passed, 2 failed"
+    write(tmp_path, "cases.yaml", US_CASES.format(db=TEST_DB))
+    code, out, _ = run(capsys, "test", str(policy), str(cases))
+    assert "is not in the database used" not in out
+    assert out.splitlines()[-1] == "1 passed, 2 failed"
+
+
+def test_the_repository_cases_name_the_test_database_they_are_written_for() -> None:
+    cases = REPO / "policies" / "cases" / "default.yaml"
+    first_keys = [line.split(":")[0] for line in cases.read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith(("#", " "))]
+    assert first_keys == ["geoip_db", "cases"]
+    case_file, errors = check_cases(str(cases))
+    assert errors == [] and case_file is not None
+    assert case_file.geoip_db == TEST_DB  # in the repository: a clone has it
 
 
 # -- as a CI job runs it -----------------------------------------------------------------------

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from micafence.reasons import RULE_CODES, Reason
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 POLICY_PAGE = DOCS / "policy.md"
@@ -67,3 +69,14 @@ def test_policy_reference_names_every_key_of_the_bundled_policy() -> None:
     named = set(re.findall(r"`([a-z0-9_.]+)`", POLICY_PAGE.read_text(encoding="utf-8")))
     missing = [key for key in _documented_keys(policy) if key not in named]
     assert not missing, f"docs/policy.md does not name: {', '.join(missing)}"
+
+
+def test_the_reason_page_names_exactly_the_reasons_of_the_module() -> None:
+    """Every reason code of micafence.reasons is a row of docs/reasons.md, and every row is one
+    of them: the page's table is generated (reason_table(), tests/test_reasons.py), and no row
+    written by hand beside it names a code the module does not have."""
+    page = (DOCS / "reasons.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([^`]+)` \|", page, re.MULTILINE))
+    codes = {reason.pattern for reason in Reason} | {code for code, _ in RULE_CODES}
+    assert not codes - rows, f"docs/reasons.md lacks: {sorted(codes - rows)}"
+    assert not rows - codes, f"docs/reasons.md names codes it lacks: {sorted(rows - codes)}"

@@ -9,9 +9,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Counter, make_asgi_app
 from prometheus_client.parser import text_string_to_metric_families
 
 from micafence import MicafenceMiddleware
@@ -37,7 +39,11 @@ def value(samples: Samples, metric: str, **labels: str) -> float:
 
 
 async def scrape(metrics: Metrics) -> Samples:
-    transport = httpx.ASGITransport(app=metrics.asgi_app())
+    return await scrape_app(metrics.asgi_app())
+
+
+async def scrape_app(endpoint: Any) -> Samples:
+    transport = httpx.ASGITransport(app=endpoint)
     async with httpx.AsyncClient(transport=transport, base_url="http://metrics.test") as http:
         response = await http.get("/metrics")
     assert response.status_code == 200
@@ -121,13 +127,18 @@ async def test_one_request_per_interval_is_timed_and_store_errors_counted() -> N
     assert value(samples, "micafence_store_errors_total", operation="grant_events") == 2
 
 
-def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
+@pytest.mark.parametrize("registry", ["own", "app's"])
+def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path, registry: str) -> None:
+    # Under multiprocess the values live in the directory's files, whichever registry the
+    # metrics are registered in: an app's registry changes nothing in the sum.
+    made = "Metrics()" if registry == "own" else "Metrics(registry=CollectorRegistry())"
     worker = textwrap.dedent(f"""
         import sys
+        from prometheus_client import CollectorRegistry
         from micafence import MicafenceMiddleware
         from micafence.metrics import Metrics
         from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, echo_app
-        metrics = Metrics()
+        metrics = {made}
         app = MicafenceMiddleware(echo_app(), policy=DEFAULT_POLICY, geoip_db=COUNTRY_DB,
                                   watch=False, metrics=metrics)
         decision = app.enforcer.decide({{"type": "http", "method": "POST",
@@ -136,11 +147,12 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
             metrics.count(decision)
         metrics.sync()
     """)
-    scraper = textwrap.dedent("""
+    scraper = textwrap.dedent(f"""
         import asyncio, httpx
+        from prometheus_client import CollectorRegistry
         from micafence.metrics import Metrics
         async def main():
-            transport = httpx.ASGITransport(app=Metrics().asgi_app())
+            transport = httpx.ASGITransport(app={made}.asgi_app())
             async with httpx.AsyncClient(transport=transport, base_url="http://m") as http:
                 print((await http.get("/metrics")).text)
         asyncio.run(main())
@@ -154,6 +166,52 @@ def test_workers_add_up_under_prometheus_multiproc_dir(tmp_path: Path) -> None:
     samples = parse(text)
     assert value(samples, "micafence_decisions_total", reason="eu.account_creation",
                  zone="eu", blocked="true") == 7
+
+
+async def test_metrics_in_the_apps_registry_show_in_the_apps_scrape() -> None:
+    registry = CollectorRegistry()
+    orders = Counter("exchange_orders", "Orders placed", registry=registry)
+    orders.inc(3)
+    metrics = Metrics(registry=registry)
+    app = MicafenceMiddleware(echo_app(), policy=policy_with(), geoip_db=COUNTRY_DB,
+                              watch=False, metrics=metrics)
+    async with client(app) as http:
+        for _ in range(2):
+            await http.post("/api/accounts", headers={"X-Forwarded-For": SE})
+    metrics.sync()  # what the lifespan's task does every sync_interval
+    samples = await scrape_app(make_asgi_app(registry))  # the app's own endpoint
+    assert value(samples, "exchange_orders_total") == 3
+    assert value(samples, "micafence_decisions_total", reason="eu.account_creation",
+                 zone="eu", blocked="true") == 2
+    assert value(samples, "micafence_policy_info", name="default",
+                 revision=app.enforcer.policy.revision) == 1
+    own = await scrape(metrics)  # micafence's own endpoint scrapes the same registry
+    assert value(own, "exchange_orders_total") == 3
+    assert own.keys() == samples.keys()
+
+
+async def test_a_registry_takes_one_metrics_and_says_so() -> None:
+    registry = CollectorRegistry()
+    first = Metrics(registry=registry)
+    with pytest.raises(ValueError, match="already holds micafence's metrics"):
+        Metrics(registry=registry)
+    app = MicafenceMiddleware(echo_app(), policy=policy_with(), geoip_db=COUNTRY_DB,
+                              watch=False, metrics=first)
+    async with client(app) as http:
+        await http.post("/api/accounts", headers={"X-Forwarded-For": SE})
+    samples = await scrape(first)  # the first still counts, and scrapes without a duplicate
+    assert value(samples, "micafence_decisions_total", reason="eu.account_creation",
+                 zone="eu", blocked="true") == 1
+
+
+async def test_an_app_metric_named_like_ours_leaves_nothing_of_ours_behind() -> None:
+    registry = CollectorRegistry()
+    Counter("micafence_rewrite_aborted", "the app's own, by mistake", registry=registry)
+    with pytest.raises(ValueError, match="micafence_rewrite_aborted"):
+        Metrics(registry=registry)
+    samples = await scrape_app(make_asgi_app(registry))
+    assert {name for name, _ in samples} == {"micafence_rewrite_aborted_total",
+                                             "micafence_rewrite_aborted_created"}
 
 
 @pytest.mark.server

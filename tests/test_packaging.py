@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,9 @@ from typing import Any
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+import micafence
+from micafence.policy.loader import SCHEMA_VERSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = REPO / "middleware" / "micafence" / "data" / "default-policy.yaml"
@@ -66,6 +70,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     core.mkdir()
     shutil.copy(REPO / "pyproject.toml", core)
     shutil.copy(REPO / "README.md", core)
+    shutil.copy(REPO / "LICENSE", core)
     _copy_sources(REPO / "middleware", core / "middleware")
     tools = _copy_sources(REPO / "bench", root / "micafence_tools")
     return {"core": _build_wheel(core, root / "out"), "tools": _build_wheel(tools, root / "out")}
@@ -145,7 +150,8 @@ def test_core_wheel_holds_the_middleware_and_neither_demo_nor_benchmark(
     for wanted in ("micafence/__init__.py", "micafence/middleware.py", "micafence/cli.py",
                    "micafence/workers.py", "micafence/py.typed",
                    "micafence/data/GeoLite2-Country-Test.mmdb",
-                   "micafence/data/default-policy.yaml"):
+                   "micafence/data/default-policy.yaml", "micafence/data/policy.schema.json",
+                   "micafence-0.1.0.dist-info/licenses/LICENSE"):
         assert wanted in names
     assert not [n for n in names if n.startswith(("micafence/bench/", "micafence/demo/"))]
     # No module imports the tools, Starlette or uvicorn, even lazily; Redis is imported only
@@ -171,6 +177,32 @@ def test_core_wheel_requires_only_what_the_middleware_needs(wheels: dict[str, Pa
     entry_points = _read(wheels["core"], ".dist-info/entry_points.txt")
     assert "micafence = micafence.cli:main" in entry_points
     assert "micafence.subcommands" not in entry_points
+
+
+def test_core_wheel_is_proprietary_and_never_uploaded(wheels: dict[str, Path]) -> None:
+    metadata = _metadata(wheels["core"])
+    # PyPI refuses an upload carrying this classifier: a `twine upload` by mistake fails.
+    assert "Private :: Do Not Upload" in (metadata.get_all("Classifier") or [])
+    assert metadata["License-Expression"] == "LicenseRef-Proprietary"
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    licence = _read(wheels["core"], ".dist-info/licenses/LICENSE")
+    assert licence == (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "micafence authors. All rights reserved." in licence
+
+
+_RELEASE = re.compile(r"^## \[(?P<version>[^\]]+)\] - (?P<date>\d{4}-\d{2}-\d{2}|Unreleased)$",
+                      re.MULTILINE)
+
+
+def test_changelog_has_a_section_for_the_current_version_on_top() -> None:
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert changelog.startswith("# Changelog\n")
+    releases = [match["version"] for match in _RELEASE.finditer(changelog)]
+    assert releases and releases[0] == micafence.__version__, releases
+    assert len(releases) == len(set(releases))
+    # and the policy format versions this one reads each have their migration notes
+    for version in SCHEMA_VERSIONS:
+        assert f"\n### Format {version} (read since " in changelog
 
 
 # -- the tools wheel ---------------------------------------------------------------------------

@@ -245,6 +245,15 @@ def test_uk_keeps_approved_promotions_and_never_incentives() -> None:
                  id="list"),
     pytest.param("[lang|=en]", b'<i lang="en-GB">x</i><i lang="eng">y</i>',
                  b'<i lang="eng">y</i>', id="dash-match"),
+    # HTML's case-insensitive attribute values, as the browser's selectors compare them
+    pytest.param("[rel~=sponsored]", b'<a REL="nofollow SPONSORED">x</a><a rel="ugc">y</a>',
+                 b'<a rel="ugc">y</a>', id="rel-value-case-insensitive"),
+    # a data-* test runs in lol-html as the attribute's presence, decided here on the value
+    pytest.param('[data-kind~="incentive"]',
+                 b'<i data-kind="x &#105;ncentive">a</i><i data-kind="incentives">b</i>'
+                 b'<i data-kind="Incentive">c</i><i data-kind="bonus incentive">d</i>',
+                 b'<i data-kind="incentives">b</i><i data-kind="Incentive">c</i>',
+                 id="data-attribute-value-decoded"),
 ])
 def test_selectors_match_the_decoded_values(selector: str, page: bytes, out: bytes) -> None:
     assert rewrite(PromotionFilter.build([selector], [], []), page) == out

@@ -379,6 +379,20 @@ async def test_headers_of_a_rewritten_page() -> None:
     assert response.headers["cache-control"] == "private"
 
 
+async def test_each_page_gets_its_own_headers_and_length() -> None:
+    # The page headers an app sends are remembered per header set: what one page carries
+    # (its cookie, its length, the cookie micafence adds) never reaches another.
+    app = guarded(RawApp([PAGE], headers=[(b"set-cookie", b"s=1")]))
+    other = guarded(RawApp([PAGE + b"<p>more</p>"], headers=[(b"set-cookie", b"s=2")]))
+    for _ in range(2):
+        first, second = await fetch(app), await fetch(other)
+        assert first.headers.get_list("set-cookie")[0] == "s=1"
+        assert second.headers.get_list("set-cookie")[0] == "s=2"
+        assert int(first.headers["content-length"]) == len(first.content)
+        assert int(second.headers["content-length"]) == len(second.content) \
+            == len(first.content) + len(b"<p>more</p>")
+
+
 async def test_streamed_chunks_are_joined_before_parsing() -> None:
     # The promotion's tag is split across chunks: a chunk-by-chunk filter would miss it.
     cut = PAGE.index(b"data-promo") + 4

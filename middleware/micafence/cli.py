@@ -38,6 +38,7 @@ from micafence.policy.casefile import CaseFile, check_cases, run_cases
 from micafence.policy.coverage import precedence_notes
 from micafence.policy.loader import check_policy, default_policy_path, load_policy
 from micafence.policy.probe import build_scope, parse_header_option
+from micafence.policy.schema import schema_path, schema_text
 from micafence.store.opener import open_store
 
 T = TypeVar("T")
@@ -80,6 +81,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         checked.append(Checked(file, policy, errors, notes))
     sys.stdout.write(check_report(checked, args.format))
     return 1 if any(item.errors for item in checked) else 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(f"{schema_path()}\n" if args.path else schema_text())
+    return 0
 
 
 def _dry_run(store_url: str, run: Callable[[Pipeline], Awaitable[T]]) -> T:
@@ -266,6 +272,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        help="text (default), json (one document on stdout), or github "
                        "(GitHub Actions ::error annotations on the file and line)")
     check.set_defaults(func=_cmd_check)
+
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of policy files",
+        description="Print the JSON Schema of policy files (for editors; micafence check "
+        "validates more than it can say), or with --path where the installed copy is.")
+    schema.add_argument("--path", action="store_true",
+                        help="print the installed schema file's path instead")
+    schema.set_defaults(func=_cmd_schema)
 
     test = commands.add_parser("test", help="check a policy against expected decisions",
                                description="Decide every request in CASES and compare with its "

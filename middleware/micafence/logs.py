@@ -8,6 +8,12 @@ too) as JSON, so a log shipper needs no parsing rules::
     handler.setFormatter(JsonFormatter())
     logging.getLogger("micafence").addHandler(handler)
 
+The same lines for micafence's and the server's loggers, without touching code:
+:func:`logging_config` is a :func:`logging.config.dictConfig` for micafence, uvicorn and
+gunicorn (``logconfig_dict = logging_config()`` in ``gunicorn.conf.py``), and
+:func:`log_config_file` the same as a JSON file for ``uvicorn --log-config FILE`` (or
+``gunicorn --log-config-json FILE``).
+
 Event names in use (``event`` key): ``audit.sink_failed``, ``audit.sink_recovered``,
 ``audit.refused``, ``audit.aggregating``, ``audit.lost_on_shutdown``, plus those of the other
 modules (``policy.reloaded``, ``policy.refused``, ``store.outage``, ``store.recovered``,
@@ -19,12 +25,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("micafence")
 # Attributes every LogRecord has; anything else on a record came in through ``extra``.
+# uvicorn's records carry ``color_message`` too, the message with terminal colour codes: a
+# second copy of ``message`` no log shipper wants.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message", "asctime", "taskName"}
+    "message", "asctime", "taskName", "color_message"}
+#: The loggers :func:`logging_config` gives the JSON handler: micafence's and the servers'.
+SERVER_LOGGERS = ("micafence", "uvicorn", "uvicorn.access", "gunicorn.error", "gunicorn.access")
+_CONFIG_FILE = "log-config.json"
 
 
 def log_event(level: int, event: str, message: str, **fields: Any) -> None:
@@ -51,3 +64,29 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """A :func:`logging.config.dictConfig` writing one JSON line per record to stderr for
+    micafence's, uvicorn's and gunicorn's loggers (``level`` and up) and any other library's
+    warnings (the root logger). Under gunicorn, ``uvicorn_worker`` hands gunicorn's handlers to
+    uvicorn's loggers, so those lines are JSON too."""
+    own = {"level": level, "handlers": ["json"], "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json",
+                              "stream": "ext://sys.stderr"}},
+        "root": {"level": "WARNING", "handlers": ["json"]},
+        "loggers": {
+            **{name: dict(own) for name in SERVER_LOGGERS},
+            "uvicorn.error": {"level": level},  # through "uvicorn"'s handler
+        },
+    }
+
+
+def log_config_file() -> Path:
+    """:func:`logging_config` as a file, for ``uvicorn --log-config`` (shipped in the package;
+    a test keeps it equal to the function's)."""
+    return Path(str(resources.files("micafence") / "data" / _CONFIG_FILE))

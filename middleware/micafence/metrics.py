@@ -11,6 +11,11 @@ memory-mapped files and the endpoint reports the sum over all workers::
     app = MicafenceMiddleware(inner, policy=..., geoip_db=..., metrics=Metrics(),
                               metrics_path="/metrics")  # answered by micafence, not decided
 
+``Metrics(registry=app_registry)`` registers them in the app's own ``CollectorRegistry``, so
+one scrape of the app's endpoint shows both (a registry takes one ``Metrics``: a second is
+refused at construction with a ``ValueError``). Under multiprocess the values are in the
+directory's files whichever registry holds them.
+
 Exported (all prefixed ``micafence_``): ``decisions_total{reason,zone,blocked}``,
 ``decision_latency_seconds`` and ``geoip_lookup_latency_seconds`` (sampled histograms),
 ``geoip_database_build_timestamp_seconds``, ``geoip_database_age_seconds``,
@@ -36,6 +41,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from micafence.background import stop_task
 from micafence.decision import Decision
@@ -53,43 +59,48 @@ _AUDIT_COUNTERS = ("written", "aggregated", "refused", "write_errors")
 class Metrics:
     """micafence's Prometheus metrics for one process (give it to the middleware)."""
 
-    def __init__(self, *, sample_interval: float = 0.05, sync_interval: float = 1.0) -> None:
+    def __init__(
+        self, *, registry: CollectorRegistry | None = None, sample_interval: float = 0.05,
+        sync_interval: float = 1.0,
+    ) -> None:
         if sample_interval < 0 or sync_interval <= 0:
             raise ValueError("sample_interval must be >= 0 and sync_interval > 0")
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
-        self.registry = CollectorRegistry()
-        registry = self.registry
+        #: Where the metrics are registered: the app's own, or one made for them.
+        self.registry = CollectorRegistry() if registry is None else registry
+        # Made unregistered (registry=None), then registered together below: a registry that
+        # already holds one of these names is refused whole, with nothing of ours left in it.
         self._decisions = Counter(
             "micafence_decisions", "Decisions by reason code and deciding zone",
-            ["reason", "zone", "blocked"], registry=registry)
+            ["reason", "zone", "blocked"], registry=None)
         self._decide_latency = Histogram(
             "micafence_decision_latency_seconds",
             "Time to decide a request (sampled: one request per sample interval)",
-            buckets=_LATENCY_BUCKETS, registry=registry)
+            buckets=_LATENCY_BUCKETS, registry=None)
         self._lookup_latency = Histogram(
             "micafence_geoip_lookup_latency_seconds",
             "Uncached MaxMind lookup of a sampled request's address",
-            buckets=_LATENCY_BUCKETS, registry=registry)
+            buckets=_LATENCY_BUCKETS, registry=None)
         self._db_build = Gauge(
             "micafence_geoip_database_build_timestamp_seconds",
             "Build time of the GeoIP database in use (oldest over workers)",
-            registry=registry, multiprocess_mode="livemin")
+            registry=None, multiprocess_mode="livemin")
         self._db_age = Gauge(
             "micafence_geoip_database_age_seconds",
             "Age of the GeoIP database in use (oldest over workers)",
-            registry=registry, multiprocess_mode="livemax")
+            registry=None, multiprocess_mode="livemax")
         self._policy = Gauge(
             "micafence_policy_info", "The policy revision in force (1) and earlier ones (0)",
-            ["name", "revision"], registry=registry, multiprocess_mode="livemax")
+            ["name", "revision"], registry=None, multiprocess_mode="livemax")
         self._store_errors = Counter(
             "micafence_store_errors", "Grant store operations that failed",
-            ["operation"], registry=registry)
+            ["operation"], registry=None)
         self._backlog = Gauge(
             "micafence_audit_backlog", "Audit records queued, not yet written",
-            registry=registry, multiprocess_mode="livesum")
+            registry=None, multiprocess_mode="livesum")
         self._audit = {
             name: Counter(f"micafence_audit_{name.replace('written', 'records_written')}",
-                          help_text, registry=registry)
+                          help_text, registry=None)
             for name, help_text in (
                 ("written", "Audit records written to the sink"),
                 ("aggregated", "Block records folded into per-reason counts under overload"),
@@ -101,16 +112,21 @@ class Metrics:
             "micafence_solicitation_evidence",
             "Restricted arrivals through promotions: recorded, repeat (counted, not stored), "
             "dropped_visitor_rate or dropped_worker_cap (over promotions.evidence limits)",
-            ["outcome"], registry=registry)
+            ["outcome"], registry=None)
         for outcome in EVIDENCE_OUTCOMES:  # every series exists from the start, at 0
             self._evidence.labels(outcome)
         self._aborted = Counter(
             "micafence_rewrite_aborted",
             "Restricted pages aborted after their first byte (connection dropped), by reason",
-            ["reason"], registry=registry)
+            ["reason"], registry=None)
         for reason in ABORT_REASONS:
             self._aborted.labels(reason)
         self._aborted_seen = dict(ABORTS)  # this process's aborts before these metrics
+        _register(self.registry, [
+            self._decisions, self._decide_latency, self._lookup_latency, self._db_build,
+            self._db_age, self._policy, self._store_errors, self._backlog, *self._audit.values(),
+            self._evidence, self._aborted,
+        ])
         self._sample_interval = sample_interval
         self._sync_interval = sync_interval
         #: Time the next decision (0 as the sample interval: time every one).
@@ -266,6 +282,23 @@ class Metrics:
     def asgi_app(self) -> MetricsEndpoint:
         """The ``/metrics`` endpoint (an ASGI app) to mount."""
         return MetricsEndpoint(self)
+
+
+def _register(registry: CollectorRegistry, collectors: list[Collector]) -> None:
+    """Register every collector, or none: a name the registry holds already (a second
+    :class:`Metrics` on the same registry, or an app metric named like one of ours) raises a
+    ``ValueError`` saying so, here at construction rather than on a later scrape."""
+    done: list[Collector] = []
+    for collector in collectors:
+        try:
+            registry.register(collector)
+        except ValueError as exc:
+            for registered in done:
+                registry.unregister(registered)
+            raise ValueError(
+                f"this registry already holds micafence's metrics ({exc}): give each Metrics "
+                "a registry of its own (one Metrics per middleware)") from exc
+        done.append(collector)
 
 
 class MetricsEndpoint:

@@ -5,6 +5,7 @@ runs, after checking that micafence-tools' ``bench`` extra is installed."""
 from __future__ import annotations
 
 import argparse
+import shutil
 from importlib.util import find_spec
 
 from micafence.errors import MicafenceError
@@ -48,8 +49,15 @@ def _run(args: argparse.Namespace) -> int:
     missing = [name for name in needed if find_spec(name) is None]
     if missing:
         raise MicafenceError(
-            f"micafence bench needs {', '.join(missing)}: pip install -e './bench[bench]'"
+            f"micafence bench needs {', '.join(missing)}, from micafence-tools' bench extra: "
+            "pip install -e './bench[bench]' (from the repository root)"
         )
+    # Told before measuring, not minutes in: the grant checks' server, the HTTP load generator.
+    tools = ("redis-server",) if args.quick else ("redis-server", "wrk")
+    absent = [tool for tool in tools if shutil.which(tool) is None]
+    if absent:
+        raise MicafenceError(f"micafence bench needs {' and '.join(absent)} on the PATH "
+                             f"(Debian: apt-get install {' '.join(absent)})")
     from micafence_tools.bench.runner import main
 
     return main(args)

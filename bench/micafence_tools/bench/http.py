@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from micafence.errors import MicafenceError
 from micafence_tools.bench.ports import free_port
+from micafence_tools.bench.progress import ProgressReport, quiet
 
 _FACTORIES = {
     "bare": "micafence_tools.bench.apps:bare_app",
@@ -156,11 +157,13 @@ def _wrk(url: str, script: str, seconds: int, connections: int) -> float:
 
 def paired_throughput(
     scenario: str, urls: dict[str, str], script: str, rounds: int, seconds: int,
-    connections: int = 32,
+    connections: int = 32, progress: ProgressReport = quiet,
 ) -> Throughput:
     """Alternate short wrk runs across the servers; ratios are taken within each round."""
     runs: dict[str, list[float]] = {name: [] for name in urls}
-    for _ in range(rounds):
+    for number in range(rounds):
+        progress("HTTP", f"{scenario}, round {number + 1}/{rounds}: {', '.join(urls)} under wrk "
+                 f"for {seconds} s each")
         for name, url in urls.items():
             runs[name].append(_wrk(url, script, seconds, connections))
 

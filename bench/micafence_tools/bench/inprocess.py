@@ -12,7 +12,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from micafence.policy.probe import build_scope
@@ -32,11 +32,16 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+#: The latency distribution kept for the report: percentiles over every sample.
+PERCENTILES = {"p10": 0.10, "p50": 0.50, "p90": 0.90, "p99": 0.99, "p99.9": 0.999}
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
     p50_us: float  # the median over rounds of each round's median
     p99_us: float  # over every sample
     count: int
+    distribution_us: dict[str, float] = field(default_factory=dict)  # PERCENTILES, every sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +117,13 @@ async def _time_block(
 
 def _timing(rounds: list[list[int]]) -> Timing:
     every = sorted(sample for samples in rounds for sample in samples)
-    p99 = every[min(len(every) - 1, int(len(every) * 0.99))]
+
+    def at(quantile: float) -> float:
+        return every[min(len(every) - 1, int(len(every) * quantile))] / 1000
+
     p50 = statistics.median(statistics.median(samples) for samples in rounds)
-    return Timing(p50 / 1000, p99 / 1000, len(every))
+    return Timing(p50 / 1000, at(0.99), len(every),
+                  {name: at(quantile) for name, quantile in PERCENTILES.items()})
 
 
 async def measure(name: str, requests: Sequence[Request], apps: dict[str, ASGIApp]) -> ClassResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import gc
 import json
 import os
@@ -30,6 +31,9 @@ from micafence_tools.bench.http import (
     servers,
 )
 from micafence_tools.bench.inprocess import ClassResult, Request, measure
+from micafence_tools.bench.pages import CODINGS, SIZES
+from micafence_tools.bench.progress import Progress, ProgressReport, quiet
+from micafence_tools.bench.report_html import render_html
 from micafence_tools.bench.traffic import MIX, answering, skewed_visits, visitor_pools
 
 
@@ -140,9 +144,17 @@ def inprocess_classes(enforcer: Enforcer, count: int) -> InprocessClasses:
     return InprocessClasses(classes, grant_classes, clients)
 
 
-def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
+def run_inprocess(enforcer: Enforcer, count: int,
+                  progress: ProgressReport = quiet) -> list[ClassResult]:
+    progress("in-process", f"drawing {count:,} requests per class from {enforcer.geoip.path}")
     made = inprocess_classes(enforcer, count)
     classes, grant_classes, clients = made.plain, made.granted, made.clients
+    steps = enumerate((*classes, *grant_classes), 1)
+    total = len(classes) + len(grant_classes)
+
+    def step(apps: dict[str, Any]) -> None:
+        number, name = next(steps)
+        progress("in-process", f"{name} ({number}/{total}): {', '.join(apps)}")
     trivial = apps.trivial_app()  # one app, bare and behind each middleware: the same routes
     behind = {"bare": trivial, "floor": apps.floor(trivial),
               "micafence": apps.guarded(trivial, watch=False), "naive": apps.naive(trivial)}
@@ -152,11 +164,16 @@ def run_inprocess(enforcer: Enforcer, count: int) -> list[ClassResult]:
         # the first class timed pays for full collections over them.
         gc.collect()
         gc.freeze()
-        results = [await measure(name, requests, behind) for name, requests in classes.items()]
+        results = []
+        for name, requests in classes.items():
+            step(behind)
+            results.append(await measure(name, requests, behind))
+        progress("in-process", "grant checks: starting a private redis-server")
         async with grants.granted_app(clients, trivial) as on_redis:
             granting = {"bare": trivial, "floor": behind["floor"], "micafence": on_redis}
-            results += [await measure(name, requests, granting)
-                        for name, requests in grant_classes.items()]
+            for name, requests in grant_classes.items():
+                step(granting)
+                results.append(await measure(name, requests, granting))
         return results
 
     results = asyncio.run(run_all())
@@ -185,7 +202,8 @@ def _check_status(result: ClassResult) -> None:
                              f"{sorted(result.statuses['bare'])}")
 
 
-def run_http(enforcer: Enforcer, rounds: int, seconds: int) -> list[Any]:
+def run_http(enforcer: Enforcer, rounds: int, seconds: int,
+             progress: ProgressReport = quiet) -> list[Any]:
     pools = visitor_pools(enforcer)
     rng = random.Random(3)
     neutral = [Row("GET", "/healthz", "", ip) for ip in skewed_visits(pools.unrestricted, 4000)]
@@ -196,12 +214,15 @@ def run_http(enforcer: Enforcer, rounds: int, seconds: int) -> list[Any]:
         mix.extend(Row(scenario.method, scenario.path, scenario.body, ip) for ip in visits)
     rng.shuffle(mix)
     results = []
+    progress("HTTP", "starting uvicorn servers: bare, micafence, naive, floor")
     with servers(["bare", "micafence", "naive", "floor"], _server_env()) as urls:
-        results.append(paired_throughput("neutral", urls, rows_script(neutral), rounds, seconds))
+        results.append(paired_throughput("neutral", urls, rows_script(neutral), rounds, seconds,
+                                         progress=progress))
         pair = {k: urls[k] for k in ("bare", "micafence")}  # the peers: neutral traffic only
-        results.append(paired_throughput("mix", pair, rows_script(mix), rounds, seconds))
+        results.append(paired_throughput("mix", pair, rows_script(mix), rounds, seconds,
+                                         progress=progress))
         results.append(paired_throughput("rotating_v6", pair, rotating_v6_script(), rounds,
-                                         seconds))
+                                         seconds, progress=progress))
     return results
 
 
@@ -209,25 +230,74 @@ def _server_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("MICAFENCE_BENCH_")}
 
 
-def run_locust(locustfile: Path, seconds: int, results_dir: Path) -> dict[str, Any]:
-    """The mix's latency distribution under locust (FastHttpUser), against micafence."""
+_LOCUST_USERS = 16
+# Locust's columns kept in the report: counts, rate, and the latency distribution (ms).
+_LOCUST_FIGURES = ("Request Count", "Failure Count", "Requests/s", "50%", "90%", "95%", "99%",
+                   "99.9%", "100%")
+
+
+def run_locust(locustfile: Path, seconds: int, results_dir: Path,
+               progress: ProgressReport = quiet) -> dict[str, Any]:
+    """The mix's latency distribution under locust (FastHttpUser), against micafence: the
+    whole mix's and each scenario's figures, and every failure (a request answered otherwise
+    than micafence decides for its visitor: bench/locustfile.py)."""
     if not locustfile.is_file():
         raise MicafenceError(f"no locustfile at {locustfile} (run from the repository root)")
     locust = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
     results_dir.mkdir(parents=True, exist_ok=True)
+    progress("locust", "starting a uvicorn server: micafence")
     with servers(["micafence"], _server_env()) as urls:
+        progress("locust", f"the mix, {_LOCUST_USERS} users for {seconds} s")
         subprocess.run(
-            [locust, "-f", str(locustfile), "--headless", "--users", "16", "--spawn-rate", "16",
-             "--run-time", f"{seconds}s", "--host", urls["micafence"], "--only-summary",
+            [locust, "-f", str(locustfile), "--headless", "--users", str(_LOCUST_USERS),
+             "--spawn-rate", str(_LOCUST_USERS), "--run-time", f"{seconds}s",
+             "--host", urls["micafence"], "--only-summary",
+             "--policy", apps.policy_path(), "--geoip-db", apps.database_path(),
              "--csv", str(results_dir / "locust"), "--html", str(results_dir / "locust.html"),
              "--exit-code-on-error", "0"],
             check=True, capture_output=True, timeout=seconds + 60,
         )
-    stats = (results_dir / "locust_stats.csv").read_text().splitlines()
-    header = stats[0].split(",")
-    total = dict(zip(header, stats[-1].split(","), strict=False))
-    return {key: total.get(key) for key in ("Request Count", "Failure Count", "50%", "95%",
-                                            "99%", "Requests/s")}
+    with (results_dir / "locust_stats.csv").open(newline="") as handle:
+        rows = {row["Name"]: {key: _number(row[key]) for key in _LOCUST_FIGURES}
+                for row in csv.DictReader(handle)}
+    with (results_dir / "locust_failures.csv").open(newline="") as handle:
+        failures = [{"scenario": row["Name"], "message": _failure_message(row["Error"]),
+                     "occurrences": int(row["Occurrences"])} for row in csv.DictReader(handle)]
+    total = rows.pop("Aggregated")
+    return {**total, "users": _LOCUST_USERS, "seconds": seconds, "scenarios": rows,
+            "failures": failures}
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return int(cell) if cell.isdigit() else float(cell)
+    except ValueError:
+        return None  # "N/A": no request of that name
+
+
+def _failure_message(error: str) -> str:
+    """The locustfile's own message, out of locust's ``CatchResponseError('...')``."""
+    prefix, suffix = "CatchResponseError(", ")"
+    if error.startswith(prefix) and error.endswith(suffix):
+        return str(error[len(prefix):-len(suffix)].strip("'\""))
+    return error
+
+
+def render_locust(locust: dict[str, Any]) -> list[str]:
+    """The report's locust part: the mix's latency distribution, then any failure."""
+    lines = [f"Locust, the mix against micafence ({locust['users']} users, {locust['seconds']} "
+             "s): latency in ms",
+             f"{'scenario':<20}{'requests':>10}{'failures':>10}{'p50':>7}{'p90':>7}{'p99':>7}"
+             f"{'p99.9':>7}{'max':>7}"]
+    for name, row in [*locust["scenarios"].items(), ("all", locust)]:
+        cells = "".join(f"{_cell(row[key]):>7}" for key in ("50%", "90%", "99%", "99.9%", "100%"))
+        lines.append(f"{name:<20}{_cell(row['Request Count']):>10}"
+                     f"{_cell(row['Failure Count']):>10}{cells}")
+    return lines
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def metrics_of(inprocess: list[ClassResult], http: list[Any]) -> dict[str, float]:
@@ -380,12 +450,17 @@ def main(args: Any) -> int:
     if args.geoip_db:
         os.environ[apps.DATABASE_ENV] = str(args.geoip_db)
     load_at_start = list(os.getloadavg())  # other work on the machine skews every figure
+    progress = Progress()
+    progress("start", f"policy {apps.policy_path()}, database {apps.database_path()}"
+             + (", --quick: in-process only, small samples" if args.quick else ""))
     enforcer = Enforcer(load_policy(apps.policy_path()), GeoIPDatabase(apps.database_path()))
     started = time.monotonic()
     count = 3000 if args.quick else 20000
-    inprocess = run_inprocess(enforcer, count)
+    inprocess = run_inprocess(enforcer, count, progress)
+    progress("pages", f"{', '.join(label for label, _ in SIZES)} pages ({', '.join(CODINGS)}): "
+             "bare, behind micafence and through the engine alone; then the loop lag")
     speed = rewrite_speed.run(lambda app: apps.guarded(app, watch=False), args.quick)
-    http = [] if args.quick else run_http(enforcer, rounds=5, seconds=2)
+    http = [] if args.quick else run_http(enforcer, rounds=5, seconds=2, progress=progress)
     metrics = metrics_of(inprocess, http) | speed.metrics()
     verdicts = check_budget(metrics, budget)
     report: dict[str, Any] = {
@@ -393,23 +468,39 @@ def main(args: Any) -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform(), "load_average": load_at_start},
         "metrics": metrics,
-        "budget": {line.metric: {"op": line.op, "limit": line.limit, "value": value, "met": ok}
+        "budget": {line.metric: {"op": line.op, "limit": line.limit, "value": value, "met": ok,
+                                 "what": line.what, "unit": line.unit}
                    for line, value, ok in verdicts},
+        "distributions": {"inprocess": {
+            result.name: {app: timing.distribution_us for app, timing in result.timings.items()}
+            for result in inprocess}},
     }
     if args.locust and not args.quick:
-        report["locust"] = run_locust(Path(args.locustfile), 15, Path(args.results_dir))
+        report["locust"] = run_locust(Path(args.locustfile), 15, Path(args.results_dir),
+                                      progress)
     report["seconds"] = round(time.monotonic() - started, 1)
+    progress("done", f"measured in {report['seconds']} s")
     print(render(inprocess, http, metrics, budget, speed))
     if "locust" in report:
-        print(f"\nLocust mix latency (ms, micafence): {report['locust']}")
+        print("\n" + "\n".join(render_locust(report["locust"])))
     print("\nLimits: in-process figures are the wall-clock time of calls in one Python process "
           "(other work on the same cores inflates them); HTTP throughput is bounded by the "
           f"single uvicorn worker sharing {os.cpu_count()} cores with wrk. "
           "Load average at the start: " + " ".join(f"{x:.2f}" for x in report["machine"]
                                                   ["load_average"]) + ".")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        written = Path(args.json)
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(json.dumps(report, indent=2) + "\n")
+        page = written.with_suffix(".html")  # read back: the page shows what the JSON holds
+        page.write_text(render_html(json.loads(written.read_text())), encoding="utf-8")
+        progress("report", f"{written} and its charts, {page}")
+    failed = False
+    locust_failures = report.get("locust", {}).get("failures", [])
+    if locust_failures:  # a request answered otherwise than micafence decides: the fence broke
+        print("\nLOCUST FAILURES (answered otherwise than micafence decides for the visitor):\n  "
+              + "\n  ".join(f"{f['occurrences']:>6}  {f['message']}" for f in locust_failures))
+        failed = True
     if args.check:
         missed = [line for line, _, ok in verdicts if ok is False]
         failures = check_baseline(metrics, Path(args.check))
@@ -420,6 +511,5 @@ def main(args: Any) -> int:
             print("\nREGRESSION against " + args.check + ":\n  " + "\n  ".join(failures))
         else:
             print(f"\nNo regression against {args.check}.")
-        if missed or failures:
-            return 1
-    return 0
+        failed = failed or bool(missed or failures)
+    return 1 if failed else 0

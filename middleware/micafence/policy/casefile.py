@@ -16,11 +16,13 @@ A cases file::
 
 ``geoip_db`` (optional) names the MaxMind database the cases are written for, relative to the
 cases file: addresses mean a country only in the database they were picked from. A
-``--geoip-db`` given to ``micafence test`` overrides it.
+``--geoip-db`` given to ``micafence test`` overrides it. A failing case whose public address
+the database used does not hold says so, naming that database.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import Any
 
 from micafence.decide import Enforcer
 from micafence.errors import PolicyError
+from micafence.location.geo import GeoIPDatabase
 from micafence.pipeline import Pipeline, trial
 from micafence.policy.probe import build_scope
 from micafence.policy.problems import Problems
@@ -171,6 +174,22 @@ async def run_cases(
             for key, want in case.expect.items()
             if seen[key] != want
         )
+        if failures:
+            failures += _not_in_database(decision.client_ip, enforcer.geoip)
         actual = {key: seen[key] for key in case.expect}
         results.append(CaseResult(case, failures, actual, whole, seconds))
     return results
+
+
+def _not_in_database(ip: str | None, database: GeoIPDatabase) -> tuple[str, ...]:
+    """Why a case may fail that has nothing to do with the policy: its public address is not in
+    the database used, as when cases written for one database run against another."""
+    if ip is None:
+        return ()
+    try:
+        if not ipaddress.ip_address(ip).is_global or database.reader.get(ip) is not None:
+            return ()
+    except ValueError:  # not an address: nothing to say about the database
+        return ()
+    return (f"{ip} is not in the database used, {database.path}: give the one these cases are "
+            "written for with --geoip-db, or name it in the cases file (geoip_db:)",)

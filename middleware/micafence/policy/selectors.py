@@ -37,6 +37,16 @@ _ATTRIBUTE_NAME = _IDENT
 _OPERATORS = ("~=", "^=", "$=", "*=", "|=", "=")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _WHITESPACE = " \t\n\r\f"
+# Attributes whose values a browser's selectors compare ASCII case-insensitively on an HTML
+# element (the HTML standard's list, "case-sensitivity of selectors"); lol-html does too.
+_CASE_INSENSITIVE_VALUES = frozenset({
+    "accept", "accept-charset", "align", "alink", "axis", "bgcolor", "charset", "checked",
+    "clear", "codetype", "color", "compact", "declare", "defer", "dir", "direction", "disabled",
+    "enctype", "face", "frame", "hreflang", "http-equiv", "lang", "language", "link", "media",
+    "method", "multiple", "nohref", "noresize", "noshade", "nowrap", "readonly", "rel", "rev",
+    "rules", "scope", "scrolling", "selected", "shape", "target", "text", "type", "valign",
+    "valuetype", "vlink",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +65,7 @@ class Condition:
         if self.operator is None:
             return True
         value, wanted = found, self.value
-        if self.ignore_case:
+        if self.ignore_case or self.name in _CASE_INSENSITIVE_VALUES:
             value, wanted = _ascii_lower(value), _ascii_lower(wanted)
         if self.operator == "=":
             return value == wanted
@@ -106,14 +116,19 @@ class Compound:
 
         A decoded value that contains ``v`` was spelled with ``v`` in it, or with a character
         reference (an ``&``) somewhere in it: one selector for the first case (each value
-        test widened to ``*=v i``), one per tested attribute for the second.
+        test widened to ``*=v i``), one per tested attribute for the second. A test on a
+        ``data-*`` attribute is widened to the attribute's presence instead, which covers both
+        cases in one selector (lol-html's time grows with every selector it runs): such an
+        attribute marks what the page's authors want found, so few elements carry it, whereas
+        ``class`` or ``href`` are on most elements.
         """
         tag = self.tag or ""
-        widened = [f"[{c.name}]" if c.operator is None or not c.value
+        widened = [f"[{c.name}]" if c.operator is None or not c.value or _marker(c.name)
                    else f"[{c.name}*={_quote(c.value)} i]" for c in self.conditions]
         found = [tag + "".join(widened) or "*"]
         present = "".join(dict.fromkeys(f"[{c.name}]" for c in self.conditions))
-        for name in dict.fromkeys(c.name for c in self.conditions if c.operator is not None):
+        for name in dict.fromkeys(c.name for c in self.conditions
+                                  if c.operator is not None and c.value and not _marker(c.name)):
             found.append(f"{tag}{present}[{name}*=\"&\"]")
         return found
 
@@ -282,6 +297,11 @@ class _Parser:
 
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _marker(name: str) -> bool:
+    """A ``data-*`` attribute: a page's own marker (see :meth:`Compound.engine_selectors`)."""
+    return name.startswith("data-")
 
 
 def _ascii_lower(text: str) -> str:

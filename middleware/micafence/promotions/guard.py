@@ -27,7 +27,7 @@ from micafence.promotions.codings import accepted_codings
 from micafence.promotions.evidence_budget import EvidenceBudget
 from micafence.promotions.filter import PromotionFilter
 from micafence.promotions.mime import may_be_page
-from micafence.promotions.rewriter import RewritingSend, touches
+from micafence.promotions.rewriter import RewritingSend
 from micafence.promotions.solicitation import (
     MarkerMatcher,
     evidence,
@@ -222,12 +222,17 @@ class PromotionGuard:
         async def send_page_safe(message: Message) -> None:
             nonlocal rewriter
             if rewriter is None:
-                if message["type"] != "http.response.start" or not (
-                    added or zone_route or touches(message)
-                ):
+                if message["type"] != "http.response.start":
                     await send(message)
                     return
+                headers = list(message.get("headers") or ())
+                page = may_be_page(headers)
+                if not (added or zone_route or page or int(message.get("status", 200)) < 200):
+                    await send(message)  # (not a page, nothing to add: most answers)
+                    return
                 rewriter = self._rewriter(scope, send, decision, added, zone_route)
+                await rewriter.start(message, headers, page)
+                return
             await rewriter(message)
 
         return send_page_safe
@@ -315,8 +320,10 @@ class PromotionGuard:
 
 def _strip_request(scope: Scope) -> None:
     headers = scope.get("headers") or ()
-    for header in headers:
-        if header[0] in _STRIPPED_REQUEST_HEADERS or header[0] == _ACCEPT_ENCODING:
+    for name, value in headers:
+        # (an Accept-Encoding the cut leaves as it is, as browsers send it, changes nothing)
+        if name in _STRIPPED_REQUEST_HEADERS or (
+                name == _ACCEPT_ENCODING and accepted_codings(bytes(value)) != value):
             scope["headers"] = _request_headers(headers)
             break
     extensions = scope.get("extensions")

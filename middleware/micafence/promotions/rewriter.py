@@ -96,6 +96,10 @@ _BOMS = (b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 #: The type an untyped response goes out with, once judged.
 _JUDGED_TYPES = {Kind.HTML: b"text/html", Kind.XML: b"text/xml"}
+#: :meth:`RewritingSend._page_headers` remembered per app header set (bounded: entries, bytes).
+_PAGE_HEADERS: dict[tuple[object, ...], list[Header]] = {}
+_MEMO_ENTRIES = 256
+_MEMO_BYTES = 4096
 _WAITING, _PASSING, _HOLDING, _STREAMING, _DONE, _REFUSED, _ABORTED, _HEAD_ONLY = range(8)
 
 
@@ -172,12 +176,7 @@ class RewritingSend:
                 await self._body(message)
         elif kind == "http.response.start" and state == _WAITING:
             headers = list(message.get("headers") or ())
-            page = may_be_page(headers)
-            if page or self._extra or self._zone_route or int(message.get("status", 200)) < 200:
-                await self._begin(message, headers, page)
-            else:  # not a page, nothing to add: pass it on untouched (the common case)
-                self._state = _PASSING
-                await self._send(message)
+            await self.start(message, headers, may_be_page(headers))
         elif state == _HEAD_ONLY:  # a body to a HEAD request goes nowhere, however judged
             if kind == "http.response.body":
                 message = {**message, "body": b""}
@@ -189,6 +188,15 @@ class RewritingSend:
         # After a refusal the client has its answer: the rest of the app's page is dropped.
 
     # -- the response start ----------------------------------------------------------------------
+
+    async def start(self, message: Message, headers: list[Header], page: bool) -> None:
+        """The response start, its ``headers`` as a list and whether it :func:`may_be_page`
+        (the caller may have asked already: :meth:`PromotionGuard.page_safe`)."""
+        if page or self._extra or self._zone_route or int(message.get("status", 200)) < 200:
+            await self._begin(message, headers, page)
+        else:  # not a page, nothing to add: pass it on untouched (the common case)
+            self._state = _PASSING
+            await self._send(message)
 
     async def _begin(self, message: Message, headers: list[Header], page: bool) -> None:
         status = int(message.get("status", 200))
@@ -446,6 +454,24 @@ class RewritingSend:
 
     def _page_headers(self, length: int | None, kind: Kind | None) -> list[Header]:
         judged = _JUDGED_TYPES.get(kind) if self._untyped and kind is not None else None
+        try:  # an app answers its pages with a handful of header sets: remembered, bounded
+            key = (tuple(self._headers), judged, self._personal, self._cache)
+            headers = _PAGE_HEADERS.get(key)
+        except TypeError:  # unhashable (lists, bytearrays): made every time
+            key, headers = None, None
+        if headers is None:
+            headers = self._made_page_headers(judged)
+            if key is not None and sum(len(n) + len(v) for n, v in key[0]) <= _MEMO_BYTES:
+                if len(_PAGE_HEADERS) >= _MEMO_ENTRIES:
+                    _PAGE_HEADERS.clear()
+                _PAGE_HEADERS[key] = headers
+        if length is not None:
+            return [*headers, (b"content-length", b"%d" % length), *self._extra]
+        return headers + self._extra
+
+    def _made_page_headers(self, judged: bytes | None) -> list[Header]:
+        """The page's headers but its length: the app's without what described its body (and,
+        when it came untyped, with the type it was judged as), nosniff, made private."""
         dropped = _BODY_HEADERS if judged is None else _BODY_AND_TYPE_HEADERS
         headers: list[Header] = []
         nosniff = False
@@ -456,11 +482,9 @@ class RewritingSend:
                 nosniff = nosniff or lower == _NOSNIFF[0]
         if judged is not None:
             headers.append((b"content-type", judged))
-        if length is not None:
-            headers.append((b"content-length", b"%d" % length))
         if not nosniff:
             headers.append(_NOSNIFF)
-        return self._cache.mark(headers, self._personal) + self._extra
+        return self._cache.mark(headers, self._personal)
 
     # -- failures --------------------------------------------------------------------------------
 
@@ -503,10 +527,3 @@ class RewritingSend:
         rewriter, self._rewriter = self._rewriter, None
         if rewriter is not None:
             rewriter.close()
-
-
-def touches(start: Message) -> bool:
-    """Could the response that ``start`` begins be a page (HTML, XML, or untyped so a browser
-    would sniff it), or an interim one? Anything else passes the safety net untouched."""
-    return may_be_page(start.get("headers") or ()) or int(start.get("status", 200)) < 200
-
