@@ -129,22 +129,22 @@ class ScopeGate:
         requested, receive = await read_requested(route, catalogue, scope, receive)
         if requested is None:
             return _SCOPE_UNREADABLE, receive
-        return self._scoped(catalogue, decision, states, requested), receive
-
-    def _scoped(
-        self, catalogue: Catalogue, decision: Decision, states: Sequence[GrantState],
-        requested: RequestedScope,
-    ) -> ScopeVerdict:
-        """:func:`evaluate`, remembered while the grants are the same objects (the
-        Redis store's cache hands out one tuple per client until a record changes) and the
-        clock has crossed none of their bounds."""
+        # The verdict remembered (_scoped's hit, in this frame: the usual grant check).
         key = (id(decision), requested)
-        now = self._timestamp()
         memo = self._memo.get(key)
         # Identity, not equality: the entry holds the objects, so their ids cannot be reused.
         if (memo is not None and memo.decision is decision and memo.states is states
-                and memo.catalogue is catalogue and memo.since <= now < memo.until):
-            return memo.verdict
+                and memo.catalogue is catalogue and memo.since <= self._timestamp() < memo.until):
+            return memo.verdict, receive
+        return self._scoped(catalogue, decision, states, requested, key), receive
+
+    def _scoped(
+        self, catalogue: Catalogue, decision: Decision, states: Sequence[GrantState],
+        requested: RequestedScope, key: tuple[int, RequestedScope],
+    ) -> ScopeVerdict:
+        """:func:`evaluate`, remembered under ``key`` while the grants are the same objects
+        (the Redis store's cache hands out one tuple per client until a record changes) and the
+        clock has crossed none of their bounds (:meth:`check` looks it up)."""
         at = self.clock()
         verdict = evaluate(catalogue, states, requested, at)
         bounds = [end.timestamp() for state in states if state.in_force
@@ -247,7 +247,7 @@ async def read_requested(
     Returns the ``receive`` to hand on: it replays any body messages read here.
     """
     body: dict[str, Any] | None = None
-    if route.reads_body:
+    if route.body_keys:  # (route.reads_body, without the property's call)
         if scope.get("type") != "http":
             return None, receive
         limit = catalogue.max_body_bytes
