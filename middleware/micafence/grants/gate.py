@@ -82,11 +82,20 @@ _OUT_OF_SCOPE_SERVICE = ScopeVerdict(OUT_OF_SCOPE_SERVICE)
 _SCOPE_UNREADABLE = ScopeVerdict(SCOPE_UNREADABLE)
 
 
-class ScopeGate:
-    """Checks ``require_grant`` decisions against the store's grants and a clock."""
+#: How the caller turns a decision and its verdict into the settled decision (the pipeline's).
+Settle = Callable[[Decision, "ScopeVerdict"], Decision]
 
-    def __init__(self, store: Store, *, clock: Clock = utc_now) -> None:
+
+class ScopeGate:
+    """Checks ``require_grant`` decisions against the store's grants and a clock.
+
+    ``settle`` turns a decision and its verdict into the decision the request goes on with
+    (:meth:`micafence.pipeline.Pipeline`'s): a remembered verdict is kept with what ``settle``
+    made of it, so the usual grant check ends at one look-up."""
+
+    def __init__(self, store: Store, *, settle: Settle, clock: Clock = utc_now) -> None:
         self.store = store
+        self.settle = settle
         self.clock = clock
         self._logged_at = -_LOG_EVERY  # monotonic time of the last outage traceback
         self._timestamp: Callable[[], float] = (
@@ -98,12 +107,14 @@ class ScopeGate:
 
     async def check(
         self, policy: Policy, decision: Decision, scope: Scope, receive: Receive
-    ) -> tuple[ScopeVerdict, Receive]:
-        """What the client's grants say of a ``require_grant`` decision's request, and the
-        ``receive`` the app must use (it replays whatever was read of the body)."""
+    ) -> tuple[Decision, Receive]:
+        """A ``require_grant`` decision settled by what the client's grants say of its
+        request (a :class:`ScopeVerdict`, through ``settle``), and the ``receive`` the app must
+        use (it replays whatever was read of the body)."""
+        settle = self.settle
         client = decision.client_id
         if client is None:  # an unidentified visitor cannot hold a grant
-            return _NO_GRANT, receive
+            return settle(decision, _NO_GRANT), receive
         store = self.store
         try:
             # The store's local copy when it holds one (no coroutine), else the store.
@@ -116,56 +127,59 @@ class ScopeGate:
                 self._logged_at = time.monotonic()
                 logger.exception("micafence: grant store unavailable (service checks fail "
                                  "closed; logged at most every %g s)", _LOG_EVERY)
-            return _STORE_UNAVAILABLE, receive
+            return settle(decision, _STORE_UNAVAILABLE), receive
         for state in states:
             if state.in_force:
                 break
         else:  # none, or all revoked or pending approval: no need to read the request
-            return _NO_GRANT, receive
+            return settle(decision, _NO_GRANT), receive
         catalogue = policy.catalogue
         route = catalogue.routes.get(decision.route_id or "")
         if route is None:  # a service route that names no service: no grant can cover it
-            return _OUT_OF_SCOPE_SERVICE, receive
+            return settle(decision, _OUT_OF_SCOPE_SERVICE), receive
         requested, receive = await read_requested(route, catalogue, scope, receive)
         if requested is None:
-            return _SCOPE_UNREADABLE, receive
+            return settle(decision, _SCOPE_UNREADABLE), receive
         # The verdict remembered (_scoped's hit, in this frame: the usual grant check).
         key = (id(decision), requested)
         memo = self._memo.get(key)
         # Identity, not equality: the entry holds the objects, so their ids cannot be reused.
         if (memo is not None and memo.decision is decision and memo.states is states
                 and memo.catalogue is catalogue and memo.since <= self._timestamp() < memo.until):
-            return memo.verdict, receive
+            return memo.settled, receive
         return self._scoped(catalogue, decision, states, requested, key), receive
 
     def _scoped(
         self, catalogue: Catalogue, decision: Decision, states: Sequence[GrantState],
         requested: RequestedScope, key: tuple[int, RequestedScope],
-    ) -> ScopeVerdict:
-        """:func:`evaluate`, remembered under ``key`` while the grants are the same objects
-        (the Redis store's cache hands out one tuple per client until a record changes) and the
-        clock has crossed none of their bounds (:meth:`check` looks it up)."""
+    ) -> Decision:
+        """``decision`` settled by :func:`evaluate`'s verdict, remembered under ``key`` while
+        the grants are the same objects (the Redis store's cache hands out one tuple per client
+        until a record changes) and the clock has crossed none of their bounds (:meth:`check`
+        looks it up)."""
         at = self.clock()
         verdict = evaluate(catalogue, states, requested, at)
         bounds = [end.timestamp() for state in states if state.in_force
                   for end in (_term_end(catalogue, state.grant),
                               _window_end(catalogue, state.grant))]
         instant = at.timestamp()
+        settled = self.settle(decision, verdict)
         self._memo.put(key, _Memo(
-            decision, states, catalogue, verdict,
+            decision, states, catalogue, settled,
             since=max((b for b in bounds if b <= instant), default=-math.inf),
             until=min((b for b in bounds if b > instant), default=math.inf),
         ))
-        return verdict
+        return settled
 
 
 class _Memo(NamedTuple):
-    """A verdict, and what it holds for: these objects, between two grant bounds."""
+    """A decision settled by its verdict, and what it holds for: these objects, between two
+    grant bounds."""
 
     decision: Decision
     states: Sequence[GrantState]
     catalogue: Catalogue
-    verdict: ScopeVerdict
+    settled: Decision
     since: float  # the verdict is a function of which bounds lie before the clock: it holds
     until: float  # from the last bound passed to the next one
 
