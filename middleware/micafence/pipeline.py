@@ -12,7 +12,8 @@ explain`` and ``micafence test`` all run this.
    the client's grants (:class:`~micafence.grants.gate.ScopeGate`, which may read the body and
    hands the app a ``receive`` replaying it), a blocked account creation against an onboarding
    token (:class:`~micafence.grants.onboarding.OnboardingGate`, whose ``send`` binds the new
-   account). They say what they found; the decision is rebuilt here, and nowhere else;
+   account). They say what they found; the decision is rebuilt here, and nowhere else (the
+   grants gate keeps what this module's rebuild made of the verdicts it remembers);
 3. **observe**: the decision goes in ``scope["state"]["micafence"]``, to the metrics and the
    audit log (which may refuse the request: 503);
 4. **act** (:class:`Action`): pass to the app, through a wrapped ``send`` where promotions or
@@ -92,7 +93,8 @@ class Pipeline:
         self.app = app
         self.store = store
         self.clients = ClientRegistry(store, clock=clock)  # where clients are established
-        self.grants = ScopeGate(store, clock=clock)
+        # The grants gate remembers what _granted made of its verdicts.
+        self.grants = ScopeGate(store, settle=self._granted, clock=clock)
         self.onboarding = OnboardingGate(store, clock=clock)
         self.arrivals = ArrivalLinker(store, clock=clock)  # arrival cookies meet identities
         # What solicitation evidence this worker wrote in the current window (kept across
@@ -134,8 +136,7 @@ class Pipeline:
             decision = self._known(enforcer, decision, scope, standing)
         # Settle (inline: an awaited call per step costs on every grant check).
         if decision.outcome is _REQUIRE_GRANT:  # the client's grants
-            verdict, receive = await self.grants.check(enforcer.policy, decision, scope, receive)
-            decision = self._granted(decision, verdict)
+            decision, receive = await self.grants.check(enforcer.policy, decision, scope, receive)
         elif decision.blocked and decision.route_class is _ACCOUNT_CREATION and not self.dry:
             # An onboarding token (a dry run never takes one: it is single-use).
             found, send = await self.onboarding.admit(
@@ -268,7 +269,7 @@ class Pipeline:
 
     def _granted(self, decision: Decision, verdict: ScopeVerdict) -> Decision:
         """``decision`` settled by ``verdict``: shared while both are the same objects (the
-        gate hands out one verdict per decision and requested scope while it holds)."""
+        gate's constant verdicts; it keeps what this made of the verdicts it remembers)."""
         key = (id(decision), id(verdict))
         held = self._settled.get(key)
         # Identity, not equality: the entry holds both objects, so their ids cannot be reused.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -153,16 +153,17 @@ class GrantState:
     revocation: Revocation | None
     approval: Approval | None = None
     accounts: tuple[AccountBinding, ...] = ()
+    #: Neither revoked nor pending (the time bounds are checked against the request). Set once
+    #: here: every grant check reads it, and a property is a call each time.
+    in_force: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_force", self.revocation is None and not self.pending)
 
     @property
     def pending(self) -> bool:
         """Recorded under maker-checker and not approved yet."""
         return self.grant.approval_required and self.approval is None
-
-    @property
-    def in_force(self) -> bool:
-        """Neither revoked nor pending (the time bounds are checked against the request)."""
-        return self.revocation is None and not self.pending
 
     def status(self, now: dt.datetime) -> GrantStatus:
         if self.revocation is not None:

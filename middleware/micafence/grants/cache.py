@@ -78,8 +78,10 @@ class GrantCache:
 
     def states(self, client_id: str) -> tuple[GrantState, ...] | None:
         """The client's records folded into grants (:func:`~micafence.grants.book.fold`), or
-        ``None`` as for :meth:`get`."""
-        entry = self._entry(client_id)
+        ``None`` as for :meth:`get`. (:meth:`_entry` in this frame: every grant check asks.)"""
+        if not self._subscribed or self._clock() - self._verified_at >= self.max_staleness:
+            return None
+        entry = self._entries.get(client_id)
         return None if entry is None else entry[1]
 
     def _entry(

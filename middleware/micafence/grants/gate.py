@@ -82,11 +82,20 @@ _OUT_OF_SCOPE_SERVICE = ScopeVerdict(OUT_OF_SCOPE_SERVICE)
 _SCOPE_UNREADABLE = ScopeVerdict(SCOPE_UNREADABLE)
 
 
-class ScopeGate:
-    """Checks ``require_grant`` decisions against the store's grants and a clock."""
+#: How the caller turns a decision and its verdict into the settled decision (the pipeline's).
+Settle = Callable[[Decision, "ScopeVerdict"], Decision]
 
-    def __init__(self, store: Store, *, clock: Clock = utc_now) -> None:
+
+class ScopeGate:
+    """Checks ``require_grant`` decisions against the store's grants and a clock.
+
+    ``settle`` turns a decision and its verdict into the decision the request goes on with
+    (:meth:`micafence.pipeline.Pipeline`'s): a remembered verdict is kept with what ``settle``
+    made of it, so the usual grant check ends at one look-up."""
+
+    def __init__(self, store: Store, *, settle: Settle, clock: Clock = utc_now) -> None:
         self.store = store
+        self.settle = settle
         self.clock = clock
         self._logged_at = -_LOG_EVERY  # monotonic time of the last outage traceback
         self._timestamp: Callable[[], float] = (
@@ -98,12 +107,14 @@ class ScopeGate:
 
     async def check(
         self, policy: Policy, decision: Decision, scope: Scope, receive: Receive
-    ) -> tuple[ScopeVerdict, Receive]:
-        """What the client's grants say of a ``require_grant`` decision's request, and the
-        ``receive`` the app must use (it replays whatever was read of the body)."""
+    ) -> tuple[Decision, Receive]:
+        """A ``require_grant`` decision settled by what the client's grants say of its
+        request (a :class:`ScopeVerdict`, through ``settle``), and the ``receive`` the app must
+        use (it replays whatever was read of the body)."""
+        settle = self.settle
         client = decision.client_id
         if client is None:  # an unidentified visitor cannot hold a grant
-            return _NO_GRANT, receive
+            return settle(decision, _NO_GRANT), receive
         store = self.store
         try:
             # The store's local copy when it holds one (no coroutine), else the store.
@@ -116,56 +127,59 @@ class ScopeGate:
                 self._logged_at = time.monotonic()
                 logger.exception("micafence: grant store unavailable (service checks fail "
                                  "closed; logged at most every %g s)", _LOG_EVERY)
-            return _STORE_UNAVAILABLE, receive
+            return settle(decision, _STORE_UNAVAILABLE), receive
         for state in states:
             if state.in_force:
                 break
         else:  # none, or all revoked or pending approval: no need to read the request
-            return _NO_GRANT, receive
+            return settle(decision, _NO_GRANT), receive
         catalogue = policy.catalogue
         route = catalogue.routes.get(decision.route_id or "")
         if route is None:  # a service route that names no service: no grant can cover it
-            return _OUT_OF_SCOPE_SERVICE, receive
+            return settle(decision, _OUT_OF_SCOPE_SERVICE), receive
         requested, receive = await read_requested(route, catalogue, scope, receive)
         if requested is None:
-            return _SCOPE_UNREADABLE, receive
-        return self._scoped(catalogue, decision, states, requested), receive
-
-    def _scoped(
-        self, catalogue: Catalogue, decision: Decision, states: Sequence[GrantState],
-        requested: RequestedScope,
-    ) -> ScopeVerdict:
-        """:func:`evaluate`, remembered while the grants are the same objects (the
-        Redis store's cache hands out one tuple per client until a record changes) and the
-        clock has crossed none of their bounds."""
+            return settle(decision, _SCOPE_UNREADABLE), receive
+        # The verdict remembered (_scoped's hit, in this frame: the usual grant check).
         key = (id(decision), requested)
-        now = self._timestamp()
         memo = self._memo.get(key)
         # Identity, not equality: the entry holds the objects, so their ids cannot be reused.
         if (memo is not None and memo.decision is decision and memo.states is states
-                and memo.catalogue is catalogue and memo.since <= now < memo.until):
-            return memo.verdict
+                and memo.catalogue is catalogue and memo.since <= self._timestamp() < memo.until):
+            return memo.settled, receive
+        return self._scoped(catalogue, decision, states, requested, key), receive
+
+    def _scoped(
+        self, catalogue: Catalogue, decision: Decision, states: Sequence[GrantState],
+        requested: RequestedScope, key: tuple[int, RequestedScope],
+    ) -> Decision:
+        """``decision`` settled by :func:`evaluate`'s verdict, remembered under ``key`` while
+        the grants are the same objects (the Redis store's cache hands out one tuple per client
+        until a record changes) and the clock has crossed none of their bounds (:meth:`check`
+        looks it up)."""
         at = self.clock()
         verdict = evaluate(catalogue, states, requested, at)
         bounds = [end.timestamp() for state in states if state.in_force
                   for end in (_term_end(catalogue, state.grant),
                               _window_end(catalogue, state.grant))]
         instant = at.timestamp()
+        settled = self.settle(decision, verdict)
         self._memo.put(key, _Memo(
-            decision, states, catalogue, verdict,
+            decision, states, catalogue, settled,
             since=max((b for b in bounds if b <= instant), default=-math.inf),
             until=min((b for b in bounds if b > instant), default=math.inf),
         ))
-        return verdict
+        return settled
 
 
 class _Memo(NamedTuple):
-    """A verdict, and what it holds for: these objects, between two grant bounds."""
+    """A decision settled by its verdict, and what it holds for: these objects, between two
+    grant bounds."""
 
     decision: Decision
     states: Sequence[GrantState]
     catalogue: Catalogue
-    verdict: ScopeVerdict
+    settled: Decision
     since: float  # the verdict is a function of which bounds lie before the clock: it holds
     until: float  # from the last bound passed to the next one
 
@@ -247,10 +261,16 @@ async def read_requested(
     Returns the ``receive`` to hand on: it replays any body messages read here.
     """
     body: dict[str, Any] | None = None
-    if route.reads_body:
+    if route.body_keys:  # (route.reads_body, without the property's call)
         if scope.get("type") != "http":
             return None, receive
-        raw, receive = await read_body(scope, receive, catalogue.max_body_bytes)
+        limit = catalogue.max_body_bytes
+        if _declared_over(scope, limit):
+            return None, receive  # nothing read, nothing to replay
+        # read_body in this frame (an awaited call per step costs on every grant check).
+        message = await receive()
+        read = _one_message(message, receive, limit)
+        raw, receive = read if read is not None else await _read_rest(message, receive, limit)
         body = _json_object(raw, route.body_keys) if raw is not None else None
         if body is None:
             return None, receive
@@ -287,16 +307,38 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes |
     The returned ``receive`` gives the app every message read here, then the rest from the
     server, so the app sees the body exactly as sent.
     """
+    if _declared_over(scope, limit):
+        return None, receive  # nothing read, nothing to replay
+    message = await receive()
+    read = _one_message(message, receive, limit)
+    return read if read is not None else await _read_rest(message, receive, limit)
+
+
+def _one_message(
+    message: Message, receive: Receive, limit: int
+) -> tuple[bytes | None, Receive] | None:
+    """:func:`read_body`'s answer when its first ``message`` is the whole body (the usual
+    body: nothing to join, one message to replay); ``None`` when more is to be read."""
+    if message.get("type") != "http.request" or message.get("more_body", False):
+        return None
+    chunk = message.get("body") or b""
+    return (chunk if len(chunk) <= limit else None), _Replaying(message, receive)
+
+
+def _declared_over(scope: Scope, limit: int) -> bool:
+    """Does the request's ``Content-Length`` say its body is larger than ``limit``?"""
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
             declared = value.strip()
             if declared.isdigit() and int(declared) > limit:
-                return None, receive  # nothing read, nothing to replay
-    message = await receive()
-    if message.get("type") == "http.request" and not message.get("more_body", False):
-        # The usual body: one message. Nothing to join, one message to replay.
-        chunk = message.get("body") or b""
-        return (chunk if len(chunk) <= limit else None), _replaying_one(message, receive)
+                return True
+    return False
+
+
+async def _read_rest(
+    message: Message, receive: Receive, limit: int
+) -> tuple[bytes | None, Receive]:
+    """:func:`read_body` from its first ``message`` on, when that is not the whole body."""
     messages: list[Message] = [message]
     chunks: list[bytes] = []
     size = 0
@@ -317,18 +359,22 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes |
     return (b"".join(chunks) if complete else None), _replaying(messages, receive)
 
 
-def _replaying_one(message: Message, receive: Receive) -> Receive:
-    """:func:`_replaying` of one message."""
-    pending: Message | None = message
+class _Replaying:
+    """A ``receive`` giving one message already read, then the server's: an object rather
+    than a closure, the cheaper of the two to make on every grant check."""
 
-    async def replay() -> Message:
-        nonlocal pending
-        if pending is not None:
-            given, pending = pending, None
-            return given
-        return await receive()
+    __slots__ = ("_message", "_receive")
 
-    return replay
+    def __init__(self, message: Message, receive: Receive) -> None:
+        self._message: Message | None = message
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        message = self._message
+        if message is not None:
+            self._message = None
+            return message
+        return await self._receive()
 
 
 def _replaying(messages: list[Message], receive: Receive) -> Receive:
@@ -383,6 +429,7 @@ class _Values:
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _JSON_SPACE = " \t\n\r"
 _UTF8_BOM = b"\xef\xbb\xbf"
+_BACKSLASH = ord("\\")
 
 
 def _json_object(raw: bytes, keys: Sequence[bytes]) -> dict[str, Any] | None:
@@ -393,7 +440,9 @@ def _json_object(raw: bytes, keys: Sequence[bytes]) -> dict[str, Any] | None:
     holds an escape (``"\\u0070air"`` is ``"pair"``), a NUL (UTF-16 and UTF-32 bodies, where
     the byte count says nothing) or a byte-order mark. Otherwise the body is UTF-8.
     """
-    strict = b"\\" in raw or b"\0" in raw or raw.startswith(_UTF8_BOM)
+    # (An int tested in bytes is a byte: ``b"\\" in raw`` tries it as an int first, and costs
+    # an exception raised and cleared inside, on every grant check.)
+    strict = _BACKSLASH in raw or 0 in raw or raw.startswith(_UTF8_BOM)
     for key in keys:
         strict = strict or raw.count(key) > 1
     try:
