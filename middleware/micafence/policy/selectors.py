@@ -37,8 +37,12 @@ _ATTRIBUTE_NAME = _IDENT
 _OPERATORS = ("~=", "^=", "$=", "*=", "|=", "=")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _WHITESPACE = " \t\n\r\f"
+#: What ``~=`` (and ``.class``) split a value on: HTML's ASCII whitespace, as browsers do (not
+#: ``str.split()``'s wider set: a no-break space would make an approval match that does not).
+_WORD_SEPARATORS = re.compile(r"[ \t\n\r\f]+")
 # Attributes whose values a browser's selectors compare ASCII case-insensitively on an HTML
-# element (the HTML standard's list, "case-sensitivity of selectors"); lol-html does too.
+# element (the HTML standard's list, "case-sensitivity of selectors"; on an SVG or MathML
+# element they are case-sensitive, as Chromium's querySelectorAll shows); lol-html does too.
 _CASE_INSENSITIVE_VALUES = frozenset({
     "accept", "accept-charset", "align", "alink", "axis", "bgcolor", "charset", "checked",
     "clear", "codetype", "color", "compact", "declare", "defer", "dir", "direction", "disabled",
@@ -58,14 +62,16 @@ class Condition:
     value: str = ""
     ignore_case: bool = False
 
-    def holds(self, attributes: Mapping[str, str]) -> bool:
+    def holds(self, attributes: Mapping[str, str], html: bool = True) -> bool:
+        """Does the test hold (``html``: on an HTML element, whose listed attributes compare
+        their values ignoring ASCII case)?"""
         found = attributes.get(self.name)
         if found is None:
             return False
         if self.operator is None:
             return True
         value, wanted = found, self.value
-        if self.ignore_case or self.name in _CASE_INSENSITIVE_VALUES:
+        if self.ignore_case or (html and self.name in _CASE_INSENSITIVE_VALUES):
             value, wanted = _ascii_lower(value), _ascii_lower(wanted)
         if self.operator == "=":
             return value == wanted
@@ -74,7 +80,7 @@ class Condition:
         if not wanted:  # CSS: ~=, ^=, $=, *= with an empty value match nothing
             return False
         if self.operator == "~=":
-            return wanted in value.split()  # split(): HTML whitespace, and more, never less
+            return wanted in _WORD_SEPARATORS.split(value)
         if self.operator == "^=":
             return value.startswith(wanted)
         if self.operator == "$=":
@@ -94,10 +100,10 @@ class Compound:
     tag: str | None  # lower case; None: any
     conditions: tuple[Condition, ...]
 
-    def matches(self, tag: str, attributes: Mapping[str, str]) -> bool:
+    def matches(self, tag: str, attributes: Mapping[str, str], html: bool = True) -> bool:
         if self.tag is not None and _ascii_lower(tag) != self.tag:
             return False
-        return all(condition.holds(attributes) for condition in self.conditions)
+        return all(condition.holds(attributes, html) for condition in self.conditions)
 
     @property
     def exact(self) -> bool:
@@ -140,9 +146,10 @@ class SelectorList:
     text: str
     compounds: tuple[Compound, ...]
 
-    def matches(self, tag: str, attributes: Mapping[str, str]) -> bool:
-        """Does the element (``attributes``: lower-case names, decoded values) match?"""
-        return any(compound.matches(tag, attributes) for compound in self.compounds)
+    def matches(self, tag: str, attributes: Mapping[str, str], html: bool = True) -> bool:
+        """Does the element (``attributes``: lower-case names, decoded values; ``html``: an
+        HTML element, not an SVG or MathML one) match?"""
+        return any(compound.matches(tag, attributes, html) for compound in self.compounds)
 
     def engine_selectors(self) -> list[str]:
         """The lol-html selectors finding every candidate (:meth:`Compound.engine_selectors`)."""

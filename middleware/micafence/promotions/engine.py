@@ -37,7 +37,11 @@ class PromotionFilter(Protocol):
     @property
     def engine_plan(self) -> tuple[str | None, str | None]: ...
 
-    def removes(self, tag: str, attributes: Mapping[str, str]) -> bool: ...
+    def removes(self, tag: str, attributes: Mapping[str, str], html: bool = True) -> bool: ...
+
+
+#: The namespace of HTML elements (lol-html's ``namespace_uri``; SVG and MathML have theirs).
+_HTML_NAMESPACE = "http://www.w3.org/1999/xhtml"
 
 
 class RewriteError(Exception):
@@ -60,7 +64,8 @@ class _Decide:
         attributes: dict[str, str] = {}
         for name, value in element.attributes:
             attributes.setdefault(name.lower(), decode_attribute(value))
-        if self.page_filter.removes(element.tag_name, attributes):
+        if self.page_filter.removes(element.tag_name, attributes,
+                                    element.namespace_uri == _HTML_NAMESPACE):
             element.remove()
             self.removed += 1
 

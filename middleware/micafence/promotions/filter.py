@@ -64,15 +64,16 @@ class PromotionFilter:
             ", ".join(dict.fromkeys(c.css() for c in exact)) or None,
             ", ".join(dict.fromkeys(checked)) or None))
 
-    def removes(self, tag: str, attributes: Mapping[str, str]) -> bool:
-        """Does the element go (``attributes``: lower-case names, decoded values)?"""
-        if not self.remove.matches(tag, attributes):
+    def removes(self, tag: str, attributes: Mapping[str, str], html: bool = True) -> bool:
+        """Does the element go (``attributes``: lower-case names, decoded values; ``html``: an
+        HTML element, not an SVG or MathML one)?"""
+        if not self.remove.matches(tag, attributes, html):
             return False
         if not self.approvals:
             return True
-        if self.incentive is not None and self.incentive.matches(tag, attributes):
+        if self.incentive is not None and self.incentive.matches(tag, attributes, html):
             return True
-        return not all(approval.matches(tag, attributes) for approval in self.approvals)
+        return not all(approval.matches(tag, attributes, html) for approval in self.approvals)
 
     def rewriter(self, *, utf8: bool = True, xml: bool = False,
                  meta_charset: bool = False) -> Rewriter:

@@ -99,8 +99,23 @@ _JUDGED_TYPES = {Kind.HTML: b"text/html", Kind.XML: b"text/xml"}
 #: :meth:`RewritingSend._page_headers` remembered per app header set (bounded: entries, bytes).
 _PAGE_HEADERS: dict[tuple[object, ...], list[Header]] = {}
 _MEMO_ENTRIES = 256
-_MEMO_BYTES = 4096
+_MEMO_BYTES = 16384
+#: What one header costs the memo besides its name and value: its tuple and two bytes objects
+#: in the key, its tuple in the headers made (a set of many short headers is not small).
+_HEADER_COST = 200
 _WAITING, _PASSING, _HOLDING, _STREAMING, _DONE, _REFUSED, _ABORTED, _HEAD_ONLY = range(8)
+
+
+def _memorable(headers: list[Header]) -> bool:
+    """May the page headers made from ``headers`` be remembered? Only bytes (another response
+    with equal headers gets them: never an object of the app's that can change or be released,
+    as a ``memoryview`` can), within :data:`_MEMO_BYTES` counting :data:`_HEADER_COST` each."""
+    size = 0
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes:
+            return False
+        size += len(name) + len(value) + _HEADER_COST
+    return size <= _MEMO_BYTES
 
 
 class RewriteAborted(Exception):
@@ -457,11 +472,11 @@ class RewritingSend:
         try:  # an app answers its pages with a handful of header sets: remembered, bounded
             key = (tuple(self._headers), judged, self._personal, self._cache)
             headers = _PAGE_HEADERS.get(key)
-        except TypeError:  # unhashable (lists, bytearrays): made every time
+        except (TypeError, ValueError):  # unhashable (lists, bytearrays, some memoryviews)
             key, headers = None, None
         if headers is None:
             headers = self._made_page_headers(judged)
-            if key is not None and sum(len(n) + len(v) for n, v in key[0]) <= _MEMO_BYTES:
+            if key is not None and _memorable(self._headers):
                 if len(_PAGE_HEADERS) >= _MEMO_ENTRIES:
                     _PAGE_HEADERS.clear()
                 _PAGE_HEADERS[key] = headers
