@@ -143,7 +143,7 @@ class _NoScript:
         self.held.clear()
         self.size = 0
         nested = PageRewriter(self.page_filter, noscript=False, depth=self.depth)
-        cleaned = nested.write(content.encode("utf-8", "surrogatepass")) + nested.end()
+        cleaned = nested.whole(content.encode("utf-8", "surrogatepass"))
         chunk.replace(cleaned.decode("utf-8", "surrogatepass") if nested.removed else content,
                       lolhtml.ContentType.HTML)
 
@@ -197,7 +197,7 @@ class _SrcDoc:
             return
         document = decode_attribute(raw)
         nested = PageRewriter(self.page_filter, depth=self.depth + 1)
-        cleaned = nested.write(document.encode("utf-8", "surrogatepass")) + nested.end()
+        cleaned = nested.whole(document.encode("utf-8", "surrogatepass"))
         if not nested.removed:
             return
         self.removed += nested.removed
@@ -329,6 +329,24 @@ class PageRewriter:
         del rewriter
         raise RewriteError(problem)
 
+    def whole(self, page: bytes) -> bytes:
+        """The whole page in one piece: :meth:`write` and :meth:`end` as one output (no
+        joining of the two)."""
+        rewriter = self._rewriter
+        if rewriter is None:
+            raise RewriteError("the rewriter was ended or failed")
+        self.close()
+        try:
+            if page:
+                rewriter.write(page)
+            rewriter.end()
+        except RuntimeError as exc:
+            problem = _problem(exc)
+        else:
+            return self._take()
+        del rewriter
+        raise RewriteError(problem)
+
     def close(self) -> None:
         """Release lol-html (the page is over, or abandoned); every later call is refused."""
         self._rewriter = None
@@ -361,8 +379,7 @@ def _problem(exc: RuntimeError) -> str:
 def rewrite(page_filter: PromotionFilter, page: bytes, *, utf8: bool = True,
             xml: bool = False, meta_charset: bool = False) -> bytes:
     """The whole of ``page`` rewritten (tests, benchmarks; the server streams)."""
-    rewriter = PageRewriter(page_filter, utf8=utf8, xml=xml, meta_charset=meta_charset)
-    return rewriter.write(page) + rewriter.end()
+    return PageRewriter(page_filter, utf8=utf8, xml=xml, meta_charset=meta_charset).whole(page)
 
 
 def take(out: list[bytes]) -> bytes:

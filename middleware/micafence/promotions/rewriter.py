@@ -136,6 +136,13 @@ class RewritingSend:
     ``limit`` is ``max_rewrite_bytes``, the most decoded bytes one page may have.
     """
 
+    __slots__ = (
+        "_cache", "_codings", "_decoder", "_encoder", "_extra", "_filter", "_head", "_headers",
+        "_held", "_held_size", "_kind", "_limit", "_member_end", "_mime", "_opened",
+        "_pending", "_personal", "_raw", "_raw_size", "_refuse", "_rewriter", "_send",
+        "_size", "_start", "_state", "_untyped", "_watch", "_work", "_zone_route",
+    )
+
     def __init__(
         self,
         send: Send,
@@ -442,12 +449,9 @@ class RewritingSend:
                 self._raw = [body]
                 await self._pass_held(False)
                 return
-            out = rewriter.write(body) if body else b""
             self._rewriter = None
-            tail = rewriter.end()
+            out = rewriter.whole(body)
             self._state = _DONE
-            if tail:
-                out += tail
             self._opened = True
             await self._send({**self._start, "headers": self._page_headers(len(out), self._kind)})
             await self._send({"type": "http.response.body", "body": out, "more_body": False})

@@ -100,6 +100,11 @@ class XmlRewriter:
         self._parse(chunk, False)
         return self._take()
 
+    def whole(self, page: bytes) -> bytes:
+        """The whole page in one piece: :meth:`write` and :meth:`end` as one output."""
+        self._parse(page, False)
+        return self.end()
+
     def end(self) -> bytes:
         """The page is complete: the last bytes."""
         self._parse(b"", True)
