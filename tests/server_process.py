@@ -53,12 +53,7 @@ def serving(command: list[str], *, port: int, cwd: Path, env: dict[str, str],
 
         def stop() -> None:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+                stop_group(process, timeout=20)
             served.returncode = process.returncode
             served.stdout = out_file.read_text(encoding="utf-8", errors="replace")
             served.stderr = served.stderr_now()
@@ -79,3 +74,14 @@ def serving(command: list[str], *, port: int, cwd: Path, env: dict[str, str],
             yield served
         finally:
             stop()
+
+
+def stop_group(process: subprocess.Popen[str], timeout: float) -> None:
+    """Stop a server started in its own session: SIGTERM to its group, SIGKILL if it has not
+    ended within ``timeout`` seconds."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -34,6 +34,7 @@ from micafence.live.server_workers import WorkerCount, worker_count
 from micafence_tools.bench.ports import free_port
 from tests.conftest import COUNTRY_DB, DEFAULT_POLICY, MAXMIND, ServerThread, echo_app
 from tests.live import TEST_DB_EPOCH, Clock
+from tests.server_process import stop_group
 
 pytestmark = pytest.mark.server
 
@@ -243,12 +244,7 @@ def server(command: list[str], env: dict[str, str], port: int,
             time.sleep(0.1)
         yield output
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, timeout=15)
         output.finish()
 
 

@@ -316,22 +316,11 @@ class PageRewriter:
 
     def end(self) -> bytes:
         """The page is complete: the last bytes."""
-        rewriter = self._rewriter
-        if rewriter is None:
-            raise RewriteError("the rewriter was ended or failed")
-        self.close()
-        try:
-            rewriter.end()
-        except RuntimeError as exc:
-            problem = _problem(exc)
-        else:
-            return self._take()
-        del rewriter
-        raise RewriteError(problem)
+        return self.whole(b"")
 
     def whole(self, page: bytes) -> bytes:
-        """The whole page in one piece: :meth:`write` and :meth:`end` as one output (no
-        joining of the two)."""
+        """The last piece of the page (or all of it) and its end, as one output (no joining of
+        what :meth:`write` and :meth:`end` would each return)."""
         rewriter = self._rewriter
         if rewriter is None:
             raise RewriteError("the rewriter was ended or failed")
