@@ -331,7 +331,7 @@ def test_every_log_line_is_one_json_object_whatever_the_record_holds() -> None:
     entries = [json.loads(line, parse_constant=_no_constant) for line in lines]
     assert all(isinstance(entry, dict) for entry in entries)
     by_message = {entry["message"].split(" (", 1)[0]: entry for entry in entries}
-    assert [entry["message"] for entry in entries][0] == "policy file /etc/micafence/\\udcff.yaml"
+    assert entries[0]["message"] == "policy file /etc/micafence/\\udcff.yaml"
     assert by_message["bad args %d"]["message"] == (
         "bad args %d (not formatted: TypeError: %d format: a real number is required, not str; "
         "arguments: ('x',))")
