@@ -5,12 +5,13 @@ Findings (each test failed before its fix): a deeply nested file and a surrogate
 character in a key or a file name broke the one-line-per-error contract; in ``--format github``
 a policy or file name could run workflow commands (``##[set-output …]``, a forged ``::error``,
 ``##[stop-commands]`` silencing the annotations after it); the JUnit report of a case named with
-a control character was not XML; non-UTF-8 bytes were reported without their line; the schema
-took a trailing line break (``id: |`` block scalars) that the loader refuses; JSON log lines
-were not JSON (``NaN``, a logging call whose arguments do not fit, values JSON cannot hold) and
-``stack_info`` was dropped; ``Metrics(registry=...)`` exported every series twice from a registry
-holding a ``MultiProcessCollector``; the bench's HTML report crashed on a NaN or infinite figure;
-the snippet test did not check micafence commands run by another program (``gunicorn -k``,
+a control character was not XML, and none was written when the database could not be opened;
+non-UTF-8 bytes were reported without their line; the schema took a trailing line break
+(``id: |`` block scalars) that the loader refuses; JSON log lines were not JSON (``NaN``, a
+logging call whose arguments do not fit, values JSON cannot hold) and ``stack_info`` was
+dropped; ``Metrics(registry=...)`` exported every series twice from a registry holding a
+``MultiProcessCollector``; the bench's HTML report crashed on a NaN or infinite figure; the
+snippet test did not check micafence commands run by another program (``gunicorn -k``,
 ``docker run``, ``$(python -c …)``, ``python -m``); ``check`` on a policy of thousands of routes
 ran for hours. What held is asserted too (a YAML alias bomb, escaped report values).
 """
@@ -270,6 +271,29 @@ def test_junit_report_of_cases_named_with_control_characters_is_xml(tmp_path: Pa
     assert failure is not None and "reason: expected ']]>\\x02'" in (failure.get("message") or "")
     assert second.get("name") == "Swedish visitor cannot open an account"
     assert second.find("failure") is None
+
+
+@pytest.mark.parametrize("where", ["cases file", "--geoip-db"])
+def test_a_database_that_cannot_be_opened_is_an_error_in_the_junit_report(
+    tmp_path: Path, where: str
+) -> None:
+    not_a_database = write(tmp_path / "GeoIP2-Country.mmdb", "not a MaxMind database\n")
+    named = f"geoip_db: {not_a_database.name}\n" if where == "cases file" else ""
+    cases = write(tmp_path / "cases.yaml", named + textwrap.dedent("""\
+        cases:
+          - name: Swedish visitor cannot open an account
+            request: {ip: 89.160.20.112, method: POST, path: /api/accounts}
+            expect: {blocked: true}
+        """))
+    given = ["--geoip-db", str(not_a_database)] if where == "--geoip-db" else []
+    report = tmp_path / "reports" / "junit.xml"
+    code, _, err = micafence("test", str(DEFAULT), str(cases), *given, "--junit-xml",
+                             str(report))
+    assert code == 1 and err.endswith("1 error: no case run\n")
+    suite = ET.parse(report).getroot().find("testsuite")
+    assert suite is not None and suite.get("errors") == "1"
+    (error,) = suite.iter("error")
+    assert "not a valid MaxMind database" in (error.get("message") or "")
 
 
 # -- the schema and the loader ---------------------------------------------------------------
