@@ -7,13 +7,15 @@ a policy or file name could run workflow commands (``##[set-output …]``, a for
 ``##[stop-commands]`` silencing the annotations after it); the JUnit report of a case named with
 a control character was not XML, and none was written when the database could not be opened;
 non-UTF-8 bytes were reported without their line; the schema took a trailing line break
-(``id: |`` block scalars) that the loader refuses; JSON log lines were not JSON (``NaN``, a
-logging call whose arguments do not fit, values JSON cannot hold) and ``stack_info`` was
-dropped; ``Metrics(registry=...)`` exported every series twice from a registry holding a
-``MultiProcessCollector``; the bench's HTML report crashed on a NaN or infinite figure; the
-snippet test did not check micafence commands run by another program (``gunicorn -k``,
-``docker run``, ``$(python -c …)``, ``python -m``); ``check`` on a policy of thousands of routes
-ran for hours. What held is asserted too (a YAML alias bomb, escaped report values).
+(``id: |`` block scalars) that the loader refuses, the loader durations in any script's digits
+that the schema refuses, and the loader refused RFC 3339's lower-case ``z``; JSON log lines
+were not JSON (``NaN``, a logging call whose arguments do not fit, values JSON cannot hold) and
+``stack_info`` was dropped; ``Metrics(registry=...)`` exported every series twice from a
+registry holding a ``MultiProcessCollector``; the bench's HTML report crashed on a NaN or
+infinite figure; the snippet test did not check micafence commands run by another program
+(``gunicorn -k``, ``docker run``, ``$(python -c …)``, ``python -m``); ``check`` on a policy of
+thousands of routes ran for hours. What held is asserted too (a YAML alias bomb, escaped report
+values).
 """
 
 from __future__ import annotations
@@ -316,6 +318,22 @@ def test_a_trailing_line_break_is_refused_by_schema_and_loader_alike(
     parent[path[-1]] += "\n"
     assert loader_says(data) is not None
     assert schema_says(data) is not None
+
+
+@pytest.mark.parametrize(("path", "value", "accepted"), [
+    (("database", "max_age"), "P\u0663D", False),  # an Arabic-Indic 3
+    (("audit", "retention"), "PT1\u017f", False),  # long s: str.upper() makes it S
+    (("rules", 0, "effective_from"), "2027-01-01T00:00:00z", True),  # RFC 3339's lower-case z
+], ids=["arabic-digit", "long-s", "lower-case-z"])
+def test_durations_and_instants_are_read_alike_by_schema_and_loader(
+    path: tuple[str | int, ...], value: str, accepted: bool
+) -> None:
+    data = fresh()
+    parent: Any = data
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    assert (loader_says(data) is None, schema_says(data) is None) == (accepted, accepted)
 
 
 # -- JSON logs ---------------------------------------------------------------------------------
