@@ -323,8 +323,9 @@ def test_a_trailing_line_break_is_refused_by_schema_and_loader_alike(
 @pytest.mark.parametrize(("path", "value", "accepted"), [
     (("database", "max_age"), "P\u0663D", False),  # an Arabic-Indic 3
     (("audit", "retention"), "PT1\u017f", False),  # long s: str.upper() makes it S
+    (("promotions", "solicitation_lookback"), "P\u0661\u0662M", False),  # a look-back too
     (("rules", 0, "effective_from"), "2027-01-01T00:00:00z", True),  # RFC 3339's lower-case z
-], ids=["arabic-digit", "long-s", "lower-case-z"])
+], ids=["arabic-digit", "long-s", "lookback", "lower-case-z"])
 def test_durations_and_instants_are_read_alike_by_schema_and_loader(
     path: tuple[str | int, ...], value: str, accepted: bool
 ) -> None:
