@@ -1,8 +1,9 @@
 """Issue 21's additions attacked from outside, as a demanding user and as an attacker would.
 
 Findings (each test failed before its fix): a deeply nested file and a surrogate escape ended
-``micafence check`` in a traceback or a "usage error" with no report; a line break or a control
-character in a key or a file name broke the one-line-per-error contract; in ``--format github``
+``micafence check`` in a traceback or a "usage error" with no report, and a link to
+``/dev/zero`` took all memory; a line break or a control character in a key or a file name
+broke the one-line-per-error contract; in ``--format github``
 a policy or file name could run workflow commands (``##[set-output …]``, a forged ``::error``,
 ``##[stop-commands]`` silencing the annotations after it); the JUnit report of a case named with
 a control character was not XML, and none was written when the database could not be opened;
@@ -24,6 +25,7 @@ import copy
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import textwrap
@@ -56,11 +58,16 @@ rules:
 """
 
 
-def micafence(*argv: str | bytes, cwd: Path | None = None) -> tuple[int, str, str]:
-    """The console script, its output read as strict UTF-8 (as a CI log or a pipe would)."""
-    done = subprocess.run([str(MICAFENCE), *argv], capture_output=True, timeout=300, cwd=cwd,
-                          check=False)
+def micafence(*argv: str | bytes) -> tuple[int, str, str]:
+    """The console script, its output read as strict UTF-8 (as a CI log or a pipe would); its
+    memory bounded (2 GiB of address space), so a regression fails here, not the machine."""
+    done = subprocess.run([str(MICAFENCE), *argv], capture_output=True, timeout=300,
+                          check=False, preexec_fn=_bounded)
     return done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
+
+
+def _bounded() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2**31, 2**31))
 
 
 def write(path: Path, text: str) -> Path:
@@ -164,6 +171,17 @@ def test_a_byte_order_mark_and_directories_and_missing_files(tmp_path: Path) -> 
         f"{tmp_path}: cannot read: Is a directory",
         f"{tmp_path / 'no.yaml'}: cannot read: No such file or directory",
         "2 errors in 2 files (3 files checked)"]
+
+
+def test_a_policy_linked_to_an_endless_file_is_refused_not_read_whole(tmp_path: Path) -> None:
+    # a pull request can add policies/evil.yaml -> /dev/zero; CI runs check policies/*.yaml
+    evil = tmp_path / "evil.yaml"
+    evil.symlink_to("/dev/zero")
+    good = write(tmp_path / "good.yaml", SMALL)
+    code, out, _ = micafence("check", str(evil), str(good))
+    assert code == 1
+    assert out.splitlines()[0] == f"{evil}: larger than 16 MiB: not a file micafence reads"
+    assert f"{good}: OK" in out
 
 
 def test_thousands_of_routes_are_checked_without_weighing_every_pair(tmp_path: Path) -> None:

@@ -189,13 +189,20 @@ def _refuse_surrogates(root: Any, file: str) -> None:
                 stack.append((item, f"{path}[{index}]", item_line))
 
 
+#: The largest file :func:`read_yaml` reads: a policy of 20,000 route entries is 1 MiB.
+LARGEST = 16 * 2**20
+
+
 def read_yaml(path: str) -> tuple[Node, bytes]:
     """Read and parse a YAML file; returns the root node and the raw bytes (for hashing)."""
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(LARGEST + 1)  # a link to /dev/zero must not take all memory
     except OSError as exc:
         raise PolicyError(path, "", None, f"cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > LARGEST:
+        raise PolicyError(path, "", None, f"larger than {LARGEST // 2**20} MiB: not a file "
+                          "micafence reads")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:  # the line of the first byte that is not
