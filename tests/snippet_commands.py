@@ -1,11 +1,20 @@
 """The command lines of the docs' shell blocks, and the checks ``tests/test_snippets.py`` makes
 of them: a ``micafence`` line is parsed by micafence's own parser, a ``pip install`` line names
-only extras that exist. The notation is described in ``tests/test_snippets.py``."""
+only extras that exist. The notation is described in ``tests/test_snippets.py``.
+
+A command is found where another program runs it too: ``python -m micafence`` and
+``python -m pip``; after a launcher (``docker run IMAGE micafence …``, ``sudo``, ``env``); and
+inside ``$(…)``, which is checked as a command line of its own. What names a module of this
+repository is imported: ``python -m micafence.cli_docs``, an import path given to a server
+(``gunicorn -k micafence.workers.UvicornWorker``, ``uvicorn micafence_tools.bench.apps:app``)
+and the imports of ``python -c CODE``."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import importlib
 import io
 import re
 import shlex
@@ -234,12 +243,86 @@ def check_shell(text: str, console: bool) -> int:
     """Check every command of a block; returns how many were checked."""
     checked = 0
     for line in command_lines(text, console):
+        line, inner = _substitutions(line)
+        checked += sum(check_shell(code, console=False) for code in inner)
         for command in commands(line):
-            program = Path(command.words[0]).name
-            if program == "micafence":
-                check_micafence(command)
-                checked += 1
-            elif program in {"pip", "pip3"} and "install" in command.words:
-                check_pip_install(command)
-                checked += 1
+            checked += _check_command(command)
     return checked
+
+
+def _substitutions(line: str) -> tuple[str, list[str]]:
+    """``line`` with each ``$(…)`` a placeholder (``$…``), and the command lines they held."""
+    inner: list[str] = []
+    while (start := line.find("$(")) >= 0:
+        depth, end = 0, start + 1
+        for end in range(start + 1, len(line)):
+            depth += {"(": 1, ")": -1}.get(line[end], 0)
+            if depth == 0:
+                break
+        inner.append(line[start + 2:end])
+        line = f"{line[:start]}$…{line[end + 1:]}"
+    return line, inner
+
+
+_IMPORT_PATH = re.compile(r"(micafence|micafence_tools)(\.[A-Za-z_]\w*)+(:[A-Za-z_]\w*)?")
+
+
+def _check_command(command: Command) -> int:
+    words = list(command.words)
+    if Path(words[0]).name.startswith("python") and len(words) > 2:
+        if words[1] == "-c":
+            _check_imports(words[2], command)
+            return 1
+        if words[1] == "-m":
+            words = words[2:]
+    for word in words[1:]:
+        if _IMPORT_PATH.fullmatch(word):
+            _check_import_path(word, command)
+    if Path(words[0]).name in {"pip", "pip3"} and "install" in words:
+        check_pip_install(Command(tuple(words), command.elided))
+        return 1
+    start = _micafence_at(words)
+    if start is not None:
+        check_micafence(Command(tuple(words[start:]), command.elided))
+        return 1
+    if _IMPORT_PATH.fullmatch(words[0]):  # python -m micafence.cli_docs
+        _check_import_path(words[0], command)
+        return 1
+    return 0
+
+
+_LAUNCHERS = {"docker", "podman", "kubectl", "sudo", "env", "exec", "nohup", "time", "nice",
+              "timeout", "uv", "pipx"}
+
+
+def _micafence_at(words: list[str]) -> int | None:
+    """Where the ``micafence`` command starts: first, or after a launcher's own arguments
+    (``docker run IMAGE micafence …``), where a word named micafence that is an option's
+    value (``sudo -u micafence``, ``docker build -t micafence``) is not it."""
+    if Path(words[0]).name == "micafence":
+        return 0
+    if words[0] not in _LAUNCHERS:
+        return None
+    return next((at for at in range(1, len(words)) if Path(words[at]).name == "micafence"
+                 and not words[at - 1].startswith("-")), None)
+
+
+def _check_import_path(path: str, command: Command) -> None:
+    """``package.module``, ``package.module:attribute`` or ``package.module.Attribute``."""
+    module, _, attribute = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module)
+    except ModuleNotFoundError:
+        parent, _, attribute = module.rpartition(".")
+        found = importlib.import_module(parent)
+    assert not attribute or hasattr(found, attribute), f"`{command.text}`: no {path}"
+
+
+def _check_imports(code: str, command: Command) -> None:
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                _check_import_path(f"{node.module}:{alias.name}", command)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)

@@ -219,7 +219,7 @@ def test_check_github_annotations(capsys: pytest.CaptureFixture[str], tmp_path: 
     missing = tmp_path / "missing.yaml"
     code, out, err = run(capsys, "check", str(broken), str(missing), "--format", "github")
     assert (code, err) == (1, "")
-    annotations = [line for line in out.splitlines() if line.startswith("::")]
+    annotations = [line for line in out.splitlines() if line.startswith("::error ")]
     assert annotations[1] == (
         f"::error file={broken},line=6,title=micafence%3A zones.eu.countries[1]::"
         "'UK' is not an ISO 3166-1 alpha-2 country code"

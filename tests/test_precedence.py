@@ -326,7 +326,7 @@ def test_check_reports_shadowed_entries_and_ties(
     assert out.splitlines()[-1] == "no errors (3 notes; 1 file checked)"
     code, out = check(capsys, "--format", "github", str(path))
     assert code == 0
-    assert out.splitlines()[2] == (
+    assert out.splitlines()[0] == (  # the annotations, then the OK lines
         f"::warning file={path},line={first + 2},title=micafence%3A routes[2]::"
         "'old-withdrawals' is shadowed: no request reaches it; every request it matches "
         "(POST /api/withdrawals, ...) is decided by 'withdrawals' (routes[0], wind_down), more "

@@ -2,14 +2,18 @@
 and JUnit XML.
 
 Text lines are ``file:line: key.path: problem`` with nothing before them, so any ``file:line:``
-matcher (an editor, a GitHub problem matcher, ``grep``) finds them. GitHub annotations are
-workflow commands (``::error file=F,line=L,title=T::message``) with the escaping GitHub
-documents for their properties and message.
+matcher (an editor, a GitHub problem matcher, ``grep``) finds them; a control character or a
+surrogate in a file name or a key is written as its escape, so one error stays one line. GitHub
+annotations are workflow commands (``::error file=F,line=L,title=T::message``) with the escaping
+GitHub documents for their properties and message; the other lines come after them, between
+``::stop-commands::`` and its token, so nothing a file or policy name holds is run as a command.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,16 +41,42 @@ def check_report(checked: Sequence[Checked], form: str) -> str:
     """The report of ``micafence check`` in ``form`` (one of :data:`FORMATS`)."""
     if form == "json":
         return json.dumps(_check_json(checked), indent=2) + "\n"
+    if form == "github":
+        return _github_report(checked)
     lines: list[str] = []
     for item in checked:
         if item.policy is not None:
             lines.extend(_ok_lines(item.file, item.policy))
-        for note in item.notes:
-            lines.append(github_note(note) if form == "github" else str(note))
-        for error in item.errors:
-            lines.append(github_error(error) if form == "github" else str(error))
+        lines.extend(str(note) for note in item.notes)
+        lines.extend(str(error) for error in item.errors)
     lines.append(check_summary(checked))
-    return "\n".join(lines) + "\n"
+    return "".join(f"{one_line(line)}\n" for line in lines)
+
+
+def _github_report(checked: Sequence[Checked]) -> str:
+    """The annotations, then the other lines with the runner's command processing stopped:
+    a policy's name or a file's name could otherwise hold ``##[command]`` or a line break."""
+    annotations: list[str] = []
+    plain: list[str] = []
+    for item in checked:
+        if item.policy is not None:
+            plain.extend(_ok_lines(item.file, item.policy))
+        annotations.extend(github_note(note) for note in item.notes)
+        annotations.extend(github_error(error) for error in item.errors)
+    plain.append(check_summary(checked))
+    token = secrets.token_hex(16)
+    lines = [*annotations, f"::stop-commands::{token}", *map(one_line, plain), f"::{token}::"]
+    return "".join(f"{line}\n" for line in lines)
+
+
+# C0 and C1 controls (line breaks among them), DEL, and surrogates (no UTF-8 stream takes them).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters and surrogates written as escapes (``\\n``,
+    ``\\x1b``, ``\\udcff``), so it is one line any stream can write."""
+    return _UNPRINTABLE.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def check_summary(checked: Sequence[Checked]) -> str:
@@ -118,11 +148,20 @@ def github_error(error: PolicyError) -> str:
 
 
 def _data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    escaped = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return one_line(escaped)
 
 
 def _property(text: str) -> str:
     return _data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+# What XML 1.0 cannot hold: controls other than tab and line breaks, surrogates, U+FFFE/U+FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def write_junit(path: str, suite: str, results: Sequence[CaseResult],
@@ -158,6 +197,9 @@ def write_junit(path: str, suite: str, results: Sequence[CaseResult],
             f"actual:   {json.dumps(result.actual, sort_keys=True)}",
             f"decision: {json.dumps(result.decision, sort_keys=True, default=str)}",
         ])
+    for node in root.iter():  # a case's name or a path may hold what XML cannot
+        node.attrib = {key: _xml_text(value) for key, value in node.attrib.items()}
+        node.text = node.text and _xml_text(node.text)
     ET.indent(root)
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from typing import TypeVar
 from micafence import __version__
 from micafence.ci import FORMATS, Checked, check_report, write_junit
 from micafence.decide import Enforcer
-from micafence.errors import MicafenceError, PolicyError
+from micafence.errors import GeoIPDatabaseError, MicafenceError, PolicyError
 from micafence.identity import ClientIdentity, clean_client_id, clean_country
 from micafence.instants import parse_instant
 from micafence.live.archive import ARCHIVE_ENV, policy_for_explain
@@ -147,13 +147,22 @@ def _test_database(given: str | None, case_file: CaseFile) -> GeoIPDatabase:
         if not given and not os.environ.get(GEOIP_ENV):
             print(f"micafence: {case_file.path} names no database (geoip_db:), and there is no "
                   f"--geoip-db or ${GEOIP_ENV}", file=sys.stderr)
-        return GeoIPDatabase(_database_path(given))
+        path = _database_path(given)
+        try:
+            return GeoIPDatabase(path)
+        except GeoIPDatabaseError as exc:  # an error like the files' (and in the JUnit report)
+            raise PolicyError(str(path), "", None, f"{exc.problem} (the GeoIP database)") from exc
     named = case_file.geoip_db
     if not named.is_file():
         raise PolicyError(case_file.path, "geoip_db", case_file.geoip_db_line,
                           f"the database these cases are written for, {named}, is not a file "
                           "(give it with --geoip-db)")
-    return GeoIPDatabase(named)
+    try:
+        return GeoIPDatabase(named)
+    except GeoIPDatabaseError as exc:
+        raise PolicyError(case_file.path, "geoip_db", case_file.geoip_db_line,
+                          f"the database these cases are written for, {named}: "
+                          f"{exc.problem}") from exc
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

@@ -41,6 +41,8 @@ def parse_instant(text: str, *, allow_date: bool = True) -> dt.datetime:
     must carry a timezone.
     """
     stripped = text.strip()
+    if stripped.endswith("z"):  # RFC 3339's lower-case UTC designator, which Python refuses
+        stripped = f"{stripped[:-1]}Z"
     try:
         day = dt.date.fromisoformat(stripped)
     except ValueError:
@@ -84,17 +86,20 @@ def instant_argument(text: str) -> dt.datetime:
 # -- durations -----------------------------------------------------------------------------------
 
 LONGEST = dt.timedelta(days=36500)  # 100 years
+# ASCII only: ``\d`` alone takes any script's digits, and ``str.upper()`` makes S of the
+# long s (U+017F).
 _DURATION = re.compile(
     r"P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?"
+    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?",
+    re.ASCII | re.IGNORECASE,
 )
 
 
 def parse_duration(text: str) -> dt.timedelta:
     """A positive duration of at most 100 years; raises ``ValueError`` saying what is wrong."""
-    cleaned = text.strip().upper()
+    cleaned = text.strip()
     match = _DURATION.fullmatch(cleaned)
-    if match is None or cleaned in ("P", "PT") or cleaned.endswith("T"):
+    if match is None or cleaned.upper() in ("P", "PT") or cleaned.upper().endswith("T"):
         raise ValueError(f"{text!r} is not an ISO 8601 duration in weeks, days, hours, minutes "
                          "or seconds (e.g. P30D, PT24H; years and months are not allowed)")
     too_long = ValueError(f"{text!r}: the duration must be at most 100 years (P36500D)")

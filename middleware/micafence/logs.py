@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,20 @@ def log_event(level: int, event: str, message: str, **fields: Any) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "event", "message", ...extra fields}`` on one line."""
+    """``{"time", "level", "logger", "event", "message", ...extra fields}`` on one line.
+
+    Every record gives one JSON object (RFC 8259) on one line, whatever it carries: a message
+    whose arguments do not fit its format is written unformatted, with why; a value JSON cannot
+    hold (``NaN``, a mapping with other keys than text, a cycle) is written as its text; a
+    surrogate (a file name's undecodable byte) as its escape, ``\\udcff``, in the text."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
+        entry: dict[Any, Any] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": getattr(record, "event", None),
-            "message": record.getMessage(),
+            "message": _message(record),
         }
         extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
         fields = extras.pop("fields", None)
@@ -63,7 +69,44 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in extras.items() if k not in entry})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        if record.stack_info:  # logger.info(..., stack_info=True): where it was logged from
+            entry["stack"] = self.formatStack(record.stack_info)
+        return _SURROGATE.sub(lambda found: f"\\\\u{ord(found.group()):04x}", _json(entry))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception as exc:  # a logging call whose arguments do not fit its format
+        return (f"{_text(record.msg)} (not formatted: {type(exc).__name__}: {_text(exc)}; "
+                f"arguments: {_text(record.args)})")
+
+
+def _text(value: object) -> str:
+    """``str(value)``, or its type and address when its ``__str__`` fails."""
+    try:
+        return str(value)
+    except Exception:
+        return object.__repr__(value)
+
+
+def _json(entry: dict[Any, Any]) -> str:
+    try:
+        return json.dumps(entry, default=_text, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):  # each value JSON cannot hold as its text
+        return json.dumps({_text(key): _fits(value) for key, value in entry.items()},
+                          ensure_ascii=False)
+
+
+def _fits(value: object) -> object:
+    try:
+        json.dumps(value, default=_text, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return _text(value)
+    return value
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:

@@ -14,7 +14,8 @@ memory-mapped files and the endpoint reports the sum over all workers::
 ``Metrics(registry=app_registry)`` registers them in the app's own ``CollectorRegistry``, so
 one scrape of the app's endpoint shows both (a registry takes one ``Metrics``: a second is
 refused at construction with a ``ValueError``). Under multiprocess the values are in the
-directory's files whichever registry holds them.
+directory's files whichever registry holds them; a registry with a ``MultiProcessCollector``
+reads them from there, so they are not registered in it a second time.
 
 Exported (all prefixed ``micafence_``): ``decisions_total{reason,zone,blocked}``,
 ``decision_latency_seconds`` and ``geoip_lookup_latency_seconds`` (sampled histograms),
@@ -122,11 +123,12 @@ class Metrics:
         for reason in ABORT_REASONS:
             self._aborted.labels(reason)
         self._aborted_seen = dict(ABORTS)  # this process's aborts before these metrics
-        _register(self.registry, [
-            self._decisions, self._decide_latency, self._lookup_latency, self._db_build,
-            self._db_age, self._policy, self._store_errors, self._backlog, *self._audit.values(),
-            self._evidence, self._aborted,
-        ])
+        if not (self.multiprocess and _reads_the_files(self.registry)):
+            _register(self.registry, [
+                self._decisions, self._decide_latency, self._lookup_latency, self._db_build,
+                self._db_age, self._policy, self._store_errors, self._backlog,
+                *self._audit.values(), self._evidence, self._aborted,
+            ])
         self._sample_interval = sample_interval
         self._sync_interval = sync_interval
         #: Time the next decision (0 as the sample interval: time every one).
@@ -282,6 +284,13 @@ class Metrics:
     def asgi_app(self) -> MetricsEndpoint:
         """The ``/metrics`` endpoint (an ASGI app) to mount."""
         return MetricsEndpoint(self)
+
+
+def _reads_the_files(registry: CollectorRegistry) -> bool:
+    """Whether ``registry`` holds a ``MultiProcessCollector``: it reports every worker's metrics,
+    ours among them, from the directory's files, so ours registered there would show twice."""
+    held = getattr(registry, "_collector_to_names", {})  # prometheus_client keeps no public list
+    return any(isinstance(collector, MultiProcessCollector) for collector in held)
 
 
 def _register(registry: CollectorRegistry, collectors: list[Collector]) -> None:

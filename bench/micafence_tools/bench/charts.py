@@ -8,7 +8,9 @@ its rows are the apps measured on it):
   dot at each, the percentiles written at the right.
 
 Every bar and dot carries ``data-group``, ``data-series`` and ``data-value`` (and a ``<title>``
-a browser shows on hover), so a reader, or a test, can tell exactly which figure it draws.
+a browser shows on hover), so a reader, or a test, can tell exactly which figure it draws. A
+figure that is no number (NaN, infinite) is not drawn; one outside the axis (below zero, say)
+is drawn at its end.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class _Scale:
 
     @classmethod
     def over(cls, values: Sequence[float], log: bool | None, width: float) -> _Scale:
-        top = max(values, default=1.0) or 1.0
+        top = max(values, default=1.0)
+        top = top if top > 0 else 1.0
         if log is None:  # figures over more than two decades: a linear axis would hide most
             least = min((v for v in values if v > 0), default=top)
             log = top / least > 100
@@ -81,7 +84,7 @@ class _Scale:
             value = max(value, self.low)
             span = math.log10(self.high) - math.log10(self.low)
             return (math.log10(value) - math.log10(self.low)) / span * self.width
-        return (value - self.low) / (self.high - self.low) * self.width
+        return max(0.0, (value - self.low) / (self.high - self.low) * self.width)
 
     def ticks(self) -> list[float]:
         if self.log:
@@ -137,6 +140,8 @@ def _frame(caption: str, groups: Sequence[tuple[str, Sequence[str]]], series: Se
 def bar_chart(caption: str, groups: Groups, unit: str, *, log: bool | None = None) -> str:
     """Grouped horizontal bars: one per series present in each group. The axis is logarithmic
     when ``log``, or (``None``) when the figures span more than two decades."""
+    groups = [(group, {name: v for name, v in values.items() if math.isfinite(v)})
+              for group, values in groups]
     series = _series_order(values.keys() for _, values in groups)
     scale = _Scale.over([v for _, values in groups for v in values.values()], log,
                         _WIDTH - _LABELS - _BAR_FIGURES)
@@ -159,6 +164,9 @@ def bar_chart(caption: str, groups: Groups, unit: str, *, log: bool | None = Non
 
 def range_chart(caption: str, groups: Ranges, unit: str, *, log: bool | None = None) -> str:
     """Latency distributions: per group, one row per series, a dot at each percentile."""
+    groups = [(group, {name: finite for name, marks in by_series.items()
+                       if (finite := {p: v for p, v in marks.items() if math.isfinite(v)})})
+              for group, by_series in groups]
     series = _series_order(by_series.keys() for _, by_series in groups)
     everything = [v for _, by_series in groups for marks in by_series.values()
                   for v in marks.values()]

@@ -38,6 +38,10 @@ Shape = tuple[str, ...]  # a pattern's segments: a literal, "*" (any one) or a f
 #: How many kinds of path :func:`witness_paths` tells apart before giving up (real policies
 #: have hundreds; only patterns crafted to cross each other at every segment reach this).
 WITNESS_LIMIT = 100_000
+#: How many (kind of path, entry) pairs the notes weigh: each pair is a match tried for every
+#: method, so the time grows as the square of the entries (5 million: a few seconds; a policy of
+#: 20,000 entries would take hours).
+ANALYSIS_LIMIT = 5_000_000
 
 
 class TooManyPaths(MicafenceError):
@@ -154,6 +158,11 @@ def precedence_notes(policy: Policy) -> list[Note]:
         paths = witness_paths(shapes)
     except TooManyPaths as exc:
         return [Note(policy.source, "routes", None, f"precedence not analysed: {exc}")]
+    if len(paths) * len(policy.routes) > ANALYSIS_LIMIT:
+        return [Note(policy.source, "routes", None, (
+            f"precedence not analysed: {len(policy.routes)} route entries tell {len(paths)} "
+            f"kinds of path apart, more than the {ANALYSIS_LIMIT:,} pairs micafence check "
+            "weighs"))]
     if policy.version >= 2:
         return _version2_notes(policy, paths)
     return _version1_notes(policy, paths)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from micafence.instants import LONGEST, format_duration, parse_duration
 
-_LOOKBACK = re.compile(r"P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?P<rest>.*)")
+# ASCII only, as durations (micafence.instants): any script's digits are not a period's.
+_LOOKBACK = re.compile(r"P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?P<rest>.*)",
+                       re.ASCII | re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +45,10 @@ class Lookback:
 
 def parse_lookback(text: str) -> Lookback:
     """A look-back period of at most 100 years; ``ValueError`` saying what is wrong."""
-    cleaned = text.strip().upper()
+    cleaned = text.strip()
     match = _LOOKBACK.fullmatch(cleaned)
     wrong = ValueError(f"{text!r} is not an ISO 8601 period such as P12M, P1Y or P90D")
-    if match is None or cleaned == "P":
+    if match is None or cleaned.upper() == "P":
         raise wrong
     months = int(match["years"] or 0) * 12 + int(match["months"] or 0)
     extra = dt.timedelta(0)
