@@ -2,7 +2,8 @@
 
     from tests.redis_server import redis_url  # noqa: F401  (a pytest fixture)
 
-    async def test_something(redis_url: str) -> None: ...
+    async def test_records_land_in_the_stream(redis_url: str) -> None:  # as test_audit_redis
+        log = AuditLog(open_sink(f"{redis_url}#{STREAM}"), key=KEY)  # this test's own server
 
 The server (:class:`micafence_tools.bench.redis_server.RedisServer`) listens on a free port on
 127.0.0.1, keeps nothing on disk and is killed at teardown. Tests using it fail, never skip,
