@@ -560,29 +560,36 @@ async def test_a_large_page_streams_byte_for_byte_without_its_promotions() -> No
     assert response.headers["cache-control"] == "private"
 
 
+class Visitor:
+    """A server's ``send`` keeping the body, ``received`` set once a body byte has arrived."""
+
+    def __init__(self) -> None:
+        self.received = asyncio.Event()
+        self.got: list[bytes] = []
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.body":
+            self.got.append(message.get("body", b""))
+            if message.get("body"):
+                self.received.set()
+
+
 async def test_output_starts_before_the_app_has_sent_its_page() -> None:
     """The app sends half its page and waits until the visitor has received bytes: a safety
     net that held the page would never let it finish."""
     page, kept = big_page()
     half = len(page) // 2
-    received = asyncio.Event()
-    got: list[bytes] = []
+    visitor = Visitor()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", HTML)]})
         await send({"type": "http.response.body", "body": page[:half], "more_body": True})
-        await asyncio.wait_for(received.wait(), timeout=10)
+        await asyncio.wait_for(visitor.received.wait(), timeout=10)
         await send({"type": "http.response.body", "body": page[half:], "more_body": False})
 
-    async def send(message: Any) -> None:
-        if message["type"] == "http.response.body":
-            got.append(message.get("body", b""))
-            if message.get("body"):
-                received.set()
-
-    await call_in_process(app, send)
-    assert b"".join(got) == kept
+    await call_in_process(app, visitor.send)
+    assert b"".join(visitor.got) == kept
 
 
 HEAD = (b"<!doctype html><html><head><meta charset=utf-8><title>Markets</title>"
@@ -606,8 +613,7 @@ async def test_a_page_that_waits_after_its_head_gets_its_first_bytes_out(
     visitor has received bytes (an app waiting on data): the safety net must not hold them
     until 64 KB or the end, once the charset is settled."""
     assert 1445 < len(first) < 4096
-    received = asyncio.Event()
-    got: list[bytes] = []
+    visitor = Visitor()
     waited: list[bool] = []
     rest = b"<p>late data</p><div data-promo>x</div></body></html>"
 
@@ -627,22 +633,16 @@ async def test_a_page_that_waits_after_its_head_gets_its_first_bytes_out(
         await send({"type": "http.response.body", "body": coded(first, False),
                     "more_body": True})
         try:
-            await asyncio.wait_for(received.wait(), timeout=5)
+            await asyncio.wait_for(visitor.received.wait(), timeout=5)
             waited.append(True)
         except TimeoutError:
             waited.append(False)
         await send({"type": "http.response.body", "body": coded(rest, True),
                     "more_body": False})
 
-    async def send(message: Any) -> None:
-        if message["type"] == "http.response.body":
-            got.append(message.get("body", b""))
-            if message.get("body"):
-                received.set()
-
-    await call_in_process(app, send)
+    await call_in_process(app, visitor.send)
     assert waited == [True], "the first bytes never reached the visitor while the app waited"
-    body = b"".join(got)
+    body = b"".join(visitor.got)
     page = gzip.decompress(body) if coding else body
     assert b"data-promo" not in page and b"late data" in page
 
