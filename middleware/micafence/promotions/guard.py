@@ -231,7 +231,7 @@ class PromotionGuard:
                     await send(message)  # (not a page, nothing to add: most answers)
                     return
                 rewriter = self._rewriter(scope, send, decision, added, zone_route)
-                await rewriter.start(message, headers, page)
+                await rewriter.begin(message, headers, page)
                 return
             await rewriter(message)
 

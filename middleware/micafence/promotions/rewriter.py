@@ -198,7 +198,12 @@ class RewritingSend:
                 await self._body(message)
         elif kind == "http.response.start" and state == _WAITING:
             headers = list(message.get("headers") or ())
-            await self.start(message, headers, may_be_page(headers))
+            page = may_be_page(headers)
+            if page or self._extra or self._zone_route or int(message.get("status", 200)) < 200:
+                await self.begin(message, headers, page)
+            else:  # not a page, nothing to add: pass it on untouched (the common case)
+                self._state = _PASSING
+                await self._send(message)
         elif state == _HEAD_ONLY:  # a body to a HEAD request goes nowhere, however judged
             if kind == "http.response.body":
                 message = {**message, "body": b""}
@@ -211,16 +216,11 @@ class RewritingSend:
 
     # -- the response start ----------------------------------------------------------------------
 
-    async def start(self, message: Message, headers: list[Header], page: bool) -> None:
-        """The response start, its ``headers`` as a list and whether it :func:`may_be_page`
-        (the caller may have asked already: :meth:`PromotionGuard.page_safe`)."""
-        if page or self._extra or self._zone_route or int(message.get("status", 200)) < 200:
-            await self._begin(message, headers, page)
-        else:  # not a page, nothing to add: pass it on untouched (the common case)
-            self._state = _PASSING
-            await self._send(message)
-
-    async def _begin(self, message: Message, headers: list[Header], page: bool) -> None:
+    async def begin(self, message: Message, headers: list[Header], page: bool) -> None:
+        """The response start (``headers`` as a list, ``page``: it :func:`may_be_page`) of a
+        response worth judging: a page, one that gets extra headers or a zone route's privacy,
+        or an interim one. :meth:`__call__` asks that; the guard, which asked it already before
+        making this object, calls this directly."""
         status = int(message.get("status", 200))
         if status < 200 or status in _NO_BODY_STATUSES or not page:
             self._state = _PASSING
