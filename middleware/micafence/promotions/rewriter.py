@@ -41,6 +41,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from micafence.asgi import Message, Send
+from micafence.caches import BoundedCache
 from micafence.promotions.cache_safety import CacheSafety
 from micafence.promotions.charsets import EXTENDED_PRESCAN, HeadWatch, encoding, header_decides
 from micafence.promotions.codings import CodingError, Decoder, Encoder, parse_codings
@@ -97,25 +98,24 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 #: The type an untyped response goes out with, once judged.
 _JUDGED_TYPES = {Kind.HTML: b"text/html", Kind.XML: b"text/xml"}
 #: :meth:`RewritingSend._page_headers` remembered per app header set (bounded: entries, bytes).
-_PAGE_HEADERS: dict[tuple[object, ...], list[Header]] = {}
-_MEMO_ENTRIES = 256
-_MEMO_BYTES = 16384
+_PAGE_HEADERS: BoundedCache[tuple[object, ...], list[Header]] = BoundedCache(256, 1 << 20)
 #: What one header costs the memo besides its name and value: its tuple and two bytes objects
 #: in the key, its tuple in the headers made (a set of many short headers is not small).
 _HEADER_COST = 200
 _WAITING, _PASSING, _HOLDING, _STREAMING, _DONE, _REFUSED, _ABORTED, _HEAD_ONLY = range(8)
 
 
-def _memorable(headers: list[Header]) -> bool:
-    """May the page headers made from ``headers`` be remembered? Only bytes (another response
-    with equal headers gets them: never an object of the app's that can change or be released,
-    as a ``memoryview`` can), within :data:`_MEMO_BYTES` counting :data:`_HEADER_COST` each."""
+def _memo_size(headers: list[Header]) -> int | None:
+    """What remembering the page headers made from ``headers`` costs the memo, counting
+    :data:`_HEADER_COST` per header; ``None``: they may not be remembered, not being all bytes
+    (another response with equal headers gets them: never an object of the app's that can
+    change or be released, as a ``memoryview`` can)."""
     size = 0
     for name, value in headers:
         if type(name) is not bytes or type(value) is not bytes:
-            return False
+            return None
         size += len(name) + len(value) + _HEADER_COST
-    return size <= _MEMO_BYTES
+    return size
 
 
 class RewriteAborted(Exception):
@@ -480,10 +480,9 @@ class RewritingSend:
             key, headers = None, None
         if headers is None:
             headers = self._made_page_headers(judged)
-            if key is not None and _memorable(self._headers):
-                if len(_PAGE_HEADERS) >= _MEMO_ENTRIES:
-                    _PAGE_HEADERS.clear()
-                _PAGE_HEADERS[key] = headers
+            size = None if key is None else _memo_size(self._headers)
+            if key is not None and size is not None:
+                _PAGE_HEADERS.put(key, headers, size)
         if length is not None:
             return [*headers, (b"content-length", b"%d" % length), *self._extra]
         return headers + self._extra
