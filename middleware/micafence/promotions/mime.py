@@ -41,7 +41,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import cast
+
+from micafence.caches import BoundedCache
 
 __all__ = [
     "SNIFF_BYTES",
@@ -331,14 +332,13 @@ def extract(headers: Iterable[tuple[bytes, bytes]]) -> MimeType | None:
         return None
     joined = b", ".join(lines)
     # A function of the joined value alone: remembered per value (a MimeType is immutable).
-    found = _EXTRACTED.get(joined, _UNSEEN)
-    if found is _UNSEEN:
-        found = _extract(_split(joined.decode("latin-1")))
-        if len(joined) <= _ONE_LINE_BYTES:
-            if len(_EXTRACTED) >= _ONE_LINE_ENTRIES:
-                _EXTRACTED.clear()
-            _EXTRACTED[joined] = found
-    return cast("MimeType | None", found)
+    held = _EXTRACTED.get(joined)
+    if held is not None:
+        return held[0]
+    found = _extract(_split(joined.decode("latin-1")))
+    if len(joined) <= _ONE_LINE_BYTES:
+        _EXTRACTED.put(joined, (found,))
+    return found
 
 
 def _extract(values: list[str]) -> MimeType | None:
@@ -433,12 +433,11 @@ _PAGES = frozenset({b"text/html", b"application/xhtml+xml", b"image/svg+xml", b"
 # ``(``): :func:`extract` reads those.
 # A response's one Content-Type value -> may it be a page: an app sends a handful of values.
 # Bounded (entries and value length): the values are the app's, but a ceiling costs nothing.
-_ONE_LINE: dict[bytes, bool] = {}
-_ONE_LINE_ENTRIES = 256
+_ONE_LINE: BoundedCache[bytes, bool] = BoundedCache(256)
 _ONE_LINE_BYTES = 256
-#: extract()'s answers per joined Content-Type value (as bounded as _ONE_LINE).
-_EXTRACTED: dict[bytes, MimeType | None] = {}
-_UNSEEN = object()
+#: extract()'s answers per joined Content-Type value (as bounded as _ONE_LINE), each in a
+#: 1-tuple (``None``, untyped, is an answer too).
+_EXTRACTED: BoundedCache[bytes, tuple[MimeType | None]] = BoundedCache(256)
 
 
 def may_be_page(headers: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -466,9 +465,7 @@ def may_be_page(headers: Iterable[tuple[bytes, bytes]]) -> bool:
                 return known
             verdict = _one_line(found, lines)
             if len(found) <= _ONE_LINE_BYTES:
-                if len(_ONE_LINE) >= _ONE_LINE_ENTRIES:
-                    _ONE_LINE.clear()
-                _ONE_LINE[found] = verdict
+                _ONE_LINE.put(found, verdict)
             return verdict
         return kind_of(extract(lines)) is not Kind.OTHER
     except Exception:  # headers not as ASGI gives them: judge the response rather than crash
