@@ -236,7 +236,7 @@ class Pipeline:
         if decision.promotion_stance is _PROMOTIONS_ALLOWED:
             send = promotions.cache_safe(scope, send, decision, plan is _ZONE_ROUTE)
         elif promotions.arrival(scope, decision) is None:
-            send = promotions.page_safe(scope, send, decision)
+            send = promotions.page_safe(scope, send, decision, None, plan is _ZONE_ROUTE)
         else:  # solicitation evidence to record
             return None
         state = scope.get("state")

@@ -204,7 +204,8 @@ class PromotionGuard:
         return None if route_id is None and marker is None else (route_id, marker)
 
     def page_safe(
-        self, scope: Scope, send: Send, decision: Decision, extra: list[Header] | None = None
+        self, scope: Scope, send: Send, decision: Decision, extra: list[Header] | None = None,
+        zone_route: bool | None = None,
     ) -> Send:
         """``send`` for a visitor who may not see promotions, on a request not blocked.
 
@@ -212,28 +213,32 @@ class PromotionGuard:
         be a page, goes through a :class:`~micafence.promotions.rewriter.RewritingSend`, made
         only then: most answers (JSON, images) pass with one check of their first message.
         ``extra`` headers (the visitor cookie) go on the response whatever it is.
+        ``zone_route``: :meth:`zone_route` of the request when the caller has asked it already.
         """
         _strip_request(scope)
         added = extra or []
         method = scope.get("method")
-        zone_route = (method == "GET" or method == "HEAD") and self._zone_route(scope)
+        if method != "GET" and method != "HEAD":
+            zone_route = False
+        elif zone_route is None:
+            zone_route = self._zone_route(scope)
         rewriter: RewritingSend | None = None
 
-        async def send_page_safe(message: Message) -> None:
+        # Not a coroutine function, as cache_safe's: a message that passes costs one call.
+        def send_page_safe(message: Message) -> Awaitable[None]:
             nonlocal rewriter
-            if rewriter is None:
-                if message["type"] != "http.response.start":
-                    await send(message)
-                    return
-                headers = list(message.get("headers") or ())
-                page = may_be_page(headers)
-                if not (added or zone_route or page or int(message.get("status", 200)) < 200):
-                    await send(message)  # (not a page, nothing to add: most answers)
-                    return
-                rewriter = self._rewriter(scope, send, decision, added, zone_route)
-                await rewriter.begin(message, headers, page)
-                return
-            await rewriter(message)
+            if rewriter is not None:
+                return rewriter(message)
+            if message["type"] != "http.response.start":
+                return send(message)
+            headers = message.get("headers") or ()
+            if headers.__class__ is not list:
+                headers = list(headers)
+            page = may_be_page(headers)
+            if not (added or zone_route or page or int(message.get("status", 200)) < 200):
+                return send(message)  # (not a page, nothing to add: most answers)
+            rewriter = self._rewriter(scope, send, decision, added, bool(zone_route))
+            return rewriter.begin(message, headers, page)
 
         return send_page_safe
 
@@ -347,10 +352,10 @@ def _request_headers(headers: Iterable[Header]) -> list[Header]:
 def _private(send: Send, cache: CacheSafety, personal: bool) -> Send:
     """``send`` making the response private, whatever its type."""
 
-    async def send_private(message: Message) -> None:
+    def send_private(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             message = {**message, "headers": cache.mark(message.get("headers") or (), personal)}
-        await send(message)
+        return send(message)
 
     return send_private
 
@@ -360,10 +365,10 @@ def _with_headers(send: Send, extra: list[Header]) -> Send:
     if not extra:
         return send
 
-    async def send_with_headers(message: Message) -> None:
+    def send_with_headers(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
-        await send(message)
+        return send(message)
 
     return send_with_headers
 
