@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 from micafence import MicafenceMiddleware, default_policy_path, load_policy_text
 from micafence_tools.bench.ports import free_port
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """Each test process (tests/run starts two, pytest-xdist's workers) gets its own runtime
     directory: gunicorn puts its control socket there ($XDG_RUNTIME_DIR/gunicorn.ctl), so the
