@@ -422,6 +422,7 @@ async def test_malformed_or_oversized_body_is_out_of_scope(body: bytes) -> None:
     pytest.param('{"pair": "BTC-EUR"}'.encode("utf-16"), id="utf16"),
     pytest.param('{"pair": "BTC-EUR"}'.encode("utf-8-sig"), id="utf8-bom"),
     pytest.param(' \n{"pair": "BTC-EUR", "memo": "caf\u00e9"}\n'.encode(), id="utf8-whitespace"),
+    pytest.param(b'{"pair": " btc/eur' + b" " * 5000 + b'"}', id="padded-pair"),
 ])
 async def test_a_readable_body_is_in_scope(body: bytes) -> None:
     """Only the keys micafence reads must be unambiguous; how they are spelt does not matter."""
@@ -430,6 +431,29 @@ async def test_a_readable_body_is_in_scope(body: bytes) -> None:
     app = guard(policy, store, Clock(T0 + HOUR), echo_app())
     response = await send(app, ("POST", "/api/orders", None), content=body)
     assert (response.status_code, response.json()["reason"]) == (200, "eu.in_scope")
+
+
+async def test_a_long_pair_value_is_read_but_its_scope_not_kept() -> None:
+    """A pair value can be as long as the body: the scope of a long one is not remembered (1024
+    of them would hold 1024 bodies), and its verdict is the same as a short one's, each time."""
+    from micafence.grants import gate
+
+    policy, store = policy_of(), MemoryStore()
+    await grant(store, policy, "exchange_for_funds", "BTC")
+    app = guard(policy, store, Clock(T0 + HOUR), echo_app())
+    before = gate._pair_scope.cache_info()
+    for body in (b'{"pair": "BTC-EUR' + b" " * 5000 + b'"}',
+                 b'{"pair": "BTC-EUR' + b" " * 5000 + b'"}',
+                 b'{"pair": "ETH-EUR' + b" " * 5000 + b'"}'):
+        response = await send(app, ("POST", "/api/orders", None), content=body)
+        assert outcome(response) == ((451, "eu.out_of_scope.asset_type") if b"ETH" in body
+                                     else (200, ""))
+    after = gate._pair_scope.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)
+    response = await send(app, order("btc-eur"))
+    assert (response.status_code, response.json()["reason"]) == (200, "eu.in_scope")
+    response = await send(app, order("ETH-EUR"))
+    assert outcome(response) == (451, "eu.out_of_scope.asset_type")
 
 
 async def test_chunked_oversized_body_without_length_is_out_of_scope() -> None:

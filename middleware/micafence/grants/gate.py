@@ -57,6 +57,8 @@ STORE_UNAVAILABLE = Reason.STORE_UNAVAILABLE
 _LOG_EVERY = 10.0  # seconds between tracebacks of a failing store
 _MEMO_LIMIT = 4096  # settled decisions kept (clients x scopes); forgotten all at once when full
 
+#: Pair values up to this long have their scope remembered (:data:`_pair_scope`).
+_PAIR_KEY_CHARS = 40
 _PAIR = re.compile(r"([A-Z0-9]{1,16})[-/_]([A-Z0-9]{1,16})")
 
 
@@ -289,7 +291,10 @@ def requested_scope(
             else _Values(route, scope, body).get(pair)
         # The firm's declared service (order execution, transmission, a platform's order
         # book, …) replaces the pair's guess; the pair still names the assets.
-        return _pair_scope(value, route.service) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return None
+        return (_pair_scope if len(value) <= _PAIR_KEY_CHARS else _scope_of_pair)(
+            value, route.service)
     values = _Values(route, scope, body)
     assets: list[str] = []
     for source in route.assets:
@@ -474,8 +479,7 @@ def _symbol(value: object) -> str | None:
     return symbol if SYMBOL.fullmatch(symbol) else None
 
 
-@functools.lru_cache(maxsize=1024)  # a few pairs make most orders: one object per pair
-def _pair_scope(value: str, declared: str | None = None) -> RequestedScope | None:
+def _scope_of_pair(value: str, declared: str | None = None) -> RequestedScope | None:
     """``BTC-EUR`` → exchange for funds on BTC; ``BTC-ETH`` → exchange for crypto on both;
     the route's ``declared`` service, when it names one, instead of the pair's guess."""
     match = _PAIR.fullmatch(value.strip().upper())
@@ -489,3 +493,9 @@ def _pair_scope(value: str, declared: str | None = None) -> RequestedScope | Non
         return RequestedScope(declared, crypto)
     service = EXCHANGE_FOR_FUNDS if len(crypto) < len(legs) else EXCHANGE_FOR_CRYPTO
     return RequestedScope(service, crypto)
+
+
+#: :func:`_scope_of_pair` remembered: a few pairs make most orders, one object per pair. Only
+#: for values up to _PAIR_KEY_CHARS long (a request's value can be as long as its body: 1024 of
+#: those would hold up to 1024 bodies).
+_pair_scope = functools.lru_cache(maxsize=1024)(_scope_of_pair)
