@@ -290,6 +290,11 @@ def server_app(scope: Any, receive: Any, send: Any) -> Any:
         elif path == "/unawaited-start":
             send({"type": "http.response.start", "status": 200, "headers": HTML}).close()
             await send({"type": "http.response.body", "body": PAGE})
+        elif path == "/interim":  # the xfail above, under a real server
+            await send({"type": "http.response.start", "status": 103,
+                        "headers": [(b"link", b"</a.css>; rel=preload")]})
+            await send({"type": "http.response.start", "status": 200, "headers": HTML})
+            await send({"type": "http.response.body", "body": PAGE})
         elif path == "/raise":
             await send({"type": "http.response.start", "status": 200, "headers": HTML})
             await send({"type": "http.response.body", "body": PAGE[:40], "more_body": True})
@@ -319,14 +324,14 @@ def raw(port: int, method: str, target: str, ip: str = SWEDISH) -> bytes:
     return data
 
 
-@pytest.fixture(scope="module")
-def uvicorn_port() -> Iterator[int]:
-    with ServerThread(fenced(server_app)) as server:
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def uvicorn_port(request: pytest.FixtureRequest) -> Iterator[int]:
+    with ServerThread(fenced(server_app), http=request.param) as server:
         yield server.port
 
 
 @pytest.mark.parametrize(("target", "status"), [
-    ("/body-first", None), ("/unawaited-start", None), ("/raise", None),
+    ("/body-first", None), ("/unawaited-start", None), ("/raise", None), ("/interim", None),
     ("/page", b"200"), ("/page?ref=x", b"200"), ("/signup?ref=x", b"451"),
     ("/promo/x?ref=x", b"451"),  # (blocked, _with_headers: the cookie on the 451)
 ])
