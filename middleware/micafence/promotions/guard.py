@@ -143,6 +143,10 @@ class PromotionGuard:
         def send_private_if_page(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 headers = message.get("headers") or ()
+                if headers.__class__ is not list and headers.__class__ is not tuple:
+                    # read once: an iterator passed on as it came would reach the server empty
+                    headers = list(headers)
+                    message = {**message, "headers": headers}
                 if may_be_page(headers):
                     message = {**message, "headers": cache.mark(headers, personal)}
             return send(message)
@@ -231,14 +235,20 @@ class PromotionGuard:
                 return rewriter(message)
             if message["type"] != "http.response.start":
                 return send(message)
-            headers = message.get("headers") or ()
-            if headers.__class__ is not list:
-                headers = list(headers)
+            given = message.get("headers") or ()
+            if given.__class__ is list:
+                headers = given
+            else:  # read once: an iterator passed on as it came would reach the server empty
+                headers = list(given)
+                if given.__class__ is not tuple:
+                    message = {**message, "headers": headers}
             page = may_be_page(headers)
             if not (added or zone_route or page or int(message.get("status", 200)) < 200):
                 return send(message)  # (not a page, nothing to add: most answers)
             rewriter = self._rewriter(scope, send, decision, added, bool(zone_route))
-            return rewriter.begin(message, headers, page)
+            # The rewriter keeps the headers until the page is out: its own copy, not the
+            # app's list (which the app may change once its send has returned).
+            return rewriter.begin(message, list(headers) if headers is given else headers, page)
 
         return send_page_safe
 
