@@ -77,7 +77,7 @@ def make_private(
     cache_control: list[bytes] = []
     vary_values: list[bytes] = []
     for name, value in headers:
-        lower = name.lower()
+        lower = bytes(name).lower()  # (a bytearray or memoryview name: bytes-like, as ASGI allows)
         if lower == b"vary":
             vary_values.append(value)
         elif not private:

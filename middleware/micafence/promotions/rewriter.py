@@ -222,7 +222,10 @@ class RewritingSend:
         or an interim one. :meth:`__call__` asks that; the guard, which asked it already before
         making this object, calls this directly."""
         status = int(message.get("status", 200))
-        if status < 200 or status in _NO_BODY_STATUSES or not page:
+        if status < 200:  # an interim answer (103 Early Hints): the final start is judged next
+            await self._send(message)
+            return
+        if status in _NO_BODY_STATUSES or not page:
             self._state = _PASSING
             if self._zone_route:
                 headers = self._cache.mark(headers, self._personal)
@@ -245,7 +248,7 @@ class RewritingSend:
         codings: list[bytes] = []
         declared: bytes | None = None
         for name, value in headers:  # one pass for both
-            lower = name.lower()
+            lower = bytes(name).lower()
             if lower == b"content-encoding":
                 codings.append(value)
             elif lower == b"content-length" and declared is None:
@@ -463,7 +466,7 @@ class RewritingSend:
         headers = self._headers
         if self._zone_route:
             headers = self._cache.mark(headers, self._personal)
-        if _NOSNIFF[0] not in (name.lower() for name, _ in headers):
+        if _NOSNIFF[0] not in (bytes(name).lower() for name, _ in headers):
             headers = [*headers, _NOSNIFF]
         self._state = _PASSING if more else _DONE
         raw, self._raw, self._held = b"".join(self._raw), [], []
@@ -494,7 +497,7 @@ class RewritingSend:
         headers: list[Header] = []
         nosniff = False
         for name, value in self._headers:  # one pass: what goes, and is nosniff there
-            lower = name.lower()
+            lower = bytes(name).lower()  # (a bytearray or memoryview name: as ASGI allows)
             if lower not in dropped:
                 headers.append((name, value))
                 nosniff = nosniff or lower == _NOSNIFF[0]
