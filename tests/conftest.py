@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,16 +14,6 @@ from starlette.websockets import WebSocket
 
 from micafence import MicafenceMiddleware, default_policy_path, load_policy_text
 from micafence_tools.bench.ports import free_port
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Each test process (tests/run starts two, pytest-xdist's workers) gets its own runtime
-    directory: gunicorn puts its control socket there ($XDG_RUNTIME_DIR/gunicorn.ctl), so the
-    servers two workers start at once never share one."""
-    runtime = Path(tempfile.mkdtemp(prefix="micafence-tests-run-"))
-    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-    config.add_cleanup(lambda: shutil.rmtree(runtime, ignore_errors=True))
-
 
 DATA = Path(__file__).parent / "data"
 MAXMIND = DATA / "maxmind"
